@@ -1,0 +1,74 @@
+//! The `Node` trait every node implements (the `#[node]` attribute writes the impl for
+//! function nodes), and the runtime that drives it over framed batches.
+
+use serde::de::DeserializeOwned;
+
+use crate::frame::{BatchReader, Item};
+use crate::output::Ports;
+use crate::{Message, NodeError, Output};
+
+/// Config type for nodes that take none: accepts any manifest `config` table.
+pub type NoConfig = serde::de::IgnoredAny;
+
+/// A dataflow node.
+///
+/// Function nodes get this impl from `#[node]`; implement it by hand (and put `#[node]` on
+/// the impl block) for nodes that keep state between messages or emit at the end of input.
+pub trait Node: Sized + 'static {
+    /// The node's `config` table from the manifest; use [`NoConfig`] for none.
+    type Config: DeserializeOwned;
+
+    /// Builds the node from its config; an error here fails the node's start.
+    fn init(config: Self::Config) -> Result<Self, NodeError>;
+
+    /// Handles one message. An error withdraws what was emitted for this message and
+    /// reports the message to the host, which applies the node's `on_error` policy.
+    fn process<'a>(&mut self, msg: &Message<'a>, out: &mut Output<'a>) -> Result<(), NodeError>;
+
+    /// Called once after every input has ended, to emit final results.
+    fn finish(&mut self, out: &mut Output<'_>) -> Result<(), NodeError> {
+        let _ = out;
+        Ok(())
+    }
+}
+
+/// Drives a [`Node`] over framed batches: the same code runs in wasm and in native tests.
+#[doc(hidden)]
+pub struct Runtime<N> {
+    node: N,
+    ports: Ports,
+}
+
+impl<N: Node> Runtime<N> {
+    /// Parses the config and initialises the node.
+    pub fn new(name: &str, config_json: &str, inputs: Vec<String>, outputs: Vec<String>) -> Result<Self, NodeError> {
+        let config = serde_json::from_str(config_json)
+            .map_err(|e| NodeError::fatal(format!("invalid config for node `{name}`: {e}")))?;
+        Ok(Runtime { node: N::init(config)?, ports: Ports::new(inputs, outputs) })
+    }
+
+    /// Processes one input batch into one output batch.
+    pub fn process(&mut self, input: &[u8]) -> Result<Vec<u8>, NodeError> {
+        let mut out = Output::new(&self.ports, input.len() + 64);
+        for (index, item) in BatchReader::new(input)?.enumerate() {
+            let record = match item? {
+                Item::Record(record) => record,
+                Item::Error(_) => return Err(NodeError::fatal("error item in an input batch")),
+            };
+            let msg = Message { record, input: self.ports.input_name(record.port) };
+            let mark = out.begin(&msg);
+            if let Err(error) = self.node.process(&msg, &mut out) {
+                out.fail(mark, index as u32, &error);
+            }
+        }
+        Ok(out.into_batch())
+    }
+
+    /// Runs the node's `finish`.
+    pub fn finish(&mut self) -> Result<Vec<u8>, NodeError> {
+        let mut out = Output::new(&self.ports, 256);
+        out.end_of_input();
+        self.node.finish(&mut out)?;
+        Ok(out.into_batch())
+    }
+}

@@ -1,0 +1,183 @@
+//! Run a node natively in an ordinary `cargo test`, through the same batch runtime that
+//! runs it in wasm: framing, ports, key/header inheritance and per-message errors included.
+//!
+//! ```
+//! use flowhost_sdk::prelude::*;
+//! use flowhost_sdk::testing::Harness;
+//!
+//! #[node(map)]
+//! fn shout(text: &str) -> String {
+//!     text.to_uppercase()
+//! }
+//!
+//! let mut node = Harness::<ShoutNode>::new(serde_json::json!({})).unwrap();
+//! let out = node.process(["hi", "there"]).unwrap();
+//! assert_eq!(out.texts(), ["HI", "THERE"]);
+//! ```
+
+use crate::frame::{BatchReader, BatchWriter, Item, encode_headers};
+use crate::node::{Node, Runtime};
+use crate::{DEFAULT_INPUT, DEFAULT_OUTPUT, NodeError};
+
+/// An owned input message for a [`Harness`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestMessage {
+    /// Input port name (`"in"` by default).
+    pub input: String,
+    /// Partitioning key.
+    pub key: Option<Vec<u8>>,
+    /// Body.
+    pub payload: Vec<u8>,
+    /// Event time.
+    pub timestamp: Option<i64>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl TestMessage {
+    /// A message on port `in` with only a payload.
+    pub fn new(payload: impl Into<Vec<u8>>) -> Self {
+        TestMessage { input: DEFAULT_INPUT.into(), payload: payload.into(), ..Default::default() }
+    }
+
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the input port.
+    pub fn input(mut self, port: &str) -> Self {
+        self.input = port.into();
+        self
+    }
+
+    /// Sets the timestamp.
+    pub fn timestamp(mut self, millis: i64) -> Self {
+        self.timestamp = Some(millis);
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+impl From<&str> for TestMessage {
+    fn from(s: &str) -> Self {
+        TestMessage::new(s)
+    }
+}
+
+impl From<String> for TestMessage {
+    fn from(s: String) -> Self {
+        TestMessage::new(s)
+    }
+}
+
+impl From<&[u8]> for TestMessage {
+    fn from(b: &[u8]) -> Self {
+        TestMessage::new(b)
+    }
+}
+
+/// One emitted record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestRecord {
+    /// Output port name.
+    pub port: String,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Body.
+    pub payload: Vec<u8>,
+    /// Event time.
+    pub timestamp: Option<i64>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// What a batch produced: records and per-message errors.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Emitted records, in order.
+    pub records: Vec<TestRecord>,
+    /// `(input index, error)` for each failed message.
+    pub errors: Vec<(u32, NodeError)>,
+}
+
+impl Outcome {
+    /// The payloads of the records, as text (lossy).
+    pub fn texts(&self) -> Vec<String> {
+        self.records.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect()
+    }
+
+    /// The records emitted on `port`.
+    pub fn on(&self, port: &str) -> Vec<&TestRecord> {
+        self.records.iter().filter(|r| r.port == port).collect()
+    }
+}
+
+/// A node running natively with all output ports connected.
+pub struct Harness<N> {
+    runtime: Runtime<N>,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+impl<N: Node> Harness<N> {
+    /// Starts the node with `config` and ports `in` → `out`.
+    pub fn new(config: serde_json::Value) -> Result<Self, NodeError> {
+        Self::with_ports(config, &[DEFAULT_INPUT], &[DEFAULT_OUTPUT])
+    }
+
+    /// Starts the node with `config` and the given connected ports.
+    pub fn with_ports(config: serde_json::Value, inputs: &[&str], outputs: &[&str]) -> Result<Self, NodeError> {
+        let inputs: Vec<String> = inputs.iter().map(|s| s.to_string()).collect();
+        let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+        let runtime = Runtime::new("test", &config.to_string(), inputs.clone(), outputs.clone())?;
+        Ok(Harness { runtime, inputs, outputs })
+    }
+
+    /// Processes one batch.
+    pub fn process<M: Into<TestMessage>>(&mut self, batch: impl IntoIterator<Item = M>) -> Result<Outcome, NodeError> {
+        let mut w = BatchWriter::default();
+        for m in batch {
+            let m = m.into();
+            let port = self.inputs.iter().position(|p| *p == m.input).ok_or_else(|| {
+                NodeError::fatal(format!("input port `{}` is not one of {:?}", m.input, self.inputs))
+            })?;
+            let headers = encode_headers(m.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+            w.record(port as u16, m.timestamp, m.key.as_deref(), &m.payload, (headers.0, &headers.1));
+        }
+        let out = self.runtime.process(&w.finish())?;
+        self.decode(&out)
+    }
+
+    /// Ends the input and returns what the node's `finish` emitted.
+    pub fn finish(&mut self) -> Result<Outcome, NodeError> {
+        let out = self.runtime.finish()?;
+        self.decode(&out)
+    }
+
+    fn decode(&self, buf: &[u8]) -> Result<Outcome, NodeError> {
+        let mut outcome = Outcome::default();
+        for item in BatchReader::new(buf)? {
+            match item? {
+                Item::Record(r) => outcome.records.push(TestRecord {
+                    port: self.outputs[r.port as usize].clone(),
+                    key: r.key.map(<[u8]>::to_vec),
+                    payload: r.payload.to_vec(),
+                    timestamp: r.timestamp,
+                    headers: r.headers.iter().map(|(k, v)| (k.to_owned(), v.to_vec())).collect(),
+                }),
+                Item::Error(e) => outcome.errors.push((
+                    e.input_index,
+                    NodeError { kind: e.kind, message: e.message.to_owned() },
+                )),
+            }
+        }
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,217 @@
+//! One node instance: a `Store` with its limits and WASI context, and the typed exports.
+//! A trapped instance cannot be re-entered, so [`NodeInstance::reset`] replaces it from
+//! the template; host-side state is untouched by that.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use flowhost_sdk::{ErrorKind, NodeError};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::flowhost::node::{log, types};
+use super::bindings::{Node, NodePre};
+use super::stdio::GuestOutput;
+use super::{EPOCH_TICK, Engine, LoadedModule};
+
+/// What a store holds for its instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    node: Arc<str>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) {
+        let node = &*self.node;
+        match level {
+            log::Level::Trace => tracing::trace!(target: "flowhost::guest", node, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "flowhost::guest", node, "{message}"),
+            log::Level::Info => tracing::info!(target: "flowhost::guest", node, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "flowhost::guest", node, "{message}"),
+            log::Level::Error => tracing::error!(target: "flowhost::guest", node, "{message}"),
+        }
+    }
+}
+
+/// Why a call into a node did not return output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The node returned an error for the whole call.
+    Node(NodeError),
+    /// The instance trapped (panic, timeout, memory limit, bad code); it must be reset.
+    Trap(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Node(e) => write!(f, "{e}"),
+            CallError::Trap(t) => write!(f, "trap: {t}"),
+        }
+    }
+}
+
+/// Everything needed to (re)create instances of one node: pre-linked and type-checked.
+pub struct NodeTemplate {
+    engine: Engine,
+    pre: NodePre<HostState>,
+    info: types::NodeInfo,
+    module: LoadedModule,
+    timeout: Duration,
+    memory_bytes: usize,
+}
+
+impl NodeTemplate {
+    /// Links `module` against the host and checks it implements the `flowhost:node` world.
+    pub fn new(
+        engine: &Engine,
+        module: LoadedModule,
+        name: &str,
+        config_json: &str,
+        ports: (&[String], &[String]),
+        timeout: Duration,
+        memory_mb: u64,
+    ) -> anyhow::Result<Arc<NodeTemplate>> {
+        let pre = engine
+            .linker()
+            .instantiate_pre(&module.component)
+            
+            .and_then(NodePre::new)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{} does not fit the flowhost:node world", module.path.display()))?;
+        let info = types::NodeInfo {
+            name: name.to_owned(),
+            config: config_json.to_owned(),
+            inputs: ports.0.to_vec(),
+            outputs: ports.1.to_vec(),
+        };
+        Ok(Arc::new(NodeTemplate {
+            engine: engine.clone(),
+            pre,
+            info,
+            module,
+            timeout,
+            memory_bytes: (memory_mb as usize) << 20,
+        }))
+    }
+
+    /// The loaded module this template instantiates.
+    pub fn module(&self) -> &LoadedModule {
+        &self.module
+    }
+
+    /// A fresh, initialised instance.
+    pub fn instantiate(self: &Arc<Self>) -> anyhow::Result<NodeInstance> {
+        let (store, node) = self.fresh().with_context(|| format!("starting node `{}`", self.info.name))?;
+        Ok(NodeInstance { template: self.clone(), store, node })
+    }
+
+    fn fresh(&self) -> anyhow::Result<(Store<HostState>, Node)> {
+        let name: Arc<str> = self.info.name.as_str().into();
+        // Nothing granted: no files, env, args, sockets or stdin; output goes to the log.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(GuestOutput::new(name.clone(), "stdout"))
+            .stderr(GuestOutput::new(name.clone(), "stderr"))
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState { wasi, table: ResourceTable::new(), limits, node: name };
+        let mut store = Store::new(self.engine.wasmtime(), state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let node = self.pre.instantiate(&mut store)?;
+        let init = node.call_init(&mut store, &self.info);
+        match init.map_err(|t| CallError::Trap(describe_trap(&t, self)))? {
+            Ok(()) => Ok((store, node)),
+            Err(e) => Err(CallError::Node(from_wit(e)).into()),
+        }
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.timeout.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// A live instance of a node.
+pub struct NodeInstance {
+    template: Arc<NodeTemplate>,
+    store: Store<HostState>,
+    node: Node,
+}
+
+impl NodeInstance {
+    /// Processes one framed batch.
+    pub fn process(&mut self, batch: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.store.set_epoch_deadline(self.template.deadline_ticks());
+        let result = self.node.call_process(&mut self.store, batch);
+        self.settle(result)
+    }
+
+    /// Runs the node's `finish` (end of input).
+    pub fn finish(&mut self) -> Result<Vec<u8>, CallError> {
+        self.store.set_epoch_deadline(self.template.deadline_ticks());
+        let result = self.node.call_finish(&mut self.store);
+        self.settle(result)
+    }
+
+    /// Replaces this instance with a fresh one (after a trap).
+    pub fn reset(&mut self) -> anyhow::Result<()> {
+        let (store, node) = self.template.fresh()?;
+        self.store = store;
+        self.node = node;
+        Ok(())
+    }
+
+    /// The template this instance came from.
+    pub fn template(&self) -> &Arc<NodeTemplate> {
+        &self.template
+    }
+
+    fn settle(&self, result: wasmtime::Result<Result<Vec<u8>, types::NodeError>>) -> Result<Vec<u8>, CallError> {
+        match result {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(CallError::Node(from_wit(e))),
+            Err(trap) => Err(CallError::Trap(describe_trap(&trap, &self.template))),
+        }
+    }
+}
+
+fn from_wit(e: types::NodeError) -> NodeError {
+    let kind = match e.kind {
+        types::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
+        types::ErrorKind::Retryable => ErrorKind::Retryable,
+        types::ErrorKind::Fatal => ErrorKind::Fatal,
+    };
+    NodeError { kind, message: e.message }
+}
+
+fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate) -> String {
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!("timed out: a call ran longer than timeout_ms = {}", t.timeout.as_millis()),
+        Some(Trap::UnreachableCodeReached) => "the guest aborted (a panic, or `unreachable`)".to_owned(),
+        _ => {
+            let text = format!("{err:#}");
+            if text.contains("forcing trap when growing memory") {
+                format!("memory limit exceeded: memory_mb = {}", t.memory_bytes >> 20)
+            } else {
+                text.lines().next().unwrap_or("trap").to_owned()
+            }
+        }
+    }
+}

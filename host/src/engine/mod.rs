@@ -1,0 +1,166 @@
+//! Running wasm: one wasmtime [`Engine`] per process, modules componentized and compiled
+//! once (cached by content hash), instances pre-linked ([`InstancePre`]) and drawn from
+//! the pooling allocator, each call bounded by an epoch deadline and a memory cap.
+
+mod build;
+mod componentize;
+mod instance;
+mod stdio;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use build::{TARGET, build_crate};
+pub use componentize::{componentize, is_component};
+pub use instance::{CallError, NodeInstance, NodeTemplate};
+
+use crate::manifest::ModuleRef;
+
+/// Host-side bindings of the WIT world in `guest-sdk/wit`.
+#[allow(missing_docs)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "node",
+        path: "../guest-sdk/wit",
+    });
+}
+
+/// How often the epoch advances; per-call deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Limits that size the engine's instance pool.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineLimits {
+    /// Largest `memory_mb` of any node.
+    pub max_memory_mb: u64,
+    /// Most instances alive at once (replicas, plus room for replacing trapped ones).
+    pub max_instances: u32,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        EngineLimits { max_memory_mb: 1024, max_instances: 64 }
+    }
+}
+
+/// A compiled node module, identified by the hash of the bytes it was loaded from.
+#[derive(Clone)]
+pub struct LoadedModule {
+    /// The compiled component.
+    pub component: Component,
+    /// SHA-256 of the module file, hex.
+    pub hash: String,
+    /// Where it came from.
+    pub path: PathBuf,
+}
+
+struct Inner {
+    engine: wasmtime::Engine,
+    linker: Linker<instance::HostState>,
+    cache: Mutex<HashMap<[u8; 32], Component>>,
+}
+
+/// The process's wasm engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Creates the engine and starts its epoch ticker (which ends when the engine is dropped).
+    pub fn new(limits: EngineLimits) -> anyhow::Result<Engine> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // No async components here; wasmtime's async bookkeeping costs ~17% per host call.
+        config.concurrency_support(false);
+        let mut pool = PoolingAllocationConfig::default();
+        let n = limits.max_instances.max(8);
+        pool.total_component_instances(n)
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 8)
+            .total_stacks(n)
+            .max_memory_size((limits.max_memory_mb as usize) << 20);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = match wasmtime::Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(e) => {
+                // Some machines restrict virtual memory; the on-demand allocator still works.
+                tracing::warn!("pooling allocator unavailable ({e}); using on-demand allocation");
+                config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                wasmtime::Engine::new(&config)?
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::Node::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let inner = Arc::new(Inner { engine, linker, cache: Mutex::default() });
+        spawn_ticker(Arc::downgrade(&inner))?;
+        Ok(Engine { inner })
+    }
+
+    /// The wasmtime engine.
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner.engine
+    }
+
+    /// Loads a node's module: builds its crate if needed, componentizes, compiles (once per content hash).
+    pub fn load(&self, module: &ModuleRef) -> anyhow::Result<LoadedModule> {
+        let path = match module {
+            ModuleRef::File(path) => path.clone(),
+            ModuleRef::Crate(dir) => build_crate(dir)?,
+        };
+        self.load_file(&path)
+    }
+
+    /// Loads a module or component file.
+    pub fn load_file(&self, path: &Path) -> anyhow::Result<LoadedModule> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let (component, digest) = self
+            .compile(&bytes)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let hash = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(LoadedModule { component, hash, path: path.to_owned() })
+    }
+
+    /// Componentizes and compiles `bytes`, or returns the cached component.
+    pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<(Component, [u8; 32])> {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let cache = || self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache().get(&digest) {
+            return Ok((c.clone(), digest));
+        }
+        let component_bytes = componentize(bytes)?;
+        let component = Component::new(&self.inner.engine, &component_bytes)
+            .map_err(anyhow::Error::from)
+            .context("compiling the component")?;
+        cache().insert(digest, component.clone());
+        Ok((component, digest))
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<instance::HostState> {
+        &self.inner.linker
+    }
+}
+
+fn spawn_ticker(inner: Weak<Inner>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("flowhost-epoch".into())
+        .spawn(move || {
+            while let Some(inner) = inner.upgrade() {
+                inner.engine.increment_epoch();
+                drop(inner);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("starting the epoch ticker")?;
+    Ok(())
+}

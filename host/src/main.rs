@@ -1,0 +1,118 @@
+//! The `flowhost` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use flowhost::engine::{Engine, EngineLimits};
+use flowhost::manifest::Graph;
+use flowhost::topology::{self, RunOptions, Shutdown};
+
+#[derive(Parser)]
+#[command(name = "flowhost", version, about = "Run dataflow graphs of sandboxed WebAssembly functions")]
+struct Cli {
+    /// Only warnings and errors on stderr; no summary.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a graph until its sources end (Ctrl-C stops it gracefully).
+    Run {
+        /// The graph manifest.
+        manifest: PathBuf,
+        /// Messages per batch read from a source.
+        #[arg(long, default_value_t = RunOptions::default().batch_size)]
+        batch_size: usize,
+        /// Batches a channel holds before its producer waits.
+        #[arg(long, default_value_t = RunOptions::default().channel_capacity)]
+        channel_capacity: usize,
+    },
+    /// Check a graph manifest and report every problem in it.
+    Validate {
+        /// The graph manifest.
+        manifest: PathBuf,
+    },
+    /// Measure messages/s through a wasm node and the boundary cost against native code.
+    Bench(flowhost::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if cli.quiet { "warn" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match execute(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { manifest } => {
+            let graph = Graph::load(&manifest)?;
+            println!(
+                "{}: graph `{}` is valid: {} sources, {} nodes, {} sinks, {} edges",
+                manifest.display(),
+                graph.name,
+                graph.sources.len(),
+                graph.nodes.len(),
+                graph.sinks.len(),
+                graph.edges.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { manifest, batch_size, channel_capacity } => {
+            let graph = Graph::load(&manifest)?;
+            let engine = Engine::new(limits_for(&graph))?;
+            let shutdown = Arc::new(Shutdown::default());
+            let on_signal = shutdown.clone();
+            ctrlc::set_handler(move || {
+                if on_signal.is_stopping() {
+                    std::process::exit(130);
+                }
+                eprintln!("stopping: draining the graph (Ctrl-C again to quit at once)");
+                on_signal.interrupt();
+            })
+            .context("installing the Ctrl-C handler")?;
+            let opts = RunOptions { batch_size: batch_size.max(1), channel_capacity: channel_capacity.max(1) };
+            let span = tracing::info_span!("graph", graph = %graph.name);
+            let report = span.in_scope(|| topology::run(&graph, &engine, &opts, &shutdown))?;
+            if !cli.quiet {
+                eprint!("{report}");
+            }
+            Ok(match report.failure {
+                Some(failure) => {
+                    eprintln!("error: {failure}");
+                    ExitCode::FAILURE
+                }
+                None if shutdown.was_interrupted() => ExitCode::from(130),
+                None => ExitCode::SUCCESS,
+            })
+        }
+        Command::Bench(args) => flowhost::bench::run(&args).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn limits_for(graph: &Graph) -> EngineLimits {
+    let replicas: u32 = graph.nodes.iter().map(|n| n.replicas).sum();
+    EngineLimits {
+        max_memory_mb: graph.nodes.iter().map(|n| n.memory_mb).max().unwrap_or(64),
+        // Room to replace every instance once without waiting for the old one to drop.
+        max_instances: replicas * 2 + 8,
+    }
+}

@@ -1,0 +1,245 @@
+//! `graph.toml`: parsed into raw serde types ([`raw`]), then checked into a [`Graph`]
+//! ([`validate`]) with every problem reported at once, each at its file:line:col.
+
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::{Connection, SinkFormat};
+
+/// A manifest that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The manifest path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid graph.
+    #[error("{}", render(path, diagnostics))]
+    Invalid {
+        /// The manifest path.
+        path: PathBuf,
+        /// Every problem found, in file order.
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+/// One problem in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Diagnostic {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub col: usize,
+    /// What is wrong, naming the node, edge or field.
+    pub message: String,
+}
+
+fn render(path: &Path, diagnostics: &[Diagnostic]) -> String {
+    let mut out = String::new();
+    for d in diagnostics {
+        out += &format!("{}:{}:{}: {}\n", path.display(), d.line, d.col, d.message);
+    }
+    let n = diagnostics.len();
+    out += &format!("{n} error{} in {}", if n == 1 { "" } else { "s" }, path.display());
+    out
+}
+
+/// A validated graph, ready to build.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    /// The graph's name (used in logs, and later in topic and group names).
+    pub name: String,
+    /// Where the manifest was read from; relative paths in it are relative to its folder.
+    pub path: PathBuf,
+    /// Whether to record the nodes each message passed in the `flowhost-path` header.
+    pub provenance: bool,
+    /// Sources, in id order.
+    pub sources: Vec<SourceSpec>,
+    /// Nodes, in id order.
+    pub nodes: Vec<NodeSpec>,
+    /// Sinks, in id order.
+    pub sinks: Vec<SinkSpec>,
+    /// Edges, in manifest order.
+    pub edges: Vec<Edge>,
+}
+
+/// A source of messages.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    /// Its id.
+    pub id: String,
+    /// What it reads.
+    pub kind: SourceKind,
+}
+
+/// What a source reads.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// A text file, one message per line.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A JSON-lines file; each line must be a JSON value.
+    Jsonl {
+        /// The file.
+        path: PathBuf,
+        /// A top-level field whose value becomes the key.
+        key_field: Option<String>,
+        /// A top-level field holding the event time in milliseconds.
+        timestamp_field: Option<String>,
+    },
+    /// Standard input, one message per line.
+    Stdin,
+    /// Synthetic messages, for benchmarks and tests.
+    Generator {
+        /// How many (unbounded if `None`).
+        count: Option<u64>,
+        /// Payload size in bytes.
+        payload_size: usize,
+        /// Number of distinct keys (`None`: no keys).
+        keys: Option<u64>,
+    },
+}
+
+/// A wasm node.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Its id.
+    pub id: String,
+    /// Where its code comes from.
+    pub module: ModuleRef,
+    /// Its `config` table, as JSON (what the guest's `init` receives).
+    pub config_json: String,
+    /// Parallel instances, each on its own thread with its own store.
+    pub replicas: u32,
+    /// Longest a single `process` call may run.
+    pub timeout: Duration,
+    /// Linear-memory cap per instance, in MiB.
+    pub memory_mb: u64,
+    /// What happens to a message the node fails on.
+    pub on_error: ErrorPolicy,
+    /// Connected input ports (a record's port index points here).
+    pub inputs: Vec<String>,
+    /// Connected output ports.
+    pub outputs: Vec<String>,
+}
+
+/// Where a node's code comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ModuleRef {
+    /// A core module or component file.
+    File(PathBuf),
+    /// A node crate, built for wasm32-wasip1 when its module is missing or stale.
+    Crate(PathBuf),
+}
+
+/// What happens to a message a node fails on (after retries, for retryable errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorPolicy {
+    /// Stop the graph: drain, then exit non-zero naming the node and the error.
+    Stop,
+    /// Count it, log it, go on.
+    Skip,
+    /// Send the original message, with the error in headers, to this sink (index).
+    DeadLetter(usize),
+}
+
+/// A sink.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    /// Its id.
+    pub id: String,
+    /// Where it writes.
+    pub kind: SinkKind,
+    /// How each message is written.
+    pub format: SinkFormat,
+}
+
+/// Where a sink writes.
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// Standard output.
+    Stdout,
+    /// A file (created or truncated).
+    File(PathBuf),
+    /// Nowhere (benchmarks).
+    Null,
+}
+
+/// A vertex of the graph, by kind and index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Vertex {
+    /// `graph.sources[i]`.
+    Source(usize),
+    /// `graph.nodes[i]`.
+    Node(usize),
+    /// `graph.sinks[i]`.
+    Sink(usize),
+}
+
+/// A connection from an output port to an input port.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// Producer.
+    pub from: Vertex,
+    /// Index into the producer's outputs (0 for a source).
+    pub from_port: u16,
+    /// Consumer.
+    pub to: Vertex,
+    /// Index into the consumer's inputs (0 for a sink).
+    pub to_port: u16,
+    /// How messages are spread over the consumer's replicas.
+    pub connection: Connection,
+}
+
+impl Graph {
+    /// Reads and validates a manifest.
+    pub fn load(path: impl AsRef<Path>) -> Result<Graph, ManifestError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates manifest text as if read from `path` (relative paths resolve against its folder).
+    pub fn parse(path: &Path, text: &str) -> Result<Graph, ManifestError> {
+        validate::parse(path, text).map_err(|mut diagnostics| {
+            diagnostics.sort();
+            diagnostics.dedup();
+            ManifestError::Invalid {
+                path: path.to_owned(),
+                diagnostics,
+            }
+        })
+    }
+
+    /// The id of a vertex.
+    pub fn id(&self, v: Vertex) -> &str {
+        match v {
+            Vertex::Source(i) => &self.sources[i].id,
+            Vertex::Node(i) => &self.nodes[i].id,
+            Vertex::Sink(i) => &self.sinks[i].id,
+        }
+    }
+}
+
+impl fmt::Display for Vertex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Vertex::Source(_) => f.write_str("source"),
+            Vertex::Node(_) => f.write_str("node"),
+            Vertex::Sink(_) => f.write_str("sink"),
+        }
+    }
+}

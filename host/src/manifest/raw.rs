@@ -1,0 +1,132 @@
+//! The manifest as written: serde types that mirror `graph.toml`, with spans kept for
+//! error messages. Nothing here is checked beyond TOML types and unknown fields; see
+//! [`super::validate`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A whole `graph.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGraph {
+    pub name: Spanned<String>,
+    /// Record the nodes each message passed in the `flowhost-path` header.
+    #[serde(default)]
+    pub provenance: bool,
+    #[serde(default)]
+    pub sources: BTreeMap<Spanned<String>, RawSource>,
+    #[serde(default)]
+    pub nodes: BTreeMap<Spanned<String>, RawNode>,
+    #[serde(default)]
+    pub sinks: BTreeMap<Spanned<String>, RawSink>,
+    #[serde(default)]
+    pub edges: Vec<RawEdge>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    File,
+    Jsonl,
+    Stdin,
+    Generator,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub kind: Spanned<SourceKind>,
+    /// `file`, `jsonl`: the file to read, relative to the manifest.
+    pub path: Option<Spanned<String>>,
+    /// `jsonl`: a top-level field whose value becomes the message key.
+    pub key_field: Option<Spanned<String>>,
+    /// `jsonl`: a top-level field holding the event time (milliseconds since the epoch).
+    pub timestamp_field: Option<Spanned<String>>,
+    /// `generator`: how many messages (unbounded if absent).
+    pub count: Option<Spanned<u64>>,
+    /// `generator`: payload size in bytes (default 16).
+    pub payload_size: Option<Spanned<usize>>,
+    /// `generator`: number of distinct keys (no keys if absent).
+    pub keys: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    Stop,
+    Skip,
+    DeadLetter,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    /// A built module or component, relative to the manifest.
+    pub module: Option<Spanned<String>>,
+    /// A node crate to build for wasm32-wasip1 (when missing or stale), relative to the manifest.
+    #[serde(rename = "crate")]
+    pub krate: Option<Spanned<String>>,
+    #[serde(default)]
+    pub config: toml::Table,
+    pub replicas: Option<Spanned<u32>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub memory_mb: Option<Spanned<u64>>,
+    pub on_error: Option<Spanned<OnError>>,
+    /// The sink that receives dead letters when `on_error = "dead-letter"`.
+    pub dead_letter: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkKind {
+    Stdout,
+    File,
+    Null,
+}
+
+/// How a sink writes each message.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkFormat {
+    /// The payload, one per line.
+    #[default]
+    Text,
+    /// One JSON object per message: key, payload, timestamp, headers.
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    pub kind: Spanned<SinkKind>,
+    /// `file`: where to write, relative to the manifest.
+    pub path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub format: SinkFormat,
+}
+
+/// How an edge spreads messages over the replicas of the node it feeds.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Connection {
+    /// Each batch to the next replica in turn.
+    #[default]
+    RoundRobin,
+    /// Each message to the replica its key hashes to (order per key kept).
+    KeyHash,
+    /// Every message to every replica.
+    Broadcast,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEdge {
+    /// `source`, `node` or `node.port`.
+    pub from: Spanned<String>,
+    /// `node`, `node.port` or `sink`.
+    pub to: Spanned<String>,
+    #[serde(default)]
+    pub connection: Connection,
+}

@@ -1,0 +1,442 @@
+//! Raw manifest → [`Graph`]: every check, every error collected, each at its span.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{self, OnError, RawGraph, RawNode, RawSink, RawSource};
+use super::{
+    Diagnostic, Edge, ErrorPolicy, Graph, ModuleRef, NodeSpec, SinkKind, SinkSpec, SourceKind,
+    SourceSpec, Vertex,
+};
+use crate::DEFAULT_INPUT;
+use flowhost_sdk::DEFAULT_OUTPUT;
+
+const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_MEMORY_MB: u64 = 128;
+const MAX_MEMORY_MB: u64 = 4_096;
+const DEFAULT_PAYLOAD_SIZE: usize = 16;
+
+/// Collects diagnostics with line:col computed from byte spans.
+struct Report<'t> {
+    text: &'t str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Report<'_> {
+    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        self.diagnostics.push(Diagnostic {
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn parse(path: &Path, text: &str) -> Result<Graph, Vec<Diagnostic>> {
+    let mut report = Report {
+        text,
+        diagnostics: Vec::new(),
+    };
+    let raw: RawGraph = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            report.at(e.span().unwrap_or(0..0), e.message().trim_end());
+            return Err(report.diagnostics);
+        }
+    };
+    let dir = path.parent().unwrap_or(Path::new("")).to_owned();
+    let graph = check(&raw, &dir, &mut report);
+    if report.diagnostics.is_empty() {
+        Ok(Graph {
+            path: path.to_owned(),
+            ..graph
+        })
+    } else {
+        Err(report.diagnostics)
+    }
+}
+
+fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
+    check_id(r, &raw.name, "graph name");
+    let mut ids: BTreeMap<&str, Vertex> = BTreeMap::new();
+    let declared = (raw.sources.keys().enumerate().map(|(i, id)| (id, Vertex::Source(i))))
+        .chain(raw.nodes.keys().enumerate().map(|(i, id)| (id, Vertex::Node(i))))
+        .chain(raw.sinks.keys().enumerate().map(|(i, id)| (id, Vertex::Sink(i))));
+    for (id, v) in declared {
+        check_id(r, id, &format!("{v} id"));
+        if let Some(prev) = ids.insert(id.get_ref(), v) {
+            r.at(id.span(), format!("`{}` is declared as both a {prev} and a {v}", id.get_ref()));
+        }
+    }
+
+    let sink_index = |name: &str| raw.sinks.keys().position(|k| k.get_ref() == name);
+    let sources = raw.sources.iter().map(|(id, s)| source(r, dir, id, s)).collect();
+    let mut nodes: Vec<NodeSpec> =
+        raw.nodes.iter().map(|(id, n)| node(r, dir, id, n, &sink_index)).collect();
+    let sinks = raw.sinks.iter().map(|(id, s)| sink(r, dir, id, s)).collect();
+    let edges = edges(r, raw, &ids, &mut nodes);
+    check_connected(r, raw, &edges, &nodes);
+    check_cycles(r, raw, &edges);
+
+    Graph {
+        name: raw.name.get_ref().clone(),
+        path: PathBuf::new(),
+        provenance: raw.provenance,
+        sources,
+        nodes,
+        sinks,
+        edges,
+    }
+}
+
+fn check_id(r: &mut Report, id: &Spanned<String>, what: &str) {
+    let s = id.get_ref();
+    let ok = !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if !ok {
+        r.at(id.span(), format!("invalid {what} `{s}`: use letters, digits, `-` and `_`, starting with a letter or digit"));
+    }
+}
+
+fn resolve(dir: &Path, p: &Spanned<String>) -> PathBuf {
+    dir.join(p.get_ref())
+}
+
+fn not_for(r: &mut Report, field: Option<Range<usize>>, name: &str, what: &str) {
+    if let Some(span) = field {
+        r.at(span, format!("`{name}` does not apply to {what}"));
+    }
+}
+
+fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> SourceSpec {
+    let name = id.get_ref();
+    let kind = *s.kind.get_ref();
+    let what = format!("source `{name}` (kind {})", format!("{kind:?}").to_lowercase());
+    let file = |r: &mut Report| match &s.path {
+        Some(p) => {
+            let path = resolve(dir, p);
+            if !path.is_file() {
+                r.at(p.span(), format!("source `{name}`: file not found: {}", path.display()));
+            }
+            path
+        }
+        None => {
+            r.at(s.kind.span(), format!("source `{name}` needs a `path`"));
+            PathBuf::new()
+        }
+    };
+    if kind != raw::SourceKind::Jsonl {
+        not_for(r, span(&s.key_field), "key_field", &what);
+        not_for(r, span(&s.timestamp_field), "timestamp_field", &what);
+    }
+    if kind != raw::SourceKind::Generator {
+        not_for(r, span(&s.count), "count", &what);
+        not_for(r, span(&s.payload_size), "payload_size", &what);
+        not_for(r, span(&s.keys), "keys", &what);
+    }
+    let kind = match kind {
+        raw::SourceKind::File => SourceKind::File { path: file(r) },
+        raw::SourceKind::Jsonl => SourceKind::Jsonl {
+            path: file(r),
+            key_field: s.key_field.as_ref().map(|f| f.get_ref().clone()),
+            timestamp_field: s.timestamp_field.as_ref().map(|f| f.get_ref().clone()),
+        },
+        raw::SourceKind::Stdin | raw::SourceKind::Generator => {
+            not_for(r, span(&s.path), "path", &what);
+            if kind == raw::SourceKind::Stdin {
+                SourceKind::Stdin
+            } else {
+                SourceKind::Generator {
+                    count: s.count.as_ref().map(|c| *c.get_ref()),
+                    payload_size: s.payload_size.as_ref().map_or(DEFAULT_PAYLOAD_SIZE, |p| *p.get_ref()),
+                    keys: s.keys.as_ref().map(|k| *k.get_ref()).filter(|&k| k > 0),
+                }
+            }
+        }
+    };
+    SourceSpec {
+        id: name.clone(),
+        kind,
+    }
+}
+
+fn span<T>(field: &Option<Spanned<T>>) -> Option<Range<usize>> {
+    field.as_ref().map(Spanned::span)
+}
+
+fn positive<T: Copy + PartialOrd + Default + std::fmt::Display>(
+    r: &mut Report,
+    v: &Option<Spanned<T>>,
+    default: T,
+    max: Option<T>,
+    what: &str,
+) -> T {
+    let Some(v) = v else { return default };
+    let x = *v.get_ref();
+    if x <= T::default() || max.is_some_and(|m| x > m) {
+        let range = max.map_or(String::from("greater than 0"), |m| format!("between 1 and {m}"));
+        r.at(v.span(), format!("{what} must be {range}, not {x}"));
+    }
+    x
+}
+
+fn node(
+    r: &mut Report,
+    dir: &Path,
+    id: &Spanned<String>,
+    n: &RawNode,
+    sink_index: &dyn Fn(&str) -> Option<usize>,
+) -> NodeSpec {
+    let name = id.get_ref();
+    let module = match (&n.module, &n.krate) {
+        (Some(m), None) => {
+            let path = resolve(dir, m);
+            if !path.is_file() {
+                r.at(m.span(), format!("node `{name}`: module not found: {} (build it with `cargo build --target wasm32-wasip1 --release`, or give `crate = \"...\"` to have flowhost build it)", path.display()));
+            }
+            ModuleRef::File(path)
+        }
+        (None, Some(c)) => {
+            let path = resolve(dir, c);
+            if !path.join("Cargo.toml").is_file() {
+                r.at(c.span(), format!("node `{name}`: no Cargo.toml in crate folder {}", path.display()));
+            }
+            ModuleRef::Crate(path)
+        }
+        (Some(m), Some(_)) => {
+            r.at(m.span(), format!("node `{name}` gives both `module` and `crate`; keep one"));
+            ModuleRef::File(PathBuf::new())
+        }
+        (None, None) => {
+            r.at(id.span(), format!("node `{name}` needs `module = \"path.wasm\"` or `crate = \"path/to/crate\"`"));
+            ModuleRef::File(PathBuf::new())
+        }
+    };
+    let replicas = positive(r, &n.replicas, 1, Some(256), &format!("node `{name}`: replicas"));
+    let timeout_ms = positive(r, &n.timeout_ms, DEFAULT_TIMEOUT_MS, None, &format!("node `{name}`: timeout_ms"));
+    let memory_mb = positive(r, &n.memory_mb, DEFAULT_MEMORY_MB, Some(MAX_MEMORY_MB), &format!("node `{name}`: memory_mb"));
+    let policy = n.on_error.as_ref().map_or(OnError::Stop, |p| *p.get_ref());
+    let on_error = match (policy, &n.dead_letter) {
+        (OnError::DeadLetter, Some(sink)) => match sink_index(sink.get_ref()) {
+            Some(i) => ErrorPolicy::DeadLetter(i),
+            None => {
+                r.at(sink.span(), format!("node `{name}`: dead_letter `{}` is not a sink", sink.get_ref()));
+                ErrorPolicy::Stop
+            }
+        },
+        (OnError::DeadLetter, None) => {
+            let span = n.on_error.as_ref().map_or(id.span(), |p| p.span());
+            r.at(span, format!("node `{name}`: on_error = \"dead-letter\" needs `dead_letter = \"<sink>\"`"));
+            ErrorPolicy::Stop
+        }
+        (_, Some(sink)) => {
+            r.at(sink.span(), format!("node `{name}`: dead_letter is set but on_error is not \"dead-letter\""));
+            ErrorPolicy::Stop
+        }
+        (OnError::Stop, None) => ErrorPolicy::Stop,
+        (OnError::Skip, None) => ErrorPolicy::Skip,
+    };
+    let config_json = serde_json::to_string(&n.config).unwrap_or_else(|e| {
+        r.at(id.span(), format!("node `{name}`: config cannot be passed as JSON: {e}"));
+        String::from("{}")
+    });
+    NodeSpec {
+        id: name.clone(),
+        module,
+        config_json,
+        replicas,
+        timeout: Duration::from_millis(timeout_ms),
+        memory_mb,
+        on_error,
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+    }
+}
+
+fn sink(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSink) -> SinkSpec {
+    let name = id.get_ref();
+    let kind = match (s.kind.get_ref(), &s.path) {
+        (raw::SinkKind::File, Some(p)) => SinkKind::File(resolve(dir, p)),
+        (raw::SinkKind::File, None) => {
+            r.at(s.kind.span(), format!("sink `{name}` needs a `path`"));
+            SinkKind::Null
+        }
+        (kind, Some(p)) => {
+            r.at(p.span(), format!("`path` does not apply to sink `{name}` (kind {})", format!("{kind:?}").to_lowercase()));
+            SinkKind::Null
+        }
+        (raw::SinkKind::Stdout, None) => SinkKind::Stdout,
+        (raw::SinkKind::Null, None) => SinkKind::Null,
+    };
+    SinkSpec {
+        id: name.clone(),
+        kind,
+        format: s.format,
+    }
+}
+
+/// Resolves edge endpoints and gives each node its port lists (in name order, default first).
+fn edges(
+    r: &mut Report,
+    raw: &RawGraph,
+    ids: &BTreeMap<&str, Vertex>,
+    nodes: &mut [NodeSpec],
+) -> Vec<Edge> {
+    let mut resolved = Vec::new();
+    let mut seen = BTreeSet::new();
+    for e in &raw.edges {
+        let label = format!("edge from `{}` to `{}`", e.from.get_ref(), e.to.get_ref());
+        let from = endpoint(r, &e.from, ids, &label, true);
+        let to = endpoint(r, &e.to, ids, &label, false);
+        let (Some(from), Some(to)) = (from, to) else { continue };
+        if !seen.insert((from.clone(), to.clone())) {
+            r.at(e.from.span(), format!("{label} is declared twice"));
+        }
+        resolved.push((from, to, e.connection));
+    }
+    // Port lists: the default port first, then the others by name.
+    let mut ports = |v: Vertex, port: &str, outputs: bool| {
+        if let Vertex::Node(i) = v {
+            let list = if outputs { &mut nodes[i].outputs } else { &mut nodes[i].inputs };
+            if !list.iter().any(|p| p == port) {
+                list.push(port.to_owned());
+            }
+        }
+    };
+    for ((from, fp), (to, tp), _) in &resolved {
+        ports(*from, fp, true);
+        ports(*to, tp, false);
+    }
+    for n in nodes.iter_mut() {
+        n.inputs.sort_by_key(|p| (p != DEFAULT_INPUT, p.clone()));
+        n.outputs.sort_by_key(|p| (p != DEFAULT_OUTPUT, p.clone()));
+    }
+    let index = |v: Vertex, port: &str, outputs: bool| -> u16 {
+        match v {
+            Vertex::Node(i) => {
+                let list = if outputs { &nodes[i].outputs } else { &nodes[i].inputs };
+                list.iter().position(|p| p == port).unwrap_or(0) as u16
+            }
+            _ => 0,
+        }
+    };
+    resolved
+        .iter()
+        .map(|((from, fp), (to, tp), connection)| Edge {
+            from: *from,
+            from_port: index(*from, fp, true),
+            to: *to,
+            to_port: index(*to, tp, false),
+            connection: *connection,
+        })
+        .collect()
+}
+
+fn endpoint(
+    r: &mut Report,
+    text: &Spanned<String>,
+    ids: &BTreeMap<&str, Vertex>,
+    label: &str,
+    from: bool,
+) -> Option<(Vertex, String)> {
+    let (id, port) = match text.get_ref().split_once('.') {
+        Some((id, port)) => (id, Some(port)),
+        None => (text.get_ref().as_str(), None),
+    };
+    let default = if from { DEFAULT_OUTPUT } else { DEFAULT_INPUT };
+    let Some(&v) = ids.get(id) else {
+        let wanted = if from { "a source or node" } else { "a node or sink" };
+        r.at(text.span(), format!("{label}: `{id}` is not {wanted}"));
+        return None;
+    };
+    match (v, from) {
+        (Vertex::Sink(_), true) => r.at(text.span(), format!("{label}: `{id}` is a sink; edges cannot start at a sink")),
+        (Vertex::Source(_), false) => r.at(text.span(), format!("{label}: `{id}` is a source; edges cannot end at a source")),
+        _ => {}
+    }
+    if let Some(port) = port {
+        if !matches!(v, Vertex::Node(_)) {
+            r.at(text.span(), format!("{label}: only nodes have ports, `{id}` is a {v}"));
+        } else if port.is_empty() || !port.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            r.at(text.span(), format!("{label}: invalid port name `{port}`"));
+        }
+    }
+    Some((v, port.unwrap_or(default).to_owned()))
+}
+
+fn check_connected(r: &mut Report, raw: &RawGraph, edges: &[Edge], nodes: &[NodeSpec]) {
+    let has_in = |v: Vertex| edges.iter().any(|e| e.to == v);
+    let has_out = |v: Vertex| edges.iter().any(|e| e.from == v);
+    for (i, id) in raw.sources.keys().enumerate() {
+        if !has_out(Vertex::Source(i)) {
+            r.at(id.span(), format!("source `{}` is not connected: no edge starts at it", id.get_ref()));
+        }
+    }
+    for (i, id) in raw.nodes.keys().enumerate() {
+        if !has_in(Vertex::Node(i)) {
+            r.at(id.span(), format!("node `{}` is not connected: no edge ends at it", id.get_ref()));
+        }
+    }
+    for (i, id) in raw.sinks.keys().enumerate() {
+        let dead_letter = nodes.iter().any(|n| n.on_error == ErrorPolicy::DeadLetter(i));
+        if !has_in(Vertex::Sink(i)) && !dead_letter {
+            r.at(id.span(), format!("sink `{}` is not connected: no edge ends at it", id.get_ref()));
+        }
+    }
+}
+
+/// Reports each cycle among nodes once, as `a -> b -> a`.
+fn check_cycles(r: &mut Report, raw: &RawGraph, edges: &[Edge]) {
+    let ids: Vec<&Spanned<String>> = raw.nodes.keys().collect();
+    let next = |i: usize| {
+        edges.iter().filter_map(move |e| match (e.from, e.to) {
+            (Vertex::Node(a), Vertex::Node(b)) if a == i => Some(b),
+            _ => None,
+        })
+    };
+    // 0 = unvisited, 1 = on the stack, 2 = done.
+    let mut state = vec![0u8; ids.len()];
+    let mut stack = Vec::new();
+    fn visit(
+        i: usize,
+        state: &mut [u8],
+        stack: &mut Vec<usize>,
+        next: &dyn Fn(usize) -> Vec<usize>,
+        found: &mut Vec<Vec<usize>>,
+    ) {
+        state[i] = 1;
+        stack.push(i);
+        for j in next(i) {
+            match state[j] {
+                0 => visit(j, state, stack, next, found),
+                1 => {
+                    let start = stack.iter().position(|&k| k == j).unwrap_or(0);
+                    found.push(stack[start..].to_vec());
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        state[i] = 2;
+    }
+    let mut found = Vec::new();
+    let next_vec = |i: usize| next(i).collect::<Vec<_>>();
+    for i in 0..ids.len() {
+        if state[i] == 0 {
+            visit(i, &mut state, &mut stack, &next_vec, &mut found);
+        }
+    }
+    for cycle in found {
+        let names: Vec<&str> = cycle.iter().map(|&i| ids[i].get_ref().as_str()).collect();
+        let first = names[0];
+        r.at(ids[cycle[0]].span(), format!("cycle between nodes: {} -> {first} (cycles are not supported yet)", names.join(" -> ")));
+    }
+}

@@ -1,0 +1,185 @@
+//! The host's message envelope and its conversion to and from the batch framing.
+//!
+//! Payloads, keys and header blocks are [`Bytes`] slices of the buffer they arrived in:
+//! decoding a node's output copies nothing, fan-out clones are reference counts.
+
+use bytes::{Bytes, BytesMut};
+use flowhost_sdk::NodeError;
+use flowhost_sdk::frame::{BatchReader, BatchWriter, FrameError, HeadersRef, Item, encode_headers};
+
+/// One message moving through the graph.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Msg {
+    /// Partitioning key.
+    pub key: Option<Bytes>,
+    /// Body.
+    pub payload: Bytes,
+    /// Event time, milliseconds since the Unix epoch.
+    pub timestamp: Option<i64>,
+    /// Headers, kept in their encoded form.
+    pub headers: Headers,
+}
+
+impl Msg {
+    /// A message with a payload and a timestamp.
+    pub fn new(payload: impl Into<Bytes>, timestamp: Option<i64>) -> Self {
+        Msg { payload: payload.into(), timestamp, ..Msg::default() }
+    }
+}
+
+/// Headers as an encoded block (see `guest-sdk/FRAMING.md`), so they pass through nodes
+/// without being decoded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    count: u16,
+    raw: Bytes,
+}
+
+impl Headers {
+    /// The `(name, value)` pairs in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.view().into_iter().flat_map(|h| h.iter())
+    }
+
+    /// The last value of `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.view().and_then(|h| h.get(name))
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Sets `name` to `value`, replacing any earlier values.
+    pub fn set(&mut self, name: &str, value: &[u8]) {
+        let kept: Vec<(&str, &[u8])> = self.iter().filter(|(n, _)| *n != name).collect();
+        let (count, raw) = encode_headers(kept.into_iter().chain([(name, value)]));
+        *self = Headers { count, raw: raw.into() };
+    }
+
+    fn view(&self) -> Option<HeadersRef<'_>> {
+        // Blocks are validated when decoded from a guest, and encoded by the host otherwise.
+        HeadersRef::parse(self.count, &self.raw).ok()
+    }
+}
+
+/// Frames `msgs` as one input batch arriving on input port `port`.
+pub fn encode(msgs: &[Msg], port: u16) -> Vec<u8> {
+    let bytes: usize = msgs.iter().map(|m| m.payload.len() + m.headers.raw.len() + 24).sum();
+    let mut w = BatchWriter::with_capacity(bytes);
+    for m in msgs {
+        w.record(port, m.timestamp, m.key.as_deref(), &m.payload, (m.headers.count, &m.headers.raw));
+    }
+    w.finish()
+}
+
+/// A node's output batch, decoded.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// `(output port, message)` in emission order.
+    pub records: Vec<(u16, Msg)>,
+    /// `(input index, error)` for each message the node failed on.
+    pub errors: Vec<(u32, NodeError)>,
+}
+
+/// Decodes an output batch; `ports` is the number of connected output ports.
+pub fn decode(buf: Vec<u8>, ports: usize) -> Result<Output, FrameError> {
+    let buf = Bytes::from(buf);
+    let mut out = Output::default();
+    for item in BatchReader::new(&buf)? {
+        match item? {
+            Item::Record(r) => {
+                if r.port as usize >= ports {
+                    return Err(FrameError { offset: 0, what: "an output port the node was given" });
+                }
+                let (count, raw) = r.headers.raw();
+                out.records.push((
+                    r.port,
+                    Msg {
+                        key: r.key.map(|k| buf.slice_ref(k)),
+                        payload: buf.slice_ref(r.payload),
+                        timestamp: r.timestamp,
+                        headers: Headers { count, raw: buf.slice_ref(raw) },
+                    },
+                ));
+            }
+            Item::Error(e) => out.errors.push((
+                e.input_index,
+                NodeError { kind: e.kind, message: e.message.to_owned() },
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// Builds `count` messages over one shared buffer: `fill(i, buf)` appends message `i`'s payload.
+pub fn batch_from(count: usize, timestamp: Option<i64>, mut fill: impl FnMut(usize, &mut BytesMut)) -> Vec<Msg> {
+    let mut buf = BytesMut::new();
+    let mut ends = Vec::with_capacity(count);
+    for i in 0..count {
+        fill(i, &mut buf);
+        ends.push(buf.len());
+    }
+    let buf = buf.freeze();
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let m = Msg::new(buf.slice(start..end), timestamp);
+            start = end;
+            m
+        })
+        .collect()
+}
+
+/// Appends `n` as zero-padded decimal, exactly `size` bytes (the lowest digits if longer).
+pub fn sequence_payload(n: u64, size: usize, buf: &mut BytesMut) {
+    let digits = format!("{n:020}");
+    let tail = &digits.as_bytes()[digits.len().saturating_sub(size)..];
+    buf.resize(buf.len() + size - tail.len(), b'0');
+    buf.extend_from_slice(tail);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_then_decode_keeps_everything() {
+        let mut m = Msg::new(&b"payload"[..], Some(42));
+        m.key = Some(Bytes::from_static(b"k"));
+        m.headers.set("a", b"1");
+        m.headers.set("b", b"2");
+        m.headers.set("a", b"3");
+        assert_eq!(m.headers.iter().collect::<Vec<_>>(), [("b", &b"2"[..]), ("a", &b"3"[..])]);
+        let out = decode(encode(&[m.clone(), Msg::default()], 1), 2).unwrap();
+        assert_eq!(out.records, [(1, m), (1, Msg::default())]);
+    }
+
+    #[test]
+    fn a_port_the_node_was_not_given_is_an_error() {
+        let buf = encode(&[Msg::default()], 3);
+        assert!(decode(buf, 2).is_err());
+    }
+
+    #[test]
+    fn sequence_payloads_have_the_exact_size() {
+        let mut b = BytesMut::new();
+        sequence_payload(42, 4, &mut b);
+        sequence_payload(123_456, 3, &mut b);
+        sequence_payload(7, 24, &mut b);
+        assert_eq!(&b[..], b"0042456000000000000000000007");
+    }
+
+    #[test]
+    fn batch_from_slices_one_buffer() {
+        let msgs = batch_from(3, None, |i, b| b.extend_from_slice(format!("m{i}").as_bytes()));
+        let payloads: Vec<&[u8]> = msgs.iter().map(|m| &m.payload[..]).collect();
+        assert_eq!(payloads, [&b"m0"[..], b"m1", b"m2"]);
+    }
+}

@@ -1,0 +1,315 @@
+//! A running graph, in-process: every node replica and every source and sink on its own
+//! thread, bounded channels between them (a slow consumer slows its producers), and an
+//! orderly end — when the sources end (or a stop is requested) each thread drains its
+//! input, runs `finish`, and drops its senders, so the graph empties front to back.
+
+mod replica;
+mod router;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+pub use replica::{MAX_ATTEMPTS, headers};
+pub use router::{Envelope, Route, Router};
+
+use crate::engine::{Engine, LoadedModule, NodeInstance, NodeTemplate};
+use crate::io::sink::SinkWriter;
+use crate::io::source;
+use crate::manifest::{ErrorPolicy, Graph, ModuleRef, Vertex};
+use replica::Replica;
+
+/// Runtime knobs (command-line flags, not manifest fields).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Messages per batch read from a source.
+    pub batch_size: usize,
+    /// Batches a channel holds before its producer waits.
+    pub channel_capacity: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { batch_size: 256, channel_capacity: 16 }
+    }
+}
+
+/// Asks a running graph to stop, and records why it stopped.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    stopping: AtomicBool,
+    interrupted: AtomicBool,
+    failure: Mutex<Option<String>>,
+}
+
+impl Shutdown {
+    /// Stop reading sources; everything in flight drains (e.g. on Ctrl-C).
+    pub fn request_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Stop on the user's request (Ctrl-C): like [`Shutdown::request_stop`], remembered.
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+        self.request_stop();
+    }
+
+    /// Whether [`Shutdown::interrupt`] was called.
+    pub fn was_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+
+    /// Stop because of `reason`; the first failure is the one reported.
+    pub fn fail(&self, reason: String) {
+        tracing::error!("{reason}");
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
+        self.request_stop();
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Why the graph failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Live counters of one node, shared by its replicas.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    received: AtomicU64,
+    emitted: AtomicU64,
+    errors: AtomicU64,
+    skipped: AtomicU64,
+    dead_lettered: AtomicU64,
+    retries: AtomicU64,
+    traps: AtomicU64,
+}
+
+impl NodeStats {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A snapshot.
+    pub fn counts(&self) -> NodeCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NodeCounts {
+            received: get(&self.received),
+            emitted: get(&self.emitted),
+            errors: get(&self.errors),
+            skipped: get(&self.skipped),
+            dead_lettered: get(&self.dead_lettered),
+            retries: get(&self.retries),
+            traps: get(&self.traps),
+        }
+    }
+}
+
+/// Counts of one node.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NodeCounts {
+    /// Messages delivered to the node.
+    pub received: u64,
+    /// Records it emitted.
+    pub emitted: u64,
+    /// Messages that failed for good (whatever the policy did with them).
+    pub errors: u64,
+    /// Failed messages skipped.
+    pub skipped: u64,
+    /// Failed messages sent to the dead-letter sink.
+    pub dead_lettered: u64,
+    /// Retries of retryable errors.
+    pub retries: u64,
+    /// Instances that trapped and were replaced.
+    pub traps: u64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Per node: id, module hash, counts.
+    pub nodes: Vec<(String, String, NodeCounts)>,
+    /// Per source: id, messages read.
+    pub sources: Vec<(String, u64)>,
+    /// Per sink: id, messages written.
+    pub sinks: Vec<(String, u64)>,
+    /// Why the graph stopped early, if it failed.
+    pub failure: Option<String>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "finished in {:.2?}", self.elapsed)?;
+        for (id, n) in &self.sources {
+            writeln!(f, "  source {id:<16} read {n}")?;
+        }
+        for (id, _, c) in &self.nodes {
+            write!(f, "  node   {id:<16} in {} out {} errors {}", c.received, c.emitted, c.errors)?;
+            for (what, n) in [("skipped", c.skipped), ("dead-lettered", c.dead_lettered), ("retries", c.retries), ("traps", c.traps)] {
+                if n > 0 {
+                    write!(f, " {what} {n}")?;
+                }
+            }
+            writeln!(f)?;
+        }
+        for (id, n) in &self.sinks {
+            writeln!(f, "  sink   {id:<16} wrote {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads every node of `graph` (building crates as needed) and checks each against the
+/// WIT world, before anything runs.
+pub fn load(graph: &Graph, engine: &Engine) -> anyhow::Result<Vec<Arc<NodeTemplate>>> {
+    let mut loaded: HashMap<&ModuleRef, LoadedModule> = HashMap::new();
+    graph
+        .nodes
+        .iter()
+        .map(|n| {
+            let module = match loaded.get(&n.module) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = engine.load(&n.module).with_context(|| format!("node `{}`", n.id))?;
+                    loaded.entry(&n.module).or_insert(m).clone()
+                }
+            };
+            let ports = (&n.inputs[..], &n.outputs[..]);
+            NodeTemplate::new(engine, module, &n.id, &n.config_json, ports, n.timeout, n.memory_mb)
+                .with_context(|| format!("node `{}`", n.id))
+        })
+        .collect()
+}
+
+/// Runs `graph` to the end of its sources (or until `shutdown` is requested).
+pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shutdown>) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let templates = load(graph, engine)?;
+    let mut instances: Vec<Vec<NodeInstance>> = Vec::new();
+    for (spec, t) in graph.nodes.iter().zip(&templates) {
+        instances.push((0..spec.replicas).map(|_| t.instantiate()).collect::<anyhow::Result<_>>()?);
+    }
+    let writers: Vec<SinkWriter> = graph.sinks.iter().map(SinkWriter::open).collect::<anyhow::Result<_>>()?;
+
+    let channel = || sync_channel::<Envelope>(opts.channel_capacity);
+    let (node_tx, node_rx): (Vec<Vec<_>>, Vec<Vec<_>>) =
+        graph.nodes.iter().map(|n| (0..n.replicas).map(|_| channel()).unzip()).unzip();
+    let (sink_tx, sink_rx): (Vec<_>, Vec<_>) = graph.sinks.iter().map(|_| channel()).unzip();
+    let router = |from: Vertex, ports: usize| {
+        let mut r = Router::new(ports);
+        for e in graph.edges.iter().filter(|e| e.from == from) {
+            let targets = match e.to {
+                Vertex::Node(j) => node_tx[j].clone(),
+                Vertex::Sink(k) => vec![sink_tx[k].clone()],
+                Vertex::Source(_) => unreachable!("validated: edges never end at a source"),
+            };
+            r.add(e.from_port, Route::new(targets, e.to_port, e.connection));
+        }
+        r
+    };
+    let stats: Vec<Arc<NodeStats>> = graph.nodes.iter().map(|_| Arc::default()).collect();
+    let mut replicas = Vec::new();
+    for (i, ((spec, instances), inputs)) in graph.nodes.iter().zip(instances).zip(node_rx).enumerate() {
+        for (instance, rx) in instances.into_iter().zip(inputs) {
+            let replica = Replica {
+                id: spec.id.as_str().into(),
+                instance,
+                outputs: spec.outputs.len(),
+                router: router(Vertex::Node(i), spec.outputs.len()),
+                dead_letter: match spec.on_error {
+                    ErrorPolicy::DeadLetter(k) => Some(sink_tx[k].clone()),
+                    _ => None,
+                },
+                policy: spec.on_error,
+                stats: stats[i].clone(),
+                shutdown: shutdown.clone(),
+                provenance: graph.provenance,
+            };
+            replicas.push((replica, rx));
+        }
+    }
+    let source_routers: Vec<Router> = (0..graph.sources.len()).map(|i| router(Vertex::Source(i), 1)).collect();
+    // Only the routers hold senders now: each channel closes when its producers end.
+    drop((node_tx, sink_tx));
+
+    let (sources, sinks) = std::thread::scope(|s| {
+        let sinks: Vec<_> = writers
+            .into_iter()
+            .zip(sink_rx)
+            .zip(&graph.sinks)
+            .map(|((w, rx), spec)| s.spawn(move || drain_sink(&spec.id, w, rx, shutdown)))
+            .collect();
+        for (replica, rx) in replicas {
+            s.spawn(move || replica.run(rx));
+        }
+        let sources: Vec<_> = graph
+            .sources
+            .iter()
+            .zip(source_routers)
+            .map(|(spec, mut router)| {
+                s.spawn(move || {
+                    let sent = source::run(spec, opts.batch_size, shutdown, |batch| {
+                        router.send(0, batch);
+                        true
+                    });
+                    sent.unwrap_or_else(|e| {
+                        shutdown.fail(e);
+                        0
+                    })
+                })
+            })
+            .collect();
+        let join = |h: std::thread::ScopedJoinHandle<'_, u64>| h.join().unwrap_or(0);
+        let sources: Vec<u64> = sources.into_iter().map(join).collect();
+        let sinks: Vec<u64> = sinks.into_iter().map(join).collect();
+        (sources, sinks)
+    });
+
+    Ok(RunReport {
+        nodes: graph
+            .nodes
+            .iter()
+            .zip(&templates)
+            .zip(&stats)
+            .map(|((n, t), s)| (n.id.clone(), t.module().hash.clone(), s.counts()))
+            .collect(),
+        sources: graph.sources.iter().map(|s| s.id.clone()).zip(sources).collect(),
+        sinks: graph.sinks.iter().map(|s| s.id.clone()).zip(sinks).collect(),
+        failure: shutdown.failure(),
+        elapsed: started.elapsed(),
+    })
+}
+
+fn drain_sink(id: &str, mut writer: SinkWriter, rx: Receiver<Envelope>, shutdown: &Shutdown) -> u64 {
+    let mut written = 0;
+    let mut broken = false;
+    for env in rx {
+        if broken {
+            continue;
+        }
+        match writer.write(&env.msgs) {
+            Ok(()) => written += env.msgs.len() as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                // The reader went away (`| head`): stop reading sources, quietly.
+                broken = true;
+                shutdown.request_stop();
+            }
+            Err(e) => {
+                broken = true;
+                shutdown.fail(format!("sink `{id}`: {e}"));
+            }
+        }
+    }
+    written
+}

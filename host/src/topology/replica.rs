@@ -1,0 +1,212 @@
+//! One node replica: its own thread, store and instance. Batches in, routed output out;
+//! failures go through the node's error policy, never up the stack.
+//!
+//! A batch either completes or is retried message by message, so one bad message fails
+//! alone: a trap replaces the instance and re-runs the batch one message at a time
+//! (nothing of the trapped call was emitted), retryable errors are retried with backoff,
+//! and what still fails is skipped, dead-lettered or stops the graph.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::Duration;
+
+use flowhost_sdk::{ErrorKind, NodeError};
+
+use super::router::{Envelope, Router};
+use super::{NodeStats, Shutdown};
+use crate::engine::{CallError, NodeInstance};
+use crate::io::source::now_millis;
+use crate::manifest::ErrorPolicy;
+use crate::message::{self, Msg};
+
+/// Attempts for a message that fails with a retryable error (including the first).
+pub const MAX_ATTEMPTS: u32 = 3;
+const BACKOFF: Duration = Duration::from_millis(10);
+
+/// Header names on dead-lettered messages.
+pub mod headers {
+    /// The node that failed.
+    pub const NODE: &str = "flowhost-error-node";
+    /// `invalid-input`, `retryable`, `fatal` or `trap`.
+    pub const KIND: &str = "flowhost-error-kind";
+    /// The error text.
+    pub const ERROR: &str = "flowhost-error";
+    /// How many times the message was tried.
+    pub const ATTEMPTS: &str = "flowhost-error-attempts";
+    /// When it was given up on, milliseconds since the epoch.
+    pub const TIME: &str = "flowhost-error-time";
+    /// The nodes a message passed, comma-separated (with `provenance = true`).
+    pub const PATH: &str = "flowhost-path";
+}
+
+/// Why a replica stops the graph.
+type Stop = String;
+
+pub(super) struct Replica {
+    pub id: Arc<str>,
+    pub instance: NodeInstance,
+    pub outputs: usize,
+    pub router: Router,
+    pub dead_letter: Option<SyncSender<Envelope>>,
+    pub policy: ErrorPolicy,
+    pub stats: Arc<NodeStats>,
+    pub shutdown: Arc<Shutdown>,
+    pub provenance: bool,
+}
+
+impl Replica {
+    pub fn run(mut self, input: Receiver<Envelope>) {
+        let mut stopped = false;
+        for env in input.iter() {
+            // After a stop, keep draining so producers never block on us.
+            if stopped {
+                continue;
+            }
+            NodeStats::add(&self.stats.received, env.msgs.len());
+            if let Err(reason) = self.batch(&env) {
+                stopped = self.stop(reason);
+            }
+        }
+        if !stopped {
+            let finished = self.instance.finish().map_err(|e| format!("finish failed: {e}"));
+            if let Err(reason) = finished.and_then(|out| self.deliver(out, &[], 0)) {
+                self.stop(reason);
+            }
+        }
+    }
+
+    fn stop(&mut self, reason: Stop) -> bool {
+        self.shutdown.fail(format!("node `{}` stopped the graph: {reason}", self.id));
+        // Dropping our senders lets everything downstream drain and end.
+        self.router = Router::default();
+        self.dead_letter = None;
+        true
+    }
+
+    fn batch(&mut self, env: &Envelope) -> Result<(), Stop> {
+        let input = message::encode(&env.msgs, env.port);
+        let mut attempt = 1;
+        loop {
+            match self.call(&input) {
+                Ok(out) => return self.deliver(out, &env.msgs, env.port),
+                Err(CallError::Node(e)) if e.kind == ErrorKind::Fatal => return Err(e.to_string()),
+                Err(CallError::Node(e)) if e.kind == ErrorKind::Retryable && attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    self.backoff(attempt, &e);
+                }
+                // A trap, invalid input for the whole batch, or retries used up: find the
+                // culprit by running each message alone.
+                Err(_) => {
+                    return env.msgs.iter().try_for_each(|m| self.single(m, env.port, 1));
+                }
+            }
+        }
+    }
+
+    fn single(&mut self, msg: &Msg, port: u16, mut attempt: u32) -> Result<(), Stop> {
+        let input = message::encode(std::slice::from_ref(msg), port);
+        loop {
+            let error = match self.call(&input) {
+                Ok(out) => {
+                    let out = message::decode(out, self.outputs).map_err(|e| format!("returned a malformed batch: {e}"))?;
+                    match out.errors.into_iter().next() {
+                        None => {
+                            self.route(out.records);
+                            return Ok(());
+                        }
+                        Some((_, e)) => CallError::Node(e),
+                    }
+                }
+                Err(e) => e,
+            };
+            match error {
+                CallError::Node(e) if e.kind == ErrorKind::Retryable && attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    self.backoff(attempt, &e);
+                }
+                CallError::Node(e) => return self.failed(msg, e.kind.as_str(), &e.message, attempt),
+                CallError::Trap(t) => return self.failed(msg, "trap", &t, attempt),
+            }
+        }
+    }
+
+    /// Calls `process`; a trapped instance is replaced before returning the trap.
+    fn call(&mut self, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        let result = self.instance.process(input);
+        if let Err(CallError::Trap(trap)) = &result {
+            NodeStats::add(&self.stats.traps, 1);
+            tracing::warn!(node = %self.id, "instance trapped ({trap}); replacing it");
+            if let Err(e) = self.instance.reset() {
+                let why = format!("could not replace the trapped instance: {e:#}");
+                return Err(CallError::Node(NodeError::fatal(why)));
+            }
+        }
+        result
+    }
+
+    fn backoff(&self, attempt: u32, e: &NodeError) {
+        NodeStats::add(&self.stats.retries, 1);
+        tracing::debug!(node = %self.id, attempt, "retrying: {e}");
+        std::thread::sleep(BACKOFF * 2u32.pow(attempt - 2));
+    }
+
+    /// Routes an output batch; per-message errors go to retry or the policy.
+    fn deliver(&mut self, out: Vec<u8>, inputs: &[Msg], port: u16) -> Result<(), Stop> {
+        let out = message::decode(out, self.outputs).map_err(|e| format!("returned a malformed batch: {e}"))?;
+        self.route(out.records);
+        for (index, e) in out.errors {
+            let msg = inputs.get(index as usize).ok_or_else(|| {
+                format!("reported an error for message {index} of a batch of {}: {e}", inputs.len())
+            })?;
+            if e.kind == ErrorKind::Retryable {
+                self.backoff(2, &e);
+                self.single(msg, port, 2)?;
+            } else {
+                self.failed(msg, e.kind.as_str(), &e.message, 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn route(&mut self, mut records: Vec<(u16, Msg)>) {
+        NodeStats::add(&self.stats.emitted, records.len());
+        if self.provenance {
+            for (_, m) in &mut records {
+                let path = match m.headers.get(headers::PATH) {
+                    Some(p) => format!("{},{}", String::from_utf8_lossy(p), self.id),
+                    None => self.id.to_string(),
+                };
+                m.headers.set(headers::PATH, path.as_bytes());
+            }
+        }
+        self.router.send_all(records);
+    }
+
+    /// Applies the error policy to a message that failed for good.
+    fn failed(&mut self, msg: &Msg, kind: &str, error: &str, attempts: u32) -> Result<(), Stop> {
+        NodeStats::add(&self.stats.errors, 1);
+        let policy = if kind == ErrorKind::Fatal.as_str() { ErrorPolicy::Stop } else { self.policy };
+        match policy {
+            ErrorPolicy::Stop => Err(format!("{kind}: {error}")),
+            ErrorPolicy::Skip => {
+                NodeStats::add(&self.stats.skipped, 1);
+                tracing::warn!(node = %self.id, "skipped a message after {attempts} attempt(s): {kind}: {error}");
+                Ok(())
+            }
+            ErrorPolicy::DeadLetter(_) => {
+                let mut dead = msg.clone();
+                dead.headers.set(headers::NODE, self.id.as_bytes());
+                dead.headers.set(headers::KIND, kind.as_bytes());
+                dead.headers.set(headers::ERROR, error.as_bytes());
+                dead.headers.set(headers::ATTEMPTS, attempts.to_string().as_bytes());
+                dead.headers.set(headers::TIME, now_millis().to_string().as_bytes());
+                if let Some(dlq) = &self.dead_letter {
+                    let _ = dlq.send(Envelope { port: 0, msgs: vec![dead] });
+                }
+                NodeStats::add(&self.stats.dead_lettered, 1);
+                tracing::warn!(node = %self.id, "dead-lettered a message: {kind}: {error}");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Routing a producer's output to the replicas of every edge leaving each port:
+//! fan-out copies (reference counts) to every edge; an edge spreads messages over its
+//! consumer's replicas round-robin (per batch), by key hash, or to all (broadcast).
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::mpsc::SyncSender;
+
+use crate::manifest::Connection;
+use crate::message::Msg;
+
+/// What travels on a channel: a batch for one input port of one consumer replica.
+pub struct Envelope {
+    /// The consumer's input port index.
+    pub port: u16,
+    /// The messages, in order.
+    pub msgs: Vec<Msg>,
+}
+
+/// One edge, as seen by a producer.
+pub struct Route {
+    targets: Vec<SyncSender<Envelope>>,
+    in_port: u16,
+    connection: Connection,
+    next: usize,
+    pending: Vec<Vec<Msg>>,
+}
+
+impl Route {
+    /// An edge to `targets` (one sender per consumer replica), arriving on `in_port`.
+    pub fn new(targets: Vec<SyncSender<Envelope>>, in_port: u16, connection: Connection) -> Self {
+        let pending = targets.iter().map(|_| Vec::new()).collect();
+        Route { targets, in_port, connection, next: 0, pending }
+    }
+
+    fn push(&mut self, msg: Msg) {
+        let n = self.targets.len();
+        match self.connection {
+            Connection::RoundRobin => self.pending[self.next % n].push(msg),
+            Connection::KeyHash => {
+                let i = match &msg.key {
+                    Some(key) => {
+                        let mut h = DefaultHasher::new();
+                        key.hash(&mut h);
+                        (h.finish() % n as u64) as usize
+                    }
+                    None => self.next % n,
+                };
+                self.pending[i].push(msg);
+            }
+            Connection::Broadcast => {
+                for p in &mut self.pending {
+                    p.push(msg.clone());
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        for (i, pending) in self.pending.iter_mut().enumerate() {
+            if pending.is_empty() {
+                continue;
+            }
+            let msgs = std::mem::take(pending);
+            // A consumer that is gone has stopped the graph; what it would get is moot.
+            let _ = self.targets[i].send(Envelope { port: self.in_port, msgs });
+        }
+        self.next = self.next.wrapping_add(1);
+    }
+}
+
+/// All edges leaving a producer, by output port.
+#[derive(Default)]
+pub struct Router {
+    ports: Vec<Vec<Route>>,
+}
+
+impl Router {
+    /// A router for a producer with `ports` output ports.
+    pub fn new(ports: usize) -> Self {
+        Router { ports: (0..ports).map(|_| Vec::new()).collect() }
+    }
+
+    /// Adds an edge leaving `port`.
+    pub fn add(&mut self, port: u16, route: Route) {
+        self.ports[port as usize].push(route);
+    }
+
+    /// Sends `msgs` from `port` along every edge; blocks while a consumer is full.
+    pub fn send(&mut self, port: u16, msgs: Vec<Msg>) {
+        self.send_all(msgs.into_iter().map(|m| (port, m)));
+    }
+
+    /// Sends `(port, message)` pairs, keeping their order per edge and replica.
+    pub fn send_all(&mut self, msgs: impl IntoIterator<Item = (u16, Msg)>) {
+        for (port, msg) in msgs {
+            let Some(routes) = self.ports.get_mut(port as usize) else { continue };
+            if let Some((last, rest)) = routes.split_last_mut() {
+                for route in rest {
+                    route.push(msg.clone());
+                }
+                last.push(msg);
+            }
+        }
+        for route in self.ports.iter_mut().flatten() {
+            route.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::sync::mpsc::{Receiver, sync_channel};
+
+    fn replicas(n: usize) -> (Vec<SyncSender<Envelope>>, Vec<Receiver<Envelope>>) {
+        (0..n).map(|_| sync_channel(16)).unzip()
+    }
+
+    fn drain(rx: &Receiver<Envelope>) -> Vec<String> {
+        rx.try_iter()
+            .flat_map(|e| e.msgs)
+            .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+            .collect()
+    }
+
+    fn keyed(key: &str, payload: &str) -> Msg {
+        Msg { key: Some(Bytes::from(key.to_owned())), ..Msg::new(payload.to_owned(), None) }
+    }
+
+    #[test]
+    fn key_hash_keeps_each_key_on_one_replica_in_order() {
+        let (tx, rx) = replicas(3);
+        let mut router = Router::new(1);
+        router.add(0, Route::new(tx, 0, Connection::KeyHash));
+        for round in 0..4 {
+            router.send(0, (0..10).map(|k| keyed(&format!("k{k}"), &format!("k{k}-{round}"))).collect());
+        }
+        let got: Vec<Vec<String>> = rx.iter().map(drain).collect();
+        assert_eq!(got.iter().map(Vec::len).sum::<usize>(), 40);
+        for k in 0..10 {
+            let holders: Vec<&Vec<String>> =
+                got.iter().filter(|msgs| msgs.iter().any(|m| m.starts_with(&format!("k{k}-")))).collect();
+            assert_eq!(holders.len(), 1, "key k{k} went to more than one replica");
+            let seq: Vec<&String> = holders[0].iter().filter(|m| m.starts_with(&format!("k{k}-"))).collect();
+            assert_eq!(seq, (0..4).map(|r| format!("k{k}-{r}")).collect::<Vec<_>>().iter().collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn fan_out_copies_broadcast_reaches_all_round_robin_alternates() {
+        let (rr_tx, rr_rx) = replicas(2);
+        let (bc_tx, bc_rx) = replicas(2);
+        let mut router = Router::new(1);
+        router.add(0, Route::new(rr_tx, 0, Connection::RoundRobin));
+        router.add(0, Route::new(bc_tx, 1, Connection::Broadcast));
+        router.send(0, vec![Msg::new("a", None)]);
+        router.send(0, vec![Msg::new("b", None)]);
+        assert_eq!(drain(&rr_rx[0]), ["a"]);
+        assert_eq!(drain(&rr_rx[1]), ["b"]);
+        for rx in &bc_rx {
+            let envs: Vec<Envelope> = rx.try_iter().collect();
+            assert!(envs.iter().all(|e| e.port == 1));
+            assert_eq!(envs.iter().flat_map(|e| &e.msgs).map(|m| &m.payload[..]).collect::<Vec<_>>(), [&b"a"[..], b"b"]);
+        }
+    }
+}
