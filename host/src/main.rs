@@ -51,6 +51,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match execute(cli) {
         Ok(code) => code,
@@ -90,8 +91,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .context("installing the Ctrl-C handler")?;
             let opts = RunOptions { batch_size: batch_size.max(1), channel_capacity: channel_capacity.max(1) };
-            let span = tracing::info_span!("graph", graph = %graph.name);
-            let report = span.in_scope(|| topology::run(&graph, &engine, &opts, &shutdown))?;
+            let report = topology::run(&graph, &engine, &opts, &shutdown)?;
             if !cli.quiet {
                 eprint!("{report}");
             }

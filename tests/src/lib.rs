@@ -1,1 +1,88 @@
+//! Helpers for flowhost's end-to-end tests: paths into the repository, node modules
+//! built from `functions/` on demand (cargo decides what is stale), and running a graph
+//! with its sinks captured in files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use flowhost::engine::{Engine, EngineLimits};
+use flowhost::manifest::{Graph, SinkKind};
+use flowhost::topology::{self, RunOptions, RunReport, Shutdown};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repo").to_owned()
+}
+
+/// A node crate in `functions/`.
+pub fn function(name: &str) -> PathBuf {
+    repo().join("functions").join(name)
+}
+
+/// The `.wasm` of a node crate in `functions/`, built if missing or stale.
+pub fn module(name: &str) -> anyhow::Result<PathBuf> {
+    flowhost::engine::build_crate(&function(name))
+}
+
+/// Writes `toml` as `graph.toml` in `dir` and loads it. `{functions}` in the text is
+/// replaced by the path of `functions/`.
+pub fn graph_in(dir: &Path, toml: &str) -> anyhow::Result<Graph> {
+    let path = dir.join("graph.toml");
+    let text = toml.replace("{functions}", &repo().join("functions").display().to_string());
+    std::fs::write(&path, text)?;
+    Ok(Graph::load(&path)?)
+}
+
+/// What a captured run produced.
+pub struct Captured {
+    /// The run's report.
+    pub report: RunReport,
+    /// Each sink's output lines, by sink id.
+    pub sinks: BTreeMap<String, Vec<String>>,
+}
+
+impl Captured {
+    /// The lines a sink wrote.
+    pub fn lines(&self, sink: &str) -> &[String] {
+        self.sinks.get(sink).map_or(&[], Vec::as_slice)
+    }
+
+    /// The lines a sink wrote, sorted (for sinks fed by several replicas).
+    pub fn sorted(&self, sink: &str) -> Vec<String> {
+        let mut lines = self.lines(sink).to_vec();
+        lines.sort();
+        lines
+    }
+
+    /// A sink's JSON lines, parsed.
+    pub fn json(&self, sink: &str) -> Vec<serde_json::Value> {
+        self.lines(sink).iter().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+    }
+
+    /// The counts of a node.
+    pub fn node(&self, id: &str) -> flowhost::topology::NodeCounts {
+        self.report.nodes.iter().find(|(n, _, _)| n == id).map(|(_, _, c)| *c).expect("a node of the graph")
+    }
+}
+
+/// Runs `graph` with every sink redirected to a file in `dir`, and reads them back.
+pub fn run_captured(mut graph: Graph, dir: &Path) -> anyhow::Result<Captured> {
+    for sink in &mut graph.sinks {
+        if !matches!(sink.kind, SinkKind::Null) {
+            sink.kind = SinkKind::File(dir.join(format!("{}.out", sink.id)));
+        }
+    }
+    let engine = Engine::new(EngineLimits { max_memory_mb: 256, max_instances: 32 })?;
+    let report = topology::run(&graph, &engine, &RunOptions::default(), &Arc::new(Shutdown::default()))?;
+    let mut sinks = BTreeMap::new();
+    for sink in &graph.sinks {
+        if let SinkKind::File(path) = &sink.kind {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            sinks.insert(sink.id.clone(), text.lines().map(str::to_owned).collect());
+        }
+    }
+    Ok(Captured { report, sinks })
+}
 

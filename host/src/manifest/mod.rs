@@ -145,7 +145,8 @@ pub enum ModuleRef {
 /// What happens to a message a node fails on (after retries, for retryable errors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorPolicy {
-    /// Stop the graph: drain, then exit non-zero naming the node and the error.
+    /// Stop the graph: the batch holding the message completes (a batch is atomic), no
+    /// later batch is processed, the graph drains, and the run fails naming the node and error.
     Stop,
     /// Count it, log it, go on.
     Skip,

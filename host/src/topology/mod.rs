@@ -194,6 +194,7 @@ pub fn load(graph: &Graph, engine: &Engine) -> anyhow::Result<Vec<Arc<NodeTempla
 
 /// Runs `graph` to the end of its sources (or until `shutdown` is requested).
 pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shutdown>) -> anyhow::Result<RunReport> {
+    let _graph = tracing::info_span!("graph", graph = %graph.name).entered();
     let started = Instant::now();
     let templates = load(graph, engine)?;
     let mut instances: Vec<Vec<NodeInstance>> = Vec::new();
@@ -251,14 +252,17 @@ pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shu
             .map(|((w, rx), spec)| s.spawn(move || drain_sink(&spec.id, w, rx, shutdown)))
             .collect();
         for (replica, rx) in replicas {
-            s.spawn(move || replica.run(rx));
+            let span = tracing::info_span!("node", node = %replica.id);
+            s.spawn(move || span.in_scope(|| replica.run(rx)));
         }
         let sources: Vec<_> = graph
             .sources
             .iter()
             .zip(source_routers)
             .map(|(spec, mut router)| {
+                let span = tracing::info_span!("source", source = %spec.id);
                 s.spawn(move || {
+                    let _entered = span.enter();
                     let sent = source::run(spec, opts.batch_size, shutdown, |batch| {
                         router.send(0, batch);
                         true

@@ -135,7 +135,7 @@ impl Replica {
         let result = self.instance.process(input);
         if let Err(CallError::Trap(trap)) = &result {
             NodeStats::add(&self.stats.traps, 1);
-            tracing::warn!(node = %self.id, "instance trapped ({trap}); replacing it");
+            tracing::warn!("instance trapped ({trap}); replacing it");
             if let Err(e) = self.instance.reset() {
                 let why = format!("could not replace the trapped instance: {e:#}");
                 return Err(CallError::Node(NodeError::fatal(why)));
@@ -146,7 +146,7 @@ impl Replica {
 
     fn backoff(&self, attempt: u32, e: &NodeError) {
         NodeStats::add(&self.stats.retries, 1);
-        tracing::debug!(node = %self.id, attempt, "retrying: {e}");
+        tracing::debug!(attempt, "retrying: {e}");
         std::thread::sleep(BACKOFF * 2u32.pow(attempt - 2));
     }
 
@@ -190,7 +190,7 @@ impl Replica {
             ErrorPolicy::Stop => Err(format!("{kind}: {error}")),
             ErrorPolicy::Skip => {
                 NodeStats::add(&self.stats.skipped, 1);
-                tracing::warn!(node = %self.id, "skipped a message after {attempts} attempt(s): {kind}: {error}");
+                tracing::warn!("skipped a message after {attempts} attempt(s): {kind}: {error}");
                 Ok(())
             }
             ErrorPolicy::DeadLetter(_) => {
@@ -204,7 +204,7 @@ impl Replica {
                     let _ = dlq.send(Envelope { port: 0, msgs: vec![dead] });
                 }
                 NodeStats::add(&self.stats.dead_lettered, 1);
-                tracing::warn!(node = %self.id, "dead-lettered a message: {kind}: {error}");
+                tracing::warn!("dead-lettered a message: {kind}: {error}");
                 Ok(())
             }
         }

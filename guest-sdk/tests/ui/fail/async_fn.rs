@@ -1,0 +1,8 @@
+use flowhost_sdk::prelude::*;
+
+#[node(map)]
+async fn upper(text: &str) -> String {
+    text.to_uppercase()
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use flowhost_sdk::prelude::*;
+
+#[node]
+struct Upper;
+
+fn main() {}
