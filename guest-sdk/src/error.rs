@@ -20,17 +20,26 @@ pub struct NodeError {
 impl NodeError {
     /// The message is bad data.
     pub fn invalid_input(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::InvalidInput, message: message.into() }
+        Self {
+            kind: ErrorKind::InvalidInput,
+            message: message.into(),
+        }
     }
 
     /// A passing failure worth retrying.
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Retryable, message: message.into() }
+        Self {
+            kind: ErrorKind::Retryable,
+            message: message.into(),
+        }
     }
 
     /// The node cannot go on.
     pub fn fatal(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Fatal, message: message.into() }
+        Self {
+            kind: ErrorKind::Fatal,
+            message: message.into(),
+        }
     }
 }
 

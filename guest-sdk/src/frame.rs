@@ -135,7 +135,10 @@ impl<'a> HeadersRef<'a> {
             cursor.header()?;
         }
         if cursor.pos != raw.len() {
-            return Err(FrameError { offset: cursor.pos, what: "end of header block" });
+            return Err(FrameError {
+                offset: cursor.pos,
+                what: "end of header block",
+            });
         }
         Ok(HeadersRef { count, raw })
     }
@@ -158,7 +161,10 @@ impl<'a> HeadersRef<'a> {
     /// The `(name, value)` pairs in order. The block was validated when the record was
     /// decoded, so iteration cannot fail.
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + use<'a> {
-        let mut cursor = Cursor { buf: self.raw, pos: 0 };
+        let mut cursor = Cursor {
+            buf: self.raw,
+            pos: 0,
+        };
         (0..self.count).map(move |_| {
             cursor
                 .header()
@@ -472,18 +478,32 @@ mod tests {
 
         let items: Vec<_> = BatchReader::new(&buf).unwrap().map(Result::unwrap).collect();
         assert_eq!(items.len(), 3);
-        let Item::Record(r) = items[0] else { panic!("record expected") };
-        assert_eq!((r.port, r.timestamp, r.key, r.payload), (3, Some(-5), Some(&b"k1"[..]), &b"hello"[..]));
+        let Item::Record(r) = items[0] else {
+            panic!("record expected")
+        };
+        assert_eq!(
+            (r.port, r.timestamp, r.key, r.payload),
+            (3, Some(-5), Some(&b"k1"[..]), &b"hello"[..])
+        );
         assert_eq!(
             r.headers.iter().collect::<Vec<_>>(),
             vec![("trace", &b"abc"[..]), ("x", &b""[..])]
         );
         assert_eq!(r.headers.get("x"), Some(&b""[..]));
-        let Item::Record(r) = items[1] else { panic!("record expected") };
-        assert_eq!((r.key, r.timestamp, r.payload, r.headers.len()), (None, None, &b""[..], 0));
+        let Item::Record(r) = items[1] else {
+            panic!("record expected")
+        };
+        assert_eq!(
+            (r.key, r.timestamp, r.payload, r.headers.len()),
+            (None, None, &b""[..], 0)
+        );
         assert_eq!(
             items[2],
-            Item::Error(ErrorRef { kind: ErrorKind::Retryable, input_index: 7, message: "try later" })
+            Item::Error(ErrorRef {
+                kind: ErrorKind::Retryable,
+                input_index: 7,
+                message: "try later"
+            })
         );
     }
 

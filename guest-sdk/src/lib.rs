@@ -119,24 +119,43 @@ pub mod __private {
                 ErrorKind::Retryable => wit::ErrorKind::Retryable,
                 ErrorKind::Fatal => wit::ErrorKind::Fatal,
             };
-            wit::NodeError { kind, message: e.message }
+            wit::NodeError {
+                kind,
+                message: e.message,
+            }
         }
 
-        fn with_runtime<N: Node, R>(f: impl FnOnce(&mut Runtime<N>) -> Result<R, NodeError>) -> Result<R, wit::NodeError> {
-            RUNTIME.with_borrow_mut(|slot| {
-                let rt = slot
-                    .as_mut()
-                    .and_then(|b| b.downcast_mut::<Runtime<N>>())
-                    .ok_or_else(|| NodeError::fatal("node called before init"))?;
-                f(rt)
-            })
-            .map_err(to_wit)
+        fn with_runtime<N: Node, R>(
+            f: impl FnOnce(&mut Runtime<N>) -> Result<R, NodeError>,
+        ) -> Result<R, wit::NodeError> {
+            RUNTIME
+                .with_borrow_mut(|slot| {
+                    let rt = slot
+                        .as_mut()
+                        .and_then(|b| b.downcast_mut::<Runtime<N>>())
+                        .ok_or_else(|| NodeError::fatal("node called before init"))?;
+                    f(rt)
+                })
+                .map_err(to_wit)
         }
 
         pub fn init<N: Node>(info: wit::NodeInfo) -> Result<(), wit::NodeError> {
             // A panic aborts the instance; make its message reach the host log first.
-            std::panic::set_hook(Box::new(|p| crate::log::error(&format!("panicked: {p}"))));
-            let rt = Runtime::<N>::new(&info.name, &info.config, info.inputs, info.outputs).map_err(to_wit)?;
+            std::panic::set_hook(Box::new(|p| {
+                let payload = p.payload();
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(a non-text panic payload)");
+                let at = p
+                    .location()
+                    .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                crate::log::error(&format!("panicked{at}: {msg}"));
+            }));
+            let rt =
+                Runtime::<N>::new(&info.name, &info.config, info.inputs, info.outputs).map_err(to_wit)?;
             RUNTIME.with_borrow_mut(|slot| *slot = Some(Box::new(rt)));
             Ok(())
         }
@@ -165,14 +184,16 @@ macro_rules! export_node {
                 fn init(info: __wit::NodeInfo) -> ::core::result::Result<(), __wit::NodeError> {
                     $crate::__private::init::<$node>(info)
                 }
-                fn process(input: ::std::vec::Vec<u8>) -> ::core::result::Result<::std::vec::Vec<u8>, __wit::NodeError> {
+                fn process(
+                    input: ::std::vec::Vec<u8>,
+                ) -> ::core::result::Result<::std::vec::Vec<u8>, __wit::NodeError> {
                     $crate::__private::process::<$node>(input)
                 }
                 fn finish() -> ::core::result::Result<::std::vec::Vec<u8>, __wit::NodeError> {
                     $crate::__private::finish::<$node>()
                 }
             }
-            $crate::__private::bindings::export!(__FlowhostGuest with_types_in $crate::__private::bindings);
+    $crate::__private::bindings::export!(__FlowhostGuest with_types_in $crate::__private::bindings);
         };
     };
 }

@@ -56,8 +56,7 @@ impl<'a> Message<'a> {
 
     /// The body decoded from bincode (standard configuration) into `T`.
     pub fn bincode<T: serde::de::DeserializeOwned>(&self) -> Result<T, NodeError> {
-        let (value, _) =
-            bincode::serde::decode_from_slice(self.record.payload, bincode::config::standard())?;
+        let (value, _) = bincode::serde::decode_from_slice(self.record.payload, bincode::config::standard())?;
         Ok(value)
     }
 

@@ -41,10 +41,18 @@ pub struct Runtime<N> {
 
 impl<N: Node> Runtime<N> {
     /// Parses the config and initialises the node.
-    pub fn new(name: &str, config_json: &str, inputs: Vec<String>, outputs: Vec<String>) -> Result<Self, NodeError> {
+    pub fn new(
+        name: &str,
+        config_json: &str,
+        inputs: Vec<String>,
+        outputs: Vec<String>,
+    ) -> Result<Self, NodeError> {
         let config = serde_json::from_str(config_json)
             .map_err(|e| NodeError::fatal(format!("invalid config for node `{name}`: {e}")))?;
-        Ok(Runtime { node: N::init(config)?, ports: Ports::new(inputs, outputs) })
+        Ok(Runtime {
+            node: N::init(config)?,
+            ports: Ports::new(inputs, outputs),
+        })
     }
 
     /// Processes one input batch into one output batch.
@@ -55,7 +63,10 @@ impl<N: Node> Runtime<N> {
                 Item::Record(record) => record,
                 Item::Error(_) => return Err(NodeError::fatal("error item in an input batch")),
             };
-            let msg = Message { record, input: self.ports.input_name(record.port) };
+            let msg = Message {
+                record,
+                input: self.ports.input_name(record.port),
+            };
             let mark = out.begin(&msg);
             if let Err(error) = self.node.process(&msg, &mut out) {
                 out.fail(mark, index as u32, &error);

@@ -23,7 +23,12 @@ pub struct Ports {
 impl Ports {
     pub(crate) fn new(inputs: Vec<String>, outputs: Vec<String>) -> Self {
         let default_output = outputs.iter().position(|p| p == DEFAULT_OUTPUT).map(|i| i as u16);
-        Ports { inputs, outputs, default_output, warned: RefCell::default() }
+        Ports {
+            inputs,
+            outputs,
+            default_output,
+            warned: RefCell::default(),
+        }
     }
 
     pub(crate) fn input_name(&self, port: u16) -> &str {
@@ -37,7 +42,9 @@ impl Ports {
         let index = self.outputs.iter().position(|p| p == name).map(|i| i as u16);
         if index.is_none() && !self.warned.borrow().iter().any(|w| w == name) {
             // A port the graph does not connect is a sink to nowhere; say so once.
-            crate::log::warn(&format!("output port `{name}` is not connected; its records are dropped"));
+            crate::log::warn(&format!(
+                "output port `{name}` is not connected; its records are dropped"
+            ));
             self.warned.borrow_mut().push(name.to_owned());
         }
         index
@@ -65,7 +72,11 @@ pub struct Output<'a> {
 
 impl<'a> Output<'a> {
     pub(crate) fn new(ports: &'a Ports, capacity: usize) -> Self {
-        Output { writer: BatchWriter::with_capacity(capacity), ports, inherit: Inherit::default() }
+        Output {
+            writer: BatchWriter::with_capacity(capacity),
+            ports,
+            inherit: Inherit::default(),
+        }
     }
 
     pub(crate) fn begin(&mut self, msg: &Message<'a>) -> (usize, u32) {
@@ -97,9 +108,16 @@ impl<'a> Output<'a> {
 
     /// Emits `payload` on the named output port.
     pub fn emit_to(&mut self, port: &str, payload: impl IntoPayload) -> Result<(), NodeError> {
-        let Some(port) = self.ports.output_index(port) else { return Ok(()) };
-        let Inherit { key, timestamp, headers } = self.inherit;
-        self.writer.record_with(port, timestamp, key, headers, |buf| payload.write_payload(buf))
+        let Some(port) = self.ports.output_index(port) else {
+            return Ok(());
+        };
+        let Inherit {
+            key,
+            timestamp,
+            headers,
+        } = self.inherit;
+        self.writer
+            .record_with(port, timestamp, key, headers, |buf| payload.write_payload(buf))
     }
 
     /// Passes the input message on unchanged to the default port.
@@ -109,15 +127,20 @@ impl<'a> Output<'a> {
 
     /// Passes the input message on unchanged to the named port.
     pub fn forward_to(&mut self, port: &str, msg: &Message<'_>) -> Result<(), NodeError> {
-        let Some(port) = self.ports.output_index(port) else { return Ok(()) };
+        let Some(port) = self.ports.output_index(port) else {
+            return Ok(());
+        };
         let r = msg.record;
-        self.writer.record(port, r.timestamp, r.key, r.payload, r.headers.raw());
+        self.writer
+            .record(port, r.timestamp, r.key, r.payload, r.headers.raw());
         Ok(())
     }
 
     /// Emits a record with its own port, key, timestamp or extra headers.
     pub fn send<P: IntoPayload>(&mut self, record: Record<P>) -> Result<(), NodeError> {
-        let Some(port) = self.ports.output_index(record.port.as_deref().unwrap_or(DEFAULT_OUTPUT))
+        let Some(port) = self
+            .ports
+            .output_index(record.port.as_deref().unwrap_or(DEFAULT_OUTPUT))
         else {
             return Ok(());
         };
@@ -130,13 +153,17 @@ impl<'a> Output<'a> {
         let (count, raw) = if record.headers.is_empty() {
             (self.inherit.headers.0, Cow::Borrowed(self.inherit.headers.1))
         } else {
-            let (n, mut extra) = encode_headers(record.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+            let (n, mut extra) =
+                encode_headers(record.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
             let mut raw = self.inherit.headers.1.to_vec();
             raw.append(&mut extra);
             (self.inherit.headers.0 + n, Cow::Owned(raw))
         };
         let payload = record.payload;
-        self.writer.record_with(port, timestamp, key, (count, &raw), |buf| payload.write_payload(buf))
+        self.writer
+            .record_with(port, timestamp, key, (count, &raw), |buf| {
+                payload.write_payload(buf)
+            })
     }
 }
 
@@ -161,7 +188,13 @@ pub struct Record<P> {
 impl<P: IntoPayload> Record<P> {
     /// A record for the default port, inheriting key, timestamp and headers.
     pub fn new(payload: P) -> Self {
-        Record { payload, port: None, key: KeyChoice::Inherit, timestamp: None, headers: Vec::new() }
+        Record {
+            payload,
+            port: None,
+            key: KeyChoice::Inherit,
+            timestamp: None,
+            headers: Vec::new(),
+        }
     }
 
     /// Sends the record to the named output port.
@@ -255,7 +288,16 @@ macro_rules! emit_payload {
         }
     )*};
 }
-emit_payload!(Vec<u8>, &[u8], String, &str, &String, &Vec<u8>, Cow<'_, str>, Cow<'_, [u8]>);
+emit_payload!(
+    Vec<u8>,
+    &[u8],
+    String,
+    &str,
+    &String,
+    &Vec<u8>,
+    Cow<'_, str>,
+    Cow<'_, [u8]>
+);
 
 impl<const N: usize> Emit for [u8; N] {
     fn emit_into(self, out: &mut Output<'_>) -> Result<(), NodeError> {

@@ -10,7 +10,7 @@
 //!     text.to_uppercase()
 //! }
 //!
-//! let mut node = Harness::<ShoutNode>::new(serde_json::json!({})).unwrap();
+//! let mut node = Harness::<ShoutNode>::new(flowhost_sdk::testing::json!({})).unwrap();
 //! let out = node.process(["hi", "there"]).unwrap();
 //! assert_eq!(out.texts(), ["HI", "THERE"]);
 //! ```
@@ -18,6 +18,8 @@
 use crate::frame::{BatchReader, BatchWriter, Item, encode_headers};
 use crate::node::{Node, Runtime};
 use crate::{DEFAULT_INPUT, DEFAULT_OUTPUT, NodeError};
+/// Builds the `config` for a [`Harness`]: `json!({ "top": 3 })`.
+pub use serde_json::json;
 
 /// An owned input message for a [`Harness`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,7 +39,11 @@ pub struct TestMessage {
 impl TestMessage {
     /// A message on port `in` with only a payload.
     pub fn new(payload: impl Into<Vec<u8>>) -> Self {
-        TestMessage { input: DEFAULT_INPUT.into(), payload: payload.into(), ..Default::default() }
+        TestMessage {
+            input: DEFAULT_INPUT.into(),
+            payload: payload.into(),
+            ..Default::default()
+        }
     }
 
     /// Sets the key.
@@ -110,7 +116,10 @@ pub struct Outcome {
 impl Outcome {
     /// The payloads of the records, as text (lossy).
     pub fn texts(&self) -> Vec<String> {
-        self.records.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect()
+        self.records
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+            .collect()
     }
 
     /// The records emitted on `port`.
@@ -133,23 +142,43 @@ impl<N: Node> Harness<N> {
     }
 
     /// Starts the node with `config` and the given connected ports.
-    pub fn with_ports(config: serde_json::Value, inputs: &[&str], outputs: &[&str]) -> Result<Self, NodeError> {
+    pub fn with_ports(
+        config: serde_json::Value,
+        inputs: &[&str],
+        outputs: &[&str],
+    ) -> Result<Self, NodeError> {
         let inputs: Vec<String> = inputs.iter().map(|s| s.to_string()).collect();
         let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
         let runtime = Runtime::new("test", &config.to_string(), inputs.clone(), outputs.clone())?;
-        Ok(Harness { runtime, inputs, outputs })
+        Ok(Harness {
+            runtime,
+            inputs,
+            outputs,
+        })
     }
 
     /// Processes one batch.
-    pub fn process<M: Into<TestMessage>>(&mut self, batch: impl IntoIterator<Item = M>) -> Result<Outcome, NodeError> {
+    pub fn process<M: Into<TestMessage>>(
+        &mut self,
+        batch: impl IntoIterator<Item = M>,
+    ) -> Result<Outcome, NodeError> {
         let mut w = BatchWriter::default();
         for m in batch {
             let m = m.into();
             let port = self.inputs.iter().position(|p| *p == m.input).ok_or_else(|| {
-                NodeError::fatal(format!("input port `{}` is not one of {:?}", m.input, self.inputs))
+                NodeError::fatal(format!(
+                    "input port `{}` is not one of {:?}",
+                    m.input, self.inputs
+                ))
             })?;
             let headers = encode_headers(m.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
-            w.record(port as u16, m.timestamp, m.key.as_deref(), &m.payload, (headers.0, &headers.1));
+            w.record(
+                port as u16,
+                m.timestamp,
+                m.key.as_deref(),
+                &m.payload,
+                (headers.0, &headers.1),
+            );
         }
         let out = self.runtime.process(&w.finish())?;
         self.decode(&out)
@@ -170,11 +199,18 @@ impl<N: Node> Harness<N> {
                     key: r.key.map(<[u8]>::to_vec),
                     payload: r.payload.to_vec(),
                     timestamp: r.timestamp,
-                    headers: r.headers.iter().map(|(k, v)| (k.to_owned(), v.to_vec())).collect(),
+                    headers: r
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                        .collect(),
                 }),
                 Item::Error(e) => outcome.errors.push((
                     e.input_index,
-                    NodeError { kind: e.kind, message: e.message.to_owned() },
+                    NodeError {
+                        kind: e.kind,
+                        message: e.message.to_owned(),
+                    },
                 )),
             }
         }

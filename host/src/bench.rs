@@ -40,7 +40,9 @@ pub struct BenchArgs {
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<f64>().map(Duration::from_secs_f64).map_err(|e| e.to_string())
+    s.parse::<f64>()
+        .map(Duration::from_secs_f64)
+        .map_err(|e| e.to_string())
 }
 
 /// The passthrough node's logic, compiled into the host: what `#[node(map)] fn(&[u8]) -> &[u8]` expands to.
@@ -62,16 +64,32 @@ impl Node for NativePassthrough {
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let engine = Engine::new(EngineLimits::default())?;
     let module = engine.load(&crate::manifest::ModuleRef::Crate(args.node.clone()))?;
-    let ports = (&[crate::DEFAULT_INPUT.to_owned()][..], &[crate::DEFAULT_OUTPUT.to_owned()][..]);
-    let template = NodeTemplate::new(&engine, module, "passthrough", "{}", ports, Duration::from_secs(10), 256)?;
+    let ports = (
+        &[crate::DEFAULT_INPUT.to_owned()][..],
+        &[crate::DEFAULT_OUTPUT.to_owned()][..],
+    );
+    let template = NodeTemplate::new(
+        &engine,
+        module,
+        "passthrough",
+        "{}",
+        ports,
+        Duration::from_secs(10),
+        256,
+    )?;
     let mut wasm = template.instantiate()?;
     let mut native = Runtime::<NativePassthrough>::new("native", "{}", vec!["in".into()], vec!["out".into()])
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let size = args.payload_size;
-    let batch: Vec<Msg> = batch_from(args.batch_size, Some(0), |i, b| sequence_payload(i as u64, size, b));
+    let batch: Vec<Msg> = batch_from(args.batch_size, Some(0), |i, b| {
+        sequence_payload(i as u64, size, b)
+    });
     let input = message::encode(&batch, 0);
-    println!("boundary: batches of {} messages, {} B payloads", args.batch_size, size);
+    println!(
+        "boundary: batches of {} messages, {} B payloads",
+        args.batch_size, size
+    );
     let native_ns = per_message(args, || {
         let out = native.process(&input).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(message::decode(out, 1)?.records.len())
@@ -80,7 +98,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let out = wasm.process(&input).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(message::decode(out, 1)?.records.len())
     })?;
-    println!("  native  {native_ns:8.1} ns/msg  {:6.2} M msg/s", 1e3 / native_ns);
+    println!(
+        "  native  {native_ns:8.1} ns/msg  {:6.2} M msg/s",
+        1e3 / native_ns
+    );
     println!("  wasm    {wasm_ns:8.1} ns/msg  {:6.2} M msg/s", 1e3 / wasm_ns);
     println!("  wasm/native = {:.2}x", wasm_ns / native_ns);
 
@@ -102,14 +123,24 @@ from = "pass"
 to = "null"
 "#,
         args.messages,
-        args.node.canonicalize().with_context(|| format!("{}", args.node.display()))?.display()
+        args.node
+            .canonicalize()
+            .with_context(|| format!("{}", args.node.display()))?
+            .display()
     );
     let graph = Graph::parse(&std::env::current_dir()?.join("bench.toml"), &manifest)?;
     topology::load(&graph, &engine)?; // compile outside the timed run
-    let opts = RunOptions { batch_size: args.batch_size, ..RunOptions::default() };
+    let opts = RunOptions {
+        batch_size: args.batch_size,
+        ..RunOptions::default()
+    };
     let report = topology::run(&graph, &engine, &opts, &Arc::new(Shutdown::default()))?;
     let written = report.sinks[0].1;
-    anyhow::ensure!(written == args.messages, "the sink got {written} of {} messages", args.messages);
+    anyhow::ensure!(
+        written == args.messages,
+        "the sink got {written} of {} messages",
+        args.messages
+    );
     let secs = report.elapsed.as_secs_f64();
     println!(
         "graph: generator -> passthrough (wasm) -> null: {} messages in {:.2} s = {:.2} M msg/s",

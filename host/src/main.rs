@@ -11,7 +11,11 @@ use flowhost::manifest::Graph;
 use flowhost::topology::{self, RunOptions, Shutdown};
 
 #[derive(Parser)]
-#[command(name = "flowhost", version, about = "Run dataflow graphs of sandboxed WebAssembly functions")]
+#[command(
+    name = "flowhost",
+    version,
+    about = "Run dataflow graphs of sandboxed WebAssembly functions"
+)]
 struct Cli {
     /// Only warnings and errors on stderr; no summary.
     #[arg(long, short, global = true)]
@@ -77,7 +81,11 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { manifest, batch_size, channel_capacity } => {
+        Command::Run {
+            manifest,
+            batch_size,
+            channel_capacity,
+        } => {
             let graph = Graph::load(&manifest)?;
             let engine = Engine::new(limits_for(&graph))?;
             let shutdown = Arc::new(Shutdown::default());
@@ -90,7 +98,10 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 on_signal.interrupt();
             })
             .context("installing the Ctrl-C handler")?;
-            let opts = RunOptions { batch_size: batch_size.max(1), channel_capacity: channel_capacity.max(1) };
+            let opts = RunOptions {
+                batch_size: batch_size.max(1),
+                channel_capacity: channel_capacity.max(1),
+            };
             let report = topology::run(&graph, &engine, &opts, &shutdown)?;
             if !cli.quiet {
                 eprint!("{report}");

@@ -23,7 +23,11 @@ pub struct Msg {
 impl Msg {
     /// A message with a payload and a timestamp.
     pub fn new(payload: impl Into<Bytes>, timestamp: Option<i64>) -> Self {
-        Msg { payload: payload.into(), timestamp, ..Msg::default() }
+        Msg {
+            payload: payload.into(),
+            timestamp,
+            ..Msg::default()
+        }
     }
 }
 
@@ -60,7 +64,10 @@ impl Headers {
     pub fn set(&mut self, name: &str, value: &[u8]) {
         let kept: Vec<(&str, &[u8])> = self.iter().filter(|(n, _)| *n != name).collect();
         let (count, raw) = encode_headers(kept.into_iter().chain([(name, value)]));
-        *self = Headers { count, raw: raw.into() };
+        *self = Headers {
+            count,
+            raw: raw.into(),
+        };
     }
 
     fn view(&self) -> Option<HeadersRef<'_>> {
@@ -71,10 +78,19 @@ impl Headers {
 
 /// Frames `msgs` as one input batch arriving on input port `port`.
 pub fn encode(msgs: &[Msg], port: u16) -> Vec<u8> {
-    let bytes: usize = msgs.iter().map(|m| m.payload.len() + m.headers.raw.len() + 24).sum();
+    let bytes: usize = msgs
+        .iter()
+        .map(|m| m.payload.len() + m.headers.raw.len() + 24)
+        .sum();
     let mut w = BatchWriter::with_capacity(bytes);
     for m in msgs {
-        w.record(port, m.timestamp, m.key.as_deref(), &m.payload, (m.headers.count, &m.headers.raw));
+        w.record(
+            port,
+            m.timestamp,
+            m.key.as_deref(),
+            &m.payload,
+            (m.headers.count, &m.headers.raw),
+        );
     }
     w.finish()
 }
@@ -96,7 +112,10 @@ pub fn decode(buf: Vec<u8>, ports: usize) -> Result<Output, FrameError> {
         match item? {
             Item::Record(r) => {
                 if r.port as usize >= ports {
-                    return Err(FrameError { offset: 0, what: "an output port the node was given" });
+                    return Err(FrameError {
+                        offset: 0,
+                        what: "an output port the node was given",
+                    });
                 }
                 let (count, raw) = r.headers.raw();
                 out.records.push((
@@ -105,13 +124,19 @@ pub fn decode(buf: Vec<u8>, ports: usize) -> Result<Output, FrameError> {
                         key: r.key.map(|k| buf.slice_ref(k)),
                         payload: buf.slice_ref(r.payload),
                         timestamp: r.timestamp,
-                        headers: Headers { count, raw: buf.slice_ref(raw) },
+                        headers: Headers {
+                            count,
+                            raw: buf.slice_ref(raw),
+                        },
                     },
                 ));
             }
             Item::Error(e) => out.errors.push((
                 e.input_index,
-                NodeError { kind: e.kind, message: e.message.to_owned() },
+                NodeError {
+                    kind: e.kind,
+                    message: e.message.to_owned(),
+                },
             )),
         }
     }
@@ -119,7 +144,11 @@ pub fn decode(buf: Vec<u8>, ports: usize) -> Result<Output, FrameError> {
 }
 
 /// Builds `count` messages over one shared buffer: `fill(i, buf)` appends message `i`'s payload.
-pub fn batch_from(count: usize, timestamp: Option<i64>, mut fill: impl FnMut(usize, &mut BytesMut)) -> Vec<Msg> {
+pub fn batch_from(
+    count: usize,
+    timestamp: Option<i64>,
+    mut fill: impl FnMut(usize, &mut BytesMut),
+) -> Vec<Msg> {
     let mut buf = BytesMut::new();
     let mut ends = Vec::with_capacity(count);
     for i in 0..count {
@@ -138,9 +167,14 @@ pub fn batch_from(count: usize, timestamp: Option<i64>, mut fill: impl FnMut(usi
 }
 
 /// Appends `n` as zero-padded decimal, exactly `size` bytes (the lowest digits if longer).
-pub fn sequence_payload(n: u64, size: usize, buf: &mut BytesMut) {
-    let digits = format!("{n:020}");
-    let tail = &digits.as_bytes()[digits.len().saturating_sub(size)..];
+pub fn sequence_payload(mut n: u64, size: usize, buf: &mut BytesMut) {
+    // No `format!`: this runs once per generated message.
+    let mut digits = [b'0'; 20];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let tail = &digits[digits.len().saturating_sub(size)..];
     buf.resize(buf.len() + size - tail.len(), b'0');
     buf.extend_from_slice(tail);
 }
@@ -156,7 +190,10 @@ mod tests {
         m.headers.set("a", b"1");
         m.headers.set("b", b"2");
         m.headers.set("a", b"3");
-        assert_eq!(m.headers.iter().collect::<Vec<_>>(), [("b", &b"2"[..]), ("a", &b"3"[..])]);
+        assert_eq!(
+            m.headers.iter().collect::<Vec<_>>(),
+            [("b", &b"2"[..]), ("a", &b"3"[..])]
+        );
         let out = decode(encode(&[m.clone(), Msg::default()], 1), 2).unwrap();
         assert_eq!(out.records, [(1, m), (1, Msg::default())]);
     }

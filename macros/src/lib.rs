@@ -67,8 +67,16 @@ fn expand_fn(shape: Shape, f: ItemFn) -> syn::Result<TokenStream2> {
     if let Some(a) = &sig.asyncness {
         return Err(syn::Error::new_spanned(a, "a node function cannot be async"));
     }
-    if let Some(g) = sig.generics.params.iter().find(|g| !matches!(g, syn::GenericParam::Lifetime(_))) {
-        return Err(syn::Error::new_spanned(g, "a node function cannot be generic (lifetimes are fine)"));
+    if let Some(g) = sig
+        .generics
+        .params
+        .iter()
+        .find(|g| !matches!(g, syn::GenericParam::Lifetime(_)))
+    {
+        return Err(syn::Error::new_spanned(
+            g,
+            "a node function cannot be generic (lifetimes are fine)",
+        ));
     }
     let params: Vec<&Type> = sig
         .inputs
@@ -85,15 +93,24 @@ fn expand_fn(shape: Shape, f: ItemFn) -> syn::Result<TokenStream2> {
         } else {
             "one message parameter and optionally `config: &YourConfig`"
         };
-        return Err(syn::Error::new_spanned(&sig.inputs, format!("expected {expected}")));
+        return Err(syn::Error::new_spanned(
+            &sig.inputs,
+            format!("expected {expected}"),
+        ));
     }
     if shape == Shape::General && !matches!(params[1], Type::Reference(r) if r.mutability.is_some()) {
-        return Err(syn::Error::new_spanned(params[1], "the second parameter must be `out: &mut Output`"));
+        return Err(syn::Error::new_spanned(
+            params[1],
+            "the second parameter must be `out: &mut Output`",
+        ));
     }
     let config = match params.get(fixed) {
         Some(Type::Reference(r)) if r.mutability.is_none() => Some(&*r.elem),
         Some(other) => {
-            return Err(syn::Error::new_spanned(other, "the config parameter must be a shared reference, e.g. `config: &MyConfig`"));
+            return Err(syn::Error::new_spanned(
+                other,
+                "the config parameter must be a shared reference, e.g. `config: &MyConfig`",
+            ));
         }
         None => None,
     };
@@ -104,7 +121,14 @@ fn expand_fn(shape: Shape, f: ItemFn) -> syn::Result<TokenStream2> {
     let sdk = quote!(::flowhost_sdk);
     let (config_ty, fields, init) = match config {
         Some(ty) => (quote!(#ty), quote!({ config: #ty }), quote!(Self { config })),
-        None => (quote!(#sdk::NoConfig), quote!(;), quote!({ let _ = config; Self })),
+        None => (
+            quote!(#sdk::NoConfig),
+            quote!(;),
+            quote!({
+                let _ = config;
+                Self
+            }),
+        ),
     };
     let config_arg = config.map(|_| quote!(, &self.config));
     // `&str` and `&[u8]` borrow from the batch directly; any other `&T` is decoded, then lent.
@@ -163,7 +187,10 @@ fn expand_fn(shape: Shape, f: ItemFn) -> syn::Result<TokenStream2> {
 
 fn expand_impl(attr: TokenStream2, i: ItemImpl) -> syn::Result<TokenStream2> {
     if !attr.is_empty() {
-        return Err(syn::Error::new_spanned(attr, "#[node] on an impl block takes no shape"));
+        return Err(syn::Error::new_spanned(
+            attr,
+            "#[node] on an impl block takes no shape",
+        ));
     }
     let is_node_impl = i
         .trait_
@@ -171,7 +198,10 @@ fn expand_impl(attr: TokenStream2, i: ItemImpl) -> syn::Result<TokenStream2> {
         .and_then(|(_, path, _)| path.segments.last())
         .is_some_and(|s| s.ident == "Node");
     if !is_node_impl {
-        return Err(syn::Error::new_spanned(&i.self_ty, "#[node] on an impl block needs `impl Node for YourType`"));
+        return Err(syn::Error::new_spanned(
+            &i.self_ty,
+            "#[node] on an impl block needs `impl Node for YourType`",
+        ));
     }
     let ty = &i.self_ty;
     Ok(quote! {
@@ -194,7 +224,8 @@ fn camel(snake: &str) -> String {
         .filter(|w| !w.is_empty())
         .map(|w| {
             let mut c = w.chars();
-            c.next().map_or_else(String::new, |f| f.to_uppercase().chain(c).collect())
+            c.next()
+                .map_or_else(String::new, |f| f.to_uppercase().chain(c).collect())
         })
         .collect()
 }

@@ -13,7 +13,10 @@ use flowhost::topology::{self, RunOptions, RunReport, Shutdown};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repo").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repo")
+        .to_owned()
 }
 
 /// A node crate in `functions/`.
@@ -58,12 +61,20 @@ impl Captured {
 
     /// A sink's JSON lines, parsed.
     pub fn json(&self, sink: &str) -> Vec<serde_json::Value> {
-        self.lines(sink).iter().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+        self.lines(sink)
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
     }
 
     /// The counts of a node.
     pub fn node(&self, id: &str) -> flowhost::topology::NodeCounts {
-        self.report.nodes.iter().find(|(n, _, _)| n == id).map(|(_, _, c)| *c).expect("a node of the graph")
+        self.report
+            .nodes
+            .iter()
+            .find(|(n, _, _)| n == id)
+            .map(|(_, _, c)| *c)
+            .expect("a node of the graph")
     }
 }
 
@@ -74,15 +85,23 @@ pub fn run_captured(mut graph: Graph, dir: &Path) -> anyhow::Result<Captured> {
             sink.kind = SinkKind::File(dir.join(format!("{}.out", sink.id)));
         }
     }
-    let engine = Engine::new(EngineLimits { max_memory_mb: 256, max_instances: 32 })?;
-    let report = topology::run(&graph, &engine, &RunOptions::default(), &Arc::new(Shutdown::default()))?;
+    let engine = Engine::new(EngineLimits {
+        max_memory_mb: 256,
+        max_instances: 32,
+    })?;
+    let report = topology::run(
+        &graph,
+        &engine,
+        &RunOptions::default(),
+        &Arc::new(Shutdown::default()),
+    )?;
     let mut sinks = BTreeMap::new();
     for sink in &graph.sinks {
         if let SinkKind::File(path) = &sink.kind {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             sinks.insert(sink.id.clone(), text.lines().map(str::to_owned).collect());
         }
     }
     Ok(Captured { report, sinks })
 }
-

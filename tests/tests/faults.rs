@@ -8,7 +8,11 @@ use flowhost_tests::{function, graph_in, module, run_captured};
 
 /// in.txt → faulty → out, with `policy` lines added to the node (and a `dead` JSON sink).
 fn faulty_graph(policy: &str) -> String {
-    let dead_sink = if policy.contains("dead_letter") { "[sinks.dead]\nkind = \"stdout\"\nformat = \"json\"" } else { "" };
+    let dead_sink = if policy.contains("dead_letter") {
+        "[sinks.dead]\nkind = \"stdout\"\nformat = \"json\""
+    } else {
+        ""
+    };
     format!(
         r#"
 name = "faults"
@@ -38,32 +42,70 @@ fn traps_timeouts_memory_and_errors_are_dead_lettered_and_the_rest_flows() -> Re
     let dir = tempfile::tempdir()?;
     let inputs = "ok1\npanic\nok2\ntrap\nbad\nloop\ngrow\nretry\nprint\nok3\n";
     std::fs::write(dir.path().join("in.txt"), inputs)?;
-    let graph = graph_in(dir.path(), &faulty_graph("on_error = \"dead-letter\"\ndead_letter = \"dead\""))?;
+    let graph = graph_in(
+        dir.path(),
+        &faulty_graph("on_error = \"dead-letter\"\ndead_letter = \"dead\""),
+    )?;
     let out = run_captured(graph, dir.path())?;
 
-    assert_eq!(out.lines("out"), ["ok1", "ok2", "print", "ok3"], "good messages pass, in order");
+    assert_eq!(
+        out.lines("out"),
+        ["ok1", "ok2", "print", "ok3"],
+        "good messages pass, in order"
+    );
     let dead: Vec<(String, String, String, String)> = out
         .json("dead")
         .iter()
         .map(|d| {
             let h = &d["headers"];
             let s = |k: &str| h[k].as_str().unwrap_or_default().to_owned();
-            (d["payload"].as_str().unwrap_or_default().to_owned(), s("flowhost-error-kind"), s("flowhost-error"), s("flowhost-error-attempts"))
+            (
+                d["payload"].as_str().unwrap_or_default().to_owned(),
+                s("flowhost-error-kind"),
+                s("flowhost-error"),
+                s("flowhost-error-attempts"),
+            )
         })
         .collect();
-    let find = |p: &str| dead.iter().find(|d| d.0 == p).unwrap_or_else(|| panic!("{p} was not dead-lettered: {dead:?}"));
+    let find = |p: &str| {
+        dead.iter()
+            .find(|d| d.0 == p)
+            .unwrap_or_else(|| panic!("{p} was not dead-lettered: {dead:?}"))
+    };
     assert_eq!(dead.len(), 6, "{dead:?}");
     assert_eq!(find("panic").1, "trap");
     assert!(find("panic").2.contains("aborted"), "{:?}", find("panic"));
     assert_eq!(find("trap").1, "trap");
     assert!(find("loop").2.contains("timed out"), "{:?}", find("loop"));
-    assert!(find("grow").2.contains("memory limit exceeded: memory_mb = 32"), "{:?}", find("grow"));
-    assert_eq!((find("bad").1.as_str(), find("bad").2.as_str()), ("invalid-input", "asked for bad input"));
-    assert_eq!((find("retry").1.as_str(), find("retry").3.as_str()), ("retryable", "3"), "retried, then dead-lettered");
+    assert!(
+        find("grow").2.contains("memory limit exceeded: memory_mb = 32"),
+        "{:?}",
+        find("grow")
+    );
+    assert_eq!(
+        (find("bad").1.as_str(), find("bad").2.as_str()),
+        ("invalid-input", "asked for bad input")
+    );
+    assert_eq!(
+        (find("retry").1.as_str(), find("retry").3.as_str()),
+        ("retryable", "3"),
+        "retried, then dead-lettered"
+    );
 
     let counts = out.node("faulty");
-    assert_eq!((counts.received, counts.emitted, counts.errors, counts.dead_lettered), (10, 4, 6, 6));
-    assert!(counts.traps >= 4, "panic, trap, loop and grow each trap at least once: {counts:?}");
+    assert_eq!(
+        (
+            counts.received,
+            counts.emitted,
+            counts.errors,
+            counts.dead_lettered
+        ),
+        (10, 4, 6, 6)
+    );
+    assert!(
+        counts.traps >= 4,
+        "panic, trap, loop and grow each trap at least once: {counts:?}"
+    );
     assert_eq!(counts.retries, 2);
     assert_eq!(out.report.failure, None);
     Ok(())
@@ -85,7 +127,9 @@ fn skip_counts_and_goes_on() -> Result<()> {
 fn stop_ends_the_graph_after_the_failing_batch_naming_the_node_and_the_error() -> Result<()> {
     let dir = tempfile::tempdir()?;
     // 1,000 lines in batches of 256; the bad one is in the first batch.
-    let lines: Vec<String> = (0..1_000).map(|i| if i == 100 { "bad".into() } else { format!("m{i}") }).collect();
+    let lines: Vec<String> = (0..1_000)
+        .map(|i| if i == 100 { "bad".into() } else { format!("m{i}") })
+        .collect();
     std::fs::write(dir.path().join("in.txt"), lines.join("\n"))?;
     let graph = graph_in(dir.path(), &faulty_graph("on_error = \"stop\""))?;
     let out = run_captured(graph, dir.path())?;
@@ -94,7 +138,11 @@ fn stop_ends_the_graph_after_the_failing_batch_naming_the_node_and_the_error() -
         Some("node `faulty` stopped the graph: invalid-input: asked for bad input")
     );
     let first_batch: Vec<&String> = lines[..256].iter().filter(|l| *l != "bad").collect();
-    assert_eq!(out.lines("out").iter().collect::<Vec<_>>(), first_batch, "the failing batch completes; no later batch runs");
+    assert_eq!(
+        out.lines("out").iter().collect::<Vec<_>>(),
+        first_batch,
+        "the failing batch completes; no later batch runs"
+    );
     Ok(())
 }
 
@@ -106,11 +154,23 @@ fn broken_modules_are_refused_with_the_reason() -> Result<()> {
         let path = dir.path().join("broken.wasm");
         std::fs::write(&path, bytes).unwrap();
         let err = engine.load(&ModuleRef::File(path.clone())).and_then(|m| {
-            flowhost::engine::NodeTemplate::new(&engine, m, "n", "{}", (&[], &[]), std::time::Duration::from_secs(1), 64)
+            flowhost::engine::NodeTemplate::new(
+                &engine,
+                m,
+                "n",
+                "{}",
+                (&[], &[]),
+                std::time::Duration::from_secs(1),
+                64,
+            )
         });
         format!("{:#}", err.err().expect("a broken module must be refused"))
     };
-    assert!(load(b"definitely not wasm").contains("not a WebAssembly module"), "{}", load(b"definitely not wasm"));
+    assert!(
+        load(b"definitely not wasm").contains("not a WebAssembly module"),
+        "{}",
+        load(b"definitely not wasm")
+    );
     // A valid, empty core module: it implements nothing of the world.
     let empty = load(b"\0asm\x01\0\0\0");
     assert!(empty.contains("does not fit the flowhost:node world"), "{empty}");
@@ -141,9 +201,15 @@ from = "split"
 to = "out"
 "#,
     )?;
-    let err = format!("{:#}", run_captured(graph, dir.path()).err().expect("init must fail"));
+    let err = format!(
+        "{:#}",
+        run_captured(graph, dir.path()).err().expect("init must fail")
+    );
     assert!(err.contains("starting node `split`"), "{err}");
-    assert!(err.contains("invalid config for node `split`: invalid type: string \"yes\", expected a boolean"), "{err}");
+    assert!(
+        err.contains("invalid config for node `split`: invalid type: string \"yes\", expected a boolean"),
+        "{err}"
+    );
     Ok(())
 }
 

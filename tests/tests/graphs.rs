@@ -14,9 +14,16 @@ fn wordcount_prints_the_top_ten_words_of_the_bundled_text() -> Result<()> {
     let out = run_captured(graph, dir.path())?;
     assert_eq!(
         out.lines("out"),
-        ["the\t22", "of\t19", "was\t13", "it\t12", "a\t9", "were\t7", "and\t6", "in\t5", "for\t4", "had\t4"]
+        [
+            "the\t22", "of\t19", "was\t13", "it\t12", "a\t9", "were\t7", "and\t6", "in\t5", "for\t4",
+            "had\t4"
+        ]
     );
-    assert_eq!(out.node("split").received, 22, "every line of the text reaches split");
+    assert_eq!(
+        out.node("split").received,
+        22,
+        "every line of the text reaches split"
+    );
     assert_eq!(out.node("count").received, 252, "every word reaches count");
     assert_eq!(out.report.failure, None);
     Ok(())
@@ -28,10 +35,14 @@ fn orders_fan_out_fan_in_ports_and_dead_letters() -> Result<()> {
     let graph = Graph::load(repo().join("graphs/orders.toml"))?;
     let out = run_captured(graph, dir.path())?;
     let ids = |sink: &str| -> Vec<u64> {
-        let mut ids: Vec<u64> = out.lines(sink).iter().map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
-            v.get("payload").unwrap_or(&v)["id"].as_u64().expect("an id")
-        }).collect();
+        let mut ids: Vec<u64> = out
+            .lines(sink)
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+                v.get("payload").unwrap_or(&v)["id"].as_u64().expect("an id")
+            })
+            .collect();
         ids.sort();
         ids
     };
@@ -39,17 +50,32 @@ fn orders_fan_out_fan_in_ports_and_dead_letters() -> Result<()> {
     assert_eq!(ids("review"), [1, 2, 3, 3, 6, 6, 7, 7, 8]);
     assert_eq!(ids("domestic"), [1, 4]);
     let domestic = out.json("domestic");
-    assert_eq!(domestic[0]["headers"]["flowhost-path"], "price,classify", "provenance = true records the path");
-    assert_eq!(domestic[0]["key"], "ann", "the key from key_field survives two nodes");
+    assert_eq!(
+        domestic[0]["headers"]["flowhost-path"], "price,classify",
+        "provenance = true records the path"
+    );
+    assert_eq!(
+        domestic[0]["key"], "ann",
+        "the key from key_field survives two nodes"
+    );
     assert_eq!(domestic[0]["payload"]["total_cents"], 14280);
 
     let rejected = out.json("rejected");
     assert_eq!(rejected.len(), 1);
     let dead = &rejected[0];
-    assert_eq!(dead["payload"], serde_json::json!({ "id": 5, "customer": "dee", "country": "DE" }), "the original message");
+    assert_eq!(
+        dead["payload"],
+        serde_json::json!({ "id": 5, "customer": "dee", "country": "DE" }),
+        "the original message"
+    );
     assert_eq!(dead["headers"]["flowhost-error-node"], "price");
     assert_eq!(dead["headers"]["flowhost-error-kind"], "invalid-input");
-    assert!(dead["headers"]["flowhost-error"].as_str().unwrap().contains("missing field `amount_cents`"));
+    assert!(
+        dead["headers"]["flowhost-error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `amount_cents`")
+    );
     assert_eq!(out.node("price").dead_lettered, 1);
     assert_eq!(out.report.failure, None);
     Ok(())
@@ -92,11 +118,23 @@ to = "out"
     let counts: BTreeMap<String, String> = out
         .lines("out")
         .iter()
-        .map(|l| l.split_once('\t').map(|(w, n)| (w.to_owned(), n.to_owned())).expect("word<TAB>count"))
+        .map(|l| {
+            l.split_once('\t')
+                .map(|(w, n)| (w.to_owned(), n.to_owned()))
+                .expect("word<TAB>count")
+        })
         .collect();
-    assert_eq!(out.lines("out").len(), 37, "each word counted by exactly one replica");
+    assert_eq!(
+        out.lines("out").len(),
+        37,
+        "each word counted by exactly one replica"
+    );
     for i in 0..37 {
-        let expected = if i < 6_000 % 37 { 6_000 / 37 + 1 } else { 6_000 / 37 };
+        let expected = if i < 6_000 % 37 {
+            6_000 / 37 + 1
+        } else {
+            6_000 / 37
+        };
         assert_eq!(counts[&format!("w{i}")], expected.to_string(), "count of w{i}");
     }
     Ok(())
@@ -157,6 +195,10 @@ to = "out"
     )?;
     let out = run_captured(graph, dir.path())?;
     let expected: Vec<String> = (0..100_000).map(|i| format!("{i:08}")).collect();
-    assert_eq!(out.lines("out"), expected, "one replica, one path: every message, in order");
+    assert_eq!(
+        out.lines("out"),
+        expected,
+        "one replica, one path: every message, in order"
+    );
     Ok(())
 }

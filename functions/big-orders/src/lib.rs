@@ -33,7 +33,10 @@ mod tests {
         let mut node = Harness::<BigOrdersNode>::new(serde_json::json!({ "min_cents": 1000 })).unwrap();
         let big = r#"{"id":1,"total_cents":1190}"#;
         let out = node
-            .process([TestMessage::new(big).key("ann"), TestMessage::new(r#"{"id":2,"total_cents":999}"#)])
+            .process([
+                TestMessage::new(big).key("ann"),
+                TestMessage::new(r#"{"id":2,"total_cents":999}"#),
+            ])
             .unwrap();
         assert_eq!(out.texts(), [big]);
         assert_eq!(out.records[0].key.as_deref(), Some(&b"ann"[..]));

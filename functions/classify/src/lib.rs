@@ -22,7 +22,11 @@ pub struct Home {
 #[node]
 pub fn classify(msg: &Message<'_>, out: &mut Output<'_>, config: &Home) -> Result<(), NodeError> {
     let order: Order = msg.json()?;
-    let port = if order.country == config.home { "domestic" } else { "foreign" };
+    let port = if order.country == config.home {
+        "domestic"
+    } else {
+        "foreign"
+    };
     out.forward_to(port, msg)
 }
 
@@ -34,8 +38,11 @@ mod tests {
     #[test]
     fn routes_by_country() {
         let config = serde_json::json!({ "home": "DE" });
-        let mut node = Harness::<ClassifyNode>::with_ports(config, &["in"], &["domestic", "foreign"]).unwrap();
-        let out = node.process([r#"{"country":"DE"}"#, r#"{"country":"FR"}"#, "oops"]).unwrap();
+        let mut node =
+            Harness::<ClassifyNode>::with_ports(config, &["in"], &["domestic", "foreign"]).unwrap();
+        let out = node
+            .process([r#"{"country":"DE"}"#, r#"{"country":"FR"}"#, "oops"])
+            .unwrap();
         assert_eq!(out.on("domestic").len(), 1);
         assert_eq!(out.on("foreign")[0].payload, br#"{"country":"FR"}"#);
         assert_eq!(out.errors[0].0, 2);

@@ -24,7 +24,10 @@ impl Node for Count {
     type Config = CountConfig;
 
     fn init(config: CountConfig) -> Result<Self, NodeError> {
-        Ok(Count { counts: HashMap::new(), top: config.top })
+        Ok(Count {
+            counts: HashMap::new(),
+            top: config.top,
+        })
     }
 
     fn process<'a>(&mut self, msg: &Message<'a>, _out: &mut Output<'a>) -> Result<(), NodeError> {

@@ -49,7 +49,13 @@ pub fn price(order: Json<Order>, config: &PriceConfig) -> Json<Priced> {
     let Json(o) = order;
     let vat = config.vat.get(&o.country).copied().unwrap_or(config.default_vat);
     let total_cents = (o.amount_cents as f64 * (1.0 + vat)).round() as u64;
-    Json(Priced { id: o.id, customer: o.customer, country: o.country, vat, total_cents })
+    Json(Priced {
+        id: o.id,
+        customer: o.customer,
+        country: o.country,
+        vat,
+        total_cents,
+    })
 }
 
 #[cfg(test)]
@@ -69,11 +75,31 @@ mod tests {
                 r#"{"id":3,"customer":"cy","country":"US","amount_cents":500}"#,
             ])
             .unwrap();
-        let priced: Vec<Priced> = out.records.iter().map(|r| serde_json::from_slice(&r.payload).unwrap()).collect();
-        assert_eq!(priced[0], Priced { id: 1, customer: "ann".into(), country: "DE".into(), vat: 0.19, total_cents: 1190 });
+        let priced: Vec<Priced> = out
+            .records
+            .iter()
+            .map(|r| serde_json::from_slice(&r.payload).unwrap())
+            .collect();
+        assert_eq!(
+            priced[0],
+            Priced {
+                id: 1,
+                customer: "ann".into(),
+                country: "DE".into(),
+                vat: 0.19,
+                total_cents: 1190
+            }
+        );
         assert_eq!(priced[1].total_cents, 550);
         assert_eq!(out.errors.len(), 1);
-        assert_eq!((out.errors[0].0, out.errors[0].1.kind), (1, ErrorKind::InvalidInput));
-        assert!(out.errors[0].1.message.contains("missing field `country`"), "{:?}", out.errors);
+        assert_eq!(
+            (out.errors[0].0, out.errors[0].1.kind),
+            (1, ErrorKind::InvalidInput)
+        );
+        assert!(
+            out.errors[0].1.message.contains("missing field `country`"),
+            "{:?}",
+            out.errors
+        );
     }
 }

@@ -29,7 +29,11 @@ pub fn split<'a>(line: &'a str, config: &'a SplitConfig) -> impl Iterator<Item =
         .map(|w| w.trim_matches('\''))
         .filter(move |w| w.chars().count() >= config.min_len.max(1))
         .map(move |w| {
-            let word = if config.lowercase { w.to_lowercase() } else { w.to_owned() };
+            let word = if config.lowercase {
+                w.to_lowercase()
+            } else {
+                w.to_owned()
+            };
             Record::new(word.clone()).key(word)
         })
 }
@@ -49,7 +53,9 @@ mod tests {
 
     #[test]
     fn unknown_config_is_rejected() {
-        let err = Harness::<SplitNode>::new(serde_json::json!({ "lowercas": false })).err().unwrap();
+        let err = Harness::<SplitNode>::new(serde_json::json!({ "lowercas": false }))
+            .err()
+            .unwrap();
         assert!(err.message.contains("unknown field `lowercas`"), "{err}");
     }
 }

@@ -17,7 +17,13 @@ pub fn build_crate(dir: &Path) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("no crate at {}", dir.display()))?;
     tracing::info!(krate = %dir.display(), "building node crate for {TARGET}");
     let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "--target", TARGET, "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
         .arg("--manifest-path")
         .arg(&manifest)
         .current_dir(dir)
@@ -26,7 +32,11 @@ pub fn build_crate(dir: &Path) -> anyhow::Result<PathBuf> {
         .output()
         .context("running cargo (is it on PATH?)")?;
     if !output.status.success() {
-        bail!("cargo build --target {TARGET} failed for {} ({})", manifest.display(), output.status);
+        bail!(
+            "cargo build --target {TARGET} failed for {} ({})",
+            manifest.display(),
+            output.status
+        );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let module = stdout
@@ -44,6 +54,9 @@ pub fn build_crate(dir: &Path) -> anyhow::Result<PathBuf> {
         })
         .find(|f| f.extension().is_some_and(|e| e == "wasm"));
     module.with_context(|| {
-        format!("{} built no .wasm: is its crate-type \"cdylib\"?", manifest.display())
+        format!(
+            "{} built no .wasm: is its crate-type \"cdylib\"?",
+            manifest.display()
+        )
     })
 }

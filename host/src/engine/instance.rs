@@ -26,7 +26,10 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -87,7 +90,6 @@ impl NodeTemplate {
         let pre = engine
             .linker()
             .instantiate_pre(&module.component)
-            
             .and_then(NodePre::new)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{} does not fit the flowhost:node world", module.path.display()))?;
@@ -114,8 +116,14 @@ impl NodeTemplate {
 
     /// A fresh, initialised instance.
     pub fn instantiate(self: &Arc<Self>) -> anyhow::Result<NodeInstance> {
-        let (store, node) = self.fresh().with_context(|| format!("starting node `{}`", self.info.name))?;
-        Ok(NodeInstance { template: self.clone(), store, node })
+        let (store, node) = self
+            .fresh()
+            .with_context(|| format!("starting node `{}`", self.info.name))?;
+        Ok(NodeInstance {
+            template: self.clone(),
+            store,
+            node,
+        })
     }
 
     fn fresh(&self) -> anyhow::Result<(Store<HostState>, Node)> {
@@ -129,7 +137,12 @@ impl NodeTemplate {
             .memory_size(self.memory_bytes)
             .trap_on_grow_failure(true)
             .build();
-        let state = HostState { wasi, table: ResourceTable::new(), limits, node: name };
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            node: name,
+        };
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks());
@@ -183,7 +196,10 @@ impl NodeInstance {
         &self.template
     }
 
-    fn settle(&self, result: wasmtime::Result<Result<Vec<u8>, types::NodeError>>) -> Result<Vec<u8>, CallError> {
+    fn settle(
+        &self,
+        result: wasmtime::Result<Result<Vec<u8>, types::NodeError>>,
+    ) -> Result<Vec<u8>, CallError> {
         match result {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(e)) => Err(CallError::Node(from_wit(e))),
@@ -198,12 +214,18 @@ fn from_wit(e: types::NodeError) -> NodeError {
         types::ErrorKind::Retryable => ErrorKind::Retryable,
         types::ErrorKind::Fatal => ErrorKind::Fatal,
     };
-    NodeError { kind, message: e.message }
+    NodeError {
+        kind,
+        message: e.message,
+    }
 }
 
 fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate) -> String {
     match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!("timed out: a call ran longer than timeout_ms = {}", t.timeout.as_millis()),
+        Some(Trap::Interrupt) => format!(
+            "timed out: a call ran longer than timeout_ms = {}",
+            t.timeout.as_millis()
+        ),
         Some(Trap::UnreachableCodeReached) => "the guest aborted (a panic, or `unreachable`)".to_owned(),
         _ => {
             let text = format!("{err:#}");

@@ -46,7 +46,10 @@ pub struct EngineLimits {
 
 impl Default for EngineLimits {
     fn default() -> Self {
-        EngineLimits { max_memory_mb: 1024, max_instances: 64 }
+        EngineLimits {
+            max_memory_mb: 1024,
+            max_instances: 64,
+        }
     }
 }
 
@@ -102,7 +105,11 @@ impl Engine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::Node::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-        let inner = Arc::new(Inner { engine, linker, cache: Mutex::default() });
+        let inner = Arc::new(Inner {
+            engine,
+            linker,
+            cache: Mutex::default(),
+        });
         spawn_ticker(Arc::downgrade(&inner))?;
         Ok(Engine { inner })
     }
@@ -128,7 +135,11 @@ impl Engine {
             .compile(&bytes)
             .with_context(|| format!("loading {}", path.display()))?;
         let hash = digest.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(LoadedModule { component, hash, path: path.to_owned() })
+        Ok(LoadedModule {
+            component,
+            hash,
+            path: path.to_owned(),
+        })
     }
 
     /// Componentizes and compiles `bytes`, or returns the cached component.

@@ -18,7 +18,11 @@ pub struct GuestOutput {
 
 impl GuestOutput {
     pub fn new(node: Arc<str>, stream: &'static str) -> Self {
-        GuestOutput { node, stream, pending: Arc::default() }
+        GuestOutput {
+            node,
+            stream,
+            pending: Arc::default(),
+        }
     }
 
     fn push(&self, bytes: &[u8]) {

@@ -19,16 +19,21 @@ impl SinkWriter {
             SinkKind::Stdout => Some(Box::new(BufWriter::new(std::io::stdout()))),
             SinkKind::File(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| anyhow::anyhow!("sink `{}`: cannot create {}: {e}", spec.id, dir.display()))?;
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        anyhow::anyhow!("sink `{}`: cannot create {}: {e}", spec.id, dir.display())
+                    })?;
                 }
-                let file = File::create(path)
-                    .map_err(|e| anyhow::anyhow!("sink `{}`: cannot create {}: {e}", spec.id, path.display()))?;
+                let file = File::create(path).map_err(|e| {
+                    anyhow::anyhow!("sink `{}`: cannot create {}: {e}", spec.id, path.display())
+                })?;
                 Some(Box::new(BufWriter::new(file)))
             }
             SinkKind::Null => None,
         };
-        Ok(SinkWriter { out, format: spec.format })
+        Ok(SinkWriter {
+            out,
+            format: spec.format,
+        })
     }
 
     /// Writes a batch and flushes it, so results show as they arrive.
@@ -56,8 +61,10 @@ fn text(b: &[u8]) -> serde_json::Value {
 
 /// A message as a JSON object: payload, key, timestamp and headers (bytes shown as UTF-8, lossily).
 pub fn as_json(m: &Msg) -> serde_json::Value {
-    let payload = serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap_or_else(|_| text(&m.payload));
-    let headers: serde_json::Map<String, serde_json::Value> = m.headers.iter().map(|(k, v)| (k.to_owned(), text(v))).collect();
+    let payload =
+        serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap_or_else(|_| text(&m.payload));
+    let headers: serde_json::Map<String, serde_json::Value> =
+        m.headers.iter().map(|(k, v)| (k.to_owned(), text(v))).collect();
     serde_json::json!({
         "key": m.key.as_deref().map(text),
         "payload": payload,

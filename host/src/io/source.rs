@@ -14,33 +14,68 @@ use crate::topology::Shutdown;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Reads `spec` to its end (or until a stop is requested, or `send` returns false),
 /// returning how many messages were sent. An error names the source and, for files,
 /// the line.
-pub fn run(spec: &SourceSpec, batch_size: usize, shutdown: &Shutdown, mut send: impl FnMut(Vec<Msg>) -> bool) -> Result<u64, String> {
+pub fn run(
+    spec: &SourceSpec,
+    batch_size: usize,
+    shutdown: &Shutdown,
+    mut send: impl FnMut(Vec<Msg>) -> bool,
+) -> Result<u64, String> {
     let id = &spec.id;
     let open = |path: &Path| {
-        File::open(path).map(BufReader::new).map_err(|e| format!("source `{id}`: cannot open {}: {e}", path.display()))
+        File::open(path)
+            .map(BufReader::new)
+            .map_err(|e| format!("source `{id}`: cannot open {}: {e}", path.display()))
     };
     match &spec.kind {
-        SourceKind::File { path } => lines(open(path)?, batch_size, shutdown, false, &mut send, |_, _, line| Ok(Msg::new(line, None))),
+        SourceKind::File { path } => lines(
+            open(path)?,
+            batch_size,
+            shutdown,
+            false,
+            &mut send,
+            |_, _, line| Ok(Msg::new(line, None)),
+        ),
         SourceKind::Stdin => {
             let stdin = BufReader::new(std::io::stdin().lock());
-            lines(stdin, batch_size, shutdown, true, &mut send, |_, _, line| Ok(Msg::new(line, None)))
-        }
-        SourceKind::Jsonl { path, key_field, timestamp_field } => {
-            let fields = (key_field.as_deref(), timestamp_field.as_deref());
-            lines(open(path)?, batch_size, shutdown, false, &mut send, |n, ts, line| {
-                json_line(&line, fields).map_err(|e| format!("source `{id}`: {}:{n}: {e}", path.display())).map(|mut m| {
-                    m.timestamp = m.timestamp.or(ts);
-                    m
-                })
+            lines(stdin, batch_size, shutdown, true, &mut send, |_, _, line| {
+                Ok(Msg::new(line, None))
             })
         }
-        SourceKind::Generator { count, payload_size, keys } => {
+        SourceKind::Jsonl {
+            path,
+            key_field,
+            timestamp_field,
+        } => {
+            let fields = (key_field.as_deref(), timestamp_field.as_deref());
+            lines(
+                open(path)?,
+                batch_size,
+                shutdown,
+                false,
+                &mut send,
+                |n, ts, line| {
+                    json_line(&line, fields)
+                        .map_err(|e| format!("source `{id}`: {}:{n}: {e}", path.display()))
+                        .map(|mut m| {
+                            m.timestamp = m.timestamp.or(ts);
+                            m
+                        })
+                },
+            )
+        }
+        SourceKind::Generator {
+            count,
+            payload_size,
+            keys,
+        } => {
             generate(*count, *payload_size, *keys, batch_size, shutdown, &mut send);
             Ok(count.unwrap_or(0))
         }
@@ -66,7 +101,9 @@ fn lines<R: Read>(
             break;
         }
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| format!("reading line {}: {e}", line_no + 1))?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| format!("reading line {}: {e}", line_no + 1))?;
         if n > 0 {
             line_no += 1;
             let end = buf.len() - buf.ends_with(b"\n") as usize;
@@ -100,23 +137,32 @@ fn json_line(line: &Bytes, (key_field, ts_field): (Option<&str>, Option<&str>)) 
             Some(other) => Some(Bytes::from(other.to_string())),
         };
     }
-    if let Some(field) = ts_field {
-        match value.get(field) {
-            Some(v) => msg.timestamp = Some(v.as_i64().ok_or_else(|| format!("`{field}` is not an integer of milliseconds: {v}"))?),
-            None => {}
-        }
+    if let Some((field, v)) = ts_field.and_then(|f| Some((f, value.get(f)?))) {
+        let millis = v
+            .as_i64()
+            .ok_or_else(|| format!("`{field}` is not an integer of milliseconds: {v}"))?;
+        msg.timestamp = Some(millis);
     }
     Ok(msg)
 }
 
 /// Zero-padded sequence numbers as payloads (cut or padded to `payload_size`), optionally
 /// keyed `k<n % keys>`.
-fn generate(count: Option<u64>, payload_size: usize, keys: Option<u64>, batch_size: usize, shutdown: &Shutdown, send: &mut dyn FnMut(Vec<Msg>) -> bool) {
+fn generate(
+    count: Option<u64>,
+    payload_size: usize,
+    keys: Option<u64>,
+    batch_size: usize,
+    shutdown: &Shutdown,
+    send: &mut dyn FnMut(Vec<Msg>) -> bool,
+) {
     let mut next = 0u64;
     while count.is_none_or(|c| next < c) && !shutdown.is_stopping() {
         let n = count.map_or(batch_size as u64, |c| (c - next).min(batch_size as u64)) as usize;
         let first = next;
-        let mut batch = batch_from(n, Some(now_millis()), |i, buf| sequence_payload(first + i as u64, payload_size, buf));
+        let mut batch = batch_from(n, Some(now_millis()), |i, buf| {
+            sequence_payload(first + i as u64, payload_size, buf)
+        });
         if let Some(keys) = keys {
             for (i, m) in batch.iter_mut().enumerate() {
                 m.key = Some(Bytes::from(format!("k{}", (first + i as u64) % keys)));

@@ -9,8 +9,8 @@ use toml::Spanned;
 
 use super::raw::{self, OnError, RawGraph, RawNode, RawSink, RawSource};
 use super::{
-    Diagnostic, Edge, ErrorPolicy, Graph, ModuleRef, NodeSpec, SinkKind, SinkSpec, SourceKind,
-    SourceSpec, Vertex,
+    Diagnostic, Edge, ErrorPolicy, Graph, ModuleRef, NodeSpec, SinkKind, SinkSpec, SourceKind, SourceSpec,
+    Vertex,
 };
 use crate::DEFAULT_INPUT;
 use flowhost_sdk::DEFAULT_OUTPUT;
@@ -66,20 +66,30 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Graph, Vec<Diagnostic>> {
 fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
     check_id(r, &raw.name, "graph name");
     let mut ids: BTreeMap<&str, Vertex> = BTreeMap::new();
-    let declared = (raw.sources.keys().enumerate().map(|(i, id)| (id, Vertex::Source(i))))
-        .chain(raw.nodes.keys().enumerate().map(|(i, id)| (id, Vertex::Node(i))))
-        .chain(raw.sinks.keys().enumerate().map(|(i, id)| (id, Vertex::Sink(i))));
+    let declared = (raw
+        .sources
+        .keys()
+        .enumerate()
+        .map(|(i, id)| (id, Vertex::Source(i))))
+    .chain(raw.nodes.keys().enumerate().map(|(i, id)| (id, Vertex::Node(i))))
+    .chain(raw.sinks.keys().enumerate().map(|(i, id)| (id, Vertex::Sink(i))));
     for (id, v) in declared {
         check_id(r, id, &format!("{v} id"));
         if let Some(prev) = ids.insert(id.get_ref(), v) {
-            r.at(id.span(), format!("`{}` is declared as both a {prev} and a {v}", id.get_ref()));
+            r.at(
+                id.span(),
+                format!("`{}` is declared as both a {prev} and a {v}", id.get_ref()),
+            );
         }
     }
 
     let sink_index = |name: &str| raw.sinks.keys().position(|k| k.get_ref() == name);
     let sources = raw.sources.iter().map(|(id, s)| source(r, dir, id, s)).collect();
-    let mut nodes: Vec<NodeSpec> =
-        raw.nodes.iter().map(|(id, n)| node(r, dir, id, n, &sink_index)).collect();
+    let mut nodes: Vec<NodeSpec> = raw
+        .nodes
+        .iter()
+        .map(|(id, n)| node(r, dir, id, n, &sink_index))
+        .collect();
     let sinks = raw.sinks.iter().map(|(id, s)| sink(r, dir, id, s)).collect();
     let edges = edges(r, raw, &ids, &mut nodes);
     check_connected(r, raw, &edges, &nodes);
@@ -99,10 +109,16 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
 fn check_id(r: &mut Report, id: &Spanned<String>, what: &str) {
     let s = id.get_ref();
     let ok = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric());
     if !ok {
-        r.at(id.span(), format!("invalid {what} `{s}`: use letters, digits, `-` and `_`, starting with a letter or digit"));
+        r.at(
+            id.span(),
+            format!(
+                "invalid {what} `{s}`: use letters, digits, `-` and `_`, starting with a letter or digit"
+            ),
+        );
     }
 }
 
@@ -124,7 +140,10 @@ fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> So
         Some(p) => {
             let path = resolve(dir, p);
             if !path.is_file() {
-                r.at(p.span(), format!("source `{name}`: file not found: {}", path.display()));
+                r.at(
+                    p.span(),
+                    format!("source `{name}`: file not found: {}", path.display()),
+                );
             }
             path
         }
@@ -156,7 +175,10 @@ fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> So
             } else {
                 SourceKind::Generator {
                     count: s.count.as_ref().map(|c| *c.get_ref()),
-                    payload_size: s.payload_size.as_ref().map_or(DEFAULT_PAYLOAD_SIZE, |p| *p.get_ref()),
+                    payload_size: s
+                        .payload_size
+                        .as_ref()
+                        .map_or(DEFAULT_PAYLOAD_SIZE, |p| *p.get_ref()),
                     keys: s.keys.as_ref().map(|k| *k.get_ref()).filter(|&k| k > 0),
                 }
             }
@@ -207,45 +229,78 @@ fn node(
         (None, Some(c)) => {
             let path = resolve(dir, c);
             if !path.join("Cargo.toml").is_file() {
-                r.at(c.span(), format!("node `{name}`: no Cargo.toml in crate folder {}", path.display()));
+                r.at(
+                    c.span(),
+                    format!("node `{name}`: no Cargo.toml in crate folder {}", path.display()),
+                );
             }
             ModuleRef::Crate(path)
         }
         (Some(m), Some(_)) => {
-            r.at(m.span(), format!("node `{name}` gives both `module` and `crate`; keep one"));
+            r.at(
+                m.span(),
+                format!("node `{name}` gives both `module` and `crate`; keep one"),
+            );
             ModuleRef::File(PathBuf::new())
         }
         (None, None) => {
-            r.at(id.span(), format!("node `{name}` needs `module = \"path.wasm\"` or `crate = \"path/to/crate\"`"));
+            r.at(
+                id.span(),
+                format!("node `{name}` needs `module = \"path.wasm\"` or `crate = \"path/to/crate\"`"),
+            );
             ModuleRef::File(PathBuf::new())
         }
     };
     let replicas = positive(r, &n.replicas, 1, Some(256), &format!("node `{name}`: replicas"));
-    let timeout_ms = positive(r, &n.timeout_ms, DEFAULT_TIMEOUT_MS, None, &format!("node `{name}`: timeout_ms"));
-    let memory_mb = positive(r, &n.memory_mb, DEFAULT_MEMORY_MB, Some(MAX_MEMORY_MB), &format!("node `{name}`: memory_mb"));
+    let timeout_ms = positive(
+        r,
+        &n.timeout_ms,
+        DEFAULT_TIMEOUT_MS,
+        None,
+        &format!("node `{name}`: timeout_ms"),
+    );
+    let memory_mb = positive(
+        r,
+        &n.memory_mb,
+        DEFAULT_MEMORY_MB,
+        Some(MAX_MEMORY_MB),
+        &format!("node `{name}`: memory_mb"),
+    );
     let policy = n.on_error.as_ref().map_or(OnError::Stop, |p| *p.get_ref());
     let on_error = match (policy, &n.dead_letter) {
         (OnError::DeadLetter, Some(sink)) => match sink_index(sink.get_ref()) {
             Some(i) => ErrorPolicy::DeadLetter(i),
             None => {
-                r.at(sink.span(), format!("node `{name}`: dead_letter `{}` is not a sink", sink.get_ref()));
+                r.at(
+                    sink.span(),
+                    format!("node `{name}`: dead_letter `{}` is not a sink", sink.get_ref()),
+                );
                 ErrorPolicy::Stop
             }
         },
         (OnError::DeadLetter, None) => {
             let span = n.on_error.as_ref().map_or(id.span(), |p| p.span());
-            r.at(span, format!("node `{name}`: on_error = \"dead-letter\" needs `dead_letter = \"<sink>\"`"));
+            r.at(
+                span,
+                format!("node `{name}`: on_error = \"dead-letter\" needs `dead_letter = \"<sink>\"`"),
+            );
             ErrorPolicy::Stop
         }
         (_, Some(sink)) => {
-            r.at(sink.span(), format!("node `{name}`: dead_letter is set but on_error is not \"dead-letter\""));
+            r.at(
+                sink.span(),
+                format!("node `{name}`: dead_letter is set but on_error is not \"dead-letter\""),
+            );
             ErrorPolicy::Stop
         }
         (OnError::Stop, None) => ErrorPolicy::Stop,
         (OnError::Skip, None) => ErrorPolicy::Skip,
     };
     let config_json = serde_json::to_string(&n.config).unwrap_or_else(|e| {
-        r.at(id.span(), format!("node `{name}`: config cannot be passed as JSON: {e}"));
+        r.at(
+            id.span(),
+            format!("node `{name}`: config cannot be passed as JSON: {e}"),
+        );
         String::from("{}")
     });
     NodeSpec {
@@ -270,7 +325,13 @@ fn sink(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSink) -> SinkSp
             SinkKind::Null
         }
         (kind, Some(p)) => {
-            r.at(p.span(), format!("`path` does not apply to sink `{name}` (kind {})", format!("{kind:?}").to_lowercase()));
+            r.at(
+                p.span(),
+                format!(
+                    "`path` does not apply to sink `{name}` (kind {})",
+                    format!("{kind:?}").to_lowercase()
+                ),
+            );
             SinkKind::Null
         }
         (raw::SinkKind::Stdout, None) => SinkKind::Stdout,
@@ -284,19 +345,16 @@ fn sink(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSink) -> SinkSp
 }
 
 /// Resolves edge endpoints and gives each node its port lists (in name order, default first).
-fn edges(
-    r: &mut Report,
-    raw: &RawGraph,
-    ids: &BTreeMap<&str, Vertex>,
-    nodes: &mut [NodeSpec],
-) -> Vec<Edge> {
+fn edges(r: &mut Report, raw: &RawGraph, ids: &BTreeMap<&str, Vertex>, nodes: &mut [NodeSpec]) -> Vec<Edge> {
     let mut resolved = Vec::new();
     let mut seen = BTreeSet::new();
     for e in &raw.edges {
         let label = format!("edge from `{}` to `{}`", e.from.get_ref(), e.to.get_ref());
         let from = endpoint(r, &e.from, ids, &label, true);
         let to = endpoint(r, &e.to, ids, &label, false);
-        let (Some(from), Some(to)) = (from, to) else { continue };
+        let (Some(from), Some(to)) = (from, to) else {
+            continue;
+        };
         if !seen.insert((from.clone(), to.clone())) {
             r.at(e.from.span(), format!("{label} is declared twice"));
         }
@@ -305,7 +363,11 @@ fn edges(
     // Port lists: the default port first, then the others by name.
     let mut ports = |v: Vertex, port: &str, outputs: bool| {
         if let Vertex::Node(i) = v {
-            let list = if outputs { &mut nodes[i].outputs } else { &mut nodes[i].inputs };
+            let list = if outputs {
+                &mut nodes[i].outputs
+            } else {
+                &mut nodes[i].inputs
+            };
             if !list.iter().any(|p| p == port) {
                 list.push(port.to_owned());
             }
@@ -322,7 +384,11 @@ fn edges(
     let index = |v: Vertex, port: &str, outputs: bool| -> u16 {
         match v {
             Vertex::Node(i) => {
-                let list = if outputs { &nodes[i].outputs } else { &nodes[i].inputs };
+                let list = if outputs {
+                    &nodes[i].outputs
+                } else {
+                    &nodes[i].inputs
+                };
                 list.iter().position(|p| p == port).unwrap_or(0) as u16
             }
             _ => 0,
@@ -353,19 +419,36 @@ fn endpoint(
     };
     let default = if from { DEFAULT_OUTPUT } else { DEFAULT_INPUT };
     let Some(&v) = ids.get(id) else {
-        let wanted = if from { "a source or node" } else { "a node or sink" };
+        let wanted = if from {
+            "a source or node"
+        } else {
+            "a node or sink"
+        };
         r.at(text.span(), format!("{label}: `{id}` is not {wanted}"));
         return None;
     };
     match (v, from) {
-        (Vertex::Sink(_), true) => r.at(text.span(), format!("{label}: `{id}` is a sink; edges cannot start at a sink")),
-        (Vertex::Source(_), false) => r.at(text.span(), format!("{label}: `{id}` is a source; edges cannot end at a source")),
+        (Vertex::Sink(_), true) => r.at(
+            text.span(),
+            format!("{label}: `{id}` is a sink; edges cannot start at a sink"),
+        ),
+        (Vertex::Source(_), false) => r.at(
+            text.span(),
+            format!("{label}: `{id}` is a source; edges cannot end at a source"),
+        ),
         _ => {}
     }
     if let Some(port) = port {
         if !matches!(v, Vertex::Node(_)) {
-            r.at(text.span(), format!("{label}: only nodes have ports, `{id}` is a {v}"));
-        } else if port.is_empty() || !port.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            r.at(
+                text.span(),
+                format!("{label}: only nodes have ports, `{id}` is a {v}"),
+            );
+        } else if port.is_empty()
+            || !port
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             r.at(text.span(), format!("{label}: invalid port name `{port}`"));
         }
     }
@@ -377,18 +460,27 @@ fn check_connected(r: &mut Report, raw: &RawGraph, edges: &[Edge], nodes: &[Node
     let has_out = |v: Vertex| edges.iter().any(|e| e.from == v);
     for (i, id) in raw.sources.keys().enumerate() {
         if !has_out(Vertex::Source(i)) {
-            r.at(id.span(), format!("source `{}` is not connected: no edge starts at it", id.get_ref()));
+            r.at(
+                id.span(),
+                format!("source `{}` is not connected: no edge starts at it", id.get_ref()),
+            );
         }
     }
     for (i, id) in raw.nodes.keys().enumerate() {
         if !has_in(Vertex::Node(i)) {
-            r.at(id.span(), format!("node `{}` is not connected: no edge ends at it", id.get_ref()));
+            r.at(
+                id.span(),
+                format!("node `{}` is not connected: no edge ends at it", id.get_ref()),
+            );
         }
     }
     for (i, id) in raw.sinks.keys().enumerate() {
         let dead_letter = nodes.iter().any(|n| n.on_error == ErrorPolicy::DeadLetter(i));
         if !has_in(Vertex::Sink(i)) && !dead_letter {
-            r.at(id.span(), format!("sink `{}` is not connected: no edge ends at it", id.get_ref()));
+            r.at(
+                id.span(),
+                format!("sink `{}` is not connected: no edge ends at it", id.get_ref()),
+            );
         }
     }
 }
@@ -437,6 +529,12 @@ fn check_cycles(r: &mut Report, raw: &RawGraph, edges: &[Edge]) {
     for cycle in found {
         let names: Vec<&str> = cycle.iter().map(|&i| ids[i].get_ref().as_str()).collect();
         let first = names[0];
-        r.at(ids[cycle[0]].span(), format!("cycle between nodes: {} -> {first} (cycles are not supported yet)", names.join(" -> ")));
+        r.at(
+            ids[cycle[0]].span(),
+            format!(
+                "cycle between nodes: {} -> {first} (cycles are not supported yet)",
+                names.join(" -> ")
+            ),
+        );
     }
 }

@@ -35,7 +35,10 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { batch_size: 256, channel_capacity: 16 }
+        RunOptions {
+            batch_size: 256,
+            channel_capacity: 16,
+        }
     }
 }
 
@@ -67,7 +70,10 @@ impl Shutdown {
     /// Stop because of `reason`; the first failure is the one reported.
     pub fn fail(&self, reason: String) {
         tracing::error!("{reason}");
-        self.failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(reason);
         self.request_stop();
     }
 
@@ -155,8 +161,17 @@ impl fmt::Display for RunReport {
             writeln!(f, "  source {id:<16} read {n}")?;
         }
         for (id, _, c) in &self.nodes {
-            write!(f, "  node   {id:<16} in {} out {} errors {}", c.received, c.emitted, c.errors)?;
-            for (what, n) in [("skipped", c.skipped), ("dead-lettered", c.dead_lettered), ("retries", c.retries), ("traps", c.traps)] {
+            write!(
+                f,
+                "  node   {id:<16} in {} out {} errors {}",
+                c.received, c.emitted, c.errors
+            )?;
+            for (what, n) in [
+                ("skipped", c.skipped),
+                ("dead-lettered", c.dead_lettered),
+                ("retries", c.retries),
+                ("traps", c.traps),
+            ] {
                 if n > 0 {
                     write!(f, " {what} {n}")?;
                 }
@@ -181,31 +196,57 @@ pub fn load(graph: &Graph, engine: &Engine) -> anyhow::Result<Vec<Arc<NodeTempla
             let module = match loaded.get(&n.module) {
                 Some(m) => m.clone(),
                 None => {
-                    let m = engine.load(&n.module).with_context(|| format!("node `{}`", n.id))?;
+                    let m = engine
+                        .load(&n.module)
+                        .with_context(|| format!("node `{}`", n.id))?;
                     loaded.entry(&n.module).or_insert(m).clone()
                 }
             };
             let ports = (&n.inputs[..], &n.outputs[..]);
-            NodeTemplate::new(engine, module, &n.id, &n.config_json, ports, n.timeout, n.memory_mb)
-                .with_context(|| format!("node `{}`", n.id))
+            NodeTemplate::new(
+                engine,
+                module,
+                &n.id,
+                &n.config_json,
+                ports,
+                n.timeout,
+                n.memory_mb,
+            )
+            .with_context(|| format!("node `{}`", n.id))
         })
         .collect()
 }
 
 /// Runs `graph` to the end of its sources (or until `shutdown` is requested).
-pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shutdown>) -> anyhow::Result<RunReport> {
+pub fn run(
+    graph: &Graph,
+    engine: &Engine,
+    opts: &RunOptions,
+    shutdown: &Arc<Shutdown>,
+) -> anyhow::Result<RunReport> {
     let _graph = tracing::info_span!("graph", graph = %graph.name).entered();
     let started = Instant::now();
     let templates = load(graph, engine)?;
     let mut instances: Vec<Vec<NodeInstance>> = Vec::new();
     for (spec, t) in graph.nodes.iter().zip(&templates) {
-        instances.push((0..spec.replicas).map(|_| t.instantiate()).collect::<anyhow::Result<_>>()?);
+        instances.push(
+            (0..spec.replicas)
+                .map(|_| t.instantiate())
+                .collect::<anyhow::Result<_>>()?,
+        );
     }
-    let writers: Vec<SinkWriter> = graph.sinks.iter().map(SinkWriter::open).collect::<anyhow::Result<_>>()?;
+    let writers: Vec<SinkWriter> = graph
+        .sinks
+        .iter()
+        .map(SinkWriter::open)
+        .collect::<anyhow::Result<_>>()?;
 
     let channel = || sync_channel::<Envelope>(opts.channel_capacity);
-    let (node_tx, node_rx): (Vec<Vec<_>>, Vec<Vec<_>>) =
-        graph.nodes.iter().map(|n| (0..n.replicas).map(|_| channel()).unzip()).unzip();
+    let (node_tx, node_rx): (Vec<Vec<_>>, Vec<Vec<_>>) = graph
+        .nodes
+        .iter()
+        .map(|n| (0..n.replicas).map(|_| channel()).unzip())
+        .unzip();
     let (sink_tx, sink_rx): (Vec<_>, Vec<_>) = graph.sinks.iter().map(|_| channel()).unzip();
     let router = |from: Vertex, ports: usize| {
         let mut r = Router::new(ports);
@@ -240,7 +281,9 @@ pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shu
             replicas.push((replica, rx));
         }
     }
-    let source_routers: Vec<Router> = (0..graph.sources.len()).map(|i| router(Vertex::Source(i), 1)).collect();
+    let source_routers: Vec<Router> = (0..graph.sources.len())
+        .map(|i| router(Vertex::Source(i), 1))
+        .collect();
     // Only the routers hold senders now: each channel closes when its producers end.
     drop((node_tx, sink_tx));
 

@@ -76,7 +76,8 @@ impl Replica {
     }
 
     fn stop(&mut self, reason: Stop) -> bool {
-        self.shutdown.fail(format!("node `{}` stopped the graph: {reason}", self.id));
+        self.shutdown
+            .fail(format!("node `{}` stopped the graph: {reason}", self.id));
         // Dropping our senders lets everything downstream drain and end.
         self.router = Router::default();
         self.dead_letter = None;
@@ -108,7 +109,8 @@ impl Replica {
         loop {
             let error = match self.call(&input) {
                 Ok(out) => {
-                    let out = message::decode(out, self.outputs).map_err(|e| format!("returned a malformed batch: {e}"))?;
+                    let out = message::decode(out, self.outputs)
+                        .map_err(|e| format!("returned a malformed batch: {e}"))?;
                     match out.errors.into_iter().next() {
                         None => {
                             self.route(out.records);
@@ -152,11 +154,15 @@ impl Replica {
 
     /// Routes an output batch; per-message errors go to retry or the policy.
     fn deliver(&mut self, out: Vec<u8>, inputs: &[Msg], port: u16) -> Result<(), Stop> {
-        let out = message::decode(out, self.outputs).map_err(|e| format!("returned a malformed batch: {e}"))?;
+        let out =
+            message::decode(out, self.outputs).map_err(|e| format!("returned a malformed batch: {e}"))?;
         self.route(out.records);
         for (index, e) in out.errors {
             let msg = inputs.get(index as usize).ok_or_else(|| {
-                format!("reported an error for message {index} of a batch of {}: {e}", inputs.len())
+                format!(
+                    "reported an error for message {index} of a batch of {}: {e}",
+                    inputs.len()
+                )
             })?;
             if e.kind == ErrorKind::Retryable {
                 self.backoff(2, &e);
@@ -185,7 +191,11 @@ impl Replica {
     /// Applies the error policy to a message that failed for good.
     fn failed(&mut self, msg: &Msg, kind: &str, error: &str, attempts: u32) -> Result<(), Stop> {
         NodeStats::add(&self.stats.errors, 1);
-        let policy = if kind == ErrorKind::Fatal.as_str() { ErrorPolicy::Stop } else { self.policy };
+        let policy = if kind == ErrorKind::Fatal.as_str() {
+            ErrorPolicy::Stop
+        } else {
+            self.policy
+        };
         match policy {
             ErrorPolicy::Stop => Err(format!("{kind}: {error}")),
             ErrorPolicy::Skip => {
@@ -198,10 +208,15 @@ impl Replica {
                 dead.headers.set(headers::NODE, self.id.as_bytes());
                 dead.headers.set(headers::KIND, kind.as_bytes());
                 dead.headers.set(headers::ERROR, error.as_bytes());
-                dead.headers.set(headers::ATTEMPTS, attempts.to_string().as_bytes());
-                dead.headers.set(headers::TIME, now_millis().to_string().as_bytes());
+                dead.headers
+                    .set(headers::ATTEMPTS, attempts.to_string().as_bytes());
+                dead.headers
+                    .set(headers::TIME, now_millis().to_string().as_bytes());
                 if let Some(dlq) = &self.dead_letter {
-                    let _ = dlq.send(Envelope { port: 0, msgs: vec![dead] });
+                    let _ = dlq.send(Envelope {
+                        port: 0,
+                        msgs: vec![dead],
+                    });
                 }
                 NodeStats::add(&self.stats.dead_lettered, 1);
                 tracing::warn!("dead-lettered a message: {kind}: {error}");

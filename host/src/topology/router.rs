@@ -29,7 +29,13 @@ impl Route {
     /// An edge to `targets` (one sender per consumer replica), arriving on `in_port`.
     pub fn new(targets: Vec<SyncSender<Envelope>>, in_port: u16, connection: Connection) -> Self {
         let pending = targets.iter().map(|_| Vec::new()).collect();
-        Route { targets, in_port, connection, next: 0, pending }
+        Route {
+            targets,
+            in_port,
+            connection,
+            next: 0,
+            pending,
+        }
     }
 
     fn push(&mut self, msg: Msg) {
@@ -62,7 +68,10 @@ impl Route {
             }
             let msgs = std::mem::take(pending);
             // A consumer that is gone has stopped the graph; what it would get is moot.
-            let _ = self.targets[i].send(Envelope { port: self.in_port, msgs });
+            let _ = self.targets[i].send(Envelope {
+                port: self.in_port,
+                msgs,
+            });
         }
         self.next = self.next.wrapping_add(1);
     }
@@ -77,7 +86,9 @@ pub struct Router {
 impl Router {
     /// A router for a producer with `ports` output ports.
     pub fn new(ports: usize) -> Self {
-        Router { ports: (0..ports).map(|_| Vec::new()).collect() }
+        Router {
+            ports: (0..ports).map(|_| Vec::new()).collect(),
+        }
     }
 
     /// Adds an edge leaving `port`.
@@ -93,7 +104,9 @@ impl Router {
     /// Sends `(port, message)` pairs, keeping their order per edge and replica.
     pub fn send_all(&mut self, msgs: impl IntoIterator<Item = (u16, Msg)>) {
         for (port, msg) in msgs {
-            let Some(routes) = self.ports.get_mut(port as usize) else { continue };
+            let Some(routes) = self.ports.get_mut(port as usize) else {
+                continue;
+            };
             if let Some((last, rest)) = routes.split_last_mut() {
                 for route in rest {
                     route.push(msg.clone());
@@ -125,7 +138,10 @@ mod tests {
     }
 
     fn keyed(key: &str, payload: &str) -> Msg {
-        Msg { key: Some(Bytes::from(key.to_owned())), ..Msg::new(payload.to_owned(), None) }
+        Msg {
+            key: Some(Bytes::from(key.to_owned())),
+            ..Msg::new(payload.to_owned(), None)
+        }
     }
 
     #[test]
@@ -134,16 +150,33 @@ mod tests {
         let mut router = Router::new(1);
         router.add(0, Route::new(tx, 0, Connection::KeyHash));
         for round in 0..4 {
-            router.send(0, (0..10).map(|k| keyed(&format!("k{k}"), &format!("k{k}-{round}"))).collect());
+            router.send(
+                0,
+                (0..10)
+                    .map(|k| keyed(&format!("k{k}"), &format!("k{k}-{round}")))
+                    .collect(),
+            );
         }
         let got: Vec<Vec<String>> = rx.iter().map(drain).collect();
         assert_eq!(got.iter().map(Vec::len).sum::<usize>(), 40);
         for k in 0..10 {
-            let holders: Vec<&Vec<String>> =
-                got.iter().filter(|msgs| msgs.iter().any(|m| m.starts_with(&format!("k{k}-")))).collect();
+            let holders: Vec<&Vec<String>> = got
+                .iter()
+                .filter(|msgs| msgs.iter().any(|m| m.starts_with(&format!("k{k}-"))))
+                .collect();
             assert_eq!(holders.len(), 1, "key k{k} went to more than one replica");
-            let seq: Vec<&String> = holders[0].iter().filter(|m| m.starts_with(&format!("k{k}-"))).collect();
-            assert_eq!(seq, (0..4).map(|r| format!("k{k}-{r}")).collect::<Vec<_>>().iter().collect::<Vec<_>>());
+            let seq: Vec<&String> = holders[0]
+                .iter()
+                .filter(|m| m.starts_with(&format!("k{k}-")))
+                .collect();
+            assert_eq!(
+                seq,
+                (0..4)
+                    .map(|r| format!("k{k}-{r}"))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .collect::<Vec<_>>()
+            );
         }
     }
 
@@ -161,7 +194,13 @@ mod tests {
         for rx in &bc_rx {
             let envs: Vec<Envelope> = rx.try_iter().collect();
             assert!(envs.iter().all(|e| e.port == 1));
-            assert_eq!(envs.iter().flat_map(|e| &e.msgs).map(|m| &m.payload[..]).collect::<Vec<_>>(), [&b"a"[..], b"b"]);
+            assert_eq!(
+                envs.iter()
+                    .flat_map(|e| &e.msgs)
+                    .map(|m| &m.payload[..])
+                    .collect::<Vec<_>>(),
+                [&b"a"[..], b"b"]
+            );
         }
     }
 }

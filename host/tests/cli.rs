@@ -1,0 +1,164 @@
+//! The `flowhost` binary as a user runs it: output on stdout, summary and errors on
+//! stderr, exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn flowhost(args: &[&str]) -> Output {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ is in the repo");
+    Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .args(args)
+        .current_dir(repo)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("flowhost runs")
+}
+
+#[test]
+fn run_prints_results_on_stdout_and_a_summary_on_stderr() {
+    let out = flowhost(&["run", "graphs/wordcount.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().take(3).collect::<Vec<_>>(),
+        ["the\t22", "of\t19", "was\t13"]
+    );
+    assert_eq!(stdout.lines().count(), 10);
+    assert!(
+        stderr.contains("node   count            in 252 out 10 errors 0"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_reports_every_error_and_exits_2() {
+    let out = flowhost(&["validate", "tests/ui/edges.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tests/ui/edges.toml:26:6: edge from `split` to `cnt`: `cnt` is not a node or sink"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("9 errors in tests/ui/edges.toml"), "{stderr}");
+
+    let ok = flowhost(&["validate", "graphs/orders.toml"]);
+    assert!(ok.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout).trim(),
+        "graphs/orders.toml: graph `orders` is valid: 1 sources, 3 nodes, 3 sinks, 6 edges"
+    );
+}
+
+#[test]
+fn a_node_that_stops_the_graph_exits_1_naming_it() {
+    let dir = std::env::temp_dir().join(format!("flowhost-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("in.txt"), "fine\nbad\n").unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let manifest = format!(
+        "name = \"stops\"\n[sources.in]\nkind = \"file\"\npath = \"in.txt\"\n[nodes.faulty]\ncrate = \"{}\"\n[sinks.out]\nkind = \"stdout\"\n[[edges]]\nfrom = \"in\"\nto = \"faulty\"\n[[edges]]\nfrom = \"faulty\"\nto = \"out\"\n",
+        repo.join("functions/faulty").display()
+    );
+    std::fs::write(dir.join("graph.toml"), manifest).unwrap();
+    let out = flowhost(&["run", dir.join("graph.toml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: node `faulty` stopped the graph: invalid-input: asked for bad input"),
+        "{stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "fine\n");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A graph reading stdin through the `faulty` node, in a fresh folder.
+fn stdin_graph(policy: &str) -> std::path::PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = std::env::temp_dir().join(format!("flowhost-cli-{}-{policy}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = format!(
+        "name = \"stdin\"\n[sources.in]\nkind = \"stdin\"\n[nodes.faulty]\ncrate = \"{}\"\non_error = \"{policy}\"\n[sinks.out]\nkind = \"stdout\"\n[[edges]]\nfrom = \"in\"\nto = \"faulty\"\n[[edges]]\nfrom = \"faulty\"\nto = \"out\"\n",
+        repo.join("functions/faulty").display()
+    );
+    std::fs::write(dir.join("graph.toml"), manifest).unwrap();
+    dir.join("graph.toml")
+}
+
+#[test]
+fn guest_panics_and_prints_reach_the_host_log_with_the_node_name() {
+    use std::io::Write;
+    let manifest = stdin_graph("skip");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .args(["run", manifest.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a\npanic\nprint\nb\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\nprint\nb\n");
+    let line = |needle: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in:\n{stderr}"))
+    };
+    assert!(line("asked to panic").contains("node=faulty"), "{stderr}");
+    assert!(line("panicked").contains("ERROR"), "{stderr}");
+    assert!(
+        line("hello from stdout").contains("stream=\"stdout\""),
+        "{stderr}"
+    );
+    assert!(line("hello from stderr").contains("node=faulty"), "{stderr}");
+}
+
+#[test]
+fn ctrl_c_drains_flushes_and_exits_130() {
+    use std::io::{BufRead, BufReader, Write};
+    let manifest = stdin_graph("stop");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .args(["run", manifest.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"first\n").unwrap();
+    stdin.flush().unwrap();
+    // Stdin batches are sent as soon as nothing more is buffered: the line comes through.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "first\n");
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // The source stops at its next line; the graph then drains and ends.
+    stdin.write_all(b"second\n").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit status {status:?}; stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("stopping: draining the graph"), "{stderr}");
+}
