@@ -210,7 +210,7 @@ mod tests {
         sequence_payload(42, 4, &mut b);
         sequence_payload(123_456, 3, &mut b);
         sequence_payload(7, 24, &mut b);
-        assert_eq!(&b[..], b"0042456000000000000000000007");
+        assert_eq!(&b[..], format!("0042456{:024}", 7).as_bytes());
     }
 
     #[test]
