@@ -87,18 +87,24 @@ fn stdin_graph(policy: &str) -> std::path::PathBuf {
     dir.join("graph.toml")
 }
 
+/// `flowhost run manifest` with piped stdio and `RUST_LOG=log`.
+fn spawn_run(manifest: &Path, log: &str) -> std::process::Child {
+    use std::process::Stdio;
+    Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .args(["run", manifest.to_str().unwrap()])
+        .env("RUST_LOG", log)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn guest_panics_and_prints_reach_the_host_log_with_the_node_name() {
     use std::io::Write;
     let manifest = stdin_graph("skip");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flowhost"))
-        .args(["run", manifest.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&manifest, "info");
     child
         .stdin
         .take()
@@ -128,14 +134,7 @@ fn guest_panics_and_prints_reach_the_host_log_with_the_node_name() {
 fn ctrl_c_drains_flushes_and_exits_130() {
     use std::io::{BufRead, BufReader, Write};
     let manifest = stdin_graph("stop");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flowhost"))
-        .args(["run", manifest.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&manifest, "warn");
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"first\n").unwrap();
     stdin.flush().unwrap();

@@ -38,6 +38,29 @@ pub fn graph_in(dir: &Path, toml: &str) -> anyhow::Result<Graph> {
     Ok(Graph::load(&path)?)
 }
 
+/// The manifest of `in -> <node> -> out`: `source` is the body of `[sources.in]`, `node`
+/// the body of `[nodes.<id>]`, `connection` the kind of the edge into the node. More
+/// tables (another sink, say) can be appended to the text.
+pub fn chain(source: &str, id: &str, node: &str, connection: &str) -> String {
+    format!(
+        r#"name = "chain"
+[sources.in]
+{source}
+[nodes.{id}]
+{node}
+[sinks.out]
+kind = "stdout"
+[[edges]]
+from = "in"
+to = "{id}"
+connection = "{connection}"
+[[edges]]
+from = "{id}"
+to = "out"
+"#
+    )
+}
+
 /// What a captured run produced.
 pub struct Captured {
     /// The run's report.

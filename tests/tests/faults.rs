@@ -4,38 +4,20 @@
 use anyhow::Result;
 use flowhost::engine::{Engine, EngineLimits};
 use flowhost::manifest::ModuleRef;
-use flowhost_tests::{function, graph_in, module, run_captured};
+use flowhost_tests::{chain, function, graph_in, module, run_captured};
 
-/// in.txt → faulty → out, with `policy` lines added to the node (and a `dead` JSON sink).
+/// in.txt -> faulty -> out, with `policy` lines added to the node (and a `dead` JSON sink
+/// when the policy names it).
 fn faulty_graph(policy: &str) -> String {
-    let dead_sink = if policy.contains("dead_letter") {
-        "[sinks.dead]\nkind = \"stdout\"\nformat = \"json\""
-    } else {
-        ""
-    };
-    format!(
-        r#"
-name = "faults"
-[sources.in]
-kind = "file"
-path = "in.txt"
-[nodes.faulty]
-crate = "{{functions}}/faulty"
-timeout_ms = 300
-memory_mb = 32
-{policy}
-[sinks.out]
-kind = "stdout"
-{dead_sink}
-[[edges]]
-from = "in"
-to = "faulty"
-[[edges]]
-from = "faulty"
-to = "out"
-"#
-    )
+    let node = format!("crate = \"{{functions}}/faulty\"\ntimeout_ms = 300\nmemory_mb = 32\n{policy}");
+    let mut toml = chain(FILE_SOURCE, "faulty", &node, "round-robin");
+    if policy.contains("dead_letter") {
+        toml += "[sinks.dead]\nkind = \"stdout\"\nformat = \"json\"\n";
+    }
+    toml
 }
+
+const FILE_SOURCE: &str = "kind = \"file\"\npath = \"in.txt\"";
 
 #[test]
 fn traps_timeouts_memory_and_errors_are_dead_lettered_and_the_rest_flows() -> Result<()> {
@@ -181,26 +163,8 @@ fn broken_modules_are_refused_with_the_reason() -> Result<()> {
 fn a_bad_config_fails_init_naming_the_node_and_field() -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("in.txt"), "x\n")?;
-    let graph = graph_in(
-        dir.path(),
-        r#"
-name = "badconfig"
-[sources.in]
-kind = "file"
-path = "in.txt"
-[nodes.split]
-crate = "{functions}/split"
-config = { lowercase = "yes" }
-[sinks.out]
-kind = "stdout"
-[[edges]]
-from = "in"
-to = "split"
-[[edges]]
-from = "split"
-to = "out"
-"#,
-    )?;
+    let node = "crate = \"{functions}/split\"\nconfig = { lowercase = \"yes\" }";
+    let graph = graph_in(dir.path(), &chain(FILE_SOURCE, "split", node, "round-robin"))?;
     let err = format!(
         "{:#}",
         run_captured(graph, dir.path()).err().expect("init must fail")

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use flowhost::manifest::Graph;
-use flowhost_tests::{graph_in, repo, run_captured};
+use flowhost_tests::{chain, graph_in, repo, run_captured};
 
 #[test]
 fn wordcount_prints_the_top_ten_words_of_the_bundled_text() -> Result<()> {
@@ -144,26 +144,10 @@ to = "out"
 fn broadcast_gives_every_replica_every_message() -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("in.txt"), "a\nb\nc\n")?;
+    let node = "crate = \"{functions}/passthrough\"\nreplicas = 3";
     let graph = graph_in(
         dir.path(),
-        r#"
-name = "broadcast"
-[sources.in]
-kind = "file"
-path = "in.txt"
-[nodes.copy]
-crate = "{functions}/passthrough"
-replicas = 3
-[sinks.out]
-kind = "stdout"
-[[edges]]
-from = "in"
-to = "copy"
-connection = "broadcast"
-[[edges]]
-from = "copy"
-to = "out"
-"#,
+        &chain("kind = \"file\"\npath = \"in.txt\"", "copy", node, "broadcast"),
     )?;
     let out = run_captured(graph, dir.path())?;
     assert_eq!(out.sorted("out"), ["a", "a", "a", "b", "b", "b", "c", "c", "c"]);
@@ -173,26 +157,9 @@ to = "out"
 #[test]
 fn a_large_generated_stream_arrives_complete_and_in_order() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let graph = graph_in(
-        dir.path(),
-        r#"
-name = "stream"
-[sources.gen]
-kind = "generator"
-count = 100000
-payload_size = 8
-[nodes.pass]
-crate = "{functions}/passthrough"
-[sinks.out]
-kind = "stdout"
-[[edges]]
-from = "gen"
-to = "pass"
-[[edges]]
-from = "pass"
-to = "out"
-"#,
-    )?;
+    let source = "kind = \"generator\"\ncount = 100000\npayload_size = 8";
+    let node = "crate = \"{functions}/passthrough\"";
+    let graph = graph_in(dir.path(), &chain(source, "pass", node, "round-robin"))?;
     let out = run_captured(graph, dir.path())?;
     let expected: Vec<String> = (0..100_000).map(|i| format!("{i:08}")).collect();
     assert_eq!(
