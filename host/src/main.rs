@@ -94,8 +94,8 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 if on_signal.is_stopping() {
                     std::process::exit(130);
                 }
-                eprintln!("stopping: draining the graph (Ctrl-C again to quit at once)");
                 on_signal.interrupt();
+                eprintln!("stopping: draining the graph (Ctrl-C again to quit at once)");
             })
             .context("installing the Ctrl-C handler")?;
             let opts = RunOptions {

@@ -148,16 +148,23 @@ fn ctrl_c_drains_flushes_and_exits_130() {
         .status()
         .unwrap();
     assert!(kill.success());
-    // The source stops at its next line; the graph then drains and ends.
+    // Wait for flowhost to take the signal before ending its input, so EOF cannot win.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("stopping: draining the graph") {
+        let n = stderr.read_line(&mut seen).unwrap();
+        assert!(n > 0, "flowhost ended without taking Ctrl-C:\n{seen}");
+    }
+    // The source was waiting on this line: it is still delivered, then the graph drains.
     stdin.write_all(b"second\n").unwrap();
     drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(
         status.code(),
         Some(130),
-        "exit status {status:?}; stderr:\n{stderr}"
+        "exit status {status:?}; stderr:\n{seen}"
     );
-    assert!(stderr.contains("stopping: draining the graph"), "{stderr}");
+    assert_eq!(rest, "second\n", "in-flight messages are flushed, not dropped");
 }
