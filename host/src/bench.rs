@@ -14,7 +14,7 @@ use anyhow::Context;
 use flowhost_sdk::__private::Runtime;
 use flowhost_sdk::{Message, NoConfig, Node, NodeError, Output};
 
-use crate::engine::{Engine, EngineLimits, NodeTemplate};
+use crate::engine::{Engine, EngineConfig, NodeTemplate};
 use crate::manifest::Graph;
 use crate::message::{self, Msg, batch_from, sequence_payload};
 use crate::topology::{self, RunOptions, Shutdown};
@@ -62,7 +62,7 @@ impl Node for NativePassthrough {
 
 /// Runs both measurements and prints them.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let engine = Engine::new(EngineLimits::default())?;
+    let engine = Engine::new(EngineConfig::default())?;
     let module = engine.load(&crate::manifest::ModuleRef::Crate(args.node.clone()))?;
     let ports = (
         &[crate::DEFAULT_INPUT.to_owned()][..],

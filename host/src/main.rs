@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use flowhost::engine::{Engine, EngineLimits};
+use flowhost::engine::{Engine, EngineConfig};
 use flowhost::manifest::Graph;
 use flowhost::topology::{self, RunOptions, Shutdown};
 
@@ -87,7 +87,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             channel_capacity,
         } => {
             let graph = Graph::load(&manifest)?;
-            let engine = Engine::new(limits_for(&graph))?;
+            let engine = Engine::new(engine_config(&graph))?;
             let shutdown = Arc::new(Shutdown::default());
             let on_signal = shutdown.clone();
             ctrlc::set_handler(move || {
@@ -119,11 +119,12 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn limits_for(graph: &Graph) -> EngineLimits {
+fn engine_config(graph: &Graph) -> EngineConfig {
     let replicas: u32 = graph.nodes.iter().map(|n| n.replicas).sum();
-    EngineLimits {
+    EngineConfig {
         max_memory_mb: graph.nodes.iter().map(|n| n.memory_mb).max().unwrap_or(64),
         // Room to replace every instance once without waiting for the old one to drop.
         max_instances: replicas * 2 + 8,
+        cache_dir: flowhost::engine::default_cache_dir(),
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use flowhost::engine::{Engine, EngineLimits};
+use flowhost::engine::{Engine, EngineConfig};
 use flowhost::manifest::{Graph, SinkKind};
 use flowhost::topology::{self, RunOptions, RunReport, Shutdown};
 
@@ -108,9 +108,10 @@ pub fn run_captured(mut graph: Graph, dir: &Path) -> anyhow::Result<Captured> {
             sink.kind = SinkKind::File(dir.join(format!("{}.out", sink.id)));
         }
     }
-    let engine = Engine::new(EngineLimits {
+    let engine = Engine::new(EngineConfig {
         max_memory_mb: 256,
         max_instances: 32,
+        cache_dir: None,
     })?;
     let report = topology::run(
         &graph,

@@ -2,7 +2,7 @@
 //! the node's error policy to exactly the message that failed.
 
 use anyhow::Result;
-use flowhost::engine::{Engine, EngineLimits};
+use flowhost::engine::{Engine, EngineConfig};
 use flowhost::manifest::ModuleRef;
 use flowhost_tests::{chain, function, graph_in, module, run_captured};
 
@@ -131,7 +131,7 @@ fn stop_ends_the_graph_after_the_failing_batch_naming_the_node_and_the_error() -
 #[test]
 fn broken_modules_are_refused_with_the_reason() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let engine = Engine::new(EngineLimits::default())?;
+    let engine = Engine::new(EngineConfig::default())?;
     let load = |bytes: &[u8]| -> String {
         let path = dir.path().join("broken.wasm");
         std::fs::write(&path, bytes).unwrap();
@@ -179,11 +179,65 @@ fn a_bad_config_fails_init_naming_the_node_and_field() -> Result<()> {
 
 #[test]
 fn modules_compile_once_per_content_hash() -> Result<()> {
-    let engine = Engine::new(EngineLimits::default())?;
+    let engine = Engine::new(EngineConfig::default())?;
     let path = module("passthrough")?;
     let a = engine.load(&ModuleRef::File(path.clone()))?;
     let b = engine.load(&ModuleRef::Crate(function("passthrough")))?;
     assert_eq!(a.hash, b.hash);
     assert_eq!(a.hash.len(), 64);
+    Ok(())
+}
+
+#[test]
+fn the_disk_cache_serves_a_fresh_engine_and_survives_corruption() -> Result<()> {
+    let cache = tempfile::tempdir()?;
+    let config = || EngineConfig {
+        cache_dir: Some(cache.path().to_owned()),
+        ..EngineConfig::default()
+    };
+    let path = module("passthrough")?;
+    let entries = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+
+    let first = Engine::new(config())?.load(&ModuleRef::File(path.clone()))?;
+    let files = entries();
+    assert_eq!(files.len(), 1, "one compiled module cached: {files:?}");
+    assert!(
+        files[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&first.hash)
+    );
+
+    // A new engine (a new process, in effect) runs the cached code.
+    let run = |engine: &Engine| -> Result<Vec<u8>> {
+        let module = engine.load(&ModuleRef::File(path.clone()))?;
+        let ports = (&["in".to_owned()][..], &["out".to_owned()][..]);
+        let template = flowhost::engine::NodeTemplate::new(
+            engine,
+            module,
+            "p",
+            "{}",
+            ports,
+            std::time::Duration::from_secs(5),
+            64,
+        )?;
+        let msgs = [flowhost::message::Msg::new("cached", None)];
+        let out = template
+            .instantiate()?
+            .process(&flowhost::message::encode(&msgs, 0))?;
+        Ok(flowhost::message::decode(out, 1)?.records[0].1.payload.to_vec())
+    };
+    assert_eq!(run(&Engine::new(config())?)?, b"cached");
+
+    // A damaged entry is not trusted: it is dropped and the module compiled again.
+    std::fs::write(&files[0], b"garbage")?;
+    assert_eq!(run(&Engine::new(config())?)?, b"cached");
+    assert_ne!(std::fs::read(&files[0])?, b"garbage", "the entry was rewritten");
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! the pooling allocator, each call bounded by an epoch deadline and a memory cap.
 
 mod build;
+mod cache;
 mod componentize;
 mod instance;
 mod stdio;
@@ -18,6 +19,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use build::{TARGET, build_crate};
+pub use cache::default_dir as default_cache_dir;
 pub use componentize::{componentize, is_component};
 pub use instance::{CallError, NodeInstance, NodeTemplate};
 
@@ -35,20 +37,23 @@ pub mod bindings {
 /// How often the epoch advances; per-call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Limits that size the engine's instance pool.
-#[derive(Debug, Clone, Copy)]
-pub struct EngineLimits {
+/// How to set up the engine: the size of its instance pool, and its compile cache.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
     /// Largest `memory_mb` of any node.
     pub max_memory_mb: u64,
     /// Most instances alive at once (replicas, plus room for replacing trapped ones).
     pub max_instances: u32,
+    /// Where compiled modules are cached across runs (`None`: in memory only).
+    pub cache_dir: Option<PathBuf>,
 }
 
-impl Default for EngineLimits {
+impl Default for EngineConfig {
     fn default() -> Self {
-        EngineLimits {
+        EngineConfig {
             max_memory_mb: 1024,
             max_instances: 64,
+            cache_dir: None,
         }
     }
 }
@@ -68,6 +73,7 @@ struct Inner {
     engine: wasmtime::Engine,
     linker: Linker<instance::HostState>,
     cache: Mutex<HashMap<[u8; 32], Component>>,
+    disk: Option<cache::DiskCache>,
 }
 
 /// The process's wasm engine. Cheap to clone.
@@ -78,20 +84,20 @@ pub struct Engine {
 
 impl Engine {
     /// Creates the engine and starts its epoch ticker (which ends when the engine is dropped).
-    pub fn new(limits: EngineLimits) -> anyhow::Result<Engine> {
+    pub fn new(setup: EngineConfig) -> anyhow::Result<Engine> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         // No async components here; wasmtime's async bookkeeping costs ~17% per host call.
         config.concurrency_support(false);
         let mut pool = PoolingAllocationConfig::default();
-        let n = limits.max_instances.max(8);
+        let n = setup.max_instances.max(8);
         pool.total_component_instances(n)
             .total_core_instances(n * 8)
             .total_memories(n * 2)
             .total_tables(n * 8)
             .total_stacks(n)
-            .max_memory_size((limits.max_memory_mb as usize) << 20);
+            .max_memory_size((setup.max_memory_mb as usize) << 20);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = match wasmtime::Engine::new(&config) {
             Ok(engine) => engine,
@@ -105,10 +111,12 @@ impl Engine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::Node::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let disk = setup.cache_dir.map(|dir| cache::DiskCache::new(dir, &engine));
         let inner = Arc::new(Inner {
             engine,
             linker,
             cache: Mutex::default(),
+            disk,
         });
         spawn_ticker(Arc::downgrade(&inner))?;
         Ok(Engine { inner })
@@ -142,17 +150,27 @@ impl Engine {
         })
     }
 
-    /// Componentizes and compiles `bytes`, or returns the cached component.
+    /// Componentizes and compiles `bytes`, or returns the component cached in memory or on disk.
     pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<(Component, [u8; 32])> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let cache = || self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache().get(&digest) {
             return Ok((c.clone(), digest));
         }
-        let component_bytes = componentize(bytes)?;
-        let component = Component::new(&self.inner.engine, &component_bytes)
-            .map_err(anyhow::Error::from)
-            .context("compiling the component")?;
+        let disk = self.inner.disk.as_ref();
+        let component = match disk.and_then(|d| d.load(&self.inner.engine, &digest)) {
+            Some(component) => component,
+            None => {
+                let component_bytes = componentize(bytes)?;
+                let component = Component::new(&self.inner.engine, &component_bytes)
+                    .map_err(anyhow::Error::from)
+                    .context("compiling the component")?;
+                if let Some(d) = disk {
+                    d.store(&digest, &component);
+                }
+                component
+            }
+        };
         cache().insert(digest, component.clone());
         Ok((component, digest))
     }
