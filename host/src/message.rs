@@ -98,8 +98,9 @@ pub fn encode(msgs: &[Msg], port: u16) -> Vec<u8> {
 /// A node's output batch, decoded.
 #[derive(Debug, Default)]
 pub struct Output {
-    /// `(output port, message)` in emission order.
-    pub records: Vec<(u16, Msg)>,
+    /// The messages of each output port, in emission order (order across ports does not
+    /// matter: each port feeds its own edges).
+    pub ports: Vec<Vec<Msg>>,
     /// `(input index, error)` for each message the node failed on.
     pub errors: Vec<(u32, NodeError)>,
 }
@@ -107,7 +108,10 @@ pub struct Output {
 /// Decodes an output batch; `ports` is the number of connected output ports.
 pub fn decode(buf: Vec<u8>, ports: usize) -> Result<Output, FrameError> {
     let buf = Bytes::from(buf);
-    let mut out = Output::default();
+    let mut out = Output {
+        ports: (0..ports).map(|_| Vec::new()).collect(),
+        errors: Vec::new(),
+    };
     for item in BatchReader::new(&buf)? {
         match item? {
             Item::Record(r) => {
@@ -118,18 +122,15 @@ pub fn decode(buf: Vec<u8>, ports: usize) -> Result<Output, FrameError> {
                     });
                 }
                 let (count, raw) = r.headers.raw();
-                out.records.push((
-                    r.port,
-                    Msg {
-                        key: r.key.map(|k| buf.slice_ref(k)),
-                        payload: buf.slice_ref(r.payload),
-                        timestamp: r.timestamp,
-                        headers: Headers {
-                            count,
-                            raw: buf.slice_ref(raw),
-                        },
+                out.ports[r.port as usize].push(Msg {
+                    key: r.key.map(|k| buf.slice_ref(k)),
+                    payload: buf.slice_ref(r.payload),
+                    timestamp: r.timestamp,
+                    headers: Headers {
+                        count,
+                        raw: buf.slice_ref(raw),
                     },
-                ));
+                });
             }
             Item::Error(e) => out.errors.push((
                 e.input_index,
@@ -195,7 +196,7 @@ mod tests {
             [("b", &b"2"[..]), ("a", &b"3"[..])]
         );
         let out = decode(encode(&[m.clone(), Msg::default()], 1), 2).unwrap();
-        assert_eq!(out.records, [(1, m), (1, Msg::default())]);
+        assert_eq!(out.ports, [vec![], vec![m, Msg::default()]]);
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl Replica {
                         .map_err(|e| format!("returned a malformed batch: {e}"))?;
                     match out.errors.into_iter().next() {
                         None => {
-                            self.route(out.records);
+                            self.route(out.ports);
                             return Ok(());
                         }
                         Some((_, e)) => CallError::Node(e),
@@ -156,7 +156,7 @@ impl Replica {
     fn deliver(&mut self, out: Vec<u8>, inputs: &[Msg], port: u16) -> Result<(), Stop> {
         let out =
             message::decode(out, self.outputs).map_err(|e| format!("returned a malformed batch: {e}"))?;
-        self.route(out.records);
+        self.route(out.ports);
         for (index, e) in out.errors {
             let msg = inputs.get(index as usize).ok_or_else(|| {
                 format!(
@@ -174,10 +174,10 @@ impl Replica {
         Ok(())
     }
 
-    fn route(&mut self, mut records: Vec<(u16, Msg)>) {
-        NodeStats::add(&self.stats.emitted, records.len());
+    fn route(&mut self, mut ports: Vec<Vec<Msg>>) {
+        NodeStats::add(&self.stats.emitted, ports.iter().map(Vec::len).sum());
         if self.provenance {
-            for (_, m) in &mut records {
+            for m in ports.iter_mut().flatten() {
                 let path = match m.headers.get(headers::PATH) {
                     Some(p) => format!("{},{}", String::from_utf8_lossy(p), self.id),
                     None => self.id.to_string(),
@@ -185,7 +185,11 @@ impl Replica {
                 m.headers.set(headers::PATH, path.as_bytes());
             }
         }
-        self.router.send_all(records);
+        for (port, msgs) in ports.into_iter().enumerate() {
+            if !msgs.is_empty() {
+                self.router.send(port as u16, msgs);
+            }
+        }
     }
 
     /// Applies the error policy to a message that failed for good.

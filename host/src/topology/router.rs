@@ -38,10 +38,28 @@ impl Route {
         }
     }
 
+    /// Sends a batch along this edge.
+    fn send(&mut self, msgs: Vec<Msg>) {
+        // One consumer replica, or round-robin: the batch goes as it is, uncopied.
+        if self.targets.len() == 1 || self.connection == Connection::RoundRobin {
+            let i = self.next % self.targets.len();
+            self.next = self.next.wrapping_add(1);
+            // A consumer that is gone has stopped the graph; what it would get is moot.
+            let _ = self.targets[i].send(Envelope {
+                port: self.in_port,
+                msgs,
+            });
+            return;
+        }
+        for msg in msgs {
+            self.push(msg);
+        }
+        self.flush();
+    }
+
     fn push(&mut self, msg: Msg) {
         let n = self.targets.len();
         match self.connection {
-            Connection::RoundRobin => self.pending[self.next % n].push(msg),
             Connection::KeyHash => {
                 let i = match &msg.key {
                     Some(key) => {
@@ -53,6 +71,7 @@ impl Route {
                 };
                 self.pending[i].push(msg);
             }
+            Connection::RoundRobin => self.pending[self.next % n].push(msg),
             Connection::Broadcast => {
                 for p in &mut self.pending {
                     p.push(msg.clone());
@@ -96,27 +115,19 @@ impl Router {
         self.ports[port as usize].push(route);
     }
 
-    /// Sends `msgs` from `port` along every edge; blocks while a consumer is full.
+    /// Sends `msgs` from `port` along every edge, keeping their order per edge and
+    /// replica; blocks while a consumer is full.
     pub fn send(&mut self, port: u16, msgs: Vec<Msg>) {
-        self.send_all(msgs.into_iter().map(|m| (port, m)));
-    }
-
-    /// Sends `(port, message)` pairs, keeping their order per edge and replica.
-    pub fn send_all(&mut self, msgs: impl IntoIterator<Item = (u16, Msg)>) {
-        for (port, msg) in msgs {
-            let Some(routes) = self.ports.get_mut(port as usize) else {
-                continue;
-            };
-            if let Some((last, rest)) = routes.split_last_mut() {
-                for route in rest {
-                    route.push(msg.clone());
-                }
-                last.push(msg);
-            }
+        let Some(routes) = self.ports.get_mut(port as usize) else {
+            return;
+        };
+        let Some((last, rest)) = routes.split_last_mut() else {
+            return;
+        };
+        for route in rest {
+            route.send(msgs.clone());
         }
-        for route in self.ports.iter_mut().flatten() {
-            route.flush();
-        }
+        last.send(msgs);
     }
 }
 

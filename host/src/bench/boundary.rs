@@ -1,0 +1,83 @@
+//! The wasm boundary: ns per message through the passthrough node in wasm against the
+//! same node compiled natively, both driven by the SDK's batch runtime and decoded by the
+//! host the same way.
+
+use std::time::{Duration, Instant};
+
+use flowhost_sdk::__private::Runtime;
+use flowhost_sdk::{Message, NoConfig, Node, NodeError, Output};
+
+use super::{Better, Fixtures, Row};
+use crate::engine::NodeTemplate;
+use crate::message::{self, batch_from, sequence_payload};
+
+/// `functions/passthrough` compiled into the host: what `#[node(map)] fn(&[u8]) -> &[u8]` expands to.
+pub(super) struct NativePassthrough;
+
+impl Node for NativePassthrough {
+    type Config = NoConfig;
+
+    fn init(_: NoConfig) -> Result<Self, NodeError> {
+        Ok(NativePassthrough)
+    }
+
+    fn process<'a>(&mut self, msg: &Message<'a>, out: &mut Output<'a>) -> Result<(), NodeError> {
+        out.emit(msg.payload())
+    }
+}
+
+pub(super) fn run(fx: &Fixtures, seconds: Duration) -> anyhow::Result<Vec<Row>> {
+    let ports = (&["in".to_owned()][..], &["out".to_owned()][..]);
+    let template = NodeTemplate::new(
+        &fx.engine,
+        fx.passthrough.clone(),
+        "passthrough",
+        "{}",
+        ports,
+        Duration::from_secs(10),
+        256,
+    )?;
+    let mut wasm = template.instantiate()?;
+    let mut native = Runtime::<NativePassthrough>::new("native", "{}", vec!["in".into()], vec!["out".into()])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut rows = Vec::new();
+    for batch_size in [1usize, 64, 1024] {
+        let batch = batch_from(batch_size, Some(0), |i, b| sequence_payload(i as u64, 16, b));
+        let input = message::encode(&batch, 0);
+        let native_ns = per_message(seconds, || {
+            let out = native.process(&input).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(message::decode(out, 1)?.ports[0].len())
+        })?;
+        let wasm_ns = per_message(seconds, || {
+            let out = wasm.process(&input)?;
+            Ok(message::decode(out, 1)?.ports[0].len())
+        })?;
+        let row = Row::new(
+            format!("boundary, batch {batch_size}, 16 B"),
+            wasm_ns,
+            Some(native_ns),
+            "ns/msg",
+            Better::Lower,
+        );
+        // The target is for batches of 64 and more; a batch of one shows the fixed cost of a call.
+        rows.push(if batch_size >= 64 {
+            row.ratio_target(1.5)
+        } else {
+            row
+        });
+    }
+    Ok(rows)
+}
+
+/// Repeats `f` (which returns messages handled) for `seconds`; ns per message.
+fn per_message(seconds: Duration, mut f: impl FnMut() -> anyhow::Result<usize>) -> anyhow::Result<f64> {
+    for _ in 0..10 {
+        f()?;
+    }
+    let start = Instant::now();
+    let mut msgs = 0usize;
+    while start.elapsed() < seconds {
+        msgs += f()?;
+    }
+    Ok(start.elapsed().as_nanos() as f64 / msgs.max(1) as f64)
+}

@@ -1,0 +1,253 @@
+//! `flowhost bench`: each workload measured next to a baseline in the same run, reported
+//! as a ratio (these machines are noisy; absolute numbers drift, ratios less so).
+//!
+//! | workload | flowhost | baseline |
+//! |---|---|---|
+//! | boundary | one batch through a wasm passthrough (frame → `process` → decode) | the same node compiled natively, same SDK runtime |
+//! | passthrough | generator → wasm passthrough → counting sink | a hand-written pipeline: same threads, channels, batch size |
+//! | wordcount | text file → split → count (wasm) | the same logic in plain Rust |
+//! | start-up | `flowhost run` of a 10-node graph to its first output, cold and warm cache | — |
+//! | memory | peak RSS of a 10-node graph whose sink has stalled, over time | — |
+
+mod boundary;
+mod pipeline;
+mod process;
+mod wordcount;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::engine::{Engine, EngineConfig, LoadedModule};
+use crate::manifest::ModuleRef;
+
+/// Options of `flowhost bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Messages per passthrough run.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub messages: u64,
+    /// Size of the generated text for wordcount, in MB.
+    #[arg(long, default_value_t = 100)]
+    pub wordcount_mb: usize,
+    /// How long each boundary variant is measured.
+    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    pub seconds: Duration,
+    /// Small sizes, to check the benchmark itself works (figures are not meaningful).
+    #[arg(long)]
+    pub quick: bool,
+    /// The `functions/` folder with the passthrough, split and count crates.
+    #[arg(long, default_value = "functions")]
+    pub functions: PathBuf,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "flowhost-bench.json")]
+    pub json: PathBuf,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .map(Duration::from_secs_f64)
+        .map_err(|e| e.to_string())
+}
+
+/// Which way is better for a figure.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Better {
+    /// Throughput-like figures.
+    Higher,
+    /// Cost-like figures.
+    Lower,
+}
+
+/// One line of the results table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Workload and variant.
+    pub workload: String,
+    /// flowhost's figure.
+    pub flowhost: f64,
+    /// The baseline's figure, measured in the same run.
+    pub baseline: Option<f64>,
+    /// Unit of both figures.
+    pub unit: &'static str,
+    /// Which way is better.
+    pub better: Better,
+    /// flowhost / baseline.
+    pub ratio: Option<f64>,
+    /// The target, as text.
+    pub target: String,
+    /// Whether the target was met (`None`: no target).
+    pub met: Option<bool>,
+}
+
+impl Row {
+    fn new(
+        workload: impl Into<String>,
+        flowhost: f64,
+        baseline: Option<f64>,
+        unit: &'static str,
+        better: Better,
+    ) -> Row {
+        let ratio = baseline.map(|b| flowhost / b);
+        Row {
+            workload: workload.into(),
+            flowhost,
+            baseline,
+            unit,
+            better,
+            ratio,
+            target: String::new(),
+            met: None,
+        }
+    }
+
+    /// A target on the ratio: at least `min` (higher is better) or at most `max`.
+    fn ratio_target(mut self, bound: f64) -> Row {
+        self.target = match self.better {
+            Better::Higher => format!("ratio >= {bound}"),
+            Better::Lower => format!("ratio <= {bound}"),
+        };
+        self.met = self.ratio.map(|r| {
+            if self.better == Better::Higher {
+                r >= bound
+            } else {
+                r <= bound
+            }
+        });
+        self
+    }
+
+    /// A target on flowhost's own figure.
+    fn figure_target(mut self, bound: f64) -> Row {
+        let (op, met) = match self.better {
+            Better::Higher => (">=", self.flowhost >= bound),
+            Better::Lower => ("<=", self.flowhost <= bound),
+        };
+        self.target = format!("{op} {bound} {}", self.unit);
+        self.met = Some(met);
+        self
+    }
+}
+
+/// The whole report, as written to JSON.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Logical cores of this machine.
+    pub cores: usize,
+    /// flowhost's version.
+    pub version: &'static str,
+    /// Seconds since the Unix epoch when the run ended.
+    pub when: u64,
+    /// The rows.
+    pub rows: Vec<Row>,
+}
+
+/// The nodes the workloads use, built and compiled once.
+pub(crate) struct Fixtures {
+    engine: Engine,
+    passthrough: LoadedModule,
+    split: LoadedModule,
+    count: LoadedModule,
+}
+
+impl Fixtures {
+    fn new(functions: &Path) -> anyhow::Result<Fixtures> {
+        let engine = Engine::new(EngineConfig::default())?;
+        let load = |name: &str| engine.load(&ModuleRef::Crate(functions.join(name)));
+        Ok(Fixtures {
+            passthrough: load("passthrough")?,
+            split: load("split")?,
+            count: load("count")?,
+            engine: engine.clone(),
+        })
+    }
+}
+
+/// Runs every workload, prints the table and writes the JSON.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let fx = Fixtures::new(&args.functions)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (messages, mb, seconds) = if args.quick {
+        (20_000, 1, Duration::from_millis(100))
+    } else {
+        (args.messages, args.wordcount_mb, args.seconds)
+    };
+    let mut rows = Vec::new();
+    let mut step = |name: &str, r: anyhow::Result<Vec<Row>>| -> anyhow::Result<()> {
+        let got = r.map_err(|e| e.context(format!("workload {name}")))?;
+        for row in &got {
+            eprintln!("  {}", line(row));
+        }
+        rows.extend(got);
+        Ok(())
+    };
+    eprintln!("flowhost bench on {cores} cores");
+    step("boundary", boundary::run(&fx, seconds))?;
+    step("passthrough", pipeline::run(&fx, messages))?;
+    step("wordcount", wordcount::run(&fx, mb))?;
+    step("start-up", process::startup(&fx))?;
+    step("memory", process::memory(&fx, if args.quick { 1 } else { 3 }))?;
+
+    let report = Report {
+        cores,
+        version: env!("CARGO_PKG_VERSION"),
+        when: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        rows,
+    };
+    println!("{}", table(&report));
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("results written to {}", args.json.display());
+    Ok(())
+}
+
+fn fmt_figure(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn line(r: &Row) -> String {
+    let baseline = r.baseline.map_or("-".into(), fmt_figure);
+    let ratio = r.ratio.map_or("-".into(), |x| format!("{x:.2}x"));
+    let met = match r.met {
+        Some(true) => "yes",
+        Some(false) => "MISSED",
+        None => "",
+    };
+    format!(
+        "| {:<36} | {:>10} | {:>10} | {:<8} | {:>6} | {:<16} | {:<6} |",
+        r.workload,
+        fmt_figure(r.flowhost),
+        baseline,
+        r.unit,
+        ratio,
+        r.target,
+        met
+    )
+}
+
+/// The results as a Markdown table.
+pub fn table(report: &Report) -> String {
+    let mut out = format!("flowhost {} bench, {} cores\n\n", report.version, report.cores);
+    out += &format!(
+        "| {:<36} | {:>10} | {:>10} | {:<8} | {:>6} | {:<16} | {:<6} |\n",
+        "workload", "flowhost", "baseline", "unit", "ratio", "target", "met"
+    );
+    out += &format!(
+        "|{:-<38}|{:->12}|{:->12}|{:-<10}|{:->8}|{:-<18}|{:-<8}|\n",
+        "", "", "", "", "", "", ""
+    );
+    for r in &report.rows {
+        out += &line(r);
+        out += "\n";
+    }
+    out
+}
