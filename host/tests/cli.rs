@@ -168,3 +168,44 @@ fn ctrl_c_drains_flushes_and_exits_130() {
     );
     assert_eq!(rest, "second\n", "in-flight messages are flushed, not dropped");
 }
+
+#[test]
+fn bench_measures_every_workload_against_its_baseline() {
+    let json = std::env::temp_dir().join(format!("flowhost-bench-{}.json", std::process::id()));
+    let out = flowhost(&["bench", "--quick", "--json", json.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("cores"), "{table}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).ok();
+    let rows = report["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["workload"].as_str().unwrap()).collect();
+    for workload in [
+        "boundary, batch 1,",
+        "boundary, batch 64,",
+        "boundary, batch 1024,",
+        "passthrough, 16 B",
+        "passthrough, 1024 B",
+        "wordcount",
+        "start-up, 10 nodes, cold",
+        "start-up, 10 nodes, warm",
+        "memory, stalled sink",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(workload)),
+            "no `{workload}` row in {names:?}"
+        );
+    }
+    for row in rows {
+        assert!(row["flowhost"].as_f64().unwrap() > 0.0, "{row}");
+        if let Some(baseline) = row["baseline"].as_f64() {
+            let ratio = row["ratio"].as_f64().unwrap();
+            assert!(
+                (ratio - row["flowhost"].as_f64().unwrap() / baseline).abs() < 1e-9,
+                "{row}"
+            );
+        }
+    }
+    assert!(report["cores"].as_u64().unwrap() >= 1);
+}

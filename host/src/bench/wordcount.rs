@@ -63,7 +63,7 @@ fn generate(path: &Path, bytes: usize) -> std::io::Result<()> {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            let n = if state % 4 == 0 {
+            let n = if state.is_multiple_of(4) {
                 state % 50_000
             } else {
                 state % 300
