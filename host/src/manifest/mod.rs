@@ -1,6 +1,7 @@
 //! `graph.toml`: parsed into raw serde types ([`raw`]), then checked into a [`Graph`]
 //! ([`validate`]) with every problem reported at once, each at its file:line:col.
 
+mod edges;
 mod raw;
 mod validate;
 

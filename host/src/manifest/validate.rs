@@ -1,19 +1,18 @@
-//! Raw manifest → [`Graph`]: every check, every error collected, each at its span.
+//! Raw manifest → [`Graph`]: ids, sources, nodes and sinks checked (edges in [`super::edges`]),
+//! every error collected, each at its span.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
 
+use super::edges;
 use super::raw::{self, OnError, RawGraph, RawNode, RawSink, RawSource};
 use super::{
-    Diagnostic, Edge, ErrorPolicy, Graph, ModuleRef, NodeSpec, SinkKind, SinkSpec, SourceKind, SourceSpec,
-    Vertex,
+    Diagnostic, ErrorPolicy, Graph, ModuleRef, NodeSpec, SinkKind, SinkSpec, SourceKind, SourceSpec, Vertex,
 };
-use crate::DEFAULT_INPUT;
-use flowhost_sdk::DEFAULT_OUTPUT;
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_MEMORY_MB: u64 = 128;
@@ -21,13 +20,13 @@ const MAX_MEMORY_MB: u64 = 4_096;
 const DEFAULT_PAYLOAD_SIZE: usize = 16;
 
 /// Collects diagnostics with line:col computed from byte spans.
-struct Report<'t> {
+pub(super) struct Report<'t> {
     text: &'t str,
     diagnostics: Vec<Diagnostic>,
 }
 
 impl Report<'_> {
-    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(super) fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -91,9 +90,9 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
         .map(|(id, n)| node(r, dir, id, n, &sink_index))
         .collect();
     let sinks = raw.sinks.iter().map(|(id, s)| sink(r, dir, id, s)).collect();
-    let edges = edges(r, raw, &ids, &mut nodes);
-    check_connected(r, raw, &edges, &nodes);
-    check_cycles(r, raw, &edges);
+    let edges = edges::edges(r, raw, &ids, &mut nodes);
+    edges::check_connected(r, raw, &edges, &nodes);
+    edges::check_cycles(r, raw, &edges);
 
     Graph {
         name: raw.name.get_ref().clone(),
@@ -341,200 +340,5 @@ fn sink(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSink) -> SinkSp
         id: name.clone(),
         kind,
         format: s.format,
-    }
-}
-
-/// Resolves edge endpoints and gives each node its port lists (in name order, default first).
-fn edges(r: &mut Report, raw: &RawGraph, ids: &BTreeMap<&str, Vertex>, nodes: &mut [NodeSpec]) -> Vec<Edge> {
-    let mut resolved = Vec::new();
-    let mut seen = BTreeSet::new();
-    for e in &raw.edges {
-        let label = format!("edge from `{}` to `{}`", e.from.get_ref(), e.to.get_ref());
-        let from = endpoint(r, &e.from, ids, &label, true);
-        let to = endpoint(r, &e.to, ids, &label, false);
-        let (Some(from), Some(to)) = (from, to) else {
-            continue;
-        };
-        if !seen.insert((from.clone(), to.clone())) {
-            r.at(e.from.span(), format!("{label} is declared twice"));
-        }
-        resolved.push((from, to, e.connection));
-    }
-    // Port lists: the default port first, then the others by name.
-    let mut ports = |v: Vertex, port: &str, outputs: bool| {
-        if let Vertex::Node(i) = v {
-            let list = if outputs {
-                &mut nodes[i].outputs
-            } else {
-                &mut nodes[i].inputs
-            };
-            if !list.iter().any(|p| p == port) {
-                list.push(port.to_owned());
-            }
-        }
-    };
-    for ((from, fp), (to, tp), _) in &resolved {
-        ports(*from, fp, true);
-        ports(*to, tp, false);
-    }
-    for n in nodes.iter_mut() {
-        n.inputs.sort_by_key(|p| (p != DEFAULT_INPUT, p.clone()));
-        n.outputs.sort_by_key(|p| (p != DEFAULT_OUTPUT, p.clone()));
-    }
-    let index = |v: Vertex, port: &str, outputs: bool| -> u16 {
-        match v {
-            Vertex::Node(i) => {
-                let list = if outputs {
-                    &nodes[i].outputs
-                } else {
-                    &nodes[i].inputs
-                };
-                list.iter().position(|p| p == port).unwrap_or(0) as u16
-            }
-            _ => 0,
-        }
-    };
-    resolved
-        .iter()
-        .map(|((from, fp), (to, tp), connection)| Edge {
-            from: *from,
-            from_port: index(*from, fp, true),
-            to: *to,
-            to_port: index(*to, tp, false),
-            connection: *connection,
-        })
-        .collect()
-}
-
-fn endpoint(
-    r: &mut Report,
-    text: &Spanned<String>,
-    ids: &BTreeMap<&str, Vertex>,
-    label: &str,
-    from: bool,
-) -> Option<(Vertex, String)> {
-    let (id, port) = match text.get_ref().split_once('.') {
-        Some((id, port)) => (id, Some(port)),
-        None => (text.get_ref().as_str(), None),
-    };
-    let default = if from { DEFAULT_OUTPUT } else { DEFAULT_INPUT };
-    let Some(&v) = ids.get(id) else {
-        let wanted = if from {
-            "a source or node"
-        } else {
-            "a node or sink"
-        };
-        r.at(text.span(), format!("{label}: `{id}` is not {wanted}"));
-        return None;
-    };
-    match (v, from) {
-        (Vertex::Sink(_), true) => r.at(
-            text.span(),
-            format!("{label}: `{id}` is a sink; edges cannot start at a sink"),
-        ),
-        (Vertex::Source(_), false) => r.at(
-            text.span(),
-            format!("{label}: `{id}` is a source; edges cannot end at a source"),
-        ),
-        _ => {}
-    }
-    if let Some(port) = port {
-        if !matches!(v, Vertex::Node(_)) {
-            r.at(
-                text.span(),
-                format!("{label}: only nodes have ports, `{id}` is a {v}"),
-            );
-        } else if port.is_empty()
-            || !port
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            r.at(text.span(), format!("{label}: invalid port name `{port}`"));
-        }
-    }
-    Some((v, port.unwrap_or(default).to_owned()))
-}
-
-fn check_connected(r: &mut Report, raw: &RawGraph, edges: &[Edge], nodes: &[NodeSpec]) {
-    let has_in = |v: Vertex| edges.iter().any(|e| e.to == v);
-    let has_out = |v: Vertex| edges.iter().any(|e| e.from == v);
-    for (i, id) in raw.sources.keys().enumerate() {
-        if !has_out(Vertex::Source(i)) {
-            r.at(
-                id.span(),
-                format!("source `{}` is not connected: no edge starts at it", id.get_ref()),
-            );
-        }
-    }
-    for (i, id) in raw.nodes.keys().enumerate() {
-        if !has_in(Vertex::Node(i)) {
-            r.at(
-                id.span(),
-                format!("node `{}` is not connected: no edge ends at it", id.get_ref()),
-            );
-        }
-    }
-    for (i, id) in raw.sinks.keys().enumerate() {
-        let dead_letter = nodes.iter().any(|n| n.on_error == ErrorPolicy::DeadLetter(i));
-        if !has_in(Vertex::Sink(i)) && !dead_letter {
-            r.at(
-                id.span(),
-                format!("sink `{}` is not connected: no edge ends at it", id.get_ref()),
-            );
-        }
-    }
-}
-
-/// Reports each cycle among nodes once, as `a -> b -> a`.
-fn check_cycles(r: &mut Report, raw: &RawGraph, edges: &[Edge]) {
-    let ids: Vec<&Spanned<String>> = raw.nodes.keys().collect();
-    let next = |i: usize| {
-        edges.iter().filter_map(move |e| match (e.from, e.to) {
-            (Vertex::Node(a), Vertex::Node(b)) if a == i => Some(b),
-            _ => None,
-        })
-    };
-    // 0 = unvisited, 1 = on the stack, 2 = done.
-    let mut state = vec![0u8; ids.len()];
-    let mut stack = Vec::new();
-    fn visit(
-        i: usize,
-        state: &mut [u8],
-        stack: &mut Vec<usize>,
-        next: &dyn Fn(usize) -> Vec<usize>,
-        found: &mut Vec<Vec<usize>>,
-    ) {
-        state[i] = 1;
-        stack.push(i);
-        for j in next(i) {
-            match state[j] {
-                0 => visit(j, state, stack, next, found),
-                1 => {
-                    let start = stack.iter().position(|&k| k == j).unwrap_or(0);
-                    found.push(stack[start..].to_vec());
-                }
-                _ => {}
-            }
-        }
-        stack.pop();
-        state[i] = 2;
-    }
-    let mut found = Vec::new();
-    let next_vec = |i: usize| next(i).collect::<Vec<_>>();
-    for i in 0..ids.len() {
-        if state[i] == 0 {
-            visit(i, &mut state, &mut stack, &next_vec, &mut found);
-        }
-    }
-    for cycle in found {
-        let names: Vec<&str> = cycle.iter().map(|&i| ids[i].get_ref().as_str()).collect();
-        let first = names[0];
-        r.at(
-            ids[cycle[0]].span(),
-            format!(
-                "cycle between nodes: {} -> {first} (cycles are not supported yet)",
-                names.join(" -> ")
-            ),
-        );
     }
 }
