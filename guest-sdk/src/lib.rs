@@ -64,6 +64,7 @@ pub mod log;
 mod message;
 mod node;
 mod output;
+pub mod state;
 pub mod testing;
 
 pub use error::{ErrorKind, NodeError};
@@ -80,6 +81,7 @@ pub const DEFAULT_INPUT: &str = "in";
 pub mod prelude {
     #[cfg(feature = "macros")]
     pub use crate::node;
+    pub use crate::state::Store;
     pub use crate::{Bincode, Json, Message, NoConfig, Node, NodeError, Output, Record};
 }
 

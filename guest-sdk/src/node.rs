@@ -25,6 +25,14 @@ pub trait Node: Sized + 'static {
     /// reports the message to the host, which applies the node's `on_error` policy.
     fn process<'a>(&mut self, msg: &Message<'a>, out: &mut Output<'a>) -> Result<(), NodeError>;
 
+    /// Called after each batch, once its messages are processed: the place to flush state
+    /// gathered over the batch in one call (`incr_many`). An error fails the whole batch
+    /// (the host retries it, or runs its messages one at a time).
+    fn end_batch(&mut self, out: &mut Output<'_>) -> Result<(), NodeError> {
+        let _ = out;
+        Ok(())
+    }
+
     /// Called once after every input has ended, to emit final results.
     fn finish(&mut self, out: &mut Output<'_>) -> Result<(), NodeError> {
         let _ = out;
@@ -72,6 +80,8 @@ impl<N: Node> Runtime<N> {
                 out.fail(mark, index as u32, &error);
             }
         }
+        out.end_of_input();
+        self.node.end_batch(&mut out)?;
         Ok(out.into_batch())
     }
 

@@ -217,3 +217,16 @@ impl<N: Node> Harness<N> {
         Ok(outcome)
     }
 }
+
+#[cfg(not(target_arch = "wasm32"))]
+/// The contents of a store as nodes in this test thread left it (natively, stores are
+/// per-thread in-memory maps).
+pub fn store(name: &str) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    crate::state::with_native(name, |m| m.clone())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+/// Empties every store of this test thread.
+pub fn clear_stores() {
+    crate::state::clear_native();
+}

@@ -9,6 +9,7 @@
 //! - [`message`]: the host's message envelope and its batch framing.
 //! - [`topology`]: a running graph — sources, node replicas on their own threads,
 //!   bounded channels, routing, error policies, drain and shutdown.
+//! - [`state`]: host-side stores nodes share, and the WIT `state` interface over them.
 //! - [`io`]: sources (file, JSON lines, stdin, generator) and sinks (stdout, file, null).
 //! - [`bench`]: `flowhost bench`, throughput and boundary cost against native.
 #![deny(missing_docs)]
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod io;
 pub mod manifest;
 pub mod message;
+pub mod state;
 pub mod topology;
 
 pub use flowhost_sdk::{DEFAULT_INPUT, DEFAULT_OUTPUT};

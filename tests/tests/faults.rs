@@ -2,7 +2,7 @@
 //! the node's error policy to exactly the message that failed.
 
 use anyhow::Result;
-use flowhost::engine::{Engine, EngineConfig};
+use flowhost::engine::{Engine, EngineConfig, NodeSetup, NodeTemplate};
 use flowhost::manifest::ModuleRef;
 use flowhost_tests::{chain, function, graph_in, module, run_captured};
 
@@ -136,15 +136,12 @@ fn broken_modules_are_refused_with_the_reason() -> Result<()> {
         let path = dir.path().join("broken.wasm");
         std::fs::write(&path, bytes).unwrap();
         let err = engine.load(&ModuleRef::File(path.clone())).and_then(|m| {
-            flowhost::engine::NodeTemplate::new(
-                &engine,
-                m,
-                "n",
-                "{}",
-                (&[], &[]),
-                std::time::Duration::from_secs(1),
-                64,
-            )
+            let setup = NodeSetup {
+                inputs: vec![],
+                outputs: vec![],
+                ..NodeSetup::new("n")
+            };
+            NodeTemplate::new(&engine, m, setup)
         });
         format!("{:#}", err.err().expect("a broken module must be refused"))
     };
@@ -217,16 +214,7 @@ fn the_disk_cache_serves_a_fresh_engine_and_survives_corruption() -> Result<()> 
     // A new engine (a new process, in effect) runs the cached code.
     let run = |engine: &Engine| -> Result<Vec<u8>> {
         let module = engine.load(&ModuleRef::File(path.clone()))?;
-        let ports = (&["in".to_owned()][..], &["out".to_owned()][..]);
-        let template = flowhost::engine::NodeTemplate::new(
-            engine,
-            module,
-            "p",
-            "{}",
-            ports,
-            std::time::Duration::from_secs(5),
-            64,
-        )?;
+        let template = NodeTemplate::new(engine, module, NodeSetup::new("p"))?;
         let msgs = [flowhost::message::Msg::new("cached", None)];
         let out = template
             .instantiate()?

@@ -8,7 +8,7 @@ use flowhost_sdk::__private::Runtime;
 use flowhost_sdk::{Message, NoConfig, Node, NodeError, Output};
 
 use super::{Better, Fixtures, Row};
-use crate::engine::NodeTemplate;
+use crate::engine::{NodeSetup, NodeTemplate};
 use crate::message::{self, batch_from, sequence_payload};
 
 /// `functions/passthrough` compiled into the host: what `#[node(map)] fn(&[u8]) -> &[u8]` expands to.
@@ -27,16 +27,12 @@ impl Node for NativePassthrough {
 }
 
 pub(super) fn run(fx: &Fixtures, seconds: Duration) -> anyhow::Result<Vec<Row>> {
-    let ports = (&["in".to_owned()][..], &["out".to_owned()][..]);
-    let template = NodeTemplate::new(
-        &fx.engine,
-        fx.passthrough.clone(),
-        "passthrough",
-        "{}",
-        ports,
-        Duration::from_secs(10),
-        256,
-    )?;
+    let setup = NodeSetup {
+        timeout: Duration::from_secs(10),
+        memory_mb: 256,
+        ..NodeSetup::new("passthrough")
+    };
+    let template = NodeTemplate::new(&fx.engine, fx.passthrough.clone(), setup)?;
     let mut wasm = template.instantiate()?;
     let mut native = Runtime::<NativePassthrough>::new("native", "{}", vec!["in".into()], vec!["out".into()])
         .map_err(|e| anyhow::anyhow!("{e}"))?;

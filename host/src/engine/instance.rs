@@ -15,13 +15,17 @@ use super::bindings::flowhost::node::{log, types};
 use super::bindings::{Node, NodePre};
 use super::stdio::GuestOutput;
 use super::{EPOCH_TICK, Engine, LoadedModule};
+use crate::manifest::NodeSpec;
+use crate::state::{Grant, Stores};
 
 /// What a store holds for its instance.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
-    node: Arc<str>,
+    pub(crate) node: Arc<str>,
+    /// The stores this node was granted; a state handle is an index here.
+    pub(crate) grants: Arc<[Grant]>,
 }
 
 impl WasiView for HostState {
@@ -66,6 +70,53 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// What a node's instances are made with, besides the module.
+#[derive(Debug, Clone)]
+pub struct NodeSetup {
+    /// The node's id.
+    pub name: String,
+    /// Its config, as JSON.
+    pub config_json: String,
+    /// Connected input ports.
+    pub inputs: Vec<String>,
+    /// Connected output ports.
+    pub outputs: Vec<String>,
+    /// Longest a call may run.
+    pub timeout: Duration,
+    /// Linear-memory cap in MiB.
+    pub memory_mb: u64,
+    /// Stores it may use.
+    pub grants: Vec<Grant>,
+}
+
+impl NodeSetup {
+    /// A node with ports `in` → `out`, no config, no grants, 5 s and 128 MiB.
+    pub fn new(name: &str) -> Self {
+        NodeSetup {
+            name: name.to_owned(),
+            config_json: "{}".to_owned(),
+            inputs: vec![crate::DEFAULT_INPUT.to_owned()],
+            outputs: vec![crate::DEFAULT_OUTPUT.to_owned()],
+            timeout: Duration::from_secs(5),
+            memory_mb: 128,
+            grants: Vec::new(),
+        }
+    }
+
+    /// The setup of a manifest node, its grants resolved against `stores`.
+    pub fn from_spec(spec: &NodeSpec, stores: &Stores) -> Self {
+        NodeSetup {
+            name: spec.id.clone(),
+            config_json: spec.config_json.clone(),
+            inputs: spec.inputs.clone(),
+            outputs: spec.outputs.clone(),
+            timeout: spec.timeout,
+            memory_mb: spec.memory_mb,
+            grants: stores.grants(&spec.state),
+        }
+    }
+}
+
 /// Everything needed to (re)create instances of one node: pre-linked and type-checked.
 pub struct NodeTemplate {
     engine: Engine,
@@ -74,19 +125,12 @@ pub struct NodeTemplate {
     module: LoadedModule,
     timeout: Duration,
     memory_bytes: usize,
+    grants: Arc<[Grant]>,
 }
 
 impl NodeTemplate {
     /// Links `module` against the host and checks it implements the `flowhost:node` world.
-    pub fn new(
-        engine: &Engine,
-        module: LoadedModule,
-        name: &str,
-        config_json: &str,
-        ports: (&[String], &[String]),
-        timeout: Duration,
-        memory_mb: u64,
-    ) -> anyhow::Result<Arc<NodeTemplate>> {
+    pub fn new(engine: &Engine, module: LoadedModule, setup: NodeSetup) -> anyhow::Result<Arc<NodeTemplate>> {
         let pre = engine
             .linker()
             .instantiate_pre(&module.component)
@@ -94,18 +138,19 @@ impl NodeTemplate {
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{} does not fit the flowhost:node world", module.path.display()))?;
         let info = types::NodeInfo {
-            name: name.to_owned(),
-            config: config_json.to_owned(),
-            inputs: ports.0.to_vec(),
-            outputs: ports.1.to_vec(),
+            name: setup.name,
+            config: setup.config_json,
+            inputs: setup.inputs,
+            outputs: setup.outputs,
         };
         Ok(Arc::new(NodeTemplate {
             engine: engine.clone(),
             pre,
             info,
             module,
-            timeout,
-            memory_bytes: (memory_mb as usize) << 20,
+            timeout: setup.timeout,
+            memory_bytes: (setup.memory_mb as usize) << 20,
+            grants: setup.grants.into(),
         }))
     }
 
@@ -142,6 +187,7 @@ impl NodeTemplate {
             table: ResourceTable::new(),
             limits,
             node: name,
+            grants: self.grants.clone(),
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);

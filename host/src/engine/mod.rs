@@ -21,7 +21,8 @@ use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 pub use build::{TARGET, build_crate};
 pub use cache::default_dir as default_cache_dir;
 pub use componentize::{componentize, is_component};
-pub use instance::{CallError, NodeInstance, NodeTemplate};
+pub(crate) use instance::HostState;
+pub use instance::{CallError, NodeInstance, NodeSetup, NodeTemplate};
 
 use crate::manifest::ModuleRef;
 

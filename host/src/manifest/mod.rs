@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{Connection, SinkFormat};
+pub use raw::{Access, Connection, SinkFormat};
 
 /// A manifest that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +70,8 @@ pub struct Graph {
     pub sinks: Vec<SinkSpec>,
     /// Edges, in manifest order.
     pub edges: Vec<Edge>,
+    /// Declared stores, by name.
+    pub stores: Vec<String>,
 }
 
 /// A source of messages.
@@ -132,6 +134,8 @@ pub struct NodeSpec {
     pub inputs: Vec<String>,
     /// Connected output ports.
     pub outputs: Vec<String>,
+    /// Stores granted to the node.
+    pub state: Vec<(String, Access)>,
 }
 
 /// Where a node's code comes from.

@@ -22,6 +22,8 @@ pub struct RawGraph {
     #[serde(default)]
     pub sinks: BTreeMap<Spanned<String>, RawSink>,
     #[serde(default)]
+    pub stores: BTreeMap<Spanned<String>, RawStore>,
+    #[serde(default)]
     pub edges: Vec<RawEdge>,
 }
 
@@ -76,6 +78,25 @@ pub struct RawNode {
     pub on_error: Option<Spanned<OnError>>,
     /// The sink that receives dead letters when `on_error = "dead-letter"`.
     pub dead_letter: Option<Spanned<String>>,
+    /// Stores this node may use: `{ counts = "rw", customers = "r" }`.
+    #[serde(default)]
+    pub state: BTreeMap<Spanned<String>, Access>,
+}
+
+/// A declared store. Nothing to configure yet: stores live in memory on each host.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {}
+
+/// What a node may do with a store.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read only.
+    #[serde(rename = "r")]
+    Read,
+    /// Read and write.
+    #[serde(rename = "rw")]
+    ReadWrite,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -90,6 +90,7 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
         .map(|(id, n)| node(r, dir, id, n, &sink_index))
         .collect();
     let sinks = raw.sinks.iter().map(|(id, s)| sink(r, dir, id, s)).collect();
+    check_grants(r, raw);
     let edges = edges::edges(r, raw, &ids, &mut nodes);
     edges::check_connected(r, raw, &edges, &nodes);
     edges::check_cycles(r, raw, &edges);
@@ -102,6 +103,7 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
         nodes,
         sinks,
         edges,
+        stores: raw.stores.keys().map(|k| k.get_ref().clone()).collect(),
     }
 }
 
@@ -312,6 +314,33 @@ fn node(
         on_error,
         inputs: Vec::new(),
         outputs: Vec::new(),
+        state: n
+            .state
+            .iter()
+            .map(|(store, access)| (store.get_ref().clone(), *access))
+            .collect(),
+    }
+}
+
+/// Store names are ids too, and every store a node is granted must be declared.
+fn check_grants(r: &mut Report, raw: &RawGraph) {
+    for id in raw.stores.keys() {
+        check_id(r, id, "store name");
+    }
+    for (id, n) in &raw.nodes {
+        for store in n.state.keys() {
+            if !raw.stores.keys().any(|s| s.get_ref() == store.get_ref()) {
+                r.at(
+                    store.span(),
+                    format!(
+                        "node `{}` is granted store `{}`, which is not declared (add `[stores.{}]`)",
+                        id.get_ref(),
+                        store.get_ref(),
+                        store.get_ref()
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -18,10 +18,11 @@ use anyhow::Context;
 pub use replica::{MAX_ATTEMPTS, headers};
 pub use router::{Envelope, Route, Router};
 
-use crate::engine::{Engine, LoadedModule, NodeInstance, NodeTemplate};
+use crate::engine::{Engine, LoadedModule, NodeInstance, NodeSetup, NodeTemplate};
 use crate::io::sink::SinkWriter;
 use crate::io::source;
 use crate::manifest::{ErrorPolicy, Graph, ModuleRef, Vertex};
+use crate::state::Stores;
 use replica::Replica;
 
 /// Runtime knobs (command-line flags, not manifest fields).
@@ -152,6 +153,8 @@ pub struct RunReport {
     pub failure: Option<String>,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// The graph's stores as the run left them.
+    pub stores: Stores,
 }
 
 impl fmt::Display for RunReport {
@@ -187,7 +190,7 @@ impl fmt::Display for RunReport {
 
 /// Loads every node of `graph` (building crates as needed) and checks each against the
 /// WIT world, before anything runs.
-pub fn load(graph: &Graph, engine: &Engine) -> anyhow::Result<Vec<Arc<NodeTemplate>>> {
+pub fn load(graph: &Graph, engine: &Engine, stores: &Stores) -> anyhow::Result<Vec<Arc<NodeTemplate>>> {
     let mut loaded: HashMap<&ModuleRef, LoadedModule> = HashMap::new();
     graph
         .nodes
@@ -202,17 +205,8 @@ pub fn load(graph: &Graph, engine: &Engine) -> anyhow::Result<Vec<Arc<NodeTempla
                     loaded.entry(&n.module).or_insert(m).clone()
                 }
             };
-            let ports = (&n.inputs[..], &n.outputs[..]);
-            NodeTemplate::new(
-                engine,
-                module,
-                &n.id,
-                &n.config_json,
-                ports,
-                n.timeout,
-                n.memory_mb,
-            )
-            .with_context(|| format!("node `{}`", n.id))
+            NodeTemplate::new(engine, module, NodeSetup::from_spec(n, stores))
+                .with_context(|| format!("node `{}`", n.id))
         })
         .collect()
 }
@@ -226,7 +220,8 @@ pub fn run(
 ) -> anyhow::Result<RunReport> {
     let _graph = tracing::info_span!("graph", graph = %graph.name).entered();
     let started = Instant::now();
-    let templates = load(graph, engine)?;
+    let stores = Stores::for_graph(graph);
+    let templates = load(graph, engine, &stores)?;
     let mut instances: Vec<Vec<NodeInstance>> = Vec::new();
     for (spec, t) in graph.nodes.iter().zip(&templates) {
         instances.push(
@@ -335,6 +330,7 @@ pub fn run(
         sinks: graph.sinks.iter().map(|s| s.id.clone()).zip(sinks).collect(),
         failure: shutdown.failure(),
         elapsed: started.elapsed(),
+        stores,
     })
 }
 

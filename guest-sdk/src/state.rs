@@ -1,0 +1,208 @@
+//! Host-side stores: state that outlives the instance (a trap or a module swap keeps it)
+//! and is shared by every replica on the host. Open a store the manifest grants this node
+//! (`state = { counts = "rw" }`), then read and write by key; every operation is atomic
+//! per key. Batch what you can (`get_many`, `set_many`, `incr_many`): each call crosses the
+//! wasm boundary once.
+//!
+//! Natively (in unit tests) stores are plain in-memory maps of the test thread, see
+//! [`crate::testing::store`].
+//!
+//! ```
+//! use flowhost_sdk::state::Store;
+//! let counts = Store::open("counts").unwrap();
+//! assert_eq!(counts.incr(b"apples", 2).unwrap(), 2);
+//! assert_eq!(counts.incr_many(&[("apples", 1), ("pears", 5)]).unwrap(), [3, 5]);
+//! ```
+
+/// A key and its value, as `scan` returns them.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// A handle on a granted store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    #[cfg(target_arch = "wasm32")]
+    handle: u32,
+    #[cfg(not(target_arch = "wasm32"))]
+    name: String,
+}
+
+/// Reads a counter value (8-byte little-endian `i64`).
+pub fn counter(value: &[u8]) -> Option<i64> {
+    Some(i64::from_le_bytes(value.try_into().ok()?))
+}
+
+#[cfg(target_arch = "wasm32")]
+mod imp {
+    use super::Store;
+    use crate::__private::bindings::flowhost::node::{state as wit, types};
+    use crate::NodeError;
+
+    fn err(e: types::NodeError) -> NodeError {
+        let kind = match e.kind {
+            types::ErrorKind::InvalidInput => crate::ErrorKind::InvalidInput,
+            types::ErrorKind::Retryable => crate::ErrorKind::Retryable,
+            types::ErrorKind::Fatal => crate::ErrorKind::Fatal,
+        };
+        NodeError {
+            kind,
+            message: e.message,
+        }
+    }
+
+    impl Store {
+        /// Opens a store granted to this node.
+        pub fn open(name: &str) -> Result<Store, NodeError> {
+            wit::open(name).map(|handle| Store { handle }).map_err(err)
+        }
+        /// The value at `key`.
+        pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, NodeError> {
+            wit::get(self.handle, key).map_err(err)
+        }
+        /// The values at `keys`, in one call.
+        pub fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, NodeError> {
+            let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+            wit::get_many(self.handle, &keys).map_err(err)
+        }
+        /// Sets `key` to `value`.
+        pub fn set(&self, key: &[u8], value: &[u8]) -> Result<(), NodeError> {
+            wit::set(self.handle, key, value).map_err(err)
+        }
+        /// Sets many keys in one call.
+        pub fn set_many(&self, entries: &[(&[u8], &[u8])]) -> Result<(), NodeError> {
+            let entries: Vec<(Vec<u8>, Vec<u8>)> =
+                entries.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+            wit::set_many(self.handle, &entries).map_err(err)
+        }
+        /// Removes `key`; whether it was there.
+        pub fn delete(&self, key: &[u8]) -> Result<bool, NodeError> {
+            wit::delete(self.handle, key).map_err(err)
+        }
+        /// Adds `delta` to the counter at `key` (absent: 0); the new value.
+        pub fn incr(&self, key: &[u8], delta: i64) -> Result<i64, NodeError> {
+            wit::incr(self.handle, key, delta).map_err(err)
+        }
+        /// `incr` for many keys in one call; the new values in order.
+        pub fn incr_many<K: AsRef<[u8]>>(&self, deltas: &[(K, i64)]) -> Result<Vec<i64>, NodeError> {
+            let deltas: Vec<(Vec<u8>, i64)> = deltas.iter().map(|(k, d)| (k.as_ref().to_vec(), *d)).collect();
+            wit::incr_many(self.handle, &deltas).map_err(err)
+        }
+        /// Sets `key` to `replacement` (`None`: deletes) if it holds `expected` (`None`: absent).
+        pub fn compare_and_swap(
+            &self,
+            key: &[u8],
+            expected: Option<&[u8]>,
+            replacement: Option<&[u8]>,
+        ) -> Result<bool, NodeError> {
+            wit::compare_and_swap(self.handle, key, expected, replacement).map_err(err)
+        }
+        /// Entries whose key starts with `prefix`, in key order, at most `limit`.
+        pub fn scan(&self, prefix: &[u8], limit: u32) -> Result<Vec<super::Entry>, NodeError> {
+            wit::scan(self.handle, prefix, limit).map_err(err)
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod imp {
+    use std::cell::RefCell;
+    use std::collections::{BTreeMap, HashMap};
+
+    use super::{Store, counter};
+    use crate::NodeError;
+
+    type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    thread_local! {
+        static STORES: RefCell<HashMap<String, Map>> = RefCell::default();
+    }
+
+    pub(crate) fn with<R>(name: &str, f: impl FnOnce(&mut Map) -> R) -> R {
+        STORES.with_borrow_mut(|s| f(s.entry(name.to_owned()).or_default()))
+    }
+
+    pub(crate) fn clear() {
+        STORES.with_borrow_mut(HashMap::clear);
+    }
+
+    impl Store {
+        /// Opens a store granted to this node.
+        pub fn open(name: &str) -> Result<Store, NodeError> {
+            Ok(Store {
+                name: name.to_owned(),
+            })
+        }
+        /// The value at `key`.
+        pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, NodeError> {
+            Ok(with(&self.name, |m| m.get(key).cloned()))
+        }
+        /// The values at `keys`, in one call.
+        pub fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, NodeError> {
+            keys.iter().map(|k| self.get(k)).collect()
+        }
+        /// Sets `key` to `value`.
+        pub fn set(&self, key: &[u8], value: &[u8]) -> Result<(), NodeError> {
+            with(&self.name, |m| m.insert(key.to_vec(), value.to_vec()));
+            Ok(())
+        }
+        /// Sets many keys in one call.
+        pub fn set_many(&self, entries: &[(&[u8], &[u8])]) -> Result<(), NodeError> {
+            entries.iter().try_for_each(|(k, v)| self.set(k, v))
+        }
+        /// Removes `key`; whether it was there.
+        pub fn delete(&self, key: &[u8]) -> Result<bool, NodeError> {
+            Ok(with(&self.name, |m| m.remove(key).is_some()))
+        }
+        /// Adds `delta` to the counter at `key` (absent: 0); the new value.
+        pub fn incr(&self, key: &[u8], delta: i64) -> Result<i64, NodeError> {
+            with(&self.name, |m| {
+                let slot = m
+                    .entry(key.to_vec())
+                    .or_insert_with(|| 0i64.to_le_bytes().to_vec());
+                let n = counter(slot).ok_or_else(|| {
+                    NodeError::invalid_input(format!(
+                        "store `{}`: the value at this key is not a counter",
+                        self.name
+                    ))
+                })?;
+                let next = n.wrapping_add(delta);
+                *slot = next.to_le_bytes().to_vec();
+                Ok(next)
+            })
+        }
+        /// `incr` for many keys in one call; the new values in order.
+        pub fn incr_many<K: AsRef<[u8]>>(&self, deltas: &[(K, i64)]) -> Result<Vec<i64>, NodeError> {
+            deltas.iter().map(|(k, d)| self.incr(k.as_ref(), *d)).collect()
+        }
+        /// Sets `key` to `replacement` (`None`: deletes) if it holds `expected` (`None`: absent).
+        pub fn compare_and_swap(
+            &self,
+            key: &[u8],
+            expected: Option<&[u8]>,
+            replacement: Option<&[u8]>,
+        ) -> Result<bool, NodeError> {
+            Ok(with(&self.name, |m| {
+                if m.get(key).map(Vec::as_slice) != expected {
+                    return false;
+                }
+                match replacement {
+                    Some(v) => m.insert(key.to_vec(), v.to_vec()),
+                    None => m.remove(key),
+                };
+                true
+            }))
+        }
+        /// Entries whose key starts with `prefix`, in key order, at most `limit`.
+        pub fn scan(&self, prefix: &[u8], limit: u32) -> Result<Vec<super::Entry>, NodeError> {
+            Ok(with(&self.name, |m| {
+                m.range(prefix.to_vec()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .take(limit as usize)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }))
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) use imp::{clear as clear_native, with as with_native};

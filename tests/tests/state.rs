@@ -1,0 +1,79 @@
+//! Host-side stores through real wasm nodes: exact under concurrency, reachable only as granted.
+
+use anyhow::Result;
+use flowhost::state::Store;
+use flowhost_tests::{graph_in, run_captured};
+
+fn tally_graph(replicas: u32, grant: &str) -> String {
+    format!(
+        r#"
+name = "tally"
+[stores.counts]
+[sources.gen]
+kind = "generator"
+count = 200000
+payload_size = 8
+keys = 10
+[nodes.tally]
+crate = "{{functions}}/tally"
+replicas = {replicas}
+{grant}
+[[edges]]
+from = "gen"
+to = "tally"
+"#
+    )
+}
+
+fn counter(store: &Store, key: &str) -> Option<i64> {
+    store
+        .get(key.as_bytes())
+        .map(|v| i64::from_le_bytes(v.try_into().expect("an 8-byte counter")))
+}
+
+#[test]
+fn replicas_incrementing_the_same_keys_end_with_exact_totals() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let graph = graph_in(dir.path(), &tally_graph(4, "state = { counts = \"rw\" }"))?;
+    let out = run_captured(graph, dir.path())?;
+    assert_eq!(out.report.failure, None);
+    let counts = out.report.stores.get("counts").expect("the declared store");
+    assert_eq!(counts.len(), 10);
+    for k in 0..10 {
+        assert_eq!(counter(counts, &format!("k{k}")), Some(20_000), "k{k}");
+    }
+    assert_eq!(out.node("tally").received, 200_000);
+    Ok(())
+}
+
+#[test]
+fn a_read_only_grant_cannot_write() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let graph = graph_in(dir.path(), &tally_graph(1, "state = { counts = \"r\" }"))?;
+    let out = run_captured(graph, dir.path())?;
+    assert_eq!(
+        out.report.failure.as_deref(),
+        Some("node `tally` stopped the graph: fatal: node `tally` may only read store `counts`")
+    );
+    assert!(
+        out.report.stores.get("counts").unwrap().is_empty(),
+        "nothing was written"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_node_without_a_grant_cannot_open_the_store() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let graph = graph_in(dir.path(), &tally_graph(1, ""))?;
+    let err = format!(
+        "{:#}",
+        run_captured(graph, dir.path()).err().expect("init must fail")
+    );
+    assert!(err.contains("starting node `tally`"), "{err}");
+    assert!(
+        err.contains("node `tally` is not granted store `counts`"),
+        "{err}"
+    );
+    Ok(())
+}
