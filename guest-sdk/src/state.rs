@@ -26,6 +26,47 @@ pub struct Store {
     name: String,
 }
 
+/// Increments gathered for one `incr_many` call, in the flat form it crosses the boundary
+/// in: add to it while processing a batch, `flush` it at the end (`Node::end_batch`).
+/// Buffers are kept between flushes, so a steady node allocates nothing per key.
+#[derive(Debug, Default, Clone)]
+pub struct IncrBatch {
+    keys: Vec<u8>,
+    lengths: Vec<u32>,
+    deltas: Vec<i64>,
+}
+
+impl IncrBatch {
+    /// Adds `delta` to `key` when flushed (a key may appear more than once).
+    pub fn add(&mut self, key: &[u8], delta: i64) {
+        self.keys.extend_from_slice(key);
+        self.lengths.push(key.len() as u32);
+        self.deltas.push(delta);
+    }
+
+    /// Number of increments gathered.
+    pub fn len(&self) -> usize {
+        self.deltas.len()
+    }
+
+    /// Whether nothing was gathered.
+    pub fn is_empty(&self) -> bool {
+        self.deltas.is_empty()
+    }
+
+    /// Applies every increment to `store` in one call; the new values, in order.
+    pub fn flush(&mut self, store: &Store) -> Result<Vec<i64>, crate::NodeError> {
+        if self.is_empty() {
+            return Ok(Vec::new());
+        }
+        let result = store.incr_flat(&self.keys, &self.lengths, &self.deltas);
+        self.keys.clear();
+        self.lengths.clear();
+        self.deltas.clear();
+        result
+    }
+}
+
 /// Reads a counter value (8-byte little-endian `i64`).
 pub fn counter(value: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(value.try_into().ok()?))
@@ -83,8 +124,18 @@ mod imp {
         }
         /// `incr` for many keys in one call; the new values in order.
         pub fn incr_many<K: AsRef<[u8]>>(&self, deltas: &[(K, i64)]) -> Result<Vec<i64>, NodeError> {
-            let deltas: Vec<(Vec<u8>, i64)> = deltas.iter().map(|(k, d)| (k.as_ref().to_vec(), *d)).collect();
-            wit::incr_many(self.handle, &deltas).map_err(err)
+            let mut batch = super::IncrBatch::default();
+            deltas.iter().for_each(|(k, d)| batch.add(k.as_ref(), *d));
+            batch.flush(self)
+        }
+
+        pub(super) fn incr_flat(
+            &self,
+            keys: &[u8],
+            lengths: &[u32],
+            deltas: &[i64],
+        ) -> Result<Vec<i64>, NodeError> {
+            wit::incr_many(self.handle, keys, lengths, deltas).map_err(err)
         }
         /// Sets `key` to `replacement` (`None`: deletes) if it holds `expected` (`None`: absent).
         pub fn compare_and_swap(
@@ -172,6 +223,24 @@ mod imp {
         /// `incr` for many keys in one call; the new values in order.
         pub fn incr_many<K: AsRef<[u8]>>(&self, deltas: &[(K, i64)]) -> Result<Vec<i64>, NodeError> {
             deltas.iter().map(|(k, d)| self.incr(k.as_ref(), *d)).collect()
+        }
+
+        pub(super) fn incr_flat(
+            &self,
+            keys: &[u8],
+            lengths: &[u32],
+            deltas: &[i64],
+        ) -> Result<Vec<i64>, NodeError> {
+            let mut start = 0;
+            lengths
+                .iter()
+                .zip(deltas)
+                .map(|(&n, &d)| {
+                    let key = &keys[start..start + n as usize];
+                    start += n as usize;
+                    self.incr(key, d)
+                })
+                .collect()
         }
         /// Sets `key` to `replacement` (`None`: deletes) if it holds `expected` (`None`: absent).
         pub fn compare_and_swap(

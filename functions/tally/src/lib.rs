@@ -1,8 +1,7 @@
 //! Counts messages per key (the payload when there is no key) in a host store, with one
-//! `incr_many` per batch: the count survives traps and is shared by every replica.
-use std::collections::HashMap;
-
+//! `incr_many` per batch (an `IncrBatch`): the count survives traps and is shared by every replica.
 use flowhost_sdk::prelude::*;
+use flowhost_sdk::state::IncrBatch;
 use serde::Deserialize;
 
 /// `config` of the node.
@@ -12,16 +11,25 @@ pub struct TallyConfig {
     /// The store to count in (default `counts`); the manifest must grant it `rw`.
     #[serde(default = "counts")]
     pub store: String,
+    /// Gather counts over a batch and flush them with one `incr_many` (default true);
+    /// `false` calls `incr` once per message (for measuring the difference).
+    #[serde(default = "yes")]
+    pub batched: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn counts() -> String {
     "counts".to_owned()
 }
 
-/// Per-batch deltas, flushed to the store at the end of each batch.
+/// Increments gathered over a batch, flushed to the store at its end.
 pub struct Tally {
     store: Store,
-    pending: HashMap<Vec<u8>, i64>,
+    batched: bool,
+    pending: IncrBatch,
 }
 
 #[node]
@@ -31,19 +39,23 @@ impl Node for Tally {
     fn init(config: TallyConfig) -> Result<Self, NodeError> {
         Ok(Tally {
             store: Store::open(&config.store)?,
-            pending: HashMap::new(),
+            batched: config.batched,
+            pending: IncrBatch::default(),
         })
     }
 
     fn process<'a>(&mut self, msg: &Message<'a>, _out: &mut Output<'a>) -> Result<(), NodeError> {
         let key = msg.key().unwrap_or(msg.payload());
-        *self.pending.entry(key.to_vec()).or_default() += 1;
+        if !self.batched {
+            self.store.incr(key, 1)?;
+            return Ok(());
+        }
+        self.pending.add(key, 1);
         Ok(())
     }
 
     fn end_batch(&mut self, _out: &mut Output<'_>) -> Result<(), NodeError> {
-        let deltas: Vec<(Vec<u8>, i64)> = self.pending.drain().collect();
-        self.store.incr_many(&deltas)?;
+        self.pending.flush(&self.store)?;
         Ok(())
     }
 }
@@ -55,17 +67,20 @@ mod tests {
     use flowhost_sdk::testing::{Harness, TestMessage, json, store};
 
     #[test]
-    fn counts_per_key_across_batches() {
-        let mut node = Harness::<Tally>::new(json!({ "store": "t" })).unwrap();
-        node.process([
-            TestMessage::new("x").key("a"),
-            TestMessage::new("y").key("b"),
-            TestMessage::new("a"),
-        ])
-        .unwrap();
-        node.process(["a"]).unwrap();
-        let t = store("t");
-        assert_eq!(counter(&t[&b"a"[..]]), Some(3));
-        assert_eq!(counter(&t[&b"b"[..]]), Some(1));
+    fn counts_per_key_across_batches_batched_or_not() {
+        for batched in [true, false] {
+            let name = format!("t{batched}");
+            let mut node = Harness::<Tally>::new(json!({ "store": name, "batched": batched })).unwrap();
+            let batch = [
+                TestMessage::new("x").key("a"),
+                TestMessage::new("y").key("b"),
+                TestMessage::new("a"),
+            ];
+            node.process(batch).unwrap();
+            node.process(["a"]).unwrap();
+            let t = store(&name);
+            assert_eq!(counter(&t[&b"a"[..]]), Some(3));
+            assert_eq!(counter(&t[&b"b"[..]]), Some(1));
+        }
     }
 }

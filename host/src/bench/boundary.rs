@@ -66,7 +66,10 @@ pub(super) fn run(fx: &Fixtures, seconds: Duration) -> anyhow::Result<Vec<Row>> 
 }
 
 /// Repeats `f` (which returns messages handled) for `seconds`; ns per message.
-fn per_message(seconds: Duration, mut f: impl FnMut() -> anyhow::Result<usize>) -> anyhow::Result<f64> {
+pub(super) fn per_message(
+    seconds: Duration,
+    mut f: impl FnMut() -> anyhow::Result<usize>,
+) -> anyhow::Result<f64> {
     for _ in 0..10 {
         f()?;
     }

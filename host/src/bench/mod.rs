@@ -5,13 +5,15 @@
 //! |---|---|---|
 //! | boundary | one batch through a wasm passthrough (frame → `process` → decode) | the same node compiled natively, same SDK runtime |
 //! | passthrough | generator → wasm passthrough → counting sink | a hand-written pipeline: same threads, channels, batch size |
-//! | wordcount | text file → split → count (wasm) | the same logic in plain Rust |
+//! | state | `incr` from a guest, one call per message or one `incr_many` per batch | the same store operation, natively |
+//! | wordcount | text file → split → count (wasm), or → tally (host store) | the same logic in plain Rust |
 //! | start-up | `flowhost run` of a 10-node graph to its first output, cold and warm cache | — |
 //! | memory | peak RSS of a 10-node graph whose sink has stalled, over time | — |
 
 mod boundary;
 mod pipeline;
 mod process;
+mod state;
 mod wordcount;
 
 use std::path::{Path, PathBuf};
@@ -150,6 +152,7 @@ pub(crate) struct Fixtures {
     passthrough: LoadedModule,
     split: LoadedModule,
     count: LoadedModule,
+    tally: LoadedModule,
 }
 
 impl Fixtures {
@@ -160,6 +163,7 @@ impl Fixtures {
             passthrough: load("passthrough")?,
             split: load("split")?,
             count: load("count")?,
+            tally: load("tally")?,
             engine: engine.clone(),
         })
     }
@@ -186,6 +190,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     eprintln!("flowhost bench on {cores} cores");
     step("boundary", boundary::run(&fx, seconds))?;
     step("passthrough", pipeline::run(&fx, messages))?;
+    step("state", state::run(&fx, seconds))?;
     step("wordcount", wordcount::run(&fx, mb))?;
     step("start-up", process::startup(&fx))?;
     step("memory", process::memory(&fx, if args.quick { 1 } else { 3 }))?;

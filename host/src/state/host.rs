@@ -89,14 +89,36 @@ impl state::Host for HostState {
     }
 
     fn incr(&mut self, store: u32, key: Vec<u8>, delta: i64) -> Res<i64> {
-        self.grant(store, true)?.store.incr(key, delta).map_err(to_wit)
+        self.grant(store, true)?.store.incr(&key, delta).map_err(to_wit)
     }
 
-    fn incr_many(&mut self, store: u32, deltas: Vec<(Vec<u8>, i64)>) -> Res<Vec<i64>> {
+    fn incr_many(
+        &mut self,
+        store: u32,
+        keys: Vec<u8>,
+        key_lengths: Vec<u32>,
+        deltas: Vec<i64>,
+    ) -> Res<Vec<i64>> {
         let store = &self.grant(store, true)?.store;
-        deltas
-            .into_iter()
-            .map(|(k, d)| store.incr(k, d).map_err(to_wit))
+        let total: u64 = key_lengths.iter().map(|&n| n as u64).sum();
+        if total != keys.len() as u64 || key_lengths.len() != deltas.len() {
+            return Err(fatal(format!(
+                "node `{}`: incr-many got {} key bytes for lengths summing to {total}, and {} lengths for {} deltas",
+                self.node,
+                keys.len(),
+                key_lengths.len(),
+                deltas.len()
+            )));
+        }
+        let mut start = 0;
+        key_lengths
+            .iter()
+            .zip(deltas)
+            .map(|(&n, delta)| {
+                let key = &keys[start..start + n as usize];
+                start += n as usize;
+                store.incr(key, delta).map_err(to_wit)
+            })
             .collect()
     }
 

@@ -65,8 +65,15 @@ impl Store {
     }
 
     /// Adds `delta` to the counter at `key` (absent: 0) and returns the new value.
-    pub fn incr(&self, key: Vec<u8>, delta: i64) -> Result<i64, NodeError> {
-        let mut entry = self.map.entry(key).or_insert_with(|| 0i64.to_le_bytes().to_vec());
+    pub fn incr(&self, key: &[u8], delta: i64) -> Result<i64, NodeError> {
+        // Existing counters (the hot case) are updated without allocating a key.
+        let mut entry = match self.map.get_mut(key) {
+            Some(entry) => entry,
+            None => self
+                .map
+                .entry(key.to_vec())
+                .or_insert_with(|| 0i64.to_le_bytes().to_vec()),
+        };
         let current: [u8; 8] = entry.as_slice().try_into().map_err(|_| {
             NodeError::invalid_input(format!(
                 "store `{}`: the value at this key is not a counter ({} bytes, not 8)",
@@ -130,12 +137,17 @@ pub struct Stores {
 impl Stores {
     /// Empty stores for each `[stores.<name>]` of `graph`.
     pub fn for_graph(graph: &Graph) -> Self {
-        let by_name = graph
-            .stores
-            .iter()
-            .map(|s| (s.clone(), Arc::new(Store::new(s.clone()))))
-            .collect();
-        Stores { by_name }
+        Self::new(graph.stores.iter().cloned())
+    }
+
+    /// Empty stores with these names.
+    pub fn new(names: impl IntoIterator<Item = String>) -> Self {
+        Stores {
+            by_name: names
+                .into_iter()
+                .map(|n| (n.clone(), Arc::new(Store::new(n))))
+                .collect(),
+        }
     }
 
     /// A store by name.
@@ -178,15 +190,10 @@ mod tests {
     #[test]
     fn counters_cas_and_scan() {
         let s = Store::new("t");
-        assert_eq!(s.incr(b"a".to_vec(), 2).unwrap(), 2);
-        assert_eq!(s.incr(b"a".to_vec(), -5).unwrap(), -3);
+        assert_eq!(s.incr(b"a", 2).unwrap(), 2);
+        assert_eq!(s.incr(b"a", -5).unwrap(), -3);
         s.set(b"text".to_vec(), b"hello".to_vec());
-        assert!(
-            s.incr(b"text".to_vec(), 1)
-                .unwrap_err()
-                .message
-                .contains("not a counter")
-        );
+        assert!(s.incr(b"text", 1).unwrap_err().message.contains("not a counter"));
         assert!(s.compare_and_swap(b"k".to_vec(), None, Some(b"v1".to_vec())));
         assert!(!s.compare_and_swap(b"k".to_vec(), None, Some(b"v2".to_vec())));
         assert!(s.compare_and_swap(b"k".to_vec(), Some(b"v1"), Some(b"v2".to_vec())));
@@ -208,7 +215,7 @@ mod tests {
                 let s = s.clone();
                 scope.spawn(move || {
                     for i in 0..10_000u32 {
-                        s.incr(format!("k{}", i % 7).into_bytes(), 1).unwrap();
+                        s.incr(format!("k{}", i % 7).as_bytes(), 1).unwrap();
                     }
                 });
             }
