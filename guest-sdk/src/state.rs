@@ -4,6 +4,9 @@
 //! per key. Batch what you can (`get_many`, `set_many`, `incr_many`): each call crosses the
 //! wasm boundary once.
 //!
+//! Flush a batch's writes from `Node::end_batch`: if a batch fails part-way and the host
+//! re-runs it message by message, writes made per message would be made twice.
+//!
 //! Natively (in unit tests) stores are plain in-memory maps of the test thread, see
 //! [`crate::testing::store`].
 //!

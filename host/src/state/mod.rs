@@ -6,6 +6,10 @@
 //! transactions. `incr-many` and `set-many` apply key by key, in order. Stores are in
 //! memory for now: they survive a trapped instance (state is not in the guest) but not a
 //! restart of `flowhost run`.
+//!
+//! Writes are not yet transactional per batch: when a batch traps and is re-run message by
+//! message, writes a node made per message before the trap are made again. Nodes that
+//! gather writes and flush them in `end_batch` (as `functions/tally` does) are not affected.
 
 mod host;
 
