@@ -77,3 +77,41 @@ fn a_node_without_a_grant_cannot_open_the_store() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_sales_graph_aggregates_per_country_exactly() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let graph = flowhost::manifest::Graph::load(flowhost_tests::repo().join("graphs/sales.toml"))?;
+    let out = run_captured(graph, dir.path())?;
+    assert_eq!(out.report.failure, None);
+    let mut rows: Vec<serde_json::Value> = out
+        .lines("out")
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    rows.sort_by_key(|r| r["country"].as_str().unwrap_or_default().to_owned());
+    let row = |c: &str, n: i64, sum: i64, avg: f64, min: i64, max: i64, distinct: i64| {
+        serde_json::json!({
+            "country": c, "count": n, "sum_amount_cents": sum, "avg_amount_cents": avg,
+            "min_amount_cents": min, "max_amount_cents": max, "count_distinct_customer": distinct,
+        })
+    };
+    assert_eq!(
+        rows,
+        [
+            row("DE", 3, 2700, 900.0, 600, 1200, 2),
+            row("FR", 2, 1000, 500.0, 300, 700, 2),
+            row("IT", 4, 1000, 250.0, 100, 400, 2),
+            row("US", 1, 5000, 5000.0, 5000, 5000, 1),
+        ],
+        "one row per country, each from the replica that owns it"
+    );
+    let rejected = out.json("rejected");
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["payload"]["id"], 10);
+    assert_eq!(
+        rejected[0]["headers"]["flowhost-error"],
+        "no field `amount_cents`"
+    );
+    Ok(())
+}

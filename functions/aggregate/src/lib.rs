@@ -1,0 +1,322 @@
+//! Group-by aggregation configured from the manifest, kept in a host store so it survives
+//! traps and is shared by replicas. Input: JSON objects. At the end of input, one JSON
+//! object per group: the group-by fields, then each aggregate (`count`, `sum_<field>`,
+//! `min_<field>`, `max_<field>`, `avg_<field>`, `count_distinct_<field>`).
+//!
+//! Store layout (integers as 8-byte counters): `<group>\0count`, `<group>\0sum\0<field>`,
+//! `<group>\0min\0<field>`, `<group>\0max\0<field>`, `<group>\0distinct\0<field>`, and one
+//! marker per distinct value, `<group>\0seen\0<field>\0<value>`. `<group>` is the JSON
+//! array of the group-by values. Feed replicas by key hash on the group, so each group is
+//! emitted by the one replica that owns it.
+use std::collections::{BTreeMap, BTreeSet};
+
+use flowhost_sdk::prelude::*;
+use flowhost_sdk::state::{IncrBatch, counter};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// An aggregate function.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum Function {
+    /// Messages in the group.
+    Count,
+    /// Sum of an integer field.
+    Sum,
+    /// Smallest value of an integer field.
+    Min,
+    /// Largest value of an integer field.
+    Max,
+    /// Mean of an integer field.
+    Avg,
+    /// Number of different values of a field.
+    CountDistinct,
+}
+
+/// One aggregate of the config.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Aggregate {
+    /// The function.
+    #[serde(rename = "fn")]
+    pub function: Function,
+    /// The field it reads (all but `count`).
+    pub field: Option<String>,
+}
+
+/// `config` of the node.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// The store to aggregate in (granted `rw`).
+    pub store: String,
+    /// Fields whose values form the group.
+    pub group_by: Vec<String>,
+    /// What to compute per group.
+    pub aggregates: Vec<Aggregate>,
+}
+
+/// The node: a batch's updates are gathered, then written in `end_batch`.
+pub struct Aggregator {
+    store: Store,
+    config: AggregateConfig,
+    /// Groups this replica has seen, for `finish`.
+    groups: BTreeSet<String>,
+    increments: IncrBatch,
+    extremes: BTreeMap<(String, &'static str, String), i64>,
+    distinct: BTreeSet<(String, String, String)>,
+}
+
+fn key(parts: &[&str]) -> Vec<u8> {
+    parts.join("\0").into_bytes()
+}
+
+impl Aggregator {
+    fn field<'v>(msg: &'v Map<String, Value>, field: &str) -> Result<&'v Value, NodeError> {
+        msg.get(field)
+            .ok_or_else(|| NodeError::invalid_input(format!("no field `{field}`")))
+    }
+
+    fn int(msg: &Map<String, Value>, field: &str) -> Result<i64, NodeError> {
+        let v = Self::field(msg, field)?;
+        v.as_i64()
+            .ok_or_else(|| NodeError::invalid_input(format!("`{field}` is not an integer: {v}")))
+    }
+
+    fn counter(&self, parts: &[&str]) -> Result<Option<i64>, NodeError> {
+        Ok(self.store.get(&key(parts))?.as_deref().and_then(counter))
+    }
+}
+
+#[node]
+impl Node for Aggregator {
+    type Config = AggregateConfig;
+
+    fn init(config: AggregateConfig) -> Result<Self, NodeError> {
+        if let Some(a) = config
+            .aggregates
+            .iter()
+            .find(|a| a.function != Function::Count && a.field.is_none())
+        {
+            return Err(NodeError::fatal(format!(
+                "aggregate {:?} needs a `field`",
+                a.function
+            )));
+        }
+        Ok(Aggregator {
+            store: Store::open(&config.store)?,
+            config,
+            groups: BTreeSet::new(),
+            increments: IncrBatch::default(),
+            extremes: BTreeMap::new(),
+            distinct: BTreeSet::new(),
+        })
+    }
+
+    fn process<'a>(&mut self, msg: &Message<'a>, _out: &mut Output<'a>) -> Result<(), NodeError> {
+        let Value::Object(obj) = msg.json::<Value>()? else {
+            return Err(NodeError::invalid_input("not a JSON object"));
+        };
+        let values: Vec<&Value> = self
+            .config
+            .group_by
+            .iter()
+            .map(|f| Self::field(&obj, f))
+            .collect::<Result<_, _>>()?;
+        let group = serde_json::to_string(&values).map_err(|e| NodeError::fatal(e.to_string()))?;
+        // Read every field before changing anything, so a bad message changes nothing.
+        let mut sums = Vec::new();
+        let mut extremes = Vec::new();
+        let mut distinct = Vec::new();
+        for a in &self.config.aggregates {
+            let field = a.field.clone().unwrap_or_default();
+            match a.function {
+                Function::Count => {}
+                Function::Sum | Function::Avg => sums.push((Self::int(&obj, &field)?, field)),
+                Function::Min => extremes.push(("min", Self::int(&obj, &field)?, field)),
+                Function::Max => extremes.push(("max", Self::int(&obj, &field)?, field)),
+                Function::CountDistinct => distinct.push((Self::field(&obj, &field)?.to_string(), field)),
+            }
+        }
+        // `sum` and `avg` of one field share one sum; `avg` needs the count.
+        sums.sort_by(|a, b| a.1.cmp(&b.1));
+        sums.dedup_by(|a, b| a.1 == b.1);
+        let counts = self
+            .config
+            .aggregates
+            .iter()
+            .any(|a| matches!(a.function, Function::Count | Function::Avg));
+        if counts {
+            self.increments.add(&key(&[&group, "count"]), 1);
+        }
+        for (value, field) in sums {
+            self.increments.add(&key(&[&group, "sum", &field]), value);
+        }
+        for (which, value, field) in extremes {
+            let slot = self
+                .extremes
+                .entry((group.clone(), which, field))
+                .or_insert(value);
+            *slot = if which == "min" {
+                (*slot).min(value)
+            } else {
+                (*slot).max(value)
+            };
+        }
+        for (value, field) in distinct {
+            self.distinct.insert((group.clone(), field, value));
+        }
+        self.groups.insert(group);
+        Ok(())
+    }
+
+    fn end_batch(&mut self, _out: &mut Output<'_>) -> Result<(), NodeError> {
+        self.increments.flush(&self.store)?;
+        for ((group, which, field), value) in std::mem::take(&mut self.extremes) {
+            let k = key(&[&group, which, &field]);
+            // Compare-and-swap until ours is not better, whatever other replicas do.
+            loop {
+                let current = self.store.get(&k)?;
+                let better = match current.as_deref().and_then(counter) {
+                    None => true,
+                    Some(c) => {
+                        if which == "min" {
+                            value < c
+                        } else {
+                            value > c
+                        }
+                    }
+                };
+                if !better
+                    || self
+                        .store
+                        .compare_and_swap(&k, current.as_deref(), Some(&value.to_le_bytes()))?
+                {
+                    break;
+                }
+            }
+        }
+        for (group, field, value) in std::mem::take(&mut self.distinct) {
+            if self
+                .store
+                .compare_and_swap(&key(&[&group, "seen", &field, &value]), None, Some(b"1"))?
+            {
+                self.increments.add(&key(&[&group, "distinct", &field]), 1);
+            }
+        }
+        self.increments.flush(&self.store)?;
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Output<'_>) -> Result<(), NodeError> {
+        for group in &self.groups {
+            let values: Vec<Value> =
+                serde_json::from_str(group).map_err(|e| NodeError::fatal(e.to_string()))?;
+            let mut row: Map<String, Value> = self.config.group_by.iter().cloned().zip(values).collect();
+            let count = self.counter(&[group, "count"])?.unwrap_or(0);
+            for a in &self.config.aggregates {
+                let field = a.field.as_deref().unwrap_or("");
+                let (name, value) = match a.function {
+                    Function::Count => ("count".to_owned(), Value::from(count)),
+                    Function::Sum => (
+                        format!("sum_{field}"),
+                        Value::from(self.counter(&[group, "sum", field])?.unwrap_or(0)),
+                    ),
+                    Function::Min => (
+                        format!("min_{field}"),
+                        self.counter(&[group, "min", field])?
+                            .map_or(Value::Null, Value::from),
+                    ),
+                    Function::Max => (
+                        format!("max_{field}"),
+                        self.counter(&[group, "max", field])?
+                            .map_or(Value::Null, Value::from),
+                    ),
+                    Function::Avg => {
+                        let sum = self.counter(&[group, "sum", field])?.unwrap_or(0);
+                        let avg = if count > 0 {
+                            Value::from(sum as f64 / count as f64)
+                        } else {
+                            Value::Null
+                        };
+                        (format!("avg_{field}"), avg)
+                    }
+                    Function::CountDistinct => (
+                        format!("count_distinct_{field}"),
+                        Value::from(self.counter(&[group, "distinct", field])?.unwrap_or(0)),
+                    ),
+                };
+                row.insert(name, value);
+            }
+            out.send(Record::new(Json(Value::Object(row))).key(group.as_bytes().to_vec()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowhost_sdk::testing::{Harness, json};
+
+    fn config(store: &str) -> serde_json::Value {
+        json!({
+            "store": store,
+            "group_by": ["country"],
+            "aggregates": [
+                { "fn": "count" },
+                { "fn": "sum", "field": "cents" },
+                { "fn": "avg", "field": "cents" },
+                { "fn": "min", "field": "cents" },
+                { "fn": "max", "field": "cents" },
+                { "fn": "count_distinct", "field": "who" },
+            ],
+        })
+    }
+
+    #[test]
+    fn aggregates_per_group_across_batches() {
+        let mut node = Harness::<Aggregator>::new(config("agg1")).unwrap();
+        node.process([
+            r#"{"country":"DE","who":"ann","cents":100}"#,
+            r#"{"country":"FR","who":"bob","cents":50}"#,
+            r#"{"country":"DE","who":"ann","cents":300}"#,
+        ])
+        .unwrap();
+        let out = node
+            .process([
+                r#"{"country":"DE","who":"cy","cents":-10}"#,
+                r#"{"country":"DE"}"#,
+            ])
+            .unwrap();
+        assert_eq!(
+            out.errors.len(),
+            1,
+            "a message without the fields is invalid input"
+        );
+        let rows: Vec<Value> = node
+            .finish()
+            .unwrap()
+            .texts()
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                json!({"country":"DE","count":3,"sum_cents":390,"avg_cents":130.0,"min_cents":-10,"max_cents":300,"count_distinct_who":2}),
+                json!({"country":"FR","count":1,"sum_cents":50,"avg_cents":50.0,"min_cents":50,"max_cents":50,"count_distinct_who":1}),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_function_without_its_field_is_refused() {
+        let err = Harness::<Aggregator>::new(
+            json!({ "store": "x", "group_by": [], "aggregates": [{ "fn": "sum" }] }),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.message, "aggregate Sum needs a `field`");
+    }
+}
