@@ -115,3 +115,48 @@ fn the_sales_graph_aggregates_per_country_exactly() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_dedup_graph_passes_each_event_once_in_order() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let graph = flowhost::manifest::Graph::load(flowhost_tests::repo().join("graphs/dedup.toml"))?;
+    let out = run_captured(graph, dir.path())?;
+    let ids: Vec<String> = out
+        .lines("out")
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("JSON")["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids, ["e1", "e2", "e3", "e4", "e5"]);
+    assert_eq!(out.report.stores.get("seen").unwrap().len(), 5);
+    Ok(())
+}
+
+#[test]
+fn dedup_replicas_agree_through_compare_and_swap() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let lines: String = (0..30_000)
+        .map(|i| format!("id{}\n", (i * 7919) % 1_000))
+        .collect();
+    std::fs::write(dir.path().join("ids.txt"), lines)?;
+    let node = "crate = \"{functions}/dedup\"\nreplicas = 3\nstate = { seen = \"rw\" }\nconfig = { store = \"seen\" }";
+    let toml = flowhost_tests::chain(
+        "kind = \"file\"\npath = \"ids.txt\"",
+        "dedup",
+        node,
+        "round-robin",
+    ) + "[stores.seen]\n";
+    let out = run_captured(graph_in(dir.path(), &toml)?, dir.path())?;
+    let got = out.sorted("out");
+    let mut expected: Vec<String> = (0..1_000).map(|i| format!("id{i}")).collect();
+    expected.sort();
+    assert_eq!(
+        got, expected,
+        "every identity exactly once, though its copies went to different replicas"
+    );
+    Ok(())
+}
