@@ -38,7 +38,7 @@ impl Dedup {
                     .ok_or_else(|| NodeError::invalid_input(format!("no field `{f}`")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(serde_json::to_vec(&values).map_err(|e| NodeError::fatal(e.to_string()))?)
+        serde_json::to_vec(&values).map_err(|e| NodeError::fatal(e.to_string()))
     }
 
     /// Whether this message is the first of its identity (within the window), recording it if so.
