@@ -160,3 +160,33 @@ fn dedup_replicas_agree_through_compare_and_swap() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_join_graph_joins_customers_and_purchases_left() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let graph = flowhost::manifest::Graph::load(flowhost_tests::repo().join("graphs/join.toml"))?;
+    let out = run_captured(graph, dir.path())?;
+    assert_eq!(out.report.failure, None);
+    let mut rows: Vec<(u64, serde_json::Value)> = out
+        .lines("out")
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+        .map(|v| (v["order"].as_u64().unwrap(), v["customer"]["name"].clone()))
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    let name = |n: &str| serde_json::Value::from(n);
+    assert_eq!(
+        rows,
+        [
+            (1, name("Ann")),
+            (2, name("Bob")),
+            (3, serde_json::Value::Null),
+            (4, name("Ann")),
+            (5, name("Cy"))
+        ],
+        "every purchase once, with its customer whichever source came first"
+    );
+    let store = out.report.stores.get("join").unwrap();
+    assert_eq!(store.scan(b"p\0", 100), vec![], "no purchase left waiting");
+    Ok(())
+}
