@@ -70,6 +70,21 @@ impl IncrBatch {
     }
 }
 
+/// Splits `keys` (concatenated) by `lengths`, the flat form `incr-many` uses; `None` if
+/// the lengths do not add up to the bytes.
+pub fn split_flat<'k>(keys: &'k [u8], lengths: &[u32]) -> Option<Vec<&'k [u8]>> {
+    let mut start = 0usize;
+    let parts = lengths
+        .iter()
+        .map(|&n| {
+            let part = keys.get(start..start.checked_add(n as usize)?)?;
+            start += n as usize;
+            Some(part)
+        })
+        .collect::<Option<Vec<_>>>()?;
+    (start == keys.len()).then_some(parts)
+}
+
 /// Reads a counter value (8-byte little-endian `i64`).
 pub fn counter(value: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(value.try_into().ok()?))
@@ -234,16 +249,10 @@ mod imp {
             lengths: &[u32],
             deltas: &[i64],
         ) -> Result<Vec<i64>, NodeError> {
-            let mut start = 0;
-            lengths
-                .iter()
-                .zip(deltas)
-                .map(|(&n, &d)| {
-                    let key = &keys[start..start + n as usize];
-                    start += n as usize;
-                    self.incr(key, d)
-                })
-                .collect()
+            let keys = super::split_flat(keys, lengths)
+                .filter(|k| k.len() == deltas.len())
+                .ok_or_else(|| NodeError::fatal("incr-many: key lengths do not match the keys or deltas"))?;
+            keys.iter().zip(deltas).map(|(k, &d)| self.incr(k, d)).collect()
         }
         /// Sets `key` to `replacement` (`None`: deletes) if it holds `expected` (`None`: absent).
         pub fn compare_and_swap(
@@ -278,3 +287,19 @@ mod imp {
 
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) use imp::{clear as clear_native, with as with_native};
+
+#[cfg(test)]
+mod tests {
+    use super::split_flat;
+
+    #[test]
+    fn flat_keys_split_only_when_the_lengths_add_up() {
+        assert_eq!(
+            split_flat(b"abcde", &[2, 0, 3]),
+            Some(vec![&b"ab"[..], b"", b"cde"])
+        );
+        assert_eq!(split_flat(b"abcde", &[2, 2]), None, "bytes left over");
+        assert_eq!(split_flat(b"abc", &[2, 2]), None, "lengths past the end");
+        assert_eq!(split_flat(b"", &[]), Some(vec![]));
+    }
+}

@@ -100,25 +100,20 @@ impl state::Host for HostState {
         deltas: Vec<i64>,
     ) -> Res<Vec<i64>> {
         let store = &self.grant(store, true)?.store;
-        let total: u64 = key_lengths.iter().map(|&n| n as u64).sum();
-        if total != keys.len() as u64 || key_lengths.len() != deltas.len() {
-            return Err(fatal(format!(
-                "node `{}`: incr-many got {} key bytes for lengths summing to {total}, and {} lengths for {} deltas",
-                self.node,
-                keys.len(),
-                key_lengths.len(),
-                deltas.len()
-            )));
-        }
-        let mut start = 0;
-        key_lengths
-            .iter()
+        let keys = flowhost_sdk::state::split_flat(&keys, &key_lengths)
+            .filter(|k| k.len() == deltas.len())
+            .ok_or_else(|| {
+                fatal(format!(
+                    "node `{}`: incr-many got {} key bytes, {} key lengths and {} deltas that do not match",
+                    self.node,
+                    keys.len(),
+                    key_lengths.len(),
+                    deltas.len()
+                ))
+            })?;
+        keys.iter()
             .zip(deltas)
-            .map(|(&n, delta)| {
-                let key = &keys[start..start + n as usize];
-                start += n as usize;
-                store.incr(key, delta).map_err(to_wit)
-            })
+            .map(|(k, delta)| store.incr(k, delta).map_err(to_wit))
             .collect()
     }
 
