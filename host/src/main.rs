@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flowhost::engine::{Engine, EngineConfig};
 use flowhost::manifest::Graph;
+use flowhost::state::show::Saved;
 use flowhost::topology::{self, RunOptions, Shutdown};
 
 #[derive(Parser)]
@@ -36,6 +37,17 @@ enum Command {
         /// Batches a channel holds before its producer waits.
         #[arg(long, default_value_t = RunOptions::default().channel_capacity)]
         channel_capacity: usize,
+        /// Discard the saved state of durable stores and read the sources from the start
+        /// (by default an interrupted run resumes, and durable stores keep their data).
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Show what a graph's durable stores hold (from its last checkpoint).
+    State {
+        /// The graph manifest.
+        manifest: PathBuf,
+        #[command(subcommand)]
+        query: Option<StateQuery>,
     },
     /// Check a graph manifest and report every problem in it.
     Validate {
@@ -44,6 +56,28 @@ enum Command {
     },
     /// Measure messages/s through a wasm node and the boundary cost against native code.
     Bench(flowhost::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum StateQuery {
+    /// Print the value of one key (exit 1 if it is absent).
+    Get {
+        /// The store.
+        store: String,
+        /// The key (as text).
+        key: String,
+    },
+    /// Print every entry of a store, in key order.
+    Dump {
+        /// The store.
+        store: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// One JSON object per line: key, value, expires.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,10 +115,27 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::State { manifest, query } => {
+            let graph = Graph::load(&manifest)?;
+            let saved = Saved::read(&graph)?;
+            match query {
+                None => print!("{}", saved.summary()),
+                Some(StateQuery::Dump { store, prefix, json }) => print!("{}", saved.dump(&store, &prefix, json)?),
+                Some(StateQuery::Get { store, key }) => match saved.get(&store, &key)? {
+                    Some(value) => println!("{value}"),
+                    None => {
+                        eprintln!("store `{store}` has no key `{key}`");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                },
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             manifest,
             batch_size,
             channel_capacity,
+            fresh,
         } => {
             let graph = Graph::load(&manifest)?;
             let engine = Engine::new(engine_config(&graph))?;
@@ -101,6 +152,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = RunOptions {
                 batch_size: batch_size.max(1),
                 channel_capacity: channel_capacity.max(1),
+                fresh,
             };
             let report = topology::run(&graph, &engine, &opts, &shutdown)?;
             if !cli.quiet {

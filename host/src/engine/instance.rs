@@ -16,7 +16,7 @@ use super::bindings::{Node, NodePre};
 use super::stdio::GuestOutput;
 use super::{EPOCH_TICK, Engine, LoadedModule};
 use crate::manifest::NodeSpec;
-use crate::state::{Grant, Stores};
+use crate::state::{Grant, Stores, UndoLog};
 
 /// What a store holds for its instance.
 pub struct HostState {
@@ -26,6 +26,8 @@ pub struct HostState {
     pub(crate) node: Arc<str>,
     /// The stores this node was granted; a state handle is an index here.
     pub(crate) grants: Arc<[Grant]>,
+    /// How to take back the current call's state writes if it fails.
+    pub(crate) undo: UndoLog,
 }
 
 impl WasiView for HostState {
@@ -188,6 +190,7 @@ impl NodeTemplate {
             limits,
             node: name,
             grants: self.grants.clone(),
+            undo: UndoLog::default(),
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
@@ -242,10 +245,17 @@ impl NodeInstance {
         &self.template
     }
 
+    /// The call's outcome; the state writes of a call that failed as a whole are undone.
     fn settle(
-        &self,
+        &mut self,
         result: wasmtime::Result<Result<Vec<u8>, types::NodeError>>,
     ) -> Result<Vec<u8>, CallError> {
+        let undo = &mut self.store.data_mut().undo;
+        if matches!(result, Ok(Ok(_))) {
+            undo.clear();
+        } else {
+            undo.rollback();
+        }
         match result {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(e)) => Err(CallError::Node(from_wit(e))),

@@ -1,57 +1,132 @@
 //! Sinks: stdout, a file, or nowhere; text (payload lines) or JSON lines with metadata.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use anyhow::Context;
 
 use crate::manifest::{SinkFormat, SinkKind, SinkSpec};
 use crate::message::Msg;
 
 /// Writes messages for one sink.
 pub struct SinkWriter {
-    out: Option<Box<dyn Write + Send>>,
+    out: Out,
     format: SinkFormat,
+    /// Bytes in the file so far (file sinks).
+    len: u64,
+}
+
+enum Out {
+    Stdout(BufWriter<std::io::Stdout>),
+    File(BufWriter<File>),
+    Null,
 }
 
 impl SinkWriter {
-    /// Opens the sink's destination (a file is created or truncated).
-    pub fn open(spec: &SinkSpec) -> anyhow::Result<SinkWriter> {
-        let out: Option<Box<dyn Write + Send>> = match &spec.kind {
-            SinkKind::Stdout => Some(Box::new(BufWriter::new(std::io::stdout()))),
+    /// Opens the sink's destination. A file is created or truncated, or with `resume`
+    /// (the length a checkpoint recorded) cut back to that length and appended to.
+    pub fn open(spec: &SinkSpec, resume: Option<u64>) -> anyhow::Result<SinkWriter> {
+        let id = &spec.id;
+        let (out, len) = match &spec.kind {
+            SinkKind::Stdout => (Out::Stdout(BufWriter::new(std::io::stdout())), 0),
             SinkKind::File(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        anyhow::anyhow!("sink `{}`: cannot create {}: {e}", spec.id, dir.display())
-                    })?;
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("sink `{id}`: cannot create {}", dir.display()))?;
                 }
-                let file = File::create(path).map_err(|e| {
-                    anyhow::anyhow!("sink `{}`: cannot create {}: {e}", spec.id, path.display())
-                })?;
-                Some(Box::new(BufWriter::new(file)))
+                let file = match resume {
+                    None => File::create(path)
+                        .with_context(|| format!("sink `{id}`: cannot create {}", path.display()))?,
+                    Some(len) => resume_file(path, len).with_context(|| {
+                        format!("sink `{id}`: cannot resume {} at byte {len}", path.display())
+                    })?,
+                };
+                (Out::File(BufWriter::new(file)), resume.unwrap_or(0))
             }
-            SinkKind::Null => None,
+            SinkKind::Null => (Out::Null, 0),
         };
         Ok(SinkWriter {
             out,
             format: spec.format,
+            len,
         })
+    }
+
+    fn writer(&mut self) -> Option<&mut dyn Write> {
+        match &mut self.out {
+            Out::Stdout(w) => Some(w),
+            Out::File(w) => Some(w),
+            Out::Null => None,
+        }
     }
 
     /// Writes a batch and flushes it, so results show as they arrive.
     pub fn write(&mut self, msgs: &[Msg]) -> std::io::Result<()> {
-        let Some(out) = &mut self.out else { return Ok(()) };
+        let format = self.format;
+        let Some(out) = self.writer() else { return Ok(()) };
+        let mut counted = Counted { inner: out, n: 0 };
         for m in msgs {
-            match self.format {
+            match format {
                 SinkFormat::Text => {
-                    out.write_all(&m.payload)?;
-                    out.write_all(b"\n")?;
+                    counted.write_all(&m.payload)?;
+                    counted.write_all(b"\n")?;
                 }
                 SinkFormat::Json => {
-                    serde_json::to_writer(&mut *out, &as_json(m))?;
-                    out.write_all(b"\n")?;
+                    serde_json::to_writer(&mut counted, &as_json(m))?;
+                    counted.write_all(b"\n")?;
                 }
             }
         }
-        out.flush()
+        let n = counted.n;
+        self.len += n;
+        self.writer().map_or(Ok(()), |w| w.flush())
+    }
+
+    /// Makes what was written durable; returns a file sink's length (what a checkpoint
+    /// records), `None` for sinks that cannot be cut back.
+    pub fn commit(&mut self) -> std::io::Result<Option<u64>> {
+        match &mut self.out {
+            Out::File(w) => {
+                w.flush()?;
+                w.get_ref().sync_data()?;
+                Ok(Some(self.len))
+            }
+            Out::Stdout(w) => w.flush().map(|()| None),
+            Out::Null => Ok(None),
+        }
+    }
+}
+
+/// Opens `path` for appending after cutting it back to `len` bytes.
+fn resume_file(path: &Path, len: u64) -> std::io::Result<File> {
+    let mut file = OpenOptions::new().write(true).open(path)?;
+    let actual = file.metadata()?.len();
+    if actual < len {
+        return Err(std::io::Error::other(format!(
+            "the file has {actual} bytes, fewer than were committed"
+        )));
+    }
+    file.set_len(len)?;
+    file.seek(SeekFrom::End(0))?;
+    Ok(file)
+}
+
+/// Counts the bytes written through it.
+struct Counted<'w> {
+    inner: &'w mut dyn Write,
+    n: u64,
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

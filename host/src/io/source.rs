@@ -2,7 +2,7 @@
 //! hands them to `send`, checking for a stop request between batches.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::manifest::{SourceKind, SourceSpec};
 use crate::message::{Msg, batch_from, sequence_payload};
+use crate::state::durable::Position;
 use crate::topology::Shutdown;
 
 /// Milliseconds since the Unix epoch.
@@ -19,33 +20,46 @@ pub fn now_millis() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Reads `spec` to its end (or until a stop is requested, or `send` returns false),
-/// returning how many messages were sent. An error names the source and, for files,
-/// the line.
+/// Reads `spec` from `start` to its end (or until a stop is requested, or `send` returns
+/// false), handing each batch to `send` with the position after it; returns the position
+/// reached. An error names the source and, for files, the line.
 pub fn run(
     spec: &SourceSpec,
     batch_size: usize,
+    start: Position,
     shutdown: &Shutdown,
-    mut send: impl FnMut(Vec<Msg>) -> bool,
-) -> Result<u64, String> {
+    mut send: impl FnMut(Vec<Msg>, Position) -> bool,
+) -> Result<Position, String> {
     let id = &spec.id;
     let open = |path: &Path| {
-        File::open(path)
-            .map(BufReader::new)
-            .map_err(|e| format!("source `{id}`: cannot open {}: {e}", path.display()))
+        let mut file =
+            File::open(path).map_err(|e| format!("source `{id}`: cannot open {}: {e}", path.display()))?;
+        file.seek(SeekFrom::Start(start.offset)).map_err(|e| {
+            format!(
+                "source `{id}`: cannot resume {} at byte {}: {e}",
+                path.display(),
+                start.offset
+            )
+        })?;
+        Ok::<_, String>(BufReader::new(file))
     };
     match &spec.kind {
         SourceKind::File { path } => lines(
             open(path)?,
             batch_size,
+            start,
             shutdown,
             false,
             &mut send,
             |_, _, line| Ok(Msg::new(line, None)),
         ),
         SourceKind::Stdin => {
+            if start != Position::default() {
+                tracing::warn!("standard input cannot be resumed: what was read before the restart is gone");
+            }
             let stdin = BufReader::new(std::io::stdin().lock());
-            lines(stdin, batch_size, shutdown, true, &mut send, |_, _, line| {
+            let from = Position::default();
+            lines(stdin, batch_size, from, shutdown, true, &mut send, |_, _, line| {
                 Ok(Msg::new(line, None))
             })
         }
@@ -58,6 +72,7 @@ pub fn run(
             lines(
                 open(path)?,
                 batch_size,
+                start,
                 shutdown,
                 false,
                 &mut send,
@@ -76,24 +91,28 @@ pub fn run(
             payload_size,
             keys,
         } => {
-            generate(*count, *payload_size, *keys, batch_size, shutdown, &mut send);
-            Ok(count.unwrap_or(0))
+            let end = generate(*count, *payload_size, *keys, batch_size, start.records, shutdown, &mut send);
+            Ok(Position {
+                offset: 0,
+                records: end,
+            })
         }
     }
 }
 
 /// Reads lines (without `\n` or `\r\n`) in batches. With `eager`, a batch is also sent
 /// whenever the reader has nothing more buffered, so interactive input is not held back.
+#[allow(clippy::too_many_arguments)]
 fn lines<R: Read>(
     mut reader: BufReader<R>,
     batch_size: usize,
+    start: Position,
     shutdown: &Shutdown,
     eager: bool,
-    send: &mut dyn FnMut(Vec<Msg>) -> bool,
+    send: &mut dyn FnMut(Vec<Msg>, Position) -> bool,
     mut make: impl FnMut(u64, Option<i64>, Bytes) -> Result<Msg, String>,
-) -> Result<u64, String> {
-    let mut sent = 0u64;
-    let mut line_no = 0u64;
+) -> Result<Position, String> {
+    let mut at = start;
     let mut batch = Vec::with_capacity(batch_size);
     let mut buf = Vec::new();
     loop {
@@ -103,26 +122,24 @@ fn lines<R: Read>(
         buf.clear();
         let n = reader
             .read_until(b'\n', &mut buf)
-            .map_err(|e| format!("reading line {}: {e}", line_no + 1))?;
+            .map_err(|e| format!("reading line {}: {e}", at.records + 1))?;
         if n > 0 {
-            line_no += 1;
+            at.offset += n as u64;
+            at.records += 1;
             let end = buf.len() - buf.ends_with(b"\n") as usize;
             let end = end - buf[..end].ends_with(b"\r") as usize;
             let ts = Some(now_millis());
-            batch.push(make(line_no, ts, Bytes::copy_from_slice(&buf[..end]))?);
+            batch.push(make(at.records, ts, Bytes::copy_from_slice(&buf[..end]))?);
         }
         let flush = batch.len() >= batch_size || n == 0 || (eager && reader.buffer().is_empty());
-        if flush && !batch.is_empty() {
-            sent += batch.len() as u64;
-            if !send(std::mem::replace(&mut batch, Vec::with_capacity(batch_size))) {
-                break;
-            }
+        if flush && !batch.is_empty() && !send(std::mem::replace(&mut batch, Vec::with_capacity(batch_size)), at) {
+            break;
         }
         if n == 0 {
             break;
         }
     }
-    Ok(sent)
+    Ok(at)
 }
 
 /// A JSON line becomes a message with the line as payload; key and timestamp may come
@@ -146,17 +163,18 @@ fn json_line(line: &Bytes, (key_field, ts_field): (Option<&str>, Option<&str>)) 
     Ok(msg)
 }
 
-/// Zero-padded sequence numbers as payloads (cut or padded to `payload_size`), optionally
-/// keyed `k<n % keys>`.
+/// Zero-padded sequence numbers from `first` as payloads (cut or padded to
+/// `payload_size`), optionally keyed `k<n % keys>`; returns the next number.
 fn generate(
     count: Option<u64>,
     payload_size: usize,
     keys: Option<u64>,
     batch_size: usize,
+    first: u64,
     shutdown: &Shutdown,
-    send: &mut dyn FnMut(Vec<Msg>) -> bool,
-) {
-    let mut next = 0u64;
+    send: &mut dyn FnMut(Vec<Msg>, Position) -> bool,
+) -> u64 {
+    let mut next = first;
     while count.is_none_or(|c| next < c) && !shutdown.is_stopping() {
         let n = count.map_or(batch_size as u64, |c| (c - next).min(batch_size as u64)) as usize;
         let first = next;
@@ -169,8 +187,13 @@ fn generate(
             }
         }
         next += n as u64;
-        if !send(batch) {
+        let at = Position {
+            offset: 0,
+            records: next,
+        };
+        if !send(batch, at) {
             break;
         }
     }
+    next
 }

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{Access, Connection, SinkFormat};
+pub use raw::{Access, Connection, Durability, SinkFormat};
 
 /// A manifest that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,47 @@ pub struct Graph {
     /// Edges, in manifest order.
     pub edges: Vec<Edge>,
     /// Declared stores, by name.
-    pub stores: Vec<String>,
+    pub stores: Vec<StoreSpec>,
+    /// Where and how often durable stores are checkpointed.
+    pub checkpoint: CheckpointSpec,
+}
+
+impl Graph {
+    /// Whether any store is durable (and the run is checkpointed).
+    pub fn is_durable(&self) -> bool {
+        self.stores.iter().any(|s| s.durability == Durability::Durable)
+    }
+}
+
+/// A declared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSpec {
+    /// Its name.
+    pub name: String,
+    /// In memory, or checkpointed to disk.
+    pub durability: Durability,
+    /// Keys expire this long after their last write.
+    pub ttl: Option<Duration>,
+}
+
+impl StoreSpec {
+    /// An in-memory store without expiry.
+    pub fn memory(name: impl Into<String>) -> Self {
+        StoreSpec {
+            name: name.into(),
+            durability: Durability::Memory,
+            ttl: None,
+        }
+    }
+}
+
+/// Checkpointing of durable stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointSpec {
+    /// The state directory.
+    pub dir: PathBuf,
+    /// Time between checkpoints.
+    pub interval: Duration,
 }
 
 /// A source of messages.

@@ -23,6 +23,8 @@ pub struct RawGraph {
     pub sinks: BTreeMap<Spanned<String>, RawSink>,
     #[serde(default)]
     pub stores: BTreeMap<Spanned<String>, RawStore>,
+    /// Where and how often durable stores are checkpointed.
+    pub checkpoint: Option<RawCheckpoint>,
     #[serde(default)]
     pub edges: Vec<RawEdge>,
 }
@@ -83,10 +85,37 @@ pub struct RawNode {
     pub state: BTreeMap<Spanned<String>, Access>,
 }
 
-/// A declared store. Nothing to configure yet: stores live in memory on each host.
+/// A declared store.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawStore {}
+pub struct RawStore {
+    /// `memory` (the default) or `durable`.
+    #[serde(default)]
+    pub durability: Durability,
+    /// Keys expire this long after their last write.
+    pub ttl_ms: Option<Spanned<u64>>,
+}
+
+/// Whether a store outlives the process.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Kept in memory only: gone when `flowhost run` ends.
+    #[default]
+    Memory,
+    /// Checkpointed to disk with the sources' positions; restored on the next run.
+    Durable,
+}
+
+/// `[checkpoint]`: where durable state is written, and how often.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheckpoint {
+    /// The state directory, relative to the manifest (default `.flowhost/<graph name>`).
+    pub dir: Option<Spanned<String>>,
+    /// Milliseconds between checkpoints (default 1000).
+    pub interval_ms: Option<Spanned<u64>>,
+}
 
 /// What a node may do with a store.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

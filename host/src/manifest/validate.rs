@@ -11,7 +11,8 @@ use toml::Spanned;
 use super::edges;
 use super::raw::{self, OnError, RawGraph, RawNode, RawSink, RawSource};
 use super::{
-    Diagnostic, ErrorPolicy, Graph, ModuleRef, NodeSpec, SinkKind, SinkSpec, SourceKind, SourceSpec, Vertex,
+    CheckpointSpec, Diagnostic, ErrorPolicy, Graph, ModuleRef, NodeSpec, SinkKind, SinkSpec, SourceKind,
+    SourceSpec, StoreSpec, Vertex,
 };
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -103,7 +104,41 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
         nodes,
         sinks,
         edges,
-        stores: raw.stores.keys().map(|k| k.get_ref().clone()).collect(),
+        stores: raw
+            .stores
+            .iter()
+            .map(|(name, st)| StoreSpec {
+                name: name.get_ref().clone(),
+                durability: st.durability,
+                ttl: st.ttl_ms.as_ref().map(|_| {
+                    let what = format!("store `{}`: ttl_ms", name.get_ref());
+                    Duration::from_millis(positive(r, &st.ttl_ms, 1, None, &what))
+                }),
+            })
+            .collect(),
+        checkpoint: checkpoint(r, dir, raw),
+    }
+}
+
+/// Default time between checkpoints of durable stores.
+pub const DEFAULT_CHECKPOINT_MS: u64 = 1000;
+
+fn checkpoint(r: &mut Report, dir: &Path, raw: &RawGraph) -> CheckpointSpec {
+    let cp = raw.checkpoint.as_ref();
+    let state_dir = match cp.and_then(|c| c.dir.as_ref()) {
+        Some(d) => resolve(dir, d),
+        None => dir.join(".flowhost").join(raw.name.get_ref()),
+    };
+    let interval_ms = positive(
+        r,
+        &cp.and_then(|c| c.interval_ms.clone()),
+        DEFAULT_CHECKPOINT_MS,
+        None,
+        "checkpoint: interval_ms",
+    );
+    CheckpointSpec {
+        dir: state_dir,
+        interval: Duration::from_millis(interval_ms),
     }
 }
 

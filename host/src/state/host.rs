@@ -3,7 +3,9 @@
 
 use flowhost_sdk::NodeError;
 
-use super::Grant;
+use std::sync::Arc;
+
+use super::{Grant, Store};
 use crate::engine::HostState;
 use crate::engine::bindings::flowhost::node::{state, types};
 use crate::manifest::Access;
@@ -48,6 +50,13 @@ impl HostState {
     }
 }
 
+impl HostState {
+    fn set_one(&mut self, store: &Arc<Store>, key: Vec<u8>, value: Vec<u8>) {
+        let previous = store.set(key.clone(), value.clone());
+        self.undo.restore(store, key, Some(value), previous);
+    }
+}
+
 impl state::Host for HostState {
     fn open(&mut self, name: String) -> Res<u32> {
         self.grants
@@ -72,24 +81,32 @@ impl state::Host for HostState {
     }
 
     fn set(&mut self, store: u32, key: Vec<u8>, value: Vec<u8>) -> Res<()> {
-        self.grant(store, true)?.store.set(key, value);
+        let store = self.grant(store, true)?.store.clone();
+        self.set_one(&store, key, value);
         Ok(())
     }
 
     fn set_many(&mut self, store: u32, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Res<()> {
-        let store = &self.grant(store, true)?.store;
+        let store = self.grant(store, true)?.store.clone();
         for (k, v) in entries {
-            store.set(k, v);
+            self.set_one(&store, k, v);
         }
         Ok(())
     }
 
     fn delete(&mut self, store: u32, key: Vec<u8>) -> Res<bool> {
-        Ok(self.grant(store, true)?.store.delete(&key))
+        let store = self.grant(store, true)?.store.clone();
+        let previous = store.delete(&key);
+        let existed = previous.is_some();
+        self.undo.restore(&store, key, None, previous);
+        Ok(existed)
     }
 
     fn incr(&mut self, store: u32, key: Vec<u8>, delta: i64) -> Res<i64> {
-        self.grant(store, true)?.store.incr(&key, delta).map_err(to_wit)
+        let store = self.grant(store, true)?.store.clone();
+        let next = store.incr(&key, delta).map_err(to_wit)?;
+        self.undo.incr(&store, key, delta);
+        Ok(next)
     }
 
     fn incr_many(
@@ -97,24 +114,46 @@ impl state::Host for HostState {
         store: u32,
         keys: Vec<u8>,
         key_lengths: Vec<u32>,
-        deltas: Vec<i64>,
+        mut deltas: Vec<i64>,
     ) -> Res<Vec<i64>> {
-        let store = &self.grant(store, true)?.store;
-        let keys = flowhost_sdk::state::split_flat(&keys, &key_lengths)
-            .filter(|k| k.len() == deltas.len())
-            .ok_or_else(|| {
-                fatal(format!(
-                    "node `{}`: incr-many got {} key bytes, {} key lengths and {} deltas that do not match",
-                    self.node,
-                    keys.len(),
-                    key_lengths.len(),
-                    deltas.len()
-                ))
-            })?;
-        keys.iter()
-            .zip(deltas)
-            .map(|(k, delta)| store.incr(k, delta).map_err(to_wit))
-            .collect()
+        let store = self.grant(store, true)?.store.clone();
+        let mut results = Vec::with_capacity(deltas.len());
+        let mut failed = None;
+        {
+            let split = flowhost_sdk::state::split_flat(&keys, &key_lengths)
+                .filter(|k| k.len() == deltas.len())
+                .ok_or_else(|| {
+                    fatal(format!(
+                        "node `{}`: incr-many got {} key bytes, {} key lengths and {} deltas that do not match",
+                        self.node,
+                        keys.len(),
+                        key_lengths.len(),
+                        deltas.len()
+                    ))
+                })?;
+            for (k, &delta) in split.iter().zip(&deltas) {
+                match store.incr(k, delta) {
+                    Ok(next) => results.push(next),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        let (mut keys, mut key_lengths) = (keys, key_lengths);
+        if failed.is_some() {
+            // Only what was applied is to be undone.
+            let applied = results.len();
+            keys.truncate(key_lengths[..applied].iter().map(|&n| n as usize).sum());
+            key_lengths.truncate(applied);
+            deltas.truncate(applied);
+        }
+        self.undo.incr_many(&store, keys, key_lengths, deltas);
+        match failed {
+            Some(e) => Err(to_wit(e)),
+            None => Ok(results),
+        }
     }
 
     fn compare_and_swap(
@@ -124,10 +163,12 @@ impl state::Host for HostState {
         expected: Option<Vec<u8>>,
         replacement: Option<Vec<u8>>,
     ) -> Res<bool> {
-        Ok(self
-            .grant(store, true)?
-            .store
-            .compare_and_swap(key, expected.as_deref(), replacement))
+        let store = self.grant(store, true)?.store.clone();
+        let swapped = store.compare_and_swap(key.clone(), expected.as_deref(), replacement.clone());
+        if swapped {
+            self.undo.restore(&store, key, replacement, expected);
+        }
+        Ok(swapped)
     }
 
     fn scan(&mut self, store: u32, prefix: Vec<u8>, limit: u32) -> Res<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -3,38 +3,67 @@
 //!
 //! Consistency: each operation is atomic per key (a `DashMap` shard lock), and a write is
 //! visible to every replica as soon as the call returns; there are no multi-key
-//! transactions. `incr-many` and `set-many` apply key by key, in order. Stores are in
-//! memory for now: they survive a trapped instance (state is not in the guest) but not a
-//! restart of `flowhost run`.
+//! transactions. `incr-many` and `set-many` apply key by key, in order.
 //!
-//! Writes are not yet transactional per batch: when a batch traps and is re-run message by
-//! message, writes a node made per message before the trap are made again. Nodes that
-//! gather writes and flush them in `end_batch` (as `functions/tally` does) are not affected.
+//! A call into a node is all or nothing for state too: the writes of a call that traps or
+//! fails as a whole are undone (see [`UndoLog`]) before the batch is retried, so a batch
+//! re-run message by message after a trap counts each message once.
+//!
+//! Durable stores (`durability = "durable"`) are checkpointed with the sources' positions
+//! (see [`durable`]): after a crash the next run restores the last checkpoint and resumes
+//! the sources from there. Keys of a store with `ttl_ms` expire that long after their last
+//! write (wall-clock time); expired keys read as absent and are swept at checkpoints.
 
 mod host;
+pub mod durable;
+pub mod show;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use flowhost_sdk::NodeError;
 
-use crate::manifest::{Access, Graph};
+use crate::io::source::now_millis;
+use crate::manifest::{Access, Durability, Graph, StoreSpec};
+
+/// A value with its expiry (milliseconds since the epoch; `i64::MAX`: never), and whether
+/// it changed since the last checkpoint.
+#[derive(Debug)]
+struct Slot {
+    value: Vec<u8>,
+    expires: i64,
+    dirty: bool,
+}
+
+/// A live entry as a checkpoint keeps it: key, value, expiry.
+pub type Entry3 = (Vec<u8>, Vec<u8>, i64);
 
 /// One named store: keys and values are bytes; counters are 8-byte little-endian `i64`s.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Store {
     name: String,
-    map: DashMap<Vec<u8>, Vec<u8>>,
+    map: DashMap<Vec<u8>, Slot>,
+    ttl_ms: Option<i64>,
+    /// Durable stores: keys written since the last checkpoint (each once per checkpoint,
+    /// guarded by its slot's `dirty` flag; deleted keys every time).
+    changed: Option<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Store {
-    /// An empty store.
+    /// An empty in-memory store without expiry.
     pub fn new(name: impl Into<String>) -> Self {
+        Self::from_spec(&StoreSpec::memory(name))
+    }
+
+    /// An empty store as declared.
+    pub fn from_spec(spec: &StoreSpec) -> Self {
         Store {
-            name: name.into(),
+            name: spec.name.clone(),
             map: DashMap::new(),
+            ttl_ms: spec.ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64),
+            changed: (spec.durability == Durability::Durable).then(Mutex::default),
         }
     }
 
@@ -43,50 +72,125 @@ impl Store {
         &self.name
     }
 
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.map.len()
+    /// Whether the store is checkpointed.
+    pub fn is_durable(&self) -> bool {
+        self.changed.is_some()
     }
 
-    /// Whether the store is empty.
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        match self.ttl_ms {
+            None => self.map.len(),
+            Some(_) => {
+                let now = now_millis();
+                self.map.iter().filter(|e| e.expires > now).count()
+            }
+        }
+    }
+
+    /// Whether the store has no live keys.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
+    }
+
+    /// The current time, if keys of this store expire (else 0: nothing is ever expired).
+    fn now(&self) -> i64 {
+        if self.ttl_ms.is_some() { now_millis() } else { 0 }
+    }
+
+    /// When a key written now expires.
+    fn expiry(&self, now: i64) -> i64 {
+        self.ttl_ms.map_or(i64::MAX, |ttl| now.saturating_add(ttl))
+    }
+
+    /// Marks a written slot: new expiry, and (durable stores) changed since the checkpoint.
+    fn touch(&self, key: &[u8], slot: &mut Slot, now: i64) {
+        slot.expires = self.expiry(now);
+        if let Some(changed) = &self.changed
+            && !slot.dirty
+        {
+            slot.dirty = true;
+            changed.lock().unwrap_or_else(|e| e.into_inner()).push(key.to_vec());
+        }
+    }
+
+    fn new_slot(&self, key: &[u8], value: Vec<u8>, now: i64) -> Slot {
+        let mut slot = Slot {
+            value,
+            expires: 0,
+            dirty: false,
+        };
+        self.touch(key, &mut slot, now);
+        slot
+    }
+
+    fn deleted(&self, key: Vec<u8>) {
+        if let Some(changed) = &self.changed {
+            changed.lock().unwrap_or_else(|e| e.into_inner()).push(key);
+        }
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.map.get(key).map(|v| v.clone())
+        let now = self.now();
+        self.map
+            .get(key)
+            .filter(|s| s.expires > now)
+            .map(|s| s.value.clone())
     }
 
-    /// Sets `key` to `value`.
-    pub fn set(&self, key: Vec<u8>, value: Vec<u8>) {
-        self.map.insert(key, value);
+    /// Sets `key` to `value`; returns the value it replaced.
+    pub fn set(&self, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
+        let now = self.now();
+        match self.map.entry(key) {
+            Entry::Occupied(mut e) => {
+                let key = e.key().clone();
+                let slot = e.get_mut();
+                let live = slot.expires > now;
+                let old = std::mem::replace(&mut slot.value, value);
+                self.touch(&key, slot, now);
+                live.then_some(old)
+            }
+            Entry::Vacant(e) => {
+                let slot = self.new_slot(e.key(), value, now);
+                e.insert(slot);
+                None
+            }
+        }
     }
 
-    /// Removes `key`; whether it was there.
-    pub fn delete(&self, key: &[u8]) -> bool {
-        self.map.remove(key).is_some()
+    /// Removes `key`; returns the value it had.
+    pub fn delete(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let now = self.now();
+        let (key, slot) = self.map.remove(key)?;
+        self.deleted(key);
+        (slot.expires > now).then_some(slot.value)
     }
 
     /// Adds `delta` to the counter at `key` (absent: 0) and returns the new value.
     pub fn incr(&self, key: &[u8], delta: i64) -> Result<i64, NodeError> {
+        let now = self.now();
         // Existing counters (the hot case) are updated without allocating a key.
-        let mut entry = match self.map.get_mut(key) {
-            Some(entry) => entry,
+        let mut slot = match self.map.get_mut(key) {
+            Some(slot) => slot,
             None => self
                 .map
                 .entry(key.to_vec())
-                .or_insert_with(|| 0i64.to_le_bytes().to_vec()),
+                .or_insert_with(|| self.new_slot(key, 0i64.to_le_bytes().to_vec(), now)),
         };
-        let current: [u8; 8] = entry.as_slice().try_into().map_err(|_| {
+        if slot.expires <= now {
+            slot.value = 0i64.to_le_bytes().to_vec();
+        }
+        let current: [u8; 8] = slot.value.as_slice().try_into().map_err(|_| {
             NodeError::invalid_input(format!(
                 "store `{}`: the value at this key is not a counter ({} bytes, not 8)",
                 self.name,
-                entry.len()
+                slot.value.len()
             ))
         })?;
         let next = i64::from_le_bytes(current).wrapping_add(delta);
-        *entry = next.to_le_bytes().to_vec();
+        slot.value.copy_from_slice(&next.to_le_bytes());
+        self.touch(key, &mut slot, now);
         Ok(next)
     }
 
@@ -98,37 +202,210 @@ impl Store {
         expected: Option<&[u8]>,
         replacement: Option<Vec<u8>>,
     ) -> bool {
-        match (self.map.entry(key), expected) {
-            (Entry::Occupied(e), Some(x)) if e.get().as_slice() == x => {
+        let now = self.now();
+        match self.map.entry(key) {
+            Entry::Occupied(mut e) => {
+                let live = e.get().expires > now;
+                let current = live.then_some(e.get().value.as_slice());
+                if current != expected {
+                    return false;
+                }
                 match replacement {
                     Some(v) => {
-                        e.replace_entry(v);
+                        let key = e.key().clone();
+                        let slot = e.get_mut();
+                        slot.value = v;
+                        self.touch(&key, slot, now);
                     }
                     None => {
-                        e.remove();
+                        let (key, _) = e.remove_entry();
+                        self.deleted(key);
                     }
                 }
                 true
             }
-            (Entry::Vacant(e), None) => {
+            Entry::Vacant(e) => {
+                if expected.is_some() {
+                    return false;
+                }
                 if let Some(v) = replacement {
-                    e.insert(v);
+                    let slot = self.new_slot(e.key(), v, now);
+                    e.insert(slot);
                 }
                 true
             }
-            _ => false,
         }
     }
 
-    /// Entries whose key starts with `prefix`, in key order, at most `limit`.
+    /// Live entries whose key starts with `prefix`, in key order, at most `limit`.
     pub fn scan(&self, prefix: &[u8], limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let now = self.now();
         let matching: BTreeMap<Vec<u8>, Vec<u8>> = self
             .map
             .iter()
-            .filter(|e| e.key().starts_with(prefix))
-            .map(|e| (e.key().clone(), e.value().clone()))
+            .filter(|e| e.key().starts_with(prefix) && e.expires > now)
+            .map(|e| (e.key().clone(), e.value.clone()))
             .collect();
         matching.into_iter().take(limit).collect()
+    }
+
+    /// Drops expired keys.
+    pub fn sweep(&self) {
+        if self.ttl_ms.is_some() {
+            let now = now_millis();
+            self.map.retain(|_, s| s.expires > now);
+        }
+    }
+
+    /// What changed since the last call: each key with its value and expiry, or `None`
+    /// if it is gone. Called while no node runs (at a checkpoint).
+    pub fn take_changes(&self) -> Vec<(Vec<u8>, Option<(Vec<u8>, i64)>)> {
+        let Some(changed) = &self.changed else {
+            return Vec::new();
+        };
+        let mut keys = std::mem::take(&mut *changed.lock().unwrap_or_else(|e| e.into_inner()));
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter()
+            .map(|key| {
+                let now = self.map.get_mut(&key).map(|mut slot| {
+                    slot.dirty = false;
+                    (slot.value.clone(), slot.expires)
+                });
+                (key, now)
+            })
+            .collect()
+    }
+
+    /// Every live entry with its expiry, in key order.
+    pub fn entries(&self) -> Vec<Entry3> {
+        let now = self.now();
+        let mut all: Vec<Entry3> = self
+            .map
+            .iter()
+            .filter(|e| e.expires > now)
+            .map(|e| (e.key().clone(), e.value.clone(), e.expires))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// Puts back an entry from a checkpoint (not a change of its own).
+    pub fn restore(&self, key: Vec<u8>, value: Vec<u8>, expires: i64) {
+        self.map.insert(
+            key,
+            Slot {
+                value,
+                expires,
+                dirty: false,
+            },
+        );
+    }
+}
+
+/// How to take back the writes of a call into a node that trapped or failed as a whole.
+///
+/// Undoing never clobbers another replica's later write: counters are decremented by what
+/// was added, and other values are put back only if they still hold what this call wrote.
+#[derive(Debug, Default)]
+pub struct UndoLog {
+    steps: Vec<Undo>,
+}
+
+#[derive(Debug)]
+enum Undo {
+    Incr {
+        store: Arc<Store>,
+        key: Vec<u8>,
+        delta: i64,
+    },
+    /// Keys packed as in `incr-many`.
+    IncrMany {
+        store: Arc<Store>,
+        keys: Vec<u8>,
+        lengths: Vec<u32>,
+        deltas: Vec<i64>,
+    },
+    Restore {
+        store: Arc<Store>,
+        key: Vec<u8>,
+        written: Option<Vec<u8>>,
+        previous: Option<Vec<u8>>,
+    },
+}
+
+impl UndoLog {
+    /// Forgets the steps (the call they belong to succeeded).
+    pub fn clear(&mut self) {
+        self.steps.clear();
+    }
+
+    /// Whether there is nothing to undo.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    pub(crate) fn incr(&mut self, store: &Arc<Store>, key: Vec<u8>, delta: i64) {
+        let store = store.clone();
+        self.steps.push(Undo::Incr { store, key, delta });
+    }
+
+    pub(crate) fn incr_many(&mut self, store: &Arc<Store>, keys: Vec<u8>, lengths: Vec<u32>, deltas: Vec<i64>) {
+        let store = store.clone();
+        self.steps.push(Undo::IncrMany {
+            store,
+            keys,
+            lengths,
+            deltas,
+        });
+    }
+
+    pub(crate) fn restore(
+        &mut self,
+        store: &Arc<Store>,
+        key: Vec<u8>,
+        written: Option<Vec<u8>>,
+        previous: Option<Vec<u8>>,
+    ) {
+        if written != previous {
+            let store = store.clone();
+            self.steps.push(Undo::Restore {
+                store,
+                key,
+                written,
+                previous,
+            });
+        }
+    }
+
+    /// Undoes every step, last first.
+    pub fn rollback(&mut self) {
+        for step in self.steps.drain(..).rev() {
+            match step {
+                Undo::Incr { store, key, delta } => {
+                    let _ = store.incr(&key, delta.wrapping_neg());
+                }
+                Undo::IncrMany {
+                    store,
+                    keys,
+                    lengths,
+                    deltas,
+                } => {
+                    let keys = flowhost_sdk::state::split_flat(&keys, &lengths).unwrap_or_default();
+                    for (key, delta) in keys.iter().zip(deltas).rev() {
+                        let _ = store.incr(key, delta.wrapping_neg());
+                    }
+                }
+                Undo::Restore {
+                    store,
+                    key,
+                    written,
+                    previous,
+                } => {
+                    store.compare_and_swap(key, written.as_deref(), previous);
+                }
+            }
+        }
     }
 }
 
@@ -141,15 +418,20 @@ pub struct Stores {
 impl Stores {
     /// Empty stores for each `[stores.<name>]` of `graph`.
     pub fn for_graph(graph: &Graph) -> Self {
-        Self::new(graph.stores.iter().cloned())
+        Self::from_specs(&graph.stores)
     }
 
-    /// Empty stores with these names.
+    /// Empty in-memory stores with these names.
     pub fn new(names: impl IntoIterator<Item = String>) -> Self {
+        Self::from_specs(&names.into_iter().map(StoreSpec::memory).collect::<Vec<_>>())
+    }
+
+    /// Empty stores as declared.
+    pub fn from_specs(specs: &[StoreSpec]) -> Self {
         Stores {
-            by_name: names
-                .into_iter()
-                .map(|n| (n.clone(), Arc::new(Store::new(n))))
+            by_name: specs
+                .iter()
+                .map(|s| (s.name.clone(), Arc::new(Store::from_spec(s))))
                 .collect(),
         }
     }
@@ -203,6 +485,10 @@ mod tests {
         assert!(s.compare_and_swap(b"k".to_vec(), Some(b"v1"), Some(b"v2".to_vec())));
         assert!(s.compare_and_swap(b"k".to_vec(), Some(b"v2"), None));
         assert_eq!(s.get(b"k"), None);
+        assert_eq!(s.set(b"k".to_vec(), b"v3".to_vec()), None);
+        assert_eq!(s.set(b"k".to_vec(), b"v4".to_vec()), Some(b"v3".to_vec()));
+        assert_eq!(s.delete(b"k"), Some(b"v4".to_vec()));
+        assert_eq!(s.delete(b"k"), None);
         s.set(b"p/2".to_vec(), b"2".to_vec());
         s.set(b"p/1".to_vec(), b"1".to_vec());
         s.set(b"q/1".to_vec(), b"x".to_vec());
@@ -228,5 +514,71 @@ mod tests {
             .map(|k| i64::from_le_bytes(s.get(format!("k{k}").as_bytes()).unwrap().try_into().unwrap()))
             .sum();
         assert_eq!(total, 40_000);
+    }
+
+    fn durable(name: &str, ttl: Option<u64>) -> Arc<Store> {
+        Arc::new(Store::from_spec(&StoreSpec {
+            name: name.into(),
+            durability: Durability::Durable,
+            ttl: ttl.map(std::time::Duration::from_millis),
+        }))
+    }
+
+    #[test]
+    fn changes_name_each_written_key_once_and_deletions() {
+        let s = durable("d", None);
+        for _ in 0..3 {
+            s.incr(b"hot", 1).unwrap();
+        }
+        s.set(b"gone".to_vec(), b"x".to_vec());
+        s.delete(b"gone");
+        let changes = s.take_changes();
+        assert_eq!(
+            changes,
+            [
+                (b"gone".to_vec(), None),
+                (b"hot".to_vec(), Some((3i64.to_le_bytes().to_vec(), i64::MAX)))
+            ]
+        );
+        assert!(s.take_changes().is_empty(), "nothing changed since");
+        s.incr(b"hot", 1).unwrap();
+        assert_eq!(s.take_changes().len(), 1);
+        assert!(Store::new("m").take_changes().is_empty());
+    }
+
+    #[test]
+    fn expired_keys_read_as_absent_and_are_swept() {
+        let s = durable("t", Some(1));
+        s.set(b"a".to_vec(), b"1".to_vec());
+        s.incr(b"n", 5).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(s.get(b"a"), None);
+        assert!(s.scan(b"", 10).is_empty());
+        assert_eq!(s.incr(b"n", 1).unwrap(), 1, "an expired counter starts again");
+        assert!(s.compare_and_swap(b"a".to_vec(), None, Some(b"2".to_vec())));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        s.sweep();
+        assert_eq!(s.map.len(), 0);
+    }
+
+    #[test]
+    fn rollback_undoes_a_call_without_clobbering_other_writers() {
+        let s = Arc::new(Store::new("u"));
+        s.set(b"v".to_vec(), b"before".to_vec());
+        let mut undo = UndoLog::default();
+        s.incr(b"c", 5).unwrap();
+        undo.incr(&s, b"c".to_vec(), 5);
+        let previous = s.set(b"v".to_vec(), b"mine".to_vec());
+        undo.restore(&s, b"v".to_vec(), Some(b"mine".to_vec()), previous);
+        s.set(b"w".to_vec(), b"mine".to_vec());
+        undo.restore(&s, b"w".to_vec(), Some(b"mine".to_vec()), None);
+        // Another replica writes after this call.
+        s.incr(b"c", 100).unwrap();
+        s.set(b"w".to_vec(), b"theirs".to_vec());
+        undo.rollback();
+        assert_eq!(s.get(b"c"), Some(100i64.to_le_bytes().to_vec()));
+        assert_eq!(s.get(b"v"), Some(b"before".to_vec()));
+        assert_eq!(s.get(b"w"), Some(b"theirs".to_vec()));
+        assert!(undo.is_empty());
     }
 }

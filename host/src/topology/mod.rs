@@ -3,6 +3,7 @@
 //! orderly end — when the sources end (or a stop is requested) each thread drains its
 //! input, runs `finish`, and drops its senders, so the graph empties front to back.
 
+mod checkpoint;
 mod replica;
 mod router;
 
@@ -21,8 +22,10 @@ pub use router::{Envelope, Route, Router};
 use crate::engine::{Engine, LoadedModule, NodeInstance, NodeSetup, NodeTemplate};
 use crate::io::sink::SinkWriter;
 use crate::io::source;
-use crate::manifest::{ErrorPolicy, Graph, ModuleRef, Vertex};
+use crate::manifest::{ErrorPolicy, Graph, ModuleRef, SourceKind, Vertex};
 use crate::state::Stores;
+use crate::state::durable::{Checkpoint, Position, StateLog};
+use checkpoint::{Checkpointer, Gate, InFlight};
 use replica::Replica;
 
 /// Runtime knobs (command-line flags, not manifest fields).
@@ -32,6 +35,8 @@ pub struct RunOptions {
     pub batch_size: usize,
     /// Batches a channel holds before its producer waits.
     pub channel_capacity: usize,
+    /// Discard the saved state of durable stores and start the sources afresh.
+    pub fresh: bool,
 }
 
 impl Default for RunOptions {
@@ -39,6 +44,7 @@ impl Default for RunOptions {
         RunOptions {
             batch_size: 256,
             channel_capacity: 16,
+            fresh: false,
         }
     }
 }
@@ -155,6 +161,8 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// The graph's stores as the run left them.
     pub stores: Stores,
+    /// Checkpoints of durable stores taken while running (besides the last one).
+    pub checkpoints: u64,
 }
 
 impl fmt::Display for RunReport {
@@ -221,6 +229,7 @@ pub fn run(
     let _graph = tracing::info_span!("graph", graph = %graph.name).entered();
     let started = Instant::now();
     let stores = Stores::for_graph(graph);
+    let (log, resume) = open_state(graph, &stores, opts.fresh)?;
     let templates = load(graph, engine, &stores)?;
     let mut instances: Vec<Vec<NodeInstance>> = Vec::new();
     for (spec, t) in graph.nodes.iter().zip(&templates) {
@@ -230,12 +239,24 @@ pub fn run(
                 .collect::<anyhow::Result<_>>()?,
         );
     }
-    let writers: Vec<SinkWriter> = graph
+    let writers: Vec<Arc<Mutex<SinkWriter>>> = graph
         .sinks
         .iter()
-        .map(SinkWriter::open)
+        .map(|s| SinkWriter::open(s, resume.as_ref().and_then(|cp| cp.sinks.get(&s.id).copied())))
+        .map(|w| w.map(|w| Arc::new(Mutex::new(w))))
         .collect::<anyhow::Result<_>>()?;
+    let starts: Vec<Position> = graph
+        .sources
+        .iter()
+        .map(|s| resume.as_ref().and_then(|cp| cp.sources.get(&s.id).copied()).unwrap_or_default())
+        .collect();
+    if let Some(cp) = &resume {
+        let at: Vec<String> = cp.sources.iter().map(|(id, p)| format!("`{id}` at record {}", p.records)).collect();
+        tracing::info!(epoch = cp.epoch, "resuming from the last checkpoint: {}", at.join(", "));
+    }
 
+    let in_flight = InFlight::default();
+    let gate = Gate::new(starts.clone(), in_flight.clone());
     let channel = || sync_channel::<Envelope>(opts.channel_capacity);
     let (node_tx, node_rx): (Vec<Vec<_>>, Vec<Vec<_>>) = graph
         .nodes
@@ -251,7 +272,10 @@ pub fn run(
                 Vertex::Sink(k) => vec![sink_tx[k].clone()],
                 Vertex::Source(_) => unreachable!("validated: edges never end at a source"),
             };
-            r.add(e.from_port, Route::new(targets, e.to_port, e.connection));
+            r.add(
+                e.from_port,
+                Route::new(targets, e.to_port, e.connection, in_flight.clone()),
+            );
         }
         r
     };
@@ -272,6 +296,7 @@ pub fn run(
                 stats: stats[i].clone(),
                 shutdown: shutdown.clone(),
                 provenance: graph.provenance,
+                in_flight: in_flight.clone(),
             };
             replicas.push((replica, rx));
         }
@@ -282,33 +307,55 @@ pub fn run(
     // Only the routers hold senders now: each channel closes when its producers end.
     drop((node_tx, sink_tx));
 
+    let mut checkpointer = Checkpointer {
+        graph,
+        log,
+        stores: stores.clone(),
+        sinks: writers.clone(),
+        taken: 0,
+        longest_pause: Duration::ZERO,
+    };
+    let expiring = graph.stores.iter().any(|s| s.ttl.is_some());
     let (sources, sinks) = std::thread::scope(|s| {
         let sinks: Vec<_> = writers
-            .into_iter()
+            .iter()
             .zip(sink_rx)
             .zip(&graph.sinks)
-            .map(|((w, rx), spec)| s.spawn(move || drain_sink(&spec.id, w, rx, shutdown)))
+            .map(|((w, rx), spec)| {
+                let in_flight = in_flight.clone();
+                s.spawn(move || drain_sink(&spec.id, w, rx, shutdown, &in_flight))
+            })
             .collect();
         for (replica, rx) in replicas {
             let span = tracing::info_span!("node", node = %replica.id);
             s.spawn(move || span.in_scope(|| replica.run(rx)));
         }
+        if checkpointer.log.is_some() || expiring {
+            let (gate, checkpointer) = (&gate, &mut checkpointer);
+            s.spawn(move || checkpointer.run(gate, graph.checkpoint.interval, shutdown));
+        }
         let sources: Vec<_> = graph
             .sources
             .iter()
             .zip(source_routers)
-            .map(|(spec, mut router)| {
+            .zip(&starts)
+            .enumerate()
+            .map(|(i, ((spec, mut router), &start))| {
                 let span = tracing::info_span!("source", source = %spec.id);
+                let gate = &gate;
                 s.spawn(move || {
                     let _entered = span.enter();
-                    let sent = source::run(spec, opts.batch_size, shutdown, |batch| {
+                    let reached = source::run(spec, opts.batch_size, start, shutdown, |batch, at| {
                         router.send(0, batch);
+                        gate.boundary(i, at);
                         true
                     });
-                    sent.unwrap_or_else(|e| {
+                    let end = reached.unwrap_or_else(|e| {
                         shutdown.fail(e);
-                        0
-                    })
+                        start
+                    });
+                    gate.finished(i, end);
+                    end.records - start.records
                 })
             })
             .collect();
@@ -317,6 +364,20 @@ pub fn run(
         let sinks: Vec<u64> = sinks.into_iter().map(join).collect();
         (sources, sinks)
     });
+
+    // Everything has drained: the last checkpoint. After a failure the state may hold
+    // part of a batch that was cut short, so the previous checkpoint stays the last.
+    if checkpointer.log.is_some() && shutdown.failure().is_none() {
+        let complete = !shutdown.is_stopping();
+        let epoch = checkpointer.commit(gate.positions(), complete)?;
+        tracing::info!(
+            epoch,
+            checkpoints = checkpointer.taken,
+            longest_pause = ?checkpointer.longest_pause,
+            "state saved in {}",
+            graph.checkpoint.dir.display()
+        );
+    }
 
     Ok(RunReport {
         nodes: graph
@@ -331,28 +392,66 @@ pub fn run(
         failure: shutdown.failure(),
         elapsed: started.elapsed(),
         stores,
+        checkpoints: checkpointer.taken,
     })
 }
 
-fn drain_sink(id: &str, mut writer: SinkWriter, rx: Receiver<Envelope>, shutdown: &Shutdown) -> u64 {
+/// Opens the state directory of a graph with durable stores, loads the stores from it,
+/// and says where to resume if the last run did not finish.
+fn open_state(
+    graph: &Graph,
+    stores: &Stores,
+    fresh: bool,
+) -> anyhow::Result<(Option<StateLog>, Option<Checkpoint>)> {
+    if !graph.is_durable() {
+        return Ok((None, None));
+    }
+    let (log, recovered) = StateLog::open(&graph.checkpoint.dir, stores, fresh)?;
+    let resume = recovered.resumable().cloned();
+    if recovered.records > 0 {
+        let keys: usize = recovered.stores.values().map(|s| s.len()).sum();
+        tracing::info!("restored {keys} keys of durable stores from {}", log.dir().display());
+    }
+    if resume.is_some() && graph.sources.iter().any(|s| matches!(s.kind, SourceKind::Stdin)) {
+        tracing::warn!("resuming a graph that reads standard input: input read before the restart is not read again");
+    }
+    Ok((Some(log), resume))
+}
+
+fn drain_sink(
+    id: &str,
+    writer: &Mutex<SinkWriter>,
+    rx: Receiver<Envelope>,
+    shutdown: &Shutdown,
+    in_flight: &InFlight,
+) -> u64 {
     let mut written = 0;
     let mut broken = false;
     for env in rx {
-        if broken {
-            continue;
+        if !broken {
+            broken = !write_batch(id, writer, &env, shutdown, &mut written);
         }
-        match writer.write(&env.msgs) {
-            Ok(()) => written += env.msgs.len() as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                // The reader went away (`| head`): stop reading sources, quietly.
-                broken = true;
-                shutdown.request_stop();
-            }
-            Err(e) => {
-                broken = true;
-                shutdown.fail(format!("sink `{id}`: {e}"));
-            }
-        }
+        in_flight.done();
     }
     written
+}
+
+/// Writes a batch; false if the sink is broken from now on.
+fn write_batch(id: &str, writer: &Mutex<SinkWriter>, env: &Envelope, shutdown: &Shutdown, written: &mut u64) -> bool {
+    let result = writer.lock().unwrap_or_else(|e| e.into_inner()).write(&env.msgs);
+    match result {
+        Ok(()) => {
+            *written += env.msgs.len() as u64;
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            // The reader went away (`| head`): stop reading sources, quietly.
+            shutdown.request_stop();
+            false
+        }
+        Err(e) => {
+            shutdown.fail(format!("sink `{id}`: {e}"));
+            false
+        }
+    }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use flowhost_sdk::{ErrorKind, NodeError};
 
+use super::checkpoint::InFlight;
 use super::router::{Envelope, Router};
 use super::{NodeStats, Shutdown};
 use crate::engine::{CallError, NodeInstance};
@@ -52,6 +53,7 @@ pub(super) struct Replica {
     pub stats: Arc<NodeStats>,
     pub shutdown: Arc<Shutdown>,
     pub provenance: bool,
+    pub in_flight: InFlight,
 }
 
 impl Replica {
@@ -59,13 +61,13 @@ impl Replica {
         let mut stopped = false;
         for env in input.iter() {
             // After a stop, keep draining so producers never block on us.
-            if stopped {
-                continue;
+            if !stopped {
+                NodeStats::add(&self.stats.received, env.msgs.len());
+                if let Err(reason) = self.batch(&env) {
+                    stopped = self.stop(reason);
+                }
             }
-            NodeStats::add(&self.stats.received, env.msgs.len());
-            if let Err(reason) = self.batch(&env) {
-                stopped = self.stop(reason);
-            }
+            self.in_flight.done();
         }
         if !stopped {
             let finished = self.instance.finish().map_err(|e| format!("finish failed: {e}"));
@@ -217,10 +219,14 @@ impl Replica {
                 dead.headers
                     .set(headers::TIME, now_millis().to_string().as_bytes());
                 if let Some(dlq) = &self.dead_letter {
-                    let _ = dlq.send(Envelope {
+                    self.in_flight.sent();
+                    let env = Envelope {
                         port: 0,
                         msgs: vec![dead],
-                    });
+                    };
+                    if dlq.send(env).is_err() {
+                        self.in_flight.done();
+                    }
                 }
                 NodeStats::add(&self.stats.dead_lettered, 1);
                 tracing::warn!("dead-lettered a message: {kind}: {error}");

@@ -5,6 +5,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::mpsc::SyncSender;
 
+use super::checkpoint::InFlight;
 use crate::manifest::Connection;
 use crate::message::Msg;
 
@@ -23,11 +24,18 @@ pub struct Route {
     connection: Connection,
     next: usize,
     pending: Vec<Vec<Msg>>,
+    in_flight: InFlight,
 }
 
 impl Route {
-    /// An edge to `targets` (one sender per consumer replica), arriving on `in_port`.
-    pub fn new(targets: Vec<SyncSender<Envelope>>, in_port: u16, connection: Connection) -> Self {
+    /// An edge to `targets` (one sender per consumer replica), arriving on `in_port`;
+    /// each batch sent is counted in `in_flight`.
+    pub fn new(
+        targets: Vec<SyncSender<Envelope>>,
+        in_port: u16,
+        connection: Connection,
+        in_flight: InFlight,
+    ) -> Self {
         let pending = targets.iter().map(|_| Vec::new()).collect();
         Route {
             targets,
@@ -35,6 +43,19 @@ impl Route {
             connection,
             next: 0,
             pending,
+            in_flight,
+        }
+    }
+
+    fn send_to(&self, i: usize, msgs: Vec<Msg>) {
+        self.in_flight.sent();
+        let env = Envelope {
+            port: self.in_port,
+            msgs,
+        };
+        // A consumer that is gone has stopped the graph; what it would get is moot.
+        if self.targets[i].send(env).is_err() {
+            self.in_flight.done();
         }
     }
 
@@ -44,11 +65,7 @@ impl Route {
         if self.targets.len() == 1 || self.connection == Connection::RoundRobin {
             let i = self.next % self.targets.len();
             self.next = self.next.wrapping_add(1);
-            // A consumer that is gone has stopped the graph; what it would get is moot.
-            let _ = self.targets[i].send(Envelope {
-                port: self.in_port,
-                msgs,
-            });
+            self.send_to(i, msgs);
             return;
         }
         for msg in msgs {
@@ -81,16 +98,11 @@ impl Route {
     }
 
     fn flush(&mut self) {
-        for (i, pending) in self.pending.iter_mut().enumerate() {
-            if pending.is_empty() {
-                continue;
+        for i in 0..self.pending.len() {
+            if !self.pending[i].is_empty() {
+                let msgs = std::mem::take(&mut self.pending[i]);
+                self.send_to(i, msgs);
             }
-            let msgs = std::mem::take(pending);
-            // A consumer that is gone has stopped the graph; what it would get is moot.
-            let _ = self.targets[i].send(Envelope {
-                port: self.in_port,
-                msgs,
-            });
         }
         self.next = self.next.wrapping_add(1);
     }
@@ -159,7 +171,7 @@ mod tests {
     fn key_hash_keeps_each_key_on_one_replica_in_order() {
         let (tx, rx) = replicas(3);
         let mut router = Router::new(1);
-        router.add(0, Route::new(tx, 0, Connection::KeyHash));
+        router.add(0, Route::new(tx, 0, Connection::KeyHash, InFlight::default()));
         for round in 0..4 {
             router.send(
                 0,
@@ -196,8 +208,8 @@ mod tests {
         let (rr_tx, rr_rx) = replicas(2);
         let (bc_tx, bc_rx) = replicas(2);
         let mut router = Router::new(1);
-        router.add(0, Route::new(rr_tx, 0, Connection::RoundRobin));
-        router.add(0, Route::new(bc_tx, 1, Connection::Broadcast));
+        router.add(0, Route::new(rr_tx, 0, Connection::RoundRobin, InFlight::default()));
+        router.add(0, Route::new(bc_tx, 1, Connection::Broadcast, InFlight::default()));
         router.send(0, vec![Msg::new("a", None)]);
         router.send(0, vec![Msg::new("b", None)]);
         assert_eq!(drain(&rr_rx[0]), ["a"]);
