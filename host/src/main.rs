@@ -120,7 +120,9 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let saved = Saved::read(&graph)?;
             match query {
                 None => print!("{}", saved.summary()),
-                Some(StateQuery::Dump { store, prefix, json }) => print!("{}", saved.dump(&store, &prefix, json)?),
+                Some(StateQuery::Dump { store, prefix, json }) => {
+                    print!("{}", saved.dump(&store, &prefix, json)?)
+                }
                 Some(StateQuery::Get { store, key }) => match saved.get(&store, &key)? {
                     Some(value) => println!("{value}"),
                     None => {

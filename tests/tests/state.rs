@@ -190,3 +190,37 @@ fn the_join_graph_joins_customers_and_purchases_left() -> Result<()> {
     assert_eq!(store.scan(b"p\0", 100), vec![], "no purchase left waiting");
     Ok(())
 }
+
+#[test]
+fn writes_of_a_call_that_traps_are_undone_so_each_message_counts_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("in.txt"), "a\nb\ntrap\nc\npanic\nbad\na\n")?;
+    let node = "crate = \"{functions}/faulty\"\nstate = { counts = \"rw\" }\non_error = \"skip\"\n\
+                config = { count_in = \"counts\" }";
+    let toml = flowhost_tests::chain(
+        "kind = \"file\"\npath = \"in.txt\"",
+        "faulty",
+        node,
+        "round-robin",
+    ) + "[stores.counts]\n";
+    let out = run_captured(graph_in(dir.path(), &toml)?, dir.path())?;
+    assert_eq!(out.report.failure, None);
+    assert_eq!(out.lines("out"), ["a", "b", "c", "a"]);
+    let counts = out.report.stores.get("counts").unwrap();
+    // The batch trapped at `trap` and was re-run message by message: `a` and `b` were
+    // counted before the trap and again in the re-run, yet count once per message.
+    assert_eq!(counter(counts, "a"), Some(2));
+    assert_eq!(counter(counts, "b"), Some(1));
+    assert_eq!(counter(counts, "c"), Some(1));
+    // Calls that trapped left nothing; an error returned for one message of a call that
+    // succeeded keeps that message's writes (the call is what is all-or-nothing).
+    assert_eq!(counter(counts, "trap"), None);
+    assert_eq!(counter(counts, "panic"), None);
+    assert_eq!(counter(counts, "bad"), Some(1));
+    assert_eq!(
+        out.node("faulty").traps,
+        3,
+        "the batch, then `trap` and `panic` alone"
+    );
+    Ok(())
+}

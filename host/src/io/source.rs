@@ -59,9 +59,15 @@ pub fn run(
             }
             let stdin = BufReader::new(std::io::stdin().lock());
             let from = Position::default();
-            lines(stdin, batch_size, from, shutdown, true, &mut send, |_, _, line| {
-                Ok(Msg::new(line, None))
-            })
+            lines(
+                stdin,
+                batch_size,
+                from,
+                shutdown,
+                true,
+                &mut send,
+                |_, _, line| Ok(Msg::new(line, None)),
+            )
         }
         SourceKind::Jsonl {
             path,
@@ -91,7 +97,15 @@ pub fn run(
             payload_size,
             keys,
         } => {
-            let end = generate(*count, *payload_size, *keys, batch_size, start.records, shutdown, &mut send);
+            let end = generate(
+                *count,
+                *payload_size,
+                *keys,
+                batch_size,
+                start.records,
+                shutdown,
+                &mut send,
+            );
             Ok(Position {
                 offset: 0,
                 records: end,
@@ -132,7 +146,10 @@ fn lines<R: Read>(
             batch.push(make(at.records, ts, Bytes::copy_from_slice(&buf[..end]))?);
         }
         let flush = batch.len() >= batch_size || n == 0 || (eager && reader.buffer().is_empty());
-        if flush && !batch.is_empty() && !send(std::mem::replace(&mut batch, Vec::with_capacity(batch_size)), at) {
+        if flush
+            && !batch.is_empty()
+            && !send(std::mem::replace(&mut batch, Vec::with_capacity(batch_size)), at)
+        {
             break;
         }
         if n == 0 {

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::Stores;
+use super::{Change, Entries, Stores};
 
 const MAGIC: &[u8; 8] = b"FHSTATE1";
 const LOG: &str = "state.log";
@@ -45,9 +45,6 @@ pub struct Position {
     /// Records emitted so far.
     pub records: u64,
 }
-
-/// A store key's new state: value and expiry, or gone.
-pub type Change = (Vec<u8>, Option<(Vec<u8>, i64)>);
 
 /// One record of the log.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -70,7 +67,7 @@ pub struct Checkpoint {
 #[derive(Debug, Default)]
 pub struct Recovered {
     /// Store name → key → (value, expiry).
-    pub stores: BTreeMap<String, BTreeMap<Vec<u8>, (Vec<u8>, i64)>>,
+    pub stores: BTreeMap<String, Entries>,
     /// The last checkpoint, without its changes.
     pub last: Option<Checkpoint>,
     /// Records read.
@@ -178,7 +175,8 @@ impl StateLog {
     /// Locks `dir` (one run at a time), reads its log and loads the durable stores of
     /// `stores` from it. `fresh` discards what was there.
     pub fn open(dir: &Path, stores: &Stores, fresh: bool) -> anyhow::Result<(StateLog, Recovered)> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -191,11 +189,7 @@ impl StateLog {
                 dir.display()
             )
         })?;
-        let recovered = if fresh {
-            Recovered::default()
-        } else {
-            read(dir)?
-        };
+        let recovered = if fresh { Recovered::default() } else { read(dir)? };
         for (name, entries) in &recovered.stores {
             match stores.get(name) {
                 Some(store) if store.is_durable() => {
@@ -280,7 +274,7 @@ fn write_snapshot(dir: &Path, mut meta: Checkpoint, stores: &Stores) -> anyhow::
         .filter(|s| s.is_durable())
         .map(|s| {
             s.take_changes();
-            let all = s.entries().into_iter().map(|(k, v, e)| (k, Some((v, e))));
+            let all = s.entries().into_iter().map(|(k, held)| (k, Some(held)));
             (s.name().to_owned(), all.collect())
         })
         .collect();
@@ -299,4 +293,80 @@ fn write_snapshot(dir: &Path, mut meta: Checkpoint, stores: &Stores) -> anyhow::
     };
     let file = write().with_context(|| format!("writing a snapshot to {}", path.display()))?;
     Ok((file, record.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Durability, StoreSpec};
+
+    fn stores() -> Stores {
+        let spec = |name: &str, durability| StoreSpec {
+            durability,
+            ..StoreSpec::memory(name)
+        };
+        Stores::from_specs(&[spec("d", Durability::Durable), spec("m", Durability::Memory)])
+    }
+
+    fn at(records: u64) -> Checkpoint {
+        let mut cp = Checkpoint::default();
+        cp.sources.insert("src".into(), Position { offset: 0, records });
+        cp
+    }
+
+    #[test]
+    fn recovers_committed_changes_and_drops_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = stores();
+            let (mut log, recovered) = StateLog::open(dir.path(), &s, false).unwrap();
+            assert!(recovered.last.is_none());
+            s.get("d").unwrap().incr(b"n", 5).unwrap();
+            s.get("d").unwrap().set(b"gone".to_vec(), b"x".to_vec());
+            s.get("m").unwrap().set(b"m".to_vec(), b"not saved".to_vec());
+            assert_eq!(log.commit(at(10), &s).unwrap(), 1);
+            s.get("d").unwrap().incr(b"n", 1).unwrap();
+            s.get("d").unwrap().delete(b"gone");
+            assert_eq!(log.commit(at(20), &s).unwrap(), 2);
+            s.get("d").unwrap().incr(b"n", 100).unwrap(); // never committed
+        }
+        // A crash in the middle of appending the third checkpoint.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(LOG))
+            .unwrap();
+        f.write_all(&encode(&at(30)).unwrap()[..11]).unwrap();
+        drop(f);
+
+        let s = stores();
+        let (_log, recovered) = StateLog::open(dir.path(), &s, false).unwrap();
+        let d = s.get("d").unwrap();
+        assert_eq!(d.get(b"n"), Some(6i64.to_le_bytes().to_vec()));
+        assert_eq!(d.get(b"gone"), None);
+        assert!(s.get("m").unwrap().is_empty());
+        let last = recovered.resumable().unwrap();
+        assert_eq!((last.epoch, last.sources["src"].records), (2, 20));
+        // Reopening rewrote the log as one snapshot of the same state.
+        let again = read(dir.path()).unwrap();
+        assert_eq!(again.records, 1);
+        assert_eq!(again.stores["d"].len(), 1);
+    }
+
+    #[test]
+    fn a_fresh_open_discards_and_a_foreign_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = stores();
+            let (mut log, _) = StateLog::open(dir.path(), &s, false).unwrap();
+            s.get("d").unwrap().incr(b"n", 1).unwrap();
+            log.commit(at(1), &s).unwrap();
+        }
+        let s = stores();
+        let (_log, recovered) = StateLog::open(dir.path(), &s, true).unwrap();
+        assert!(recovered.last.is_none() && s.get("d").unwrap().is_empty());
+        drop(_log);
+        std::fs::write(dir.path().join(LOG), b"something else").unwrap();
+        let err = read(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with("state.log is not a flowhost state log"), "{err}");
+    }
 }

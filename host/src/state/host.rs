@@ -104,8 +104,8 @@ impl state::Host for HostState {
 
     fn incr(&mut self, store: u32, key: Vec<u8>, delta: i64) -> Res<i64> {
         let store = self.grant(store, true)?.store.clone();
-        let next = store.incr(&key, delta).map_err(to_wit)?;
-        self.undo.incr(&store, key, delta);
+        let (next, created) = store.incr_created(&key, delta).map_err(to_wit)?;
+        self.undo.incr(&store, key, delta, created);
         Ok(next)
     }
 
@@ -118,6 +118,7 @@ impl state::Host for HostState {
     ) -> Res<Vec<i64>> {
         let store = self.grant(store, true)?.store.clone();
         let mut results = Vec::with_capacity(deltas.len());
+        let mut created = Vec::with_capacity(deltas.len());
         let mut failed = None;
         {
             let split = flowhost_sdk::state::split_flat(&keys, &key_lengths)
@@ -132,8 +133,11 @@ impl state::Host for HostState {
                     ))
                 })?;
             for (k, &delta) in split.iter().zip(&deltas) {
-                match store.incr(k, delta) {
-                    Ok(next) => results.push(next),
+                match store.incr_created(k, delta) {
+                    Ok((next, new)) => {
+                        results.push(next);
+                        created.push(new);
+                    }
                     Err(e) => {
                         failed = Some(e);
                         break;
@@ -149,7 +153,7 @@ impl state::Host for HostState {
             key_lengths.truncate(applied);
             deltas.truncate(applied);
         }
-        self.undo.incr_many(&store, keys, key_lengths, deltas);
+        self.undo.incr_many(&store, (keys, key_lengths), deltas, created);
         match failed {
             Some(e) => Err(to_wit(e)),
             None => Ok(results),

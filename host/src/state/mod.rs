@@ -14,8 +14,8 @@
 //! the sources from there. Keys of a store with `ttl_ms` expire that long after their last
 //! write (wall-clock time); expired keys read as absent and are swept at checkpoints.
 
-mod host;
 pub mod durable;
+mod host;
 pub mod show;
 
 use std::collections::BTreeMap;
@@ -37,8 +37,14 @@ struct Slot {
     dirty: bool,
 }
 
-/// A live entry as a checkpoint keeps it: key, value, expiry.
-pub type Entry3 = (Vec<u8>, Vec<u8>, i64);
+/// A value and when it expires (milliseconds since the epoch; `i64::MAX`: never).
+pub type Held = (Vec<u8>, i64);
+
+/// A key's new state: its value and expiry, or gone.
+pub type Change = (Vec<u8>, Option<Held>);
+
+/// A store's entries, in key order.
+pub type Entries = BTreeMap<Vec<u8>, Held>;
 
 /// One named store: keys and values are bytes; counters are 8-byte little-endian `i64`s.
 #[derive(Debug)]
@@ -110,7 +116,10 @@ impl Store {
             && !slot.dirty
         {
             slot.dirty = true;
-            changed.lock().unwrap_or_else(|e| e.into_inner()).push(key.to_vec());
+            changed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(key.to_vec());
         }
     }
 
@@ -169,16 +178,23 @@ impl Store {
 
     /// Adds `delta` to the counter at `key` (absent: 0) and returns the new value.
     pub fn incr(&self, key: &[u8], delta: i64) -> Result<i64, NodeError> {
+        self.incr_created(key, delta).map(|(next, _)| next)
+    }
+
+    /// [`Store::incr`], and whether the counter was absent before.
+    pub fn incr_created(&self, key: &[u8], delta: i64) -> Result<(i64, bool), NodeError> {
         let now = self.now();
         // Existing counters (the hot case) are updated without allocating a key.
+        let mut created = false;
         let mut slot = match self.map.get_mut(key) {
             Some(slot) => slot,
-            None => self
-                .map
-                .entry(key.to_vec())
-                .or_insert_with(|| self.new_slot(key, 0i64.to_le_bytes().to_vec(), now)),
+            None => self.map.entry(key.to_vec()).or_insert_with(|| {
+                created = true;
+                self.new_slot(key, 0i64.to_le_bytes().to_vec(), now)
+            }),
         };
         if slot.expires <= now {
+            created = true;
             slot.value = 0i64.to_le_bytes().to_vec();
         }
         let current: [u8; 8] = slot.value.as_slice().try_into().map_err(|_| {
@@ -191,7 +207,17 @@ impl Store {
         let next = i64::from_le_bytes(current).wrapping_add(delta);
         slot.value.copy_from_slice(&next.to_le_bytes());
         self.touch(key, &mut slot, now);
-        Ok(next)
+        Ok((next, created))
+    }
+
+    /// Takes back an increment: subtracts `delta`, and removes the counter if the
+    /// increment created it and nothing else has changed it since.
+    fn unincr(&self, key: &[u8], delta: i64, created: bool) {
+        if let Ok(0) = self.incr(key, delta.wrapping_neg())
+            && created
+        {
+            self.compare_and_swap(key.to_vec(), Some(&0i64.to_le_bytes()), None);
+        }
     }
 
     /// Replaces the value at `key` with `replacement` (`None`: removes it) if it is
@@ -259,7 +285,7 @@ impl Store {
 
     /// What changed since the last call: each key with its value and expiry, or `None`
     /// if it is gone. Called while no node runs (at a checkpoint).
-    pub fn take_changes(&self) -> Vec<(Vec<u8>, Option<(Vec<u8>, i64)>)> {
+    pub fn take_changes(&self) -> Vec<Change> {
         let Some(changed) = &self.changed else {
             return Vec::new();
         };
@@ -278,16 +304,13 @@ impl Store {
     }
 
     /// Every live entry with its expiry, in key order.
-    pub fn entries(&self) -> Vec<Entry3> {
+    pub fn entries(&self) -> Entries {
         let now = self.now();
-        let mut all: Vec<Entry3> = self
-            .map
+        self.map
             .iter()
             .filter(|e| e.expires > now)
-            .map(|e| (e.key().clone(), e.value.clone(), e.expires))
-            .collect();
-        all.sort_unstable();
-        all
+            .map(|e| (e.key().clone(), (e.value.clone(), e.expires)))
+            .collect()
     }
 
     /// Puts back an entry from a checkpoint (not a change of its own).
@@ -318,6 +341,7 @@ enum Undo {
         store: Arc<Store>,
         key: Vec<u8>,
         delta: i64,
+        created: bool,
     },
     /// Keys packed as in `incr-many`.
     IncrMany {
@@ -325,6 +349,7 @@ enum Undo {
         keys: Vec<u8>,
         lengths: Vec<u32>,
         deltas: Vec<i64>,
+        created: Vec<bool>,
     },
     Restore {
         store: Arc<Store>,
@@ -345,18 +370,30 @@ impl UndoLog {
         self.steps.is_empty()
     }
 
-    pub(crate) fn incr(&mut self, store: &Arc<Store>, key: Vec<u8>, delta: i64) {
+    pub(crate) fn incr(&mut self, store: &Arc<Store>, key: Vec<u8>, delta: i64, created: bool) {
         let store = store.clone();
-        self.steps.push(Undo::Incr { store, key, delta });
+        self.steps.push(Undo::Incr {
+            store,
+            key,
+            delta,
+            created,
+        });
     }
 
-    pub(crate) fn incr_many(&mut self, store: &Arc<Store>, keys: Vec<u8>, lengths: Vec<u32>, deltas: Vec<i64>) {
+    pub(crate) fn incr_many(
+        &mut self,
+        store: &Arc<Store>,
+        (keys, lengths): (Vec<u8>, Vec<u32>),
+        deltas: Vec<i64>,
+        created: Vec<bool>,
+    ) {
         let store = store.clone();
         self.steps.push(Undo::IncrMany {
             store,
             keys,
             lengths,
             deltas,
+            created,
         });
     }
 
@@ -382,18 +419,22 @@ impl UndoLog {
     pub fn rollback(&mut self) {
         for step in self.steps.drain(..).rev() {
             match step {
-                Undo::Incr { store, key, delta } => {
-                    let _ = store.incr(&key, delta.wrapping_neg());
-                }
+                Undo::Incr {
+                    store,
+                    key,
+                    delta,
+                    created,
+                } => store.unincr(&key, delta, created),
                 Undo::IncrMany {
                     store,
                     keys,
                     lengths,
                     deltas,
+                    created,
                 } => {
                     let keys = flowhost_sdk::state::split_flat(&keys, &lengths).unwrap_or_default();
-                    for (key, delta) in keys.iter().zip(deltas).rev() {
-                        let _ = store.incr(key, delta.wrapping_neg());
+                    for ((key, delta), created) in keys.iter().zip(deltas).zip(created).rev() {
+                        store.unincr(key, delta, created);
                     }
                 }
                 Undo::Restore {
@@ -566,8 +607,10 @@ mod tests {
         let s = Arc::new(Store::new("u"));
         s.set(b"v".to_vec(), b"before".to_vec());
         let mut undo = UndoLog::default();
-        s.incr(b"c", 5).unwrap();
-        undo.incr(&s, b"c".to_vec(), 5);
+        let (_, created) = s.incr_created(b"c", 5).unwrap();
+        undo.incr(&s, b"c".to_vec(), 5, created);
+        s.incr(b"made", 1).unwrap();
+        undo.incr(&s, b"made".to_vec(), 1, true);
         let previous = s.set(b"v".to_vec(), b"mine".to_vec());
         undo.restore(&s, b"v".to_vec(), Some(b"mine".to_vec()), previous);
         s.set(b"w".to_vec(), b"mine".to_vec());
@@ -577,6 +620,7 @@ mod tests {
         s.set(b"w".to_vec(), b"theirs".to_vec());
         undo.rollback();
         assert_eq!(s.get(b"c"), Some(100i64.to_le_bytes().to_vec()));
+        assert_eq!(s.get(b"made"), None, "a counter the call created is gone");
         assert_eq!(s.get(b"v"), Some(b"before".to_vec()));
         assert_eq!(s.get(b"w"), Some(b"theirs".to_vec()));
         assert!(undo.is_empty());

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use super::Entries;
 use super::durable::{self, Recovered};
 use crate::io::source::now_millis;
 use crate::manifest::{Durability, Graph};
@@ -47,15 +48,22 @@ impl<'g> Saved<'g> {
     /// Each store: durability, TTL and saved keys; then the last checkpoint.
     pub fn summary(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "state of graph `{}` in {}", self.graph.name, self.graph.checkpoint.dir.display());
+        let _ = writeln!(
+            out,
+            "state of graph `{}` in {}",
+            self.graph.name,
+            self.graph.checkpoint.dir.display()
+        );
         for spec in &self.graph.stores {
             let ttl = spec.ttl.map(|t| format!(", ttl {t:?}")).unwrap_or_default();
             let held = match spec.durability {
                 Durability::Durable => {
                     let now = now_millis();
-                    let keys = self.recovered.stores.get(&spec.name).map_or(0, |s| {
-                        s.values().filter(|(_, expires)| *expires > now).count()
-                    });
+                    let keys = self
+                        .recovered
+                        .stores
+                        .get(&spec.name)
+                        .map_or(0, |s| s.values().filter(|(_, expires)| *expires > now).count());
                     format!("{keys} keys")
                 }
                 Durability::Memory => "in memory only: nothing saved".to_owned(),
@@ -114,16 +122,21 @@ impl<'g> Saved<'g> {
             .map(|(v, _)| text(&render(v))))
     }
 
-    fn entries(&self, store: &str) -> anyhow::Result<&std::collections::BTreeMap<Vec<u8>, (Vec<u8>, i64)>> {
-        static EMPTY: std::collections::BTreeMap<Vec<u8>, (Vec<u8>, i64)> = std::collections::BTreeMap::new();
-        let spec = self.graph.stores.iter().find(|s| s.name == store).ok_or_else(|| {
-            let names: Vec<&str> = self.graph.stores.iter().map(|s| s.name.as_str()).collect();
-            anyhow::anyhow!(
-                "graph `{}` has no store `{store}` (its stores: {})",
-                self.graph.name,
-                names.join(", ")
-            )
-        })?;
+    fn entries(&self, store: &str) -> anyhow::Result<&Entries> {
+        static EMPTY: Entries = Entries::new();
+        let spec = self
+            .graph
+            .stores
+            .iter()
+            .find(|s| s.name == store)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.graph.stores.iter().map(|s| s.name.as_str()).collect();
+                anyhow::anyhow!(
+                    "graph `{}` has no store `{store}` (its stores: {})",
+                    self.graph.name,
+                    names.join(", ")
+                )
+            })?;
         anyhow::ensure!(
             spec.durability == Durability::Durable,
             "store `{store}` is kept in memory only; declare it `durability = \"durable\"` to keep and inspect it"

@@ -209,7 +209,13 @@ impl Checkpointer<'_> {
             complete,
             ..Checkpoint::default()
         };
-        meta.sources = self.graph.sources.iter().map(|s| s.id.clone()).zip(positions).collect();
+        meta.sources = self
+            .graph
+            .sources
+            .iter()
+            .map(|s| s.id.clone())
+            .zip(positions)
+            .collect();
         for (spec, sink) in self.graph.sinks.iter().zip(&self.sinks) {
             let mut w = sink.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(len) = w.commit()? {

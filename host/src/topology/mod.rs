@@ -248,11 +248,24 @@ pub fn run(
     let starts: Vec<Position> = graph
         .sources
         .iter()
-        .map(|s| resume.as_ref().and_then(|cp| cp.sources.get(&s.id).copied()).unwrap_or_default())
+        .map(|s| {
+            resume
+                .as_ref()
+                .and_then(|cp| cp.sources.get(&s.id).copied())
+                .unwrap_or_default()
+        })
         .collect();
     if let Some(cp) = &resume {
-        let at: Vec<String> = cp.sources.iter().map(|(id, p)| format!("`{id}` at record {}", p.records)).collect();
-        tracing::info!(epoch = cp.epoch, "resuming from the last checkpoint: {}", at.join(", "));
+        let at: Vec<String> = cp
+            .sources
+            .iter()
+            .map(|(id, p)| format!("`{id}` at record {}", p.records))
+            .collect();
+        tracing::info!(
+            epoch = cp.epoch,
+            "resuming from the last checkpoint: {}",
+            at.join(", ")
+        );
     }
 
     let in_flight = InFlight::default();
@@ -410,10 +423,15 @@ fn open_state(
     let resume = recovered.resumable().cloned();
     if recovered.records > 0 {
         let keys: usize = recovered.stores.values().map(|s| s.len()).sum();
-        tracing::info!("restored {keys} keys of durable stores from {}", log.dir().display());
+        tracing::info!(
+            "restored {keys} keys of durable stores from {}",
+            log.dir().display()
+        );
     }
     if resume.is_some() && graph.sources.iter().any(|s| matches!(s.kind, SourceKind::Stdin)) {
-        tracing::warn!("resuming a graph that reads standard input: input read before the restart is not read again");
+        tracing::warn!(
+            "resuming a graph that reads standard input: input read before the restart is not read again"
+        );
     }
     Ok((Some(log), resume))
 }
@@ -437,7 +455,13 @@ fn drain_sink(
 }
 
 /// Writes a batch; false if the sink is broken from now on.
-fn write_batch(id: &str, writer: &Mutex<SinkWriter>, env: &Envelope, shutdown: &Shutdown, written: &mut u64) -> bool {
+fn write_batch(
+    id: &str,
+    writer: &Mutex<SinkWriter>,
+    env: &Envelope,
+    shutdown: &Shutdown,
+    written: &mut u64,
+) -> bool {
     let result = writer.lock().unwrap_or_else(|e| e.into_inner()).write(&env.msgs);
     match result {
         Ok(()) => {

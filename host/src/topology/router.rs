@@ -208,8 +208,14 @@ mod tests {
         let (rr_tx, rr_rx) = replicas(2);
         let (bc_tx, bc_rx) = replicas(2);
         let mut router = Router::new(1);
-        router.add(0, Route::new(rr_tx, 0, Connection::RoundRobin, InFlight::default()));
-        router.add(0, Route::new(bc_tx, 1, Connection::Broadcast, InFlight::default()));
+        router.add(
+            0,
+            Route::new(rr_tx, 0, Connection::RoundRobin, InFlight::default()),
+        );
+        router.add(
+            0,
+            Route::new(bc_tx, 1, Connection::Broadcast, InFlight::default()),
+        );
         router.send(0, vec![Msg::new("a", None)]);
         router.send(0, vec![Msg::new("b", None)]);
         assert_eq!(drain(&rr_rx[0]), ["a"]);
