@@ -224,3 +224,66 @@ fn writes_of_a_call_that_traps_are_undone_so_each_message_counts_once() -> Resul
     );
     Ok(())
 }
+
+#[test]
+fn the_clicks_graph_counts_unique_events_per_customer_per_hour_day_and_month() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let graph = flowhost::manifest::Graph::load(flowhost_tests::repo().join("graphs/clicks.toml"))?;
+    let out = run_captured(graph, dir.path())?;
+    assert_eq!(out.report.failure, None);
+    assert_eq!(
+        (out.node("dedup").received, out.node("dedup").emitted),
+        (20, 15),
+        "5 re-sent events dropped"
+    );
+    let mut rows: Vec<(String, String, String, i64)> = out
+        .json("out")
+        .iter()
+        .map(|r| {
+            let text = |f: &str| r[f].as_str().unwrap_or_default().to_owned();
+            (
+                text("customer"),
+                text("bucket"),
+                text("start"),
+                r["count"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    rows.sort();
+    let expected = [
+        ("ann", "day", "2026-10-31", 3),
+        ("ann", "day", "2026-11-01", 3),
+        ("ann", "day", "2026-11-03", 1),
+        ("ann", "hour", "2026-10-31T22", 2),
+        ("ann", "hour", "2026-10-31T23", 1),
+        ("ann", "hour", "2026-11-01T00", 1),
+        ("ann", "hour", "2026-11-01T22", 2),
+        ("ann", "hour", "2026-11-03T22", 1),
+        ("ann", "month", "2026-10", 3),
+        ("ann", "month", "2026-11", 4),
+        ("bob", "day", "2026-10-31", 2),
+        ("bob", "day", "2026-11-01", 2),
+        ("bob", "day", "2026-11-03", 1),
+        ("bob", "hour", "2026-10-31T22", 1),
+        ("bob", "hour", "2026-10-31T23", 1),
+        ("bob", "hour", "2026-11-01T00", 1),
+        ("bob", "hour", "2026-11-01T22", 1),
+        ("bob", "hour", "2026-11-03T22", 1),
+        ("bob", "month", "2026-10", 2),
+        ("bob", "month", "2026-11", 3),
+        ("cy", "day", "2026-10-31", 1),
+        ("cy", "day", "2026-11-01", 1),
+        ("cy", "day", "2026-11-03", 1),
+        ("cy", "hour", "2026-10-31T23", 1),
+        ("cy", "hour", "2026-11-01T00", 1),
+        ("cy", "hour", "2026-11-03T22", 1),
+        ("cy", "month", "2026-10", 1),
+        ("cy", "month", "2026-11", 2),
+    ];
+    let expected: Vec<(String, String, String, i64)> = expected
+        .iter()
+        .map(|&(c, b, s, n)| (c.into(), b.into(), s.into(), n))
+        .collect();
+    assert_eq!(rows, expected);
+    Ok(())
+}

@@ -3,6 +3,11 @@
 //! object per group: the group-by fields, then each aggregate (`count`, `sum_<field>`,
 //! `min_<field>`, `max_<field>`, `avg_<field>`, `count_distinct_<field>`).
 //!
+//! With `time_buckets` (any of `hour`, `day`, `month`), groups are also split by event
+//! time — the message timestamp, in UTC — once per granularity: a message counts in its
+//! hour, its day and its month, and each row says which with `bucket` (`hour`, …) and
+//! `start` (`2026-11-22T10`, `2026-11-22`, `2026-11`).
+//!
 //! Store layout (integers as 8-byte counters): `<group>\0count`, `<group>\0sum\0<field>`,
 //! `<group>\0min\0<field>`, `<group>\0max\0<field>`, `<group>\0distinct\0<field>`, and one
 //! marker per distinct value, `<group>\0seen\0<field>\0<value>`. `<group>` is the JSON
@@ -10,6 +15,7 @@
 //! emitted by the one replica that owns it.
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{Datelike, Timelike};
 use flowhost_sdk::prelude::*;
 use flowhost_sdk::state::{IncrBatch, counter};
 use serde::Deserialize;
@@ -54,6 +60,43 @@ pub struct AggregateConfig {
     pub group_by: Vec<String>,
     /// What to compute per group.
     pub aggregates: Vec<Aggregate>,
+    /// Event-time buckets to split every group by.
+    #[serde(default)]
+    pub time_buckets: Vec<Bucket>,
+}
+
+/// An event-time bucket, in UTC.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum Bucket {
+    /// `2026-11-22T10`.
+    Hour,
+    /// `2026-11-22`.
+    Day,
+    /// `2026-11`.
+    Month,
+}
+
+impl Bucket {
+    fn name(self) -> &'static str {
+        match self {
+            Bucket::Hour => "hour",
+            Bucket::Day => "day",
+            Bucket::Month => "month",
+        }
+    }
+
+    /// The bucket holding `millis` since the epoch.
+    fn start(self, millis: i64) -> Result<String, NodeError> {
+        let t = chrono::DateTime::from_timestamp_millis(millis)
+            .ok_or_else(|| NodeError::invalid_input(format!("timestamp {millis} is out of range")))?;
+        let (y, m, d, h) = (t.year(), t.month(), t.day(), t.hour());
+        Ok(match self {
+            Bucket::Hour => format!("{y:04}-{m:02}-{d:02}T{h:02}"),
+            Bucket::Day => format!("{y:04}-{m:02}-{d:02}"),
+            Bucket::Month => format!("{y:04}-{m:02}"),
+        })
+    }
 }
 
 /// The node: a batch's updates are gathered, then written in `end_batch`.
@@ -81,6 +124,35 @@ impl Aggregator {
         let v = Self::field(msg, field)?;
         v.as_i64()
             .ok_or_else(|| NodeError::invalid_input(format!("`{field}` is not an integer: {v}")))
+    }
+
+    /// The groups a message with these group-by values counts in: one, or one per time bucket.
+    fn groups_of(&self, values: Vec<Value>, timestamp: Option<i64>) -> Result<Vec<String>, NodeError> {
+        let json = |v: &Vec<Value>| serde_json::to_string(v).map_err(|e| NodeError::fatal(e.to_string()));
+        if self.config.time_buckets.is_empty() {
+            return Ok(vec![json(&values)?]);
+        }
+        let at =
+            timestamp.ok_or_else(|| NodeError::invalid_input("time buckets need a message timestamp"))?;
+        self.config
+            .time_buckets
+            .iter()
+            .map(|b| {
+                let mut v = values.clone();
+                v.extend([Value::from(b.name()), Value::from(b.start(at)?)]);
+                json(&v)
+            })
+            .collect()
+    }
+
+    /// The names of a group's values in an output row.
+    fn group_fields(&self) -> impl Iterator<Item = String> + '_ {
+        let buckets = (!self.config.time_buckets.is_empty()).then_some(["bucket", "start"]);
+        self.config
+            .group_by
+            .iter()
+            .cloned()
+            .chain(buckets.into_iter().flatten().map(str::to_owned))
     }
 
     fn counter(&self, parts: &[&str]) -> Result<Option<i64>, NodeError> {
@@ -117,13 +189,13 @@ impl Node for Aggregator {
         let Value::Object(obj) = msg.json::<Value>()? else {
             return Err(NodeError::invalid_input("not a JSON object"));
         };
-        let values: Vec<&Value> = self
+        let values: Vec<Value> = self
             .config
             .group_by
             .iter()
-            .map(|f| Self::field(&obj, f))
+            .map(|f| Self::field(&obj, f).cloned())
             .collect::<Result<_, _>>()?;
-        let group = serde_json::to_string(&values).map_err(|e| NodeError::fatal(e.to_string()))?;
+        let groups = self.groups_of(values, msg.timestamp())?;
         // Read every field before changing anything, so a bad message changes nothing.
         let mut sums = Vec::new();
         let mut extremes = Vec::new();
@@ -146,27 +218,30 @@ impl Node for Aggregator {
             .aggregates
             .iter()
             .any(|a| matches!(a.function, Function::Count | Function::Avg));
-        if counts {
-            self.increments.add(&key(&[&group, "count"]), 1);
+        for group in groups {
+            if counts {
+                self.increments.add(&key(&[&group, "count"]), 1);
+            }
+            for (value, field) in &sums {
+                self.increments.add(&key(&[&group, "sum", field]), *value);
+            }
+            for (which, value, field) in &extremes {
+                let slot = self
+                    .extremes
+                    .entry((group.clone(), which, field.clone()))
+                    .or_insert(*value);
+                *slot = if *which == "min" {
+                    (*slot).min(*value)
+                } else {
+                    (*slot).max(*value)
+                };
+            }
+            for (value, field) in &distinct {
+                self.distinct
+                    .insert((group.clone(), field.clone(), value.clone()));
+            }
+            self.groups.insert(group);
         }
-        for (value, field) in sums {
-            self.increments.add(&key(&[&group, "sum", &field]), value);
-        }
-        for (which, value, field) in extremes {
-            let slot = self
-                .extremes
-                .entry((group.clone(), which, field))
-                .or_insert(value);
-            *slot = if which == "min" {
-                (*slot).min(value)
-            } else {
-                (*slot).max(value)
-            };
-        }
-        for (value, field) in distinct {
-            self.distinct.insert((group.clone(), field, value));
-        }
-        self.groups.insert(group);
         Ok(())
     }
 
@@ -212,7 +287,7 @@ impl Node for Aggregator {
         for group in &self.groups {
             let values: Vec<Value> =
                 serde_json::from_str(group).map_err(|e| NodeError::fatal(e.to_string()))?;
-            let mut row: Map<String, Value> = self.config.group_by.iter().cloned().zip(values).collect();
+            let mut row: Map<String, Value> = self.group_fields().zip(values).collect();
             let count = self.counter(&[group, "count"])?.unwrap_or(0);
             for a in &self.config.aggregates {
                 let field = a.field.as_deref().unwrap_or("");
@@ -257,7 +332,7 @@ impl Node for Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowhost_sdk::testing::{Harness, json};
+    use flowhost_sdk::testing::{Harness, TestMessage, json};
 
     fn config(store: &str) -> serde_json::Value {
         json!({
@@ -306,6 +381,51 @@ mod tests {
             [
                 json!({"country":"DE","count":3,"sum_cents":390,"avg_cents":130.0,"min_cents":-10,"max_cents":300,"count_distinct_who":2}),
                 json!({"country":"FR","count":1,"sum_cents":50,"avg_cents":50.0,"min_cents":50,"max_cents":50,"count_distinct_who":1}),
+            ]
+        );
+    }
+
+    #[test]
+    fn time_buckets_split_each_group_by_hour_day_and_month() {
+        let mut node = Harness::<Aggregator>::new(json!({
+            "store": "agg-time",
+            "group_by": ["who"],
+            "aggregates": [{ "fn": "count" }],
+            "time_buckets": ["hour", "day", "month"],
+        }))
+        .unwrap();
+        let at = |ms: i64| TestMessage::new(r#"{"who":"ann"}"#).timestamp(ms);
+        // 2026-11-22T10:59:59.999Z, 2026-11-22T11:00:00Z, 2026-11-23T00:30:00Z
+        let out = node
+            .process([
+                at(1_795_345_199_999),
+                at(1_795_345_200_000),
+                at(1_795_393_800_000),
+            ])
+            .unwrap();
+        assert!(out.errors.is_empty());
+        let untimed = node.process([r#"{"who":"ann"}"#]).unwrap();
+        assert_eq!(
+            untimed.errors[0].1.message,
+            "time buckets need a message timestamp"
+        );
+        let rows: Vec<Value> = node
+            .finish()
+            .unwrap()
+            .texts()
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        let row = |bucket: &str, start: &str, count: i64| json!({"who": "ann", "bucket": bucket, "start": start, "count": count});
+        assert_eq!(
+            rows,
+            [
+                row("day", "2026-11-22", 2),
+                row("day", "2026-11-23", 1),
+                row("hour", "2026-11-22T10", 1),
+                row("hour", "2026-11-22T11", 1),
+                row("hour", "2026-11-23T00", 1),
+                row("month", "2026-11", 3),
             ]
         );
     }
