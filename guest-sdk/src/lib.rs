@@ -71,7 +71,7 @@ pub use error::{ErrorKind, NodeError};
 #[cfg(feature = "macros")]
 pub use flowhost_macros::node;
 pub use message::{Bincode, FromMessage, Json, Message};
-pub use node::{NoConfig, Node};
+pub use node::{NoConfig, Node, Replica, replica};
 pub use output::{Completion, DEFAULT_OUTPUT, Emit, IntoPayload, Output, Record, Verdict};
 
 /// The default input port.
@@ -156,8 +156,12 @@ pub mod __private {
                     .unwrap_or_default();
                 crate::log::error(&format!("panicked{at}: {msg}"));
             }));
-            let rt =
-                Runtime::<N>::new(&info.name, &info.config, info.inputs, info.outputs).map_err(to_wit)?;
+            let replica = crate::node::Replica {
+                index: info.replica,
+                count: info.replicas,
+            };
+            let ports = (info.inputs, info.outputs);
+            let rt = Runtime::<N>::new(&info.name, &info.config, ports, replica).map_err(to_wit)?;
             RUNTIME.with_borrow_mut(|slot| *slot = Some(Box::new(rt)));
             Ok(())
         }

@@ -33,11 +33,39 @@ pub trait Node: Sized + 'static {
         Ok(())
     }
 
-    /// Called once after every input has ended, to emit final results.
+    /// Called once after every input has ended, to emit final results. On the host, every
+    /// replica of the node has processed all of its input before any replica's `finish`
+    /// runs, so what they wrote to host stores is complete.
     fn finish(&mut self, out: &mut Output<'_>) -> Result<(), NodeError> {
         let _ = out;
         Ok(())
     }
+}
+
+/// Which of its node's replicas an instance is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replica {
+    /// 0 ≤ `index` < `count`; stable across restarts of the same graph.
+    pub index: u32,
+    /// How many replicas the node has on this host.
+    pub count: u32,
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        Replica { index: 0, count: 1 }
+    }
+}
+
+thread_local! {
+    static REPLICA: std::cell::Cell<Replica> = std::cell::Cell::new(Replica::default());
+}
+
+/// This instance's place among its node's replicas (known from before [`Node::init`]).
+/// Replicas share host stores; work that must happen once per node — emitting each group
+/// of a shared store at `finish`, say — can be split by index.
+pub fn replica() -> Replica {
+    REPLICA.with(|r| r.get())
 }
 
 /// Drives a [`Node`] over framed batches: the same code runs in wasm and in native tests.
@@ -45,6 +73,7 @@ pub trait Node: Sized + 'static {
 pub struct Runtime<N> {
     node: N,
     ports: Ports,
+    replica: Replica,
 }
 
 impl<N: Node> Runtime<N> {
@@ -52,19 +81,22 @@ impl<N: Node> Runtime<N> {
     pub fn new(
         name: &str,
         config_json: &str,
-        inputs: Vec<String>,
-        outputs: Vec<String>,
+        (inputs, outputs): (Vec<String>, Vec<String>),
+        replica: Replica,
     ) -> Result<Self, NodeError> {
+        REPLICA.with(|r| r.set(replica));
         let config = serde_json::from_str(config_json)
             .map_err(|e| NodeError::fatal(format!("invalid config for node `{name}`: {e}")))?;
         Ok(Runtime {
             node: N::init(config)?,
             ports: Ports::new(inputs, outputs),
+            replica,
         })
     }
 
     /// Processes one input batch into one output batch.
     pub fn process(&mut self, input: &[u8]) -> Result<Vec<u8>, NodeError> {
+        REPLICA.with(|r| r.set(self.replica));
         let mut out = Output::new(&self.ports, input.len() + 64);
         for (index, item) in BatchReader::new(input)?.enumerate() {
             let record = match item? {
@@ -87,6 +119,7 @@ impl<N: Node> Runtime<N> {
 
     /// Runs the node's `finish`.
     pub fn finish(&mut self) -> Result<Vec<u8>, NodeError> {
+        REPLICA.with(|r| r.set(self.replica));
         let mut out = Output::new(&self.ports, 256);
         out.end_of_input();
         self.node.finish(&mut out)?;

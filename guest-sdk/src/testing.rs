@@ -16,7 +16,7 @@
 //! ```
 
 use crate::frame::{BatchReader, BatchWriter, Item, encode_headers};
-use crate::node::{Node, Runtime};
+use crate::node::{Node, Replica, Runtime};
 use crate::{DEFAULT_INPUT, DEFAULT_OUTPUT, NodeError};
 /// Builds the `config` for a [`Harness`]: `json!({ "top": 3 })`.
 pub use serde_json::json;
@@ -147,9 +147,24 @@ impl<N: Node> Harness<N> {
         inputs: &[&str],
         outputs: &[&str],
     ) -> Result<Self, NodeError> {
+        Self::start(config, (inputs, outputs), Replica::default())
+    }
+
+    /// Starts replica `index` of `count` of the node (replicas share the thread's stores).
+    pub fn replica(config: serde_json::Value, index: u32, count: u32) -> Result<Self, NodeError> {
+        let ports = (&[DEFAULT_INPUT][..], &[DEFAULT_OUTPUT][..]);
+        Self::start(config, ports, Replica { index, count })
+    }
+
+    fn start(
+        config: serde_json::Value,
+        (inputs, outputs): (&[&str], &[&str]),
+        replica: Replica,
+    ) -> Result<Self, NodeError> {
         let inputs: Vec<String> = inputs.iter().map(|s| s.to_string()).collect();
         let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
-        let runtime = Runtime::new("test", &config.to_string(), inputs.clone(), outputs.clone())?;
+        let ports = (inputs.clone(), outputs.clone());
+        let runtime = Runtime::new("test", &config.to_string(), ports, replica)?;
         Ok(Harness {
             runtime,
             inputs,

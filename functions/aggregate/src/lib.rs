@@ -10,9 +10,14 @@
 //!
 //! Store layout (integers as 8-byte counters): `<group>\0count`, `<group>\0sum\0<field>`,
 //! `<group>\0min\0<field>`, `<group>\0max\0<field>`, `<group>\0distinct\0<field>`, and one
-//! marker per distinct value, `<group>\0seen\0<field>\0<value>`. `<group>` is the JSON
-//! array of the group-by values. Feed replicas by key hash on the group, so each group is
-//! emitted by the one replica that owns it.
+//! marker per distinct value, `<group>\0seen\0<field>\0<value>`, and `group\0<group>` for
+//! every group. `<group>` is the JSON array of the group-by values.
+//!
+//! Results come from the store, not from guest memory: at `finish` (when every replica has
+//! written all it will), each replica emits the groups the store holds that fall to it by
+//! a hash of the group, so every group is emitted once, by one replica, with its totals
+//! from all of them — also after a restart that resumed from a checkpoint, and
+//! cumulatively over runs when the store is durable.
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Datelike, Timelike};
@@ -103,11 +108,20 @@ impl Bucket {
 pub struct Aggregator {
     store: Store,
     config: AggregateConfig,
-    /// Groups this replica has seen, for `finish`.
+    /// Groups this instance has recorded under `group\0<group>`.
     groups: BTreeSet<String>,
+    /// Groups to record at the end of the batch.
+    new_groups: Vec<String>,
     increments: IncrBatch,
     extremes: BTreeMap<(String, &'static str, String), i64>,
     distinct: BTreeSet<(String, String, String)>,
+}
+
+/// A hash that is the same in every replica and every build (FNV-1a, 64 bits).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn key(parts: &[&str]) -> Vec<u8> {
@@ -179,6 +193,7 @@ impl Node for Aggregator {
             store: Store::open(&config.store)?,
             config,
             groups: BTreeSet::new(),
+            new_groups: Vec::new(),
             increments: IncrBatch::default(),
             extremes: BTreeMap::new(),
             distinct: BTreeSet::new(),
@@ -240,12 +255,17 @@ impl Node for Aggregator {
                 self.distinct
                     .insert((group.clone(), field.clone(), value.clone()));
             }
-            self.groups.insert(group);
+            if self.groups.insert(group.clone()) {
+                self.new_groups.push(group);
+            }
         }
         Ok(())
     }
 
     fn end_batch(&mut self, _out: &mut Output<'_>) -> Result<(), NodeError> {
+        for group in std::mem::take(&mut self.new_groups) {
+            self.store.set(&key(&["group", &group]), b"")?;
+        }
         self.increments.flush(&self.store)?;
         for ((group, which, field), value) in std::mem::take(&mut self.extremes) {
             let k = key(&[&group, which, &field]);
@@ -284,7 +304,13 @@ impl Node for Aggregator {
     }
 
     fn finish(&mut self, out: &mut Output<'_>) -> Result<(), NodeError> {
-        for group in &self.groups {
+        let me = flowhost_sdk::replica();
+        let mine = |group: &str| fnv1a(group.as_bytes()) % u64::from(me.count.max(1)) == u64::from(me.index);
+        let marked = self.store.scan(b"group\0", u32::MAX)?;
+        let groups = marked
+            .iter()
+            .filter_map(|(k, _)| std::str::from_utf8(&k[6..]).ok());
+        for group in groups.filter(|g| mine(g)) {
             let values: Vec<Value> =
                 serde_json::from_str(group).map_err(|e| NodeError::fatal(e.to_string()))?;
             let mut row: Map<String, Value> = self.group_fields().zip(values).collect();
@@ -428,6 +454,28 @@ mod tests {
                 row("month", "2026-11", 3),
             ]
         );
+    }
+
+    #[test]
+    fn replicas_emit_every_group_once_with_totals_from_all() {
+        let config = json!({ "store": "agg-rep", "group_by": ["k"], "aggregates": [{ "fn": "count" }] });
+        let mut a = Harness::<Aggregator>::replica(config.clone(), 0, 2).unwrap();
+        let mut b = Harness::<Aggregator>::replica(config, 1, 2).unwrap();
+        let keys = ["p", "q", "r", "s", "t", "u"];
+        a.process(keys.map(|k| format!(r#"{{"k":"{k}"}}"#))).unwrap();
+        b.process(keys.map(|k| format!(r#"{{"k":"{k}"}}"#))).unwrap();
+        let (from_a, from_b) = (a.finish().unwrap().texts(), b.finish().unwrap().texts());
+        assert!(
+            !from_a.is_empty() && !from_b.is_empty(),
+            "both replicas emit a share"
+        );
+        let mut all: Vec<String> = from_a.into_iter().chain(from_b).collect();
+        all.sort();
+        let expected: Vec<String> = keys
+            .iter()
+            .map(|k| format!(r#"{{"count":2,"k":"{k}"}}"#))
+            .collect();
+        assert_eq!(all, expected);
     }
 
     #[test]

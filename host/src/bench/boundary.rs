@@ -34,8 +34,13 @@ pub(super) fn run(fx: &Fixtures, seconds: Duration) -> anyhow::Result<Vec<Row>> 
     };
     let template = NodeTemplate::new(&fx.engine, fx.passthrough.clone(), setup)?;
     let mut wasm = template.instantiate()?;
-    let mut native = Runtime::<NativePassthrough>::new("native", "{}", vec!["in".into()], vec!["out".into()])
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut native = Runtime::<NativePassthrough>::new(
+        "native",
+        "{}",
+        (vec!["in".into()], vec!["out".into()]),
+        Default::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut rows = Vec::new();
     for batch_size in [1usize, 64, 1024] {
         let batch = batch_from(batch_size, Some(0), |i, b| sequence_payload(i as u64, 16, b));

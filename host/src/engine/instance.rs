@@ -89,6 +89,8 @@ pub struct NodeSetup {
     pub memory_mb: u64,
     /// Stores it may use.
     pub grants: Vec<Grant>,
+    /// How many replicas it has.
+    pub replicas: u32,
 }
 
 impl NodeSetup {
@@ -102,6 +104,7 @@ impl NodeSetup {
             timeout: Duration::from_secs(5),
             memory_mb: 128,
             grants: Vec::new(),
+            replicas: 1,
         }
     }
 
@@ -115,6 +118,7 @@ impl NodeSetup {
             timeout: spec.timeout,
             memory_mb: spec.memory_mb,
             grants: stores.grants(&spec.state),
+            replicas: spec.replicas,
         }
     }
 }
@@ -144,6 +148,8 @@ impl NodeTemplate {
             config: setup.config_json,
             inputs: setup.inputs,
             outputs: setup.outputs,
+            replica: 0,
+            replicas: setup.replicas,
         };
         Ok(Arc::new(NodeTemplate {
             engine: engine.clone(),
@@ -161,19 +167,25 @@ impl NodeTemplate {
         &self.module
     }
 
-    /// A fresh, initialised instance.
+    /// A fresh, initialised instance (the first replica).
     pub fn instantiate(self: &Arc<Self>) -> anyhow::Result<NodeInstance> {
+        self.instantiate_replica(0)
+    }
+
+    /// A fresh, initialised instance of replica `replica`.
+    pub fn instantiate_replica(self: &Arc<Self>, replica: u32) -> anyhow::Result<NodeInstance> {
         let (store, node) = self
-            .fresh()
+            .fresh(replica)
             .with_context(|| format!("starting node `{}`", self.info.name))?;
         Ok(NodeInstance {
             template: self.clone(),
             store,
             node,
+            replica,
         })
     }
 
-    fn fresh(&self) -> anyhow::Result<(Store<HostState>, Node)> {
+    fn fresh(&self, replica: u32) -> anyhow::Result<(Store<HostState>, Node)> {
         let name: Arc<str> = self.info.name.as_str().into();
         // Nothing granted: no files, env, args, sockets or stdin; output goes to the log.
         let wasi = WasiCtxBuilder::new()
@@ -196,7 +208,11 @@ impl NodeTemplate {
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks());
         let node = self.pre.instantiate(&mut store)?;
-        let init = node.call_init(&mut store, &self.info);
+        let info = types::NodeInfo {
+            replica,
+            ..self.info.clone()
+        };
+        let init = node.call_init(&mut store, &info);
         match init.map_err(|t| CallError::Trap(describe_trap(&t, self)))? {
             Ok(()) => Ok((store, node)),
             Err(e) => Err(CallError::Node(from_wit(e)).into()),
@@ -215,6 +231,7 @@ pub struct NodeInstance {
     template: Arc<NodeTemplate>,
     store: Store<HostState>,
     node: Node,
+    replica: u32,
 }
 
 impl NodeInstance {
@@ -234,7 +251,7 @@ impl NodeInstance {
 
     /// Replaces this instance with a fresh one (after a trap).
     pub fn reset(&mut self) -> anyhow::Result<()> {
-        let (store, node) = self.template.fresh()?;
+        let (store, node) = self.template.fresh(self.replica)?;
         self.store = store;
         self.node = node;
         Ok(())

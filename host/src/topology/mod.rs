@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -235,7 +235,7 @@ pub fn run(
     for (spec, t) in graph.nodes.iter().zip(&templates) {
         instances.push(
             (0..spec.replicas)
-                .map(|_| t.instantiate())
+                .map(|i| t.instantiate_replica(i))
                 .collect::<anyhow::Result<_>>()?,
         );
     }
@@ -295,6 +295,7 @@ pub fn run(
     let stats: Vec<Arc<NodeStats>> = graph.nodes.iter().map(|_| Arc::default()).collect();
     let mut replicas = Vec::new();
     for (i, ((spec, instances), inputs)) in graph.nodes.iter().zip(instances).zip(node_rx).enumerate() {
+        let finish_barrier = Arc::new(Barrier::new(spec.replicas as usize));
         for (instance, rx) in instances.into_iter().zip(inputs) {
             let replica = Replica {
                 id: spec.id.as_str().into(),
@@ -310,6 +311,7 @@ pub fn run(
                 shutdown: shutdown.clone(),
                 provenance: graph.provenance,
                 in_flight: in_flight.clone(),
+                finish_barrier: finish_barrier.clone(),
             };
             replicas.push((replica, rx));
         }

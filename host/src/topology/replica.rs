@@ -6,8 +6,8 @@
 //! (nothing of the trapped call was emitted), retryable errors are retried with backoff,
 //! and what still fails is skipped, dead-lettered or stops the graph.
 
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use flowhost_sdk::{ErrorKind, NodeError};
@@ -54,6 +54,9 @@ pub(super) struct Replica {
     pub shutdown: Arc<Shutdown>,
     pub provenance: bool,
     pub in_flight: InFlight,
+    /// Every replica of the node waits here before `finish`: a replica's `finish` sees
+    /// the state writes of all of them.
+    pub finish_barrier: Arc<Barrier>,
 }
 
 impl Replica {
@@ -69,6 +72,7 @@ impl Replica {
             }
             self.in_flight.done();
         }
+        self.finish_barrier.wait();
         if !stopped {
             let finished = self.instance.finish().map_err(|e| format!("finish failed: {e}"));
             if let Err(reason) = finished.and_then(|out| self.deliver(out, &[], 0)) {
