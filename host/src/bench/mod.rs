@@ -7,9 +7,11 @@
 //! | passthrough | generator → wasm passthrough → counting sink | a hand-written pipeline: same threads, channels, batch size |
 //! | state | `incr` from a guest, one call per message or one `incr_many` per batch | the same store operation, natively |
 //! | wordcount | text file → split → count (wasm), or → tally (host store) | the same logic in plain Rust |
+//! | aggregation | JSON sales → aggregate (wasm, 2 replicas, host store) | the same aggregation in plain Rust; durable store vs memory |
 //! | start-up | `flowhost run` of a 10-node graph to its first output, cold and warm cache | — |
 //! | memory | peak RSS of a 10-node graph whose sink has stalled, over time | — |
 
+mod aggregate;
 mod boundary;
 mod pipeline;
 mod process;
@@ -153,6 +155,7 @@ pub(crate) struct Fixtures {
     split: LoadedModule,
     count: LoadedModule,
     tally: LoadedModule,
+    aggregate: LoadedModule,
 }
 
 impl Fixtures {
@@ -164,6 +167,7 @@ impl Fixtures {
             split: load("split")?,
             count: load("count")?,
             tally: load("tally")?,
+            aggregate: load("aggregate")?,
             engine: engine.clone(),
         })
     }
@@ -192,6 +196,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     step("passthrough", pipeline::run(&fx, messages))?;
     step("state", state::run(&fx, seconds))?;
     step("wordcount", wordcount::run(&fx, mb))?;
+    step("aggregation", aggregate::run(&fx, messages / 4))?;
     step("start-up", process::startup(&fx))?;
     step("memory", process::memory(&fx, if args.quick { 1 } else { 3 }))?;
 

@@ -1,0 +1,153 @@
+//! Aggregation: JSON sales through jsonl source → aggregate (wasm, 2 replicas, key-hash on
+//! the country, count/sum/avg/min/max/count-distinct in a host store) → null, against the
+//! same aggregation in plain Rust; then the same graph with the store durable
+//! (checkpointed every second) against the in-memory store.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Better, Fixtures, Row};
+use crate::manifest::Graph;
+use crate::topology::{self, RunOptions, Shutdown};
+
+const COUNTRIES: u64 = 20;
+
+pub(super) fn run(fx: &Fixtures, messages: u64) -> anyhow::Result<Vec<Row>> {
+    let dir = std::env::temp_dir().join(format!("flowhost-bench-agg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| {
+        let data = dir.join("sales.jsonl");
+        generate(&data, messages)?;
+        let native = native(&data)?;
+        let memory = flowhost(fx, &dir, false)?;
+        let durable = flowhost(fx, &dir, true)?;
+        let rate = |secs: f64| messages as f64 / secs;
+        Ok(vec![
+            Row::new(
+                format!("aggregation {messages} msgs, host store"),
+                rate(memory),
+                Some(rate(native)),
+                "msg/s",
+                Better::Higher,
+            ),
+            Row::new(
+                "aggregation, durable store vs memory",
+                rate(durable),
+                Some(rate(memory)),
+                "msg/s",
+                Better::Higher,
+            )
+            .ratio_target(0.9),
+        ])
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn generate(path: &Path, messages: u64) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for n in 0..messages {
+        let h = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        writeln!(
+            out,
+            r#"{{"country":"C{}","customer":"c{}","amount_cents":{}}}"#,
+            h % COUNTRIES,
+            (h >> 8) % 5000,
+            (h >> 24) % 10_000
+        )?;
+    }
+    out.flush()
+}
+
+/// Seconds to run the graph; checks it emitted one row per country.
+fn flowhost(fx: &Fixtures, dir: &Path, durable: bool) -> anyhow::Result<f64> {
+    let durability = if durable { "durable" } else { "memory" };
+    let manifest = format!(
+        r#"name = "aggregate-bench"
+[checkpoint]
+dir = "state"
+[stores.totals]
+durability = "{durability}"
+[sources.sales]
+kind = "jsonl"
+path = "sales.jsonl"
+key_field = "country"
+[nodes.agg]
+module = "{module}"
+replicas = 2
+state = {{ totals = "rw" }}
+[nodes.agg.config]
+store = "totals"
+group_by = ["country"]
+aggregates = [{{ fn = "count" }}, {{ fn = "sum", field = "amount_cents" }}, {{ fn = "avg", field = "amount_cents" }},
+  {{ fn = "min", field = "amount_cents" }}, {{ fn = "max", field = "amount_cents" }},
+  {{ fn = "count_distinct", field = "customer" }}]
+[sinks.null]
+kind = "null"
+[[edges]]
+from = "sales"
+to = "agg"
+connection = "key-hash"
+[[edges]]
+from = "agg"
+to = "null"
+"#,
+        module = fx.aggregate.path.display()
+    );
+    let graph = Graph::parse(&dir.join("graph.toml"), &manifest)?;
+    let opts = RunOptions {
+        batch_size: 1024,
+        fresh: true,
+        ..RunOptions::default()
+    };
+    let report = topology::run(&graph, &fx.engine, &opts, &Arc::new(Shutdown::default()))?;
+    anyhow::ensure!(report.failure.is_none(), "{:?}", report.failure);
+    anyhow::ensure!(
+        report.sinks[0].1 == COUNTRIES,
+        "{} rows for {COUNTRIES} countries",
+        report.sinks[0].1
+    );
+    Ok(report.elapsed.as_secs_f64())
+}
+
+#[derive(Default)]
+struct Totals {
+    count: i64,
+    sum: i64,
+    min: i64,
+    max: i64,
+    customers: HashSet<String>,
+}
+
+/// The same aggregation in a plain loop.
+fn native(data: &Path) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut groups: HashMap<String, Totals> = HashMap::new();
+    for line in BufReader::new(std::fs::File::open(data)?).lines() {
+        let v: serde_json::Value = serde_json::from_str(&line?)?;
+        let (Some(country), Some(customer), Some(amount)) = (
+            v["country"].as_str(),
+            v["customer"].as_str(),
+            v["amount_cents"].as_i64(),
+        ) else {
+            anyhow::bail!("a generated line without its fields");
+        };
+        let t = groups
+            .entry(format!("[{:?}]", country))
+            .or_insert_with(|| Totals {
+                min: i64::MAX,
+                max: i64::MIN,
+                ..Totals::default()
+            });
+        t.count += 1;
+        t.sum += amount;
+        t.min = t.min.min(amount);
+        t.max = t.max.max(amount);
+        t.customers.insert(customer.to_owned());
+    }
+    anyhow::ensure!(groups.len() as u64 == COUNTRIES);
+    Ok(start.elapsed().as_secs_f64())
+}
