@@ -360,6 +360,12 @@ mod tests {
     use super::*;
     use flowhost_sdk::testing::{Harness, TestMessage, json};
 
+    /// What `finish` emits, parsed.
+    fn finish_rows(node: &mut Harness<Aggregator>) -> Vec<Value> {
+        let texts = node.finish().unwrap().texts();
+        texts.iter().map(|t| serde_json::from_str(t).unwrap()).collect()
+    }
+
     fn config(store: &str) -> serde_json::Value {
         json!({
             "store": store,
@@ -395,13 +401,7 @@ mod tests {
             1,
             "a message without the fields is invalid input"
         );
-        let rows: Vec<Value> = node
-            .finish()
-            .unwrap()
-            .texts()
-            .iter()
-            .map(|t| serde_json::from_str(t).unwrap())
-            .collect();
+        let rows = finish_rows(&mut node);
         assert_eq!(
             rows,
             [
@@ -435,13 +435,7 @@ mod tests {
             untimed.errors[0].1.message,
             "time buckets need a message timestamp"
         );
-        let rows: Vec<Value> = node
-            .finish()
-            .unwrap()
-            .texts()
-            .iter()
-            .map(|t| serde_json::from_str(t).unwrap())
-            .collect();
+        let rows = finish_rows(&mut node);
         let row = |bucket: &str, start: &str, count: i64| json!({"who": "ann", "bucket": bucket, "start": start, "count": count});
         assert_eq!(
             rows,
