@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flowhost::engine::{Engine, EngineConfig};
-use flowhost::manifest::Graph;
+use flowhost::manifest::{Graph, picture};
 use flowhost::state::show::Saved;
 use flowhost::topology::{self, RunOptions, Shutdown};
 
@@ -53,6 +53,14 @@ enum Command {
     Validate {
         /// The graph manifest.
         manifest: PathBuf,
+    },
+    /// Draw a graph (validated first): sources, nodes, sinks, stores; ports and connections.
+    Graph {
+        /// The graph manifest.
+        manifest: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "dot")]
+        format: picture::Format,
     },
     /// Measure messages/s through a wasm node and the boundary cost against native code.
     Bench(flowhost::bench::BenchArgs),
@@ -113,6 +121,11 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 graph.sinks.len(),
                 graph.edges.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Graph { manifest, format } => {
+            let graph = Graph::load(&manifest)?;
+            print!("{}", picture::render(&graph, format));
             Ok(ExitCode::SUCCESS)
         }
         Command::State { manifest, query } => {

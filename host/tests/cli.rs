@@ -209,3 +209,41 @@ fn bench_measures_every_workload_against_its_baseline() {
     }
     assert!(report["cores"].as_u64().unwrap() >= 1);
 }
+
+/// `flowhost graph` of every example graph, in both formats, against `tests/pictures/`
+/// (`BLESS=1` rewrites them).
+#[test]
+fn graph_pictures_of_the_example_graphs_match_their_snapshots() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo.join("graphs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        for (format, ext) in [("dot", "dot"), ("mermaid", "mmd")] {
+            let manifest = format!("graphs/{name}.toml");
+            let out = flowhost(&["graph", &manifest, "--format", format]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let got = String::from_utf8(out.stdout).unwrap();
+            let snapshot = repo.join(format!("tests/pictures/{name}.{ext}"));
+            if std::env::var_os("BLESS").is_some() {
+                std::fs::write(&snapshot, &got).unwrap();
+            }
+            let want = std::fs::read_to_string(&snapshot)
+                .unwrap_or_else(|e| panic!("{}: {e} (BLESS=1 writes it)", snapshot.display()));
+            assert_eq!(got, want, "{}", snapshot.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "{checked} pictures");
+}
+
+#[test]
+fn graph_refuses_an_invalid_manifest_with_its_errors() {
+    let out = flowhost(&["graph", "tests/ui/edges.toml", "--format", "mermaid"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("9 errors in tests/ui/edges.toml"));
+}

@@ -2,6 +2,7 @@
 //! ([`validate`]) with every problem reported at once, each at its file:line:col.
 
 mod edges;
+pub mod picture;
 mod raw;
 mod validate;
 
