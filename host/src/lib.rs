@@ -19,6 +19,7 @@ pub mod engine;
 pub mod io;
 pub mod manifest;
 pub mod message;
+pub mod new;
 pub mod state;
 pub mod topology;
 

@@ -42,6 +42,17 @@ enum Command {
         #[arg(long)]
         fresh: bool,
     },
+    /// Create a node crate: builds for wasm32-wasip1, has a unit test and a graph to run it.
+    New {
+        /// The crate's name (and folder).
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The flowhost guest SDK to depend on.
+        #[arg(long, default_value_os_t = flowhost::new::default_sdk())]
+        sdk: PathBuf,
+    },
     /// Show what a graph's durable stores hold (from its last checkpoint).
     State {
         /// The graph manifest.
@@ -121,6 +132,14 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 graph.sinks.len(),
                 graph.edges.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::New { name, dir, sdk } => {
+            let root = flowhost::new::create(&dir, &name, &sdk)?;
+            println!("created node crate `{name}` in {}", root.display());
+            println!("  cd {} && cargo test", root.display());
+            println!("  cargo build --target wasm32-wasip1 --release");
+            println!("  echo hello | flowhost run graph.toml");
             Ok(ExitCode::SUCCESS)
         }
         Command::Graph { manifest, format } => {

@@ -247,3 +247,53 @@ fn graph_refuses_an_invalid_manifest_with_its_errors() {
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("9 errors in tests/ui/edges.toml"));
 }
+
+/// `flowhost new` makes a crate whose own tests pass natively, and which `flowhost run`
+/// builds for wasm32-wasip1 and runs from its generated graph.
+#[test]
+fn new_makes_a_node_crate_that_tests_builds_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let out = flowhost(&["new", "shout-node", "--dir", dir_arg]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = dir.path().join("shout-node");
+    // Share compiled dependencies with the example nodes.
+    let target = repo.join("functions/target");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let test = Command::new(&cargo)
+        .args(["test", "--quiet"])
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&test.stdout);
+    assert!(
+        test.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&test.stderr)
+    );
+    assert!(stdout.contains("2 passed"), "{stdout}");
+
+    let mut run = Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .args(["run", "graph.toml"])
+        .current_dir(&root)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    run.stdin.take().unwrap().write_all(b"hello\nwasm\n").unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "> HELLO\n> WASM\n");
+
+    let again = flowhost(&["new", "shout-node", "--dir", dir_arg]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let bad = flowhost(&["new", "Bad Name", "--dir", dir_arg]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid node name `Bad Name`"));
+}
