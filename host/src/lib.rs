@@ -14,12 +14,14 @@
 //! - [`bench`]: `flowhost bench`, throughput and boundary cost against native.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod bench;
 pub mod engine;
 pub mod io;
 pub mod manifest;
 pub mod message;
 pub mod new;
+pub mod progress;
 pub mod state;
 pub mod topology;
 

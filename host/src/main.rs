@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use flowhost::admin;
 use flowhost::engine::{Engine, EngineConfig};
 use flowhost::manifest::{Graph, picture};
 use flowhost::state::show::Saved;
+use flowhost::topology::status::Phase;
 use flowhost::topology::{self, RunOptions, Shutdown};
 
 #[derive(Parser)]
@@ -41,6 +43,36 @@ enum Command {
         /// (by default an interrupted run resumes, and durable stores keep their data).
         #[arg(long)]
         fresh: bool,
+        /// Serve /status, /metrics and sink tails on this loopback address while running
+        /// (`--admin` alone: 127.0.0.1:9464).
+        #[arg(long, num_args = 0..=1, default_missing_value = admin::DEFAULT_ADDR)]
+        admin: Option<std::net::SocketAddr>,
+        /// How often each node replica reports it is alive; three missed beats mark it stale.
+        #[arg(long, default_value_t = 1000)]
+        heartbeat_ms: u64,
+    },
+    /// Show the status of a running graph (from its admin endpoint).
+    Status {
+        /// The admin endpoint of `flowhost run --admin`.
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: String,
+        /// The full status as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second until the graph ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Print what a sink of a running graph writes, as it writes it.
+    Tail {
+        /// The sink.
+        sink: String,
+        /// The admin endpoint of `flowhost run --admin`.
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: String,
+        /// Whole messages as JSON (key, payload, timestamp, headers), not just payloads.
+        #[arg(long)]
+        json: bool,
     },
     /// Create a node crate: builds for wasm32-wasip1, has a unit test and a graph to run it.
     New {
@@ -142,6 +174,37 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("  echo hello | flowhost run graph.toml");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { admin, json, watch } => loop {
+            let report = admin::fetch_status(&admin);
+            match (&report, watch) {
+                (Ok(r), _) if json => println!("{}", serde_json::to_string_pretty(r)?),
+                (Ok(r), true) => print!("\x1b[2J\x1b[H{}", admin::table(r)),
+                (Ok(r), false) => print!("{}", admin::table(r)),
+                (Err(_), true) => return Ok(ExitCode::SUCCESS),
+                (Err(_), false) => {}
+            }
+            let report = report?;
+            let ended = matches!(report.state, Phase::Stopped | Phase::Failed);
+            if !watch || ended {
+                return Ok(ExitCode::SUCCESS);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        },
+        Command::Tail { sink, admin, json } => {
+            let mut after = 0;
+            while let Some(msgs) = admin::fetch_tail(&admin, &sink, after)? {
+                for (n, m) in msgs {
+                    after = n;
+                    match (&m["payload"], json) {
+                        (_, true) => println!("{m}"),
+                        (serde_json::Value::String(text), false) => println!("{text}"),
+                        (other, false) => println!("{other}"),
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Graph { manifest, format } => {
             let graph = Graph::load(&manifest)?;
             print!("{}", picture::render(&graph, format));
@@ -170,6 +233,8 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             batch_size,
             channel_capacity,
             fresh,
+            admin,
+            heartbeat_ms,
         } => {
             let graph = Graph::load(&manifest)?;
             let engine = Engine::new(engine_config(&graph))?;
@@ -187,6 +252,9 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 batch_size: batch_size.max(1),
                 channel_capacity: channel_capacity.max(1),
                 fresh,
+                heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(1)),
+                admin,
+                progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
             let report = topology::run(&graph, &engine, &opts, &shutdown)?;
             if !cli.quiet {

@@ -6,18 +6,19 @@
 mod checkpoint;
 mod replica;
 mod router;
+pub mod status;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 pub use replica::{MAX_ATTEMPTS, headers};
-pub use router::{Envelope, Route, Router};
+pub use router::{Envelope, Inbox, Mailbox, Route, Router, channel};
+pub use status::Status;
 
 use crate::engine::{Engine, LoadedModule, NodeInstance, NodeSetup, NodeTemplate};
 use crate::io::sink::SinkWriter;
@@ -27,6 +28,7 @@ use crate::state::Stores;
 use crate::state::durable::{Checkpoint, Position, StateLog};
 use checkpoint::{Checkpointer, Gate, InFlight};
 use replica::Replica;
+use status::{Phase, SinkStatus};
 
 /// Runtime knobs (command-line flags, not manifest fields).
 #[derive(Debug, Clone)]
@@ -37,6 +39,12 @@ pub struct RunOptions {
     pub channel_capacity: usize,
     /// Discard the saved state of durable stores and start the sources afresh.
     pub fresh: bool,
+    /// How often each replica reports it is alive.
+    pub heartbeat: Duration,
+    /// Serve `/status`, `/metrics` and sink tails here while running.
+    pub admin: Option<std::net::SocketAddr>,
+    /// Show a progress line on stderr.
+    pub progress: bool,
 }
 
 impl Default for RunOptions {
@@ -45,6 +53,9 @@ impl Default for RunOptions {
             batch_size: 256,
             channel_capacity: 16,
             fresh: false,
+            heartbeat: Duration::from_secs(1),
+            admin: None,
+            progress: false,
         }
     }
 }
@@ -128,7 +139,7 @@ impl NodeStats {
 }
 
 /// Counts of one node.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeCounts {
     /// Messages delivered to the node.
     pub received: u64,
@@ -268,15 +279,24 @@ pub fn run(
         );
     }
 
+    let stats: Vec<Arc<NodeStats>> = graph.nodes.iter().map(|_| Arc::default()).collect();
+    let hashes = templates.iter().map(|t| t.module().hash.clone()).collect();
+    let status = Arc::new(Status::new(graph, hashes, &stats, stores.clone(), opts.heartbeat));
     let in_flight = InFlight::default();
     let gate = Gate::new(starts.clone(), in_flight.clone());
-    let channel = || sync_channel::<Envelope>(opts.channel_capacity);
     let (node_tx, node_rx): (Vec<Vec<_>>, Vec<Vec<_>>) = graph
         .nodes
         .iter()
-        .map(|n| (0..n.replicas).map(|_| channel()).unzip())
+        .enumerate()
+        .map(|(i, n)| {
+            (0..n.replicas as usize)
+                .map(|r| channel(opts.channel_capacity, status.replica(i, r).queue.clone()))
+                .unzip()
+        })
         .unzip();
-    let (sink_tx, sink_rx): (Vec<_>, Vec<_>) = graph.sinks.iter().map(|_| channel()).unzip();
+    let (sink_tx, sink_rx): (Vec<_>, Vec<_>) = (0..graph.sinks.len())
+        .map(|k| channel(opts.channel_capacity, status.sink(k).queue.clone()))
+        .unzip();
     let router = |from: Vertex, ports: usize| {
         let mut r = Router::new(ports);
         for e in graph.edges.iter().filter(|e| e.from == from) {
@@ -292,11 +312,10 @@ pub fn run(
         }
         r
     };
-    let stats: Vec<Arc<NodeStats>> = graph.nodes.iter().map(|_| Arc::default()).collect();
     let mut replicas = Vec::new();
     for (i, ((spec, instances), inputs)) in graph.nodes.iter().zip(instances).zip(node_rx).enumerate() {
         let finish_barrier = Arc::new(Barrier::new(spec.replicas as usize));
-        for (instance, rx) in instances.into_iter().zip(inputs) {
+        for (r, (instance, rx)) in instances.into_iter().zip(inputs).enumerate() {
             let replica = Replica {
                 id: spec.id.as_str().into(),
                 instance,
@@ -312,6 +331,8 @@ pub fn run(
                 provenance: graph.provenance,
                 in_flight: in_flight.clone(),
                 finish_barrier: finish_barrier.clone(),
+                status: status.replica(i, r),
+                heartbeat: opts.heartbeat,
             };
             replicas.push((replica, rx));
         }
@@ -331,14 +352,23 @@ pub fn run(
         longest_pause: Duration::ZERO,
     };
     let expiring = graph.stores.iter().any(|s| s.ttl.is_some());
+    let admin = opts
+        .admin
+        .map(|a| crate::admin::serve(a, status.clone()))
+        .transpose()?;
+    let progress = opts
+        .progress
+        .then(|| crate::progress::Progress::start(status.clone()));
+    status.phase.set(Phase::Running);
     let (sources, sinks) = std::thread::scope(|s| {
         let sinks: Vec<_> = writers
             .iter()
             .zip(sink_rx)
             .zip(&graph.sinks)
-            .map(|((w, rx), spec)| {
-                let in_flight = in_flight.clone();
-                s.spawn(move || drain_sink(&spec.id, w, rx, shutdown, &in_flight))
+            .enumerate()
+            .map(|(k, ((w, rx), spec))| {
+                let (in_flight, sink) = (in_flight.clone(), status.sink(k));
+                s.spawn(move || drain_sink(&spec.id, w, rx, shutdown, &in_flight, &sink))
             })
             .collect();
         for (replica, rx) in replicas {
@@ -357,10 +387,11 @@ pub fn run(
             .enumerate()
             .map(|(i, ((spec, mut router), &start))| {
                 let span = tracing::info_span!("source", source = %spec.id);
-                let gate = &gate;
+                let (gate, read) = (&gate, status.source(i));
                 s.spawn(move || {
                     let _entered = span.enter();
                     let reached = source::run(spec, opts.batch_size, start, shutdown, |batch, at| {
+                        read.fetch_add(batch.len() as u64, Ordering::Relaxed);
                         router.send(0, batch);
                         gate.boundary(i, at);
                         true
@@ -376,6 +407,7 @@ pub fn run(
             .collect();
         let join = |h: std::thread::ScopedJoinHandle<'_, u64>| h.join().unwrap_or(0);
         let sources: Vec<u64> = sources.into_iter().map(join).collect();
+        status.phase.set(Phase::Draining);
         let sinks: Vec<u64> = sinks.into_iter().map(join).collect();
         (sources, sinks)
     });
@@ -394,6 +426,11 @@ pub fn run(
         );
     }
 
+    let failed = shutdown.failure().is_some();
+    status
+        .phase
+        .set(if failed { Phase::Failed } else { Phase::Stopped });
+    drop((progress, admin));
     Ok(RunReport {
         nodes: graph
             .nodes
@@ -441,15 +478,19 @@ fn open_state(
 fn drain_sink(
     id: &str,
     writer: &Mutex<SinkWriter>,
-    rx: Receiver<Envelope>,
+    rx: Mailbox,
     shutdown: &Shutdown,
     in_flight: &InFlight,
+    status: &SinkStatus,
 ) -> u64 {
     let mut written = 0;
     let mut broken = false;
     for env in rx {
         if !broken {
             broken = !write_batch(id, writer, &env, shutdown, &mut written);
+            if !broken {
+                status.wrote(&env.msgs);
+            }
         }
         in_flight.done();
     }

@@ -6,14 +6,14 @@
 //! (nothing of the trapped call was emitted), retryable errors are retried with backoff,
 //! and what still fails is skipped, dead-lettered or stops the graph.
 
-use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flowhost_sdk::{ErrorKind, NodeError};
 
 use super::checkpoint::InFlight;
-use super::router::{Envelope, Router};
+use super::router::{Envelope, Inbox, Mailbox, Received, Router};
+use super::status::{Phase, ReplicaStatus};
 use super::{NodeStats, Shutdown};
 use crate::engine::{CallError, NodeInstance};
 use crate::io::source::now_millis;
@@ -48,7 +48,7 @@ pub(super) struct Replica {
     pub instance: NodeInstance,
     pub outputs: usize,
     pub router: Router,
-    pub dead_letter: Option<SyncSender<Envelope>>,
+    pub dead_letter: Option<Inbox>,
     pub policy: ErrorPolicy,
     pub stats: Arc<NodeStats>,
     pub shutdown: Arc<Shutdown>,
@@ -57,28 +57,49 @@ pub(super) struct Replica {
     /// Every replica of the node waits here before `finish`: a replica's `finish` sees
     /// the state writes of all of them.
     pub finish_barrier: Arc<Barrier>,
+    pub status: Arc<ReplicaStatus>,
+    pub heartbeat: Duration,
 }
 
 impl Replica {
-    pub fn run(mut self, input: Receiver<Envelope>) {
+    pub fn run(mut self, input: Mailbox) {
         let mut stopped = false;
-        for env in input.iter() {
+        self.status.phase.set(Phase::Running);
+        let beat = self.heartbeat;
+        // Waiting at most a heartbeat interval, so an idle replica still beats.
+        loop {
+            let env = match input.recv(beat) {
+                Received::Batch(env) => env,
+                Received::Idle => {
+                    self.status.beat();
+                    continue;
+                }
+                Received::Closed => break,
+            };
+            self.status.beat();
             // After a stop, keep draining so producers never block on us.
             if !stopped {
                 NodeStats::add(&self.stats.received, env.msgs.len());
+                let started = Instant::now();
                 if let Err(reason) = self.batch(&env) {
                     stopped = self.stop(reason);
                 }
+                self.status.processed(started.elapsed());
             }
             self.in_flight.done();
         }
+        self.status.phase.set(Phase::Draining);
+        self.status.beat();
         self.finish_barrier.wait();
         if !stopped {
             let finished = self.instance.finish().map_err(|e| format!("finish failed: {e}"));
             if let Err(reason) = finished.and_then(|out| self.deliver(out, &[], 0)) {
-                self.stop(reason);
+                stopped = self.stop(reason);
             }
         }
+        self.status
+            .phase
+            .set(if stopped { Phase::Failed } else { Phase::Stopped });
     }
 
     fn stop(&mut self, reason: Stop) -> bool {
@@ -91,6 +112,10 @@ impl Replica {
     }
 
     fn batch(&mut self, env: &Envelope) -> Result<(), Stop> {
+        if let [msg] = env.msgs.as_slice() {
+            // Its own culprit: a trap is not worth running again alone.
+            return self.single(msg, env.port, 1);
+        }
         let input = message::encode(&env.msgs, env.port);
         let mut attempt = 1;
         loop {

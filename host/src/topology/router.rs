@@ -3,7 +3,10 @@
 //! consumer's replicas round-robin (per batch), by key hash, or to all (broadcast).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::time::Duration;
 
 use super::checkpoint::InFlight;
 use crate::manifest::Connection;
@@ -17,9 +20,78 @@ pub struct Envelope {
     pub msgs: Vec<Msg>,
 }
 
+/// The sending side of a consumer's channel, counting what waits in it.
+#[derive(Clone)]
+pub struct Inbox {
+    tx: SyncSender<Envelope>,
+    depth: Arc<AtomicUsize>,
+}
+
+/// The receiving side of a consumer's channel.
+pub struct Mailbox {
+    rx: Receiver<Envelope>,
+    depth: Arc<AtomicUsize>,
+}
+
+/// A bounded channel of `capacity` batches whose depth is counted in `depth`.
+pub fn channel(capacity: usize, depth: Arc<AtomicUsize>) -> (Inbox, Mailbox) {
+    let (tx, rx) = sync_channel(capacity);
+    let inbox = Inbox {
+        tx,
+        depth: depth.clone(),
+    };
+    (inbox, Mailbox { rx, depth })
+}
+
+impl Inbox {
+    /// Sends a batch, blocking while the channel is full; gives it back if the consumer
+    /// is gone.
+    pub fn send(&self, env: Envelope) -> Result<(), Envelope> {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(env).map_err(|e| {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            e.0
+        })
+    }
+}
+
+/// What waiting on a [`Mailbox`] gave.
+pub enum Received {
+    /// The next batch.
+    Batch(Envelope),
+    /// Nothing came in time.
+    Idle,
+    /// Every producer is gone and the channel is empty.
+    Closed,
+}
+
+impl Mailbox {
+    /// The next batch, waiting at most `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Received {
+        match self.rx.recv_timeout(timeout) {
+            Ok(env) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                Received::Batch(env)
+            }
+            Err(RecvTimeoutError::Timeout) => Received::Idle,
+            Err(RecvTimeoutError::Disconnected) => Received::Closed,
+        }
+    }
+}
+
+impl Iterator for Mailbox {
+    type Item = Envelope;
+
+    fn next(&mut self) -> Option<Envelope> {
+        let env = self.rx.recv().ok()?;
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+        Some(env)
+    }
+}
+
 /// One edge, as seen by a producer.
 pub struct Route {
-    targets: Vec<SyncSender<Envelope>>,
+    targets: Vec<Inbox>,
     in_port: u16,
     connection: Connection,
     next: usize,
@@ -30,12 +102,7 @@ pub struct Route {
 impl Route {
     /// An edge to `targets` (one sender per consumer replica), arriving on `in_port`;
     /// each batch sent is counted in `in_flight`.
-    pub fn new(
-        targets: Vec<SyncSender<Envelope>>,
-        in_port: u16,
-        connection: Connection,
-        in_flight: InFlight,
-    ) -> Self {
+    pub fn new(targets: Vec<Inbox>, in_port: u16, connection: Connection, in_flight: InFlight) -> Self {
         let pending = targets.iter().map(|_| Vec::new()).collect();
         Route {
             targets,
@@ -147,14 +214,14 @@ impl Router {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use std::sync::mpsc::{Receiver, sync_channel};
 
-    fn replicas(n: usize) -> (Vec<SyncSender<Envelope>>, Vec<Receiver<Envelope>>) {
-        (0..n).map(|_| sync_channel(16)).unzip()
+    fn replicas(n: usize) -> (Vec<Inbox>, Vec<Mailbox>) {
+        (0..n).map(|_| channel(16, Arc::default())).unzip()
     }
 
-    fn drain(rx: &Receiver<Envelope>) -> Vec<String> {
-        rx.try_iter()
+    fn drain(rx: &Mailbox) -> Vec<String> {
+        rx.rx
+            .try_iter()
             .flat_map(|e| e.msgs)
             .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
             .collect()
@@ -221,7 +288,7 @@ mod tests {
         assert_eq!(drain(&rr_rx[0]), ["a"]);
         assert_eq!(drain(&rr_rx[1]), ["b"]);
         for rx in &bc_rx {
-            let envs: Vec<Envelope> = rx.try_iter().collect();
+            let envs: Vec<Envelope> = rx.rx.try_iter().collect();
             assert!(envs.iter().all(|e| e.port == 1));
             assert_eq!(
                 envs.iter()

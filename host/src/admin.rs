@@ -1,0 +1,202 @@
+//! The admin endpoint of a running graph (loopback only: it has no authentication):
+//! `/status` (JSON), `/metrics` (Prometheus text), `/sinks/{id}/tail?after=N` (the latest
+//! messages a sink wrote). Served by axum on a thread of its own, off the data path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::topology::Status;
+use crate::topology::status::StatusReport;
+
+/// Where `flowhost run --admin` listens when given no address, and where `flowhost status`
+/// and `flowhost tail` look by default.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
+
+/// A running admin endpoint; dropping it stops the server.
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// The address it listens on (the real port when asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TailQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+/// Starts serving `status` on `addr`, which must be a loopback address.
+pub fn serve(addr: SocketAddr, status: Arc<Status>) -> anyhow::Result<AdminServer> {
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "the admin endpoint has no authentication and listens on loopback only; {addr} is not"
+    );
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("admin endpoint: cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("admin endpoint: starting its runtime")?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = axum::Router::new()
+        .route("/", get(index))
+        .route("/status", get(status_json))
+        .route("/metrics", get(metrics))
+        .route("/sinks/{id}/tail", get(tail))
+        .with_state(status);
+    let thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
+        let served = runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        if let Err(e) = served {
+            tracing::error!("admin endpoint failed: {e}");
+        }
+    })?;
+    tracing::info!("admin endpoint on http://{addr} (/status, /metrics, /sinks/<id>/tail)");
+    Ok(AdminServer {
+        addr,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+async fn index() -> &'static str {
+    "flowhost admin endpoint: /status (JSON), /metrics (Prometheus), /sinks/<id>/tail?after=N\n"
+}
+
+async fn status_json(State(status): State<Arc<Status>>) -> Json<StatusReport> {
+    Json(status.report())
+}
+
+async fn metrics(State(status): State<Arc<Status>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        status.prometheus(),
+    )
+}
+
+async fn tail(
+    State(status): State<Arc<Status>>,
+    Path(id): Path<String>,
+    Query(q): Query<TailQuery>,
+) -> axum::response::Response {
+    match status.tail(&id, q.after) {
+        Some(msgs) => Json(msgs).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no sink `{id}` in this graph\n")).into_response(),
+    }
+}
+
+/// Reads `/status` of the graph served at `addr`.
+pub fn fetch_status(addr: &str) -> anyhow::Result<StatusReport> {
+    let url = format!("http://{addr}/status");
+    let body = ureq::get(&url)
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .with_context(|| {
+            format!("no flowhost admin endpoint at {addr} (start one with `flowhost run --admin`)")
+        })?;
+    serde_json::from_str(&body).with_context(|| format!("{url} did not answer with a status"))
+}
+
+/// Reads the messages sink `sink` wrote after number `after`; `Ok(None)` once the graph
+/// has gone away.
+pub fn fetch_tail(
+    addr: &str,
+    sink: &str,
+    after: u64,
+) -> anyhow::Result<Option<Vec<(u64, serde_json::Value)>>> {
+    let url = format!("http://{addr}/sinks/{sink}/tail?after={after}");
+    match ureq::get(&url).call() {
+        Ok(mut r) => Ok(Some(serde_json::from_str(&r.body_mut().read_to_string()?)?)),
+        Err(ureq::Error::StatusCode(404)) => anyhow::bail!("the graph at {addr} has no sink `{sink}`"),
+        Err(ureq::Error::Io(_)) | Err(ureq::Error::ConnectionFailed) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {url}")),
+    }
+}
+
+/// A status as a table for people.
+pub fn table(r: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "graph `{}` {} for {:.1}s (heartbeat every {} ms)\n",
+        r.graph,
+        r.state.as_str(),
+        r.uptime_ms as f64 / 1000.0,
+        r.heartbeat_ms
+    );
+    for s in &r.sources {
+        let _ = writeln!(out, "  source {:<16} read {}", s.id, s.read);
+    }
+    let _ = writeln!(
+        out,
+        "  {:<22} {:>10} {:>10} {:>7} {:>6} {:>9} {:>9}  replicas",
+        "node", "in", "out", "errors", "dead", "p50 µs", "p99 µs"
+    );
+    for n in &r.nodes {
+        let replicas: Vec<String> = n
+            .replicas
+            .iter()
+            .map(|p| {
+                let stale = if p.stale { " STALE" } else { "" };
+                format!("#{} {} q{}{stale}", p.index, p.state.as_str(), p.queue_depth)
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:<22} {:>10} {:>10} {:>7} {:>6} {:>9} {:>9}  {}",
+            format!("{} v{}", n.id, n.version),
+            n.counts.received,
+            n.counts.emitted,
+            n.counts.errors,
+            n.counts.dead_lettered,
+            n.latency_us.p50,
+            n.latency_us.p99,
+            replicas.join(", ")
+        );
+    }
+    for s in &r.sinks {
+        let _ = writeln!(
+            out,
+            "  sink   {:<16} wrote {} (queue {})",
+            s.id, s.written, s.queue_depth
+        );
+    }
+    for s in &r.stores {
+        let durable = if s.durable { "durable" } else { "memory" };
+        let _ = writeln!(out, "  store  {:<16} {} keys ({durable})", s.name, s.keys);
+    }
+    out
+}

@@ -1,0 +1,546 @@
+//! What a running graph is doing, for `/status`, `/metrics`, `flowhost status` and the
+//! progress line: per node its counts and batch latency, per replica its state, queue
+//! depth and heartbeat; per source and sink their counts, and a sink's latest messages.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use super::{NodeCounts, NodeStats};
+use crate::io::sink::as_json;
+use crate::io::source::now_millis;
+use crate::manifest::Graph;
+use crate::message::Msg;
+use crate::state::Stores;
+
+/// Messages a sink keeps for `flowhost tail`.
+pub const RECENT: usize = 100;
+
+/// Where a replica (or the whole graph) is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[repr(u8)]
+pub enum Phase {
+    /// Instantiated, not yet reading.
+    Starting = 0,
+    /// Reading its input.
+    Running = 1,
+    /// Its input has ended: finishing what is in flight.
+    Draining = 2,
+    /// Done.
+    Stopped = 3,
+    /// Stopped the graph with an error.
+    Failed = 4,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::Starting,
+            1 => Phase::Running,
+            2 => Phase::Draining,
+            3 => Phase::Stopped,
+            _ => Phase::Failed,
+        }
+    }
+
+    /// Its name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Draining => "draining",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// A phase shared between threads.
+#[derive(Debug)]
+pub struct SharedPhase(AtomicU8);
+
+impl SharedPhase {
+    fn new(p: Phase) -> Self {
+        SharedPhase(AtomicU8::new(p as u8))
+    }
+
+    /// Moves to `p`.
+    pub fn set(&self, p: Phase) {
+        self.0.store(p as u8, Ordering::Relaxed);
+    }
+
+    /// The current phase.
+    pub fn get(&self) -> Phase {
+        Phase::from_u8(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Live status of one replica, written by its own thread (the heartbeat proves that
+/// thread is alive and not stuck) and by its producers (queue depth).
+#[derive(Debug)]
+pub struct ReplicaStatus {
+    /// Its phase.
+    pub phase: SharedPhase,
+    heartbeat: AtomicI64,
+    /// Batches waiting in its channel.
+    pub queue: Arc<AtomicUsize>,
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl ReplicaStatus {
+    fn new() -> Self {
+        ReplicaStatus {
+            phase: SharedPhase::new(Phase::Starting),
+            heartbeat: AtomicI64::new(now_millis()),
+            queue: Arc::default(),
+            latency: Mutex::new(Histogram::new(3).expect("3 significant digits is valid")),
+        }
+    }
+
+    /// The replica is alive.
+    pub fn beat(&self) {
+        self.heartbeat.store(now_millis(), Ordering::Relaxed);
+    }
+
+    /// A batch took `took` to process.
+    pub fn processed(&self, took: Duration) {
+        let micros = took.as_micros().min(u64::MAX as u128) as u64;
+        self.latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .saturating_record(micros.max(1));
+    }
+}
+
+/// A sink's count and latest messages.
+#[derive(Debug, Default)]
+pub struct SinkStatus {
+    /// Messages written.
+    pub written: AtomicU64,
+    /// Batches waiting in its channel.
+    pub queue: Arc<AtomicUsize>,
+    recent: Mutex<VecDeque<Msg>>,
+}
+
+impl SinkStatus {
+    /// Records a written batch.
+    pub fn wrote(&self, msgs: &[Msg]) {
+        self.written.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = &msgs[msgs.len().saturating_sub(RECENT)..];
+        let excess = (recent.len() + keep.len())
+            .saturating_sub(RECENT)
+            .min(recent.len());
+        recent.drain(..excess);
+        recent.extend(keep.iter().cloned());
+    }
+}
+
+/// A node's id, module hash, counters and replicas.
+#[derive(Debug)]
+struct NodeEntry {
+    id: String,
+    hash: String,
+    stats: Arc<NodeStats>,
+    replicas: Vec<Arc<ReplicaStatus>>,
+}
+
+/// Status of a running graph.
+#[derive(Debug)]
+pub struct Status {
+    graph: String,
+    started: Instant,
+    heartbeat: Duration,
+    /// The graph's phase.
+    pub phase: SharedPhase,
+    nodes: Vec<NodeEntry>,
+    sources: Vec<(String, Arc<AtomicU64>)>,
+    sinks: Vec<(String, Arc<SinkStatus>)>,
+    stores: Stores,
+}
+
+impl Status {
+    /// Status for `graph`: module hashes by node, each node's counters, the stores.
+    pub fn new(
+        graph: &Graph,
+        hashes: Vec<String>,
+        stats: &[Arc<NodeStats>],
+        stores: Stores,
+        heartbeat: Duration,
+    ) -> Self {
+        Status {
+            graph: graph.name.clone(),
+            started: Instant::now(),
+            heartbeat,
+            phase: SharedPhase::new(Phase::Starting),
+            nodes: graph
+                .nodes
+                .iter()
+                .zip(hashes)
+                .zip(stats)
+                .map(|((n, hash), s)| {
+                    let replicas = (0..n.replicas).map(|_| Arc::new(ReplicaStatus::new())).collect();
+                    NodeEntry {
+                        id: n.id.clone(),
+                        hash,
+                        stats: s.clone(),
+                        replicas,
+                    }
+                })
+                .collect(),
+            sources: graph
+                .sources
+                .iter()
+                .map(|s| (s.id.clone(), Arc::default()))
+                .collect(),
+            sinks: graph
+                .sinks
+                .iter()
+                .map(|s| (s.id.clone(), Arc::default()))
+                .collect(),
+            stores,
+        }
+    }
+
+    /// How often replicas beat.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// Replica `r` of node `i`.
+    pub fn replica(&self, i: usize, r: usize) -> Arc<ReplicaStatus> {
+        self.nodes[i].replicas[r].clone()
+    }
+
+    /// The counter of messages read by source `i`.
+    pub fn source(&self, i: usize) -> Arc<AtomicU64> {
+        self.sources[i].1.clone()
+    }
+
+    /// Sink `k`.
+    pub fn sink(&self, k: usize) -> Arc<SinkStatus> {
+        self.sinks[k].1.clone()
+    }
+
+    /// A snapshot, as `/status` serves it.
+    pub fn report(&self) -> StatusReport {
+        let now = now_millis();
+        let stale_after = 3 * self.heartbeat.as_millis() as i64;
+        StatusReport {
+            graph: self.graph.clone(),
+            state: self.phase.get(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            heartbeat_ms: self.heartbeat.as_millis() as u64,
+            sources: self
+                .sources
+                .iter()
+                .map(|(id, n)| SourceReport {
+                    id: id.clone(),
+                    read: n.load(Ordering::Relaxed),
+                })
+                .collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(
+                    |NodeEntry {
+                         id,
+                         hash,
+                         stats,
+                         replicas,
+                     }| {
+                        let mut all = Histogram::<u64>::new(3).expect("valid");
+                        let replicas = replicas
+                            .iter()
+                            .enumerate()
+                            .map(|(index, r)| {
+                                let _ = all.add(&*r.latency.lock().unwrap_or_else(|e| e.into_inner()));
+                                let phase = r.phase.get();
+                                let ago = now - r.heartbeat.load(Ordering::Relaxed);
+                                ReplicaReport {
+                                    index,
+                                    state: phase,
+                                    queue_depth: r.queue.load(Ordering::Relaxed),
+                                    heartbeat_ms_ago: ago,
+                                    stale: matches!(phase, Phase::Running | Phase::Draining)
+                                        && ago > stale_after,
+                                }
+                            })
+                            .collect();
+                        NodeReport {
+                            id: id.clone(),
+                            module_hash: hash.clone(),
+                            version: 1,
+                            counts: stats.counts(),
+                            latency_us: Latency {
+                                p50: all.value_at_quantile(0.5),
+                                p90: all.value_at_quantile(0.9),
+                                p99: all.value_at_quantile(0.99),
+                                max: all.max(),
+                                batches: all.len(),
+                            },
+                            replicas,
+                        }
+                    },
+                )
+                .collect(),
+            sinks: self
+                .sinks
+                .iter()
+                .map(|(id, s)| SinkReport {
+                    id: id.clone(),
+                    written: s.written.load(Ordering::Relaxed),
+                    queue_depth: s.queue.load(Ordering::Relaxed),
+                })
+                .collect(),
+            stores: self
+                .stores
+                .iter()
+                .map(|s| StoreReport {
+                    name: s.name().to_owned(),
+                    keys: s.len() as u64,
+                    durable: s.is_durable(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The latest messages of sink `id` after number `after` (1-based over the run), as
+    /// `(number, message as JSON)`; `None` if there is no such sink.
+    pub fn tail(&self, id: &str, after: u64) -> Option<Vec<(u64, serde_json::Value)>> {
+        let (_, sink) = self.sinks.iter().find(|(s, _)| s == id)?;
+        let recent = sink.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let last = sink.written.load(Ordering::Relaxed);
+        let first = last + 1 - recent.len() as u64;
+        Some(
+            recent
+                .iter()
+                .zip(first..)
+                .filter(|(_, n)| *n > after)
+                .map(|(m, n)| (n, as_json(m)))
+                .collect(),
+        )
+    }
+
+    /// Prometheus text exposition of the counters.
+    pub fn prometheus(&self) -> String {
+        let r = self.report();
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+            out += &format!("# HELP flowhost_{name} {help}\n# TYPE flowhost_{name} {kind}\n");
+            for (labels, v) in samples {
+                out += &format!("flowhost_{name}{{graph=\"{}\"{labels}}} {v}\n", r.graph);
+            }
+        };
+        let per_node = |f: &dyn Fn(&NodeReport) -> f64| -> Vec<(String, f64)> {
+            r.nodes
+                .iter()
+                .map(|n| (format!(",node=\"{}\"", n.id), f(n)))
+                .collect()
+        };
+        for (name, help, get) in [
+            (
+                "node_received_total",
+                "Messages delivered to the node.",
+                (|c: &NodeCounts| c.received) as fn(&NodeCounts) -> u64,
+            ),
+            ("node_emitted_total", "Records the node emitted.", |c| c.emitted),
+            ("node_errors_total", "Messages that failed for good.", |c| {
+                c.errors
+            }),
+            (
+                "node_dead_lettered_total",
+                "Failed messages sent to the dead-letter sink.",
+                |c| c.dead_lettered,
+            ),
+            ("node_skipped_total", "Failed messages skipped.", |c| c.skipped),
+            ("node_retries_total", "Retries of retryable errors.", |c| {
+                c.retries
+            }),
+            (
+                "node_traps_total",
+                "Instances that trapped and were replaced.",
+                |c| c.traps,
+            ),
+        ] {
+            family(name, "counter", help, per_node(&|n| get(&n.counts) as f64));
+        }
+        for (q, get) in [
+            ("0.5", (|l: &Latency| l.p50) as fn(&Latency) -> u64),
+            ("0.9", |l| l.p90),
+            ("0.99", |l| l.p99),
+        ] {
+            let samples = r
+                .nodes
+                .iter()
+                .map(|n| {
+                    (
+                        format!(",node=\"{}\",quantile=\"{q}\"", n.id),
+                        get(&n.latency_us) as f64 / 1e6,
+                    )
+                })
+                .collect();
+            family(
+                &format!("node_batch_seconds_q{}", q.replace('.', "_")),
+                "gauge",
+                "Time to process one batch, by quantile.",
+                samples,
+            );
+        }
+        let replicas = |f: &dyn Fn(&ReplicaReport) -> f64| -> Vec<(String, f64)> {
+            r.nodes
+                .iter()
+                .flat_map(|n| {
+                    n.replicas
+                        .iter()
+                        .map(move |p| (format!(",node=\"{}\",replica=\"{}\"", n.id, p.index), f(p)))
+                })
+                .collect()
+        };
+        family(
+            "replica_queue_depth",
+            "gauge",
+            "Batches waiting for the replica.",
+            replicas(&|p| p.queue_depth as f64),
+        );
+        family(
+            "replica_up",
+            "gauge",
+            "1 if the replica is running and its heartbeat is fresh.",
+            replicas(&|p| f64::from(u8::from(p.state == Phase::Running && !p.stale))),
+        );
+        family(
+            "source_read_total",
+            "counter",
+            "Messages read by the source.",
+            r.sources
+                .iter()
+                .map(|s| (format!(",source=\"{}\"", s.id), s.read as f64))
+                .collect(),
+        );
+        family(
+            "sink_written_total",
+            "counter",
+            "Messages written by the sink.",
+            r.sinks
+                .iter()
+                .map(|s| (format!(",sink=\"{}\"", s.id), s.written as f64))
+                .collect(),
+        );
+        family(
+            "store_keys",
+            "gauge",
+            "Live keys in the store.",
+            r.stores
+                .iter()
+                .map(|s| (format!(",store=\"{}\"", s.name), s.keys as f64))
+                .collect(),
+        );
+        out
+    }
+}
+
+/// `/status`: the graph and every node replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The graph's name.
+    pub graph: String,
+    /// The graph's phase.
+    pub state: Phase,
+    /// Since the run started.
+    pub uptime_ms: u64,
+    /// How often replicas beat; a replica is stale after three missed beats.
+    pub heartbeat_ms: u64,
+    /// Sources.
+    pub sources: Vec<SourceReport>,
+    /// Nodes.
+    pub nodes: Vec<NodeReport>,
+    /// Sinks.
+    pub sinks: Vec<SinkReport>,
+    /// Stores.
+    pub stores: Vec<StoreReport>,
+}
+
+/// A source in [`StatusReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceReport {
+    /// Its id.
+    pub id: String,
+    /// Messages read.
+    pub read: u64,
+}
+
+/// A node in [`StatusReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Its id.
+    pub id: String,
+    /// SHA-256 of its module.
+    pub module_hash: String,
+    /// Module version (1 until hot swap replaces it).
+    pub version: u32,
+    /// Its counters.
+    #[serde(flatten)]
+    pub counts: NodeCounts,
+    /// Time to process a batch, over all replicas.
+    pub latency_us: Latency,
+    /// Its replicas.
+    pub replicas: Vec<ReplicaReport>,
+}
+
+/// Batch latency percentiles, in microseconds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Longest.
+    pub max: u64,
+    /// Batches measured.
+    pub batches: u64,
+}
+
+/// A replica in [`NodeReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    /// 0-based.
+    pub index: usize,
+    /// Its phase.
+    pub state: Phase,
+    /// Batches waiting for it.
+    pub queue_depth: usize,
+    /// Since its last heartbeat.
+    pub heartbeat_ms_ago: i64,
+    /// Running, but no heartbeat for three intervals: stuck (a long call, a blocked send).
+    pub stale: bool,
+}
+
+/// A sink in [`StatusReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SinkReport {
+    /// Its id.
+    pub id: String,
+    /// Messages written.
+    pub written: u64,
+    /// Batches waiting for it.
+    pub queue_depth: usize,
+}
+
+/// A store in [`StatusReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreReport {
+    /// Its name.
+    pub name: String,
+    /// Live keys.
+    pub keys: u64,
+    /// Whether it is checkpointed.
+    pub durable: bool,
+}
