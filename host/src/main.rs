@@ -51,6 +51,8 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         heartbeat_ms: u64,
     },
+    /// Print the JSON Schema of graph.toml (shipped as graphs/graph.schema.json).
+    Schema,
     /// Show the status of a running graph (from its admin endpoint).
     Status {
         /// The admin endpoint of `flowhost run --admin`.
@@ -203,6 +205,10 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&flowhost::manifest::schema())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Graph { manifest, format } => {

@@ -297,3 +297,47 @@ fn new_makes_a_node_crate_that_tests_builds_and_runs() {
     let bad = flowhost(&["new", "Bad Name", "--dir", dir_arg]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid node name `Bad Name`"));
 }
+
+/// The shipped schema is what `flowhost schema` generates from the parser's types
+/// (`BLESS=1` rewrites it), and every example graph points editors at it.
+#[test]
+fn the_shipped_schema_is_current_and_the_examples_use_it() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = flowhost(&["schema"]);
+    assert!(out.status.success());
+    let got = String::from_utf8(out.stdout).unwrap();
+    let shipped = repo.join("graphs/graph.schema.json");
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(&shipped, &got).unwrap();
+    }
+    assert_eq!(
+        got,
+        std::fs::read_to_string(&shipped).unwrap(),
+        "BLESS=1 to update it"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&got).unwrap();
+    let props = &schema["properties"];
+    for key in [
+        "name",
+        "sources",
+        "nodes",
+        "sinks",
+        "stores",
+        "edges",
+        "checkpoint",
+    ] {
+        assert!(props.get(key).is_some(), "no `{key}` in the schema");
+    }
+    assert_eq!(schema["additionalProperties"], false, "unknown fields are errors");
+    for entry in std::fs::read_dir(repo.join("graphs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.starts_with("#:schema ./graph.schema.json\n"),
+                "{}",
+                path.display()
+            );
+        }
+    }
+}

@@ -248,6 +248,16 @@ pub struct Edge {
     pub connection: Connection,
 }
 
+/// The JSON Schema of `graph.toml`, generated from the types the manifest is parsed
+/// into (editors with TOML schema support complete and check manifests with it).
+pub fn schema() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(raw::RawGraph)).unwrap_or_default();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert("title".into(), "flowhost graph manifest (graph.toml)".into());
+    }
+    schema
+}
+
 impl Graph {
     /// Reads and validates a manifest.
     pub fn load(path: impl AsRef<Path>) -> Result<Graph, ManifestError> {

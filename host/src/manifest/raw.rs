@@ -4,24 +4,30 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
 /// A whole `graph.toml`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawGraph {
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
     /// Record the nodes each message passed in the `flowhost-path` header.
     #[serde(default)]
     pub provenance: bool,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawSource>")]
     pub sources: BTreeMap<Spanned<String>, RawSource>,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawNode>")]
     pub nodes: BTreeMap<Spanned<String>, RawNode>,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawSink>")]
     pub sinks: BTreeMap<Spanned<String>, RawSink>,
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, RawStore>")]
     pub stores: BTreeMap<Spanned<String>, RawStore>,
     /// Where and how often durable stores are checkpointed.
     pub checkpoint: Option<RawCheckpoint>,
@@ -29,7 +35,7 @@ pub struct RawGraph {
     pub edges: Vec<RawEdge>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum SourceKind {
     File,
@@ -38,25 +44,32 @@ pub enum SourceKind {
     Generator,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSource {
+    #[schemars(with = "SourceKind")]
     pub kind: Spanned<SourceKind>,
     /// `file`, `jsonl`: the file to read, relative to the manifest.
+    #[schemars(with = "Option<String>")]
     pub path: Option<Spanned<String>>,
     /// `jsonl`: a top-level field whose value becomes the message key.
+    #[schemars(with = "Option<String>")]
     pub key_field: Option<Spanned<String>>,
     /// `jsonl`: a top-level field holding the event time (milliseconds since the epoch).
+    #[schemars(with = "Option<String>")]
     pub timestamp_field: Option<Spanned<String>>,
     /// `generator`: how many messages (unbounded if absent).
+    #[schemars(with = "Option<u64>")]
     pub count: Option<Spanned<u64>>,
     /// `generator`: payload size in bytes (default 16).
+    #[schemars(with = "Option<usize>")]
     pub payload_size: Option<Spanned<usize>>,
     /// `generator`: number of distinct keys (no keys if absent).
+    #[schemars(with = "Option<u64>")]
     pub keys: Option<Spanned<u64>>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnError {
     Stop,
@@ -64,40 +77,50 @@ pub enum OnError {
     DeadLetter,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawNode {
     /// A built module or component, relative to the manifest.
+    #[schemars(with = "Option<String>")]
     pub module: Option<Spanned<String>>,
     /// A node crate to build for wasm32-wasip1 (when missing or stale), relative to the manifest.
     #[serde(rename = "crate")]
+    #[schemars(with = "Option<String>")]
     pub krate: Option<Spanned<String>>,
     #[serde(default)]
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub config: toml::Table,
+    #[schemars(with = "Option<u32>")]
     pub replicas: Option<Spanned<u32>>,
+    #[schemars(with = "Option<u64>")]
     pub timeout_ms: Option<Spanned<u64>>,
+    #[schemars(with = "Option<u64>")]
     pub memory_mb: Option<Spanned<u64>>,
+    #[schemars(with = "Option<OnError>")]
     pub on_error: Option<Spanned<OnError>>,
     /// The sink that receives dead letters when `on_error = "dead-letter"`.
+    #[schemars(with = "Option<String>")]
     pub dead_letter: Option<Spanned<String>>,
     /// Stores this node may use: `{ counts = "rw", customers = "r" }`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Access>")]
     pub state: BTreeMap<Spanned<String>, Access>,
 }
 
 /// A declared store.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     /// `memory` (the default) or `durable`.
     #[serde(default)]
     pub durability: Durability,
     /// Keys expire this long after their last write.
+    #[schemars(with = "Option<u64>")]
     pub ttl_ms: Option<Spanned<u64>>,
 }
 
 /// Whether a store outlives the process.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Durability {
     /// Kept in memory only: gone when `flowhost run` ends.
@@ -108,17 +131,19 @@ pub enum Durability {
 }
 
 /// `[checkpoint]`: where durable state is written, and how often.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCheckpoint {
     /// The state directory, relative to the manifest (default `.flowhost/<graph name>`).
+    #[schemars(with = "Option<String>")]
     pub dir: Option<Spanned<String>>,
     /// Milliseconds between checkpoints (default 1000).
+    #[schemars(with = "Option<u64>")]
     pub interval_ms: Option<Spanned<u64>>,
 }
 
 /// What a node may do with a store.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// Read only.
     #[serde(rename = "r")]
@@ -128,7 +153,7 @@ pub enum Access {
     ReadWrite,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum SinkKind {
     Stdout,
@@ -137,7 +162,7 @@ pub enum SinkKind {
 }
 
 /// How a sink writes each message.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SinkFormat {
     /// The payload, one per line.
@@ -147,18 +172,20 @@ pub enum SinkFormat {
     Json,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSink {
+    #[schemars(with = "SinkKind")]
     pub kind: Spanned<SinkKind>,
     /// `file`: where to write, relative to the manifest.
+    #[schemars(with = "Option<String>")]
     pub path: Option<Spanned<String>>,
     #[serde(default)]
     pub format: SinkFormat,
 }
 
 /// How an edge spreads messages over the replicas of the node it feeds.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Connection {
     /// Each batch to the next replica in turn.
@@ -170,12 +197,14 @@ pub enum Connection {
     Broadcast,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawEdge {
     /// `source`, `node` or `node.port`.
+    #[schemars(with = "String")]
     pub from: Spanned<String>,
     /// `node`, `node.port` or `sink`.
+    #[schemars(with = "String")]
     pub to: Spanned<String>,
     #[serde(default)]
     pub connection: Connection,
