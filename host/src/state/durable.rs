@@ -231,10 +231,7 @@ impl StateLog {
         if self.len > 2 * self.snapshot_len + COMPACT_SLACK {
             self.epoch += 1;
             meta.epoch = self.epoch;
-            // The snapshot takes everything; what changed is in it.
-            for s in stores.iter() {
-                s.take_changes();
-            }
+            // The snapshot takes everything, what changed included.
             self.rewrite(meta, stores)?;
             return Ok(self.epoch);
         }

@@ -83,20 +83,15 @@ impl Store {
         self.changed.is_some()
     }
 
-    /// Number of live keys.
+    /// Number of keys, counting those that expired since the last sweep (cheap: status
+    /// reads it several times a second).
     pub fn len(&self) -> usize {
-        match self.ttl_ms {
-            None => self.map.len(),
-            Some(_) => {
-                let now = now_millis();
-                self.map.iter().filter(|e| e.expires > now).count()
-            }
-        }
+        self.map.len()
     }
 
-    /// Whether the store has no live keys.
+    /// Whether the store has no keys (expired ones not yet swept included).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.map.is_empty()
     }
 
     /// The current time, if keys of this store expire (else 0: nothing is ever expired).

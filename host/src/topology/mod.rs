@@ -281,7 +281,13 @@ pub fn run(
 
     let stats: Vec<Arc<NodeStats>> = graph.nodes.iter().map(|_| Arc::default()).collect();
     let hashes = templates.iter().map(|t| t.module().hash.clone()).collect();
-    let status = Arc::new(Status::new(graph, hashes, &stats, stores.clone(), opts.heartbeat));
+    let status = Arc::new(Status::new(
+        graph,
+        (hashes, &stats),
+        stores.clone(),
+        opts.heartbeat,
+        opts.admin.is_some(),
+    ));
     let in_flight = InFlight::default();
     let gate = Gate::new(starts.clone(), in_flight.clone());
     let (node_tx, node_rx): (Vec<Vec<_>>, Vec<Vec<_>>) = graph

@@ -117,20 +117,24 @@ impl ReplicaStatus {
     }
 }
 
-/// A sink's count and latest messages.
+/// A sink's count and (when something can read them) latest messages.
 #[derive(Debug, Default)]
 pub struct SinkStatus {
     /// Messages written.
     pub written: AtomicU64,
     /// Batches waiting in its channel.
     pub queue: Arc<AtomicUsize>,
+    keep_recent: bool,
     recent: Mutex<VecDeque<Msg>>,
 }
 
 impl SinkStatus {
     /// Records a written batch.
     pub fn wrote(&self, msgs: &[Msg]) {
-        self.written.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+        if !self.keep_recent {
+            self.written.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+            return;
+        }
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let keep = &msgs[msgs.len().saturating_sub(RECENT)..];
         let excess = (recent.len() + keep.len())
@@ -138,6 +142,8 @@ impl SinkStatus {
             .min(recent.len());
         recent.drain(..excess);
         recent.extend(keep.iter().cloned());
+        // Under the lock, so `tail` numbers what it sees right.
+        self.written.fetch_add(msgs.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -165,13 +171,14 @@ pub struct Status {
 }
 
 impl Status {
-    /// Status for `graph`: module hashes by node, each node's counters, the stores.
+    /// Status for `graph`: module hashes by node, each node's counters, the stores;
+    /// with `tails`, sinks keep their latest messages for [`Status::tail`].
     pub fn new(
         graph: &Graph,
-        hashes: Vec<String>,
-        stats: &[Arc<NodeStats>],
+        (hashes, stats): (Vec<String>, &[Arc<NodeStats>]),
         stores: Stores,
         heartbeat: Duration,
+        tails: bool,
     ) -> Self {
         Status {
             graph: graph.name.clone(),
@@ -201,7 +208,13 @@ impl Status {
             sinks: graph
                 .sinks
                 .iter()
-                .map(|s| (s.id.clone(), Arc::default()))
+                .map(|s| {
+                    let sink = SinkStatus {
+                        keep_recent: tails,
+                        ..SinkStatus::default()
+                    };
+                    (s.id.clone(), Arc::new(sink))
+                })
                 .collect(),
             stores,
         }
