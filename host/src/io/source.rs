@@ -51,7 +51,7 @@ pub fn run(
             shutdown,
             false,
             &mut send,
-            |_, _, line| Ok(Msg::new(line, None)),
+            text_line,
         ),
         SourceKind::Stdin => {
             if start != Position::default() {
@@ -59,15 +59,7 @@ pub fn run(
             }
             let stdin = BufReader::new(std::io::stdin().lock());
             let from = Position::default();
-            lines(
-                stdin,
-                batch_size,
-                from,
-                shutdown,
-                true,
-                &mut send,
-                |_, _, line| Ok(Msg::new(line, None)),
-            )
+            lines(stdin, batch_size, from, shutdown, true, &mut send, text_line)
         }
         SourceKind::Jsonl {
             path,
@@ -112,6 +104,11 @@ pub fn run(
             })
         }
     }
+}
+
+/// A text line as it is: the payload of a message.
+fn text_line(_line_no: u64, _read_at: Option<i64>, line: Bytes) -> Result<Msg, String> {
+    Ok(Msg::new(line, None))
 }
 
 /// Reads lines (without `\n` or `\r\n`) in batches. With `eager`, a batch is also sent
