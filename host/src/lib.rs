@@ -17,11 +17,14 @@
 pub mod admin;
 pub mod bench;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod manifest;
 pub mod message;
 pub mod new;
 pub mod progress;
+pub mod replay;
 pub mod state;
 pub mod topology;
 

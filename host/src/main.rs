@@ -51,6 +51,23 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         heartbeat_ms: u64,
     },
+    /// Feed the messages a node dead-lettered back into it (after a fix), and through
+    /// everything downstream; exits 1 if some fail again.
+    Replay {
+        /// The graph manifest.
+        manifest: PathBuf,
+        /// The dead-letter sink to replay (a file sink with format = "json").
+        dead_letter: String,
+        /// The node to feed.
+        #[arg(long)]
+        into: String,
+        /// Run the node with this module instead of the manifest's.
+        #[arg(long)]
+        module: Option<PathBuf>,
+        /// Replay every message in the file, whichever node dead-lettered it.
+        #[arg(long)]
+        all: bool,
+    },
     /// Print the JSON Schema of graph.toml (shipped as graphs/graph.schema.json).
     Schema,
     /// Show the status of a running graph (from its admin endpoint).
@@ -243,17 +260,8 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             heartbeat_ms,
         } => {
             let graph = Graph::load(&manifest)?;
-            let engine = Engine::new(engine_config(&graph))?;
-            let shutdown = Arc::new(Shutdown::default());
-            let on_signal = shutdown.clone();
-            ctrlc::set_handler(move || {
-                if on_signal.is_stopping() {
-                    std::process::exit(130);
-                }
-                on_signal.interrupt();
-                eprintln!("stopping: draining the graph (Ctrl-C again to quit at once)");
-            })
-            .context("installing the Ctrl-C handler")?;
+            let engine = Engine::new(EngineConfig::for_graph(&graph))?;
+            let shutdown = stop_on_ctrl_c()?;
             let opts = RunOptions {
                 batch_size: batch_size.max(1),
                 channel_capacity: channel_capacity.max(1),
@@ -261,6 +269,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(1)),
                 admin,
                 progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                append: false,
             };
             let report = topology::run(&graph, &engine, &opts, &shutdown)?;
             if !cli.quiet {
@@ -275,16 +284,48 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => ExitCode::SUCCESS,
             })
         }
+        Command::Replay {
+            manifest,
+            dead_letter,
+            into,
+            module,
+            all,
+        } => {
+            let graph = Graph::load(&manifest)?;
+            let engine = Engine::new(EngineConfig::for_graph(&graph))?;
+            let shutdown = stop_on_ctrl_c()?;
+            let req = flowhost::replay::Replay {
+                from: dead_letter,
+                into,
+                module,
+                all,
+            };
+            let report = flowhost::replay::replay(&graph, &req, &engine, &RunOptions::default(), &shutdown)?;
+            if let (Some(run), false) = (&report.run, cli.quiet) {
+                eprint!("{run}");
+            }
+            print!("{report}");
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Bench(args) => flowhost::bench::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 
-fn engine_config(graph: &Graph) -> EngineConfig {
-    let replicas: u32 = graph.nodes.iter().map(|n| n.replicas).sum();
-    EngineConfig {
-        max_memory_mb: graph.nodes.iter().map(|n| n.memory_mb).max().unwrap_or(64),
-        // Room to replace every instance once without waiting for the old one to drop.
-        max_instances: replicas * 2 + 8,
-        cache_dir: flowhost::engine::default_cache_dir(),
-    }
+/// The first Ctrl-C asks the graph to drain; a second one quits at once.
+fn stop_on_ctrl_c() -> anyhow::Result<Arc<Shutdown>> {
+    let shutdown = Arc::new(Shutdown::default());
+    let on_signal = shutdown.clone();
+    ctrlc::set_handler(move || {
+        if on_signal.is_stopping() {
+            std::process::exit(130);
+        }
+        on_signal.interrupt();
+        eprintln!("stopping: draining the graph (Ctrl-C again to quit at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(shutdown)
 }

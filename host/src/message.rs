@@ -40,6 +40,20 @@ pub struct Headers {
 }
 
 impl Headers {
+    /// Headers from `(name, value)` pairs.
+    pub fn from_pairs<'h>(pairs: impl IntoIterator<Item = (&'h str, &'h [u8])>) -> Self {
+        let (count, raw) = encode_headers(pairs);
+        Headers {
+            count,
+            raw: raw.into(),
+        }
+    }
+
+    /// These headers without the ones `drop` picks.
+    pub fn without(&self, drop: impl Fn(&str) -> bool) -> Self {
+        Headers::from_pairs(self.iter().filter(|(n, _)| !drop(n)))
+    }
+
     /// The `(name, value)` pairs in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
         self.view().into_iter().flat_map(|h| h.iter())
@@ -63,11 +77,7 @@ impl Headers {
     /// Sets `name` to `value`, replacing any earlier values.
     pub fn set(&mut self, name: &str, value: &[u8]) {
         let kept: Vec<(&str, &[u8])> = self.iter().filter(|(n, _)| *n != name).collect();
-        let (count, raw) = encode_headers(kept.into_iter().chain([(name, value)]));
-        *self = Headers {
-            count,
-            raw: raw.into(),
-        };
+        *self = Headers::from_pairs(kept.into_iter().chain([(name, value)]));
     }
 
     fn view(&self) -> Option<HeadersRef<'_>> {

@@ -112,6 +112,7 @@ pub fn run_captured(mut graph: Graph, dir: &Path) -> anyhow::Result<Captured> {
         max_memory_mb: 256,
         max_instances: 32,
         cache_dir: None,
+        fuel: graph.nodes.iter().any(|n| n.fuel.is_some()),
     })?;
     let report = topology::run(
         &graph,

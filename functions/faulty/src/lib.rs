@@ -1,6 +1,7 @@
 //! A node that misbehaves on command, to prove the host survives guests that fail:
 //! `panic`, `trap`, `loop` (never returns), `grow` (allocates without bound),
 //! `bad` (invalid input), `retry` (retryable error), `print` (writes to stdout/stderr).
+//! `<command>:<anything>` acts like `<command>` (so poison messages can be told apart).
 //! Anything else passes through. With `count_in = "<store>"` in its config it first
 //! counts each payload in that store, so tests can see which writes of a failed call stay.
 use flowhost_sdk::prelude::*;
@@ -40,7 +41,7 @@ impl Node for Faulty {
 }
 
 fn misbehave(text: &str) -> Result<(), NodeError> {
-    match text {
+    match text.split_once(':').map_or(text, |(command, _)| command) {
         "panic" => panic!("asked to panic"),
         "trap" => std::process::abort(),
         "loop" => {

@@ -161,7 +161,7 @@ pub(crate) struct Fixtures {
 impl Fixtures {
     fn new(functions: &Path) -> anyhow::Result<Fixtures> {
         let engine = Engine::new(EngineConfig::default())?;
-        let load = |name: &str| engine.load(&ModuleRef::Crate(functions.join(name)));
+        let load = |name: &str| engine.load(&ModuleRef::Crate(functions.join(name)), None);
         Ok(Fixtures {
             passthrough: load("passthrough")?,
             split: load("split")?,

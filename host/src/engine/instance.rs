@@ -2,6 +2,7 @@
 //! A trapped instance cannot be re-entered, so [`NodeInstance::reset`] replaces it from
 //! the template; host-side state is untouched by that.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,13 +10,13 @@ use anyhow::Context;
 use flowhost_sdk::{ErrorKind, NodeError};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::flowhost::node::{log, types};
 use super::bindings::{Node, NodePre};
 use super::stdio::GuestOutput;
 use super::{EPOCH_TICK, Engine, LoadedModule};
-use crate::manifest::NodeSpec;
+use crate::manifest::{NodeSpec, Sandbox};
 use crate::state::{Grant, Stores, UndoLog};
 
 /// What a store holds for its instance.
@@ -28,6 +29,9 @@ pub struct HostState {
     pub(crate) grants: Arc<[Grant]>,
     /// How to take back the current call's state writes if it fails.
     pub(crate) undo: UndoLog,
+    /// What the guest said when it panicked in the current call (the SDK's panic hook
+    /// logs `panicked at …` just before the trap), to name the cause of the trap.
+    panic: Option<String>,
 }
 
 impl WasiView for HostState {
@@ -43,6 +47,9 @@ impl types::Host for HostState {}
 
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) {
+        if matches!(level, log::Level::Error) && message.starts_with("panicked") && self.panic.is_none() {
+            self.panic = Some(message.chars().take(1024).collect());
+        }
         let node = &*self.node;
         match level {
             log::Level::Trace => tracing::trace!(target: "flowhost::guest", node, "{message}"),
@@ -91,6 +98,10 @@ pub struct NodeSetup {
     pub grants: Vec<Grant>,
     /// How many replicas it has.
     pub replicas: u32,
+    /// Fuel per call, if metered.
+    pub fuel: Option<u64>,
+    /// Host environment and directories it may read.
+    pub sandbox: Sandbox,
 }
 
 impl NodeSetup {
@@ -105,6 +116,8 @@ impl NodeSetup {
             memory_mb: 128,
             grants: Vec::new(),
             replicas: 1,
+            fuel: None,
+            sandbox: Sandbox::default(),
         }
     }
 
@@ -119,6 +132,8 @@ impl NodeSetup {
             memory_mb: spec.memory_mb,
             grants: stores.grants(&spec.state),
             replicas: spec.replicas,
+            fuel: spec.fuel,
+            sandbox: spec.sandbox.clone(),
         }
     }
 }
@@ -132,6 +147,9 @@ pub struct NodeTemplate {
     timeout: Duration,
     memory_bytes: usize,
     grants: Arc<[Grant]>,
+    fuel: Option<u64>,
+    env: Vec<(String, String)>,
+    read_dirs: Vec<(String, PathBuf)>,
 }
 
 impl NodeTemplate {
@@ -143,6 +161,23 @@ impl NodeTemplate {
             .and_then(NodePre::new)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{} does not fit the flowhost:node world", module.path.display()))?;
+        anyhow::ensure!(
+            setup.fuel.is_none() || engine.meters_fuel(),
+            "node `{}` has a fuel limit, but the engine was made without fuel metering",
+            setup.name
+        );
+        let env = setup
+            .sandbox
+            .env
+            .iter()
+            .filter_map(|name| match std::env::var(name) {
+                Ok(value) => Some((name.clone(), value)),
+                Err(_) => {
+                    tracing::warn!(node = %setup.name, "granted environment variable {name} is not set on the host");
+                    None
+                }
+            })
+            .collect();
         let info = types::NodeInfo {
             name: setup.name,
             config: setup.config_json,
@@ -159,6 +194,9 @@ impl NodeTemplate {
             timeout: setup.timeout,
             memory_bytes: (setup.memory_mb as usize) << 20,
             grants: setup.grants.into(),
+            fuel: setup.fuel,
+            env,
+            read_dirs: setup.sandbox.read_dirs,
         }))
     }
 
@@ -187,11 +225,21 @@ impl NodeTemplate {
 
     fn fresh(&self, replica: u32) -> anyhow::Result<(Store<HostState>, Node)> {
         let name: Arc<str> = self.info.name.as_str().into();
-        // Nothing granted: no files, env, args, sockets or stdin; output goes to the log.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(GuestOutput::new(name.clone(), "stdout"))
+        // Only what the manifest grants: no files, env, args, sockets (WASI's default
+        // socket check denies every address) or stdin; output goes to the log.
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(GuestOutput::new(name.clone(), "stdout"))
             .stderr(GuestOutput::new(name.clone(), "stderr"))
-            .build();
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .envs(&self.env);
+        for (guest, host) in &self.read_dirs {
+            wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("granting read-only {} as {guest}", host.display()))?;
+        }
+        let wasi = wasi.build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.memory_bytes)
             .trap_on_grow_failure(true)
@@ -203,19 +251,30 @@ impl NodeTemplate {
             node: name,
             grants: self.grants.clone(),
             undo: UndoLog::default(),
+            panic: None,
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks());
+        self.refuel(&mut store);
         let node = self.pre.instantiate(&mut store)?;
         let info = types::NodeInfo {
             replica,
             ..self.info.clone()
         };
         let init = node.call_init(&mut store, &info);
-        match init.map_err(|t| CallError::Trap(describe_trap(&t, self)))? {
+        let panic = store.data_mut().panic.take();
+        match init.map_err(|t| CallError::Trap(describe_trap(&t, self, panic)))? {
             Ok(()) => Ok((store, node)),
             Err(e) => Err(CallError::Node(from_wit(e)).into()),
+        }
+    }
+
+    /// A full tank for the next call (when fuel is metered).
+    fn refuel(&self, store: &mut Store<HostState>) {
+        if self.engine.meters_fuel() {
+            // Cannot fail: the engine meters fuel.
+            let _ = store.set_fuel(self.fuel.unwrap_or(u64::MAX));
         }
     }
 
@@ -238,6 +297,7 @@ impl NodeInstance {
     /// Processes one framed batch.
     pub fn process(&mut self, batch: &[u8]) -> Result<Vec<u8>, CallError> {
         self.store.set_epoch_deadline(self.template.deadline_ticks());
+        self.template.refuel(&mut self.store);
         let result = self.node.call_process(&mut self.store, batch);
         self.settle(result)
     }
@@ -245,6 +305,7 @@ impl NodeInstance {
     /// Runs the node's `finish` (end of input).
     pub fn finish(&mut self) -> Result<Vec<u8>, CallError> {
         self.store.set_epoch_deadline(self.template.deadline_ticks());
+        self.template.refuel(&mut self.store);
         let result = self.node.call_finish(&mut self.store);
         self.settle(result)
     }
@@ -267,16 +328,17 @@ impl NodeInstance {
         &mut self,
         result: wasmtime::Result<Result<Vec<u8>, types::NodeError>>,
     ) -> Result<Vec<u8>, CallError> {
-        let undo = &mut self.store.data_mut().undo;
+        let state = self.store.data_mut();
+        let panic = state.panic.take();
         if matches!(result, Ok(Ok(_))) {
-            undo.clear();
+            state.undo.clear();
         } else {
-            undo.rollback();
+            state.undo.rollback();
         }
         match result {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(e)) => Err(CallError::Node(from_wit(e))),
-            Err(trap) => Err(CallError::Trap(describe_trap(&trap, &self.template))),
+            Err(trap) => Err(CallError::Trap(describe_trap(&trap, &self.template, panic))),
         }
     }
 }
@@ -293,13 +355,20 @@ fn from_wit(e: types::NodeError) -> NodeError {
     }
 }
 
-fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate) -> String {
+fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate, panic: Option<String>) -> String {
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!(
             "timed out: a call ran longer than timeout_ms = {}",
             t.timeout.as_millis()
         ),
-        Some(Trap::UnreachableCodeReached) => "the guest aborted (a panic, or `unreachable`)".to_owned(),
+        Some(Trap::OutOfFuel) => format!(
+            "out of fuel: a call used more than fuel = {}",
+            t.fuel.unwrap_or(u64::MAX)
+        ),
+        Some(Trap::UnreachableCodeReached) => match panic {
+            Some(panic) => format!("the guest {panic}"),
+            None => "the guest aborted (a panic, or `unreachable`)".to_owned(),
+        },
         _ => {
             let text = format!("{err:#}");
             if text.contains("forcing trap when growing memory") {

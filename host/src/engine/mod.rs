@@ -47,6 +47,22 @@ pub struct EngineConfig {
     pub max_instances: u32,
     /// Where compiled modules are cached across runs (`None`: in memory only).
     pub cache_dir: Option<PathBuf>,
+    /// Meter fuel (needed by any node with a `fuel` limit; costs every call some speed).
+    pub fuel: bool,
+}
+
+impl EngineConfig {
+    /// The engine `graph` needs: a pool with room for every replica, fuel if any node meters it.
+    pub fn for_graph(graph: &crate::manifest::Graph) -> Self {
+        let replicas: u32 = graph.nodes.iter().map(|n| n.replicas).sum();
+        EngineConfig {
+            max_memory_mb: graph.nodes.iter().map(|n| n.memory_mb).max().unwrap_or(64),
+            // Room to replace every instance once without waiting for the old one to drop.
+            max_instances: replicas * 2 + 8,
+            cache_dir: default_cache_dir(),
+            fuel: graph.nodes.iter().any(|n| n.fuel.is_some()),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -55,6 +71,7 @@ impl Default for EngineConfig {
             max_memory_mb: 1024,
             max_instances: 64,
             cache_dir: None,
+            fuel: false,
         }
     }
 }
@@ -75,6 +92,7 @@ struct Inner {
     linker: Linker<instance::HostState>,
     cache: Mutex<HashMap<[u8; 32], Component>>,
     disk: Option<cache::DiskCache>,
+    fuel: bool,
 }
 
 /// The process's wasm engine. Cheap to clone.
@@ -89,6 +107,7 @@ impl Engine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        config.consume_fuel(setup.fuel);
         // No async components here; wasmtime's async bookkeeping costs ~17% per host call.
         config.concurrency_support(false);
         let mut pool = PoolingAllocationConfig::default();
@@ -118,6 +137,7 @@ impl Engine {
             linker,
             cache: Mutex::default(),
             disk,
+            fuel: setup.fuel,
         });
         spawn_ticker(Arc::downgrade(&inner))?;
         Ok(Engine { inner })
@@ -128,22 +148,42 @@ impl Engine {
         &self.inner.engine
     }
 
-    /// Loads a node's module: builds its crate if needed, componentizes, compiles (once per content hash).
-    pub fn load(&self, module: &ModuleRef) -> anyhow::Result<LoadedModule> {
+    /// Whether calls are metered with fuel.
+    pub fn meters_fuel(&self) -> bool {
+        self.inner.fuel
+    }
+
+    /// Loads a node's module: builds its crate if needed, checks its pinned SHA-256,
+    /// componentizes, compiles (once per content hash).
+    pub fn load(&self, module: &ModuleRef, sha256: Option<&str>) -> anyhow::Result<LoadedModule> {
         let path = match module {
             ModuleRef::File(path) => path.clone(),
             ModuleRef::Crate(dir) => build_crate(dir)?,
         };
-        self.load_file(&path)
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if let Some(expected) = sha256 {
+            let actual = hex(&Sha256::digest(&bytes).into());
+            anyhow::ensure!(
+                actual.eq_ignore_ascii_case(expected),
+                "{} does not match its pinned sha256: the manifest says {expected}, the file is {actual}; \
+                 refusing to load it",
+                path.display()
+            );
+        }
+        self.load_bytes(&bytes, &path)
     }
 
     /// Loads a module or component file.
     pub fn load_file(&self, path: &Path) -> anyhow::Result<LoadedModule> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        self.load_bytes(&bytes, path)
+    }
+
+    fn load_bytes(&self, bytes: &[u8], path: &Path) -> anyhow::Result<LoadedModule> {
         let (component, digest) = self
-            .compile(&bytes)
+            .compile(bytes)
             .with_context(|| format!("loading {}", path.display()))?;
-        let hash = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let hash = hex(&digest);
         Ok(LoadedModule {
             component,
             hash,
@@ -193,4 +233,8 @@ fn spawn_ticker(inner: Weak<Inner>) -> anyhow::Result<()> {
         })
         .context("starting the epoch ticker")?;
     Ok(())
+}
+
+fn hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

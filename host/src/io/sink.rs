@@ -5,9 +5,10 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use anyhow::Context;
+use bytes::Bytes;
 
 use crate::manifest::{SinkFormat, SinkKind, SinkSpec};
-use crate::message::Msg;
+use crate::message::{Headers, Msg};
 
 /// Writes messages for one sink.
 pub struct SinkWriter {
@@ -132,6 +133,34 @@ impl Write for Counted<'_> {
 
 fn text(b: &[u8]) -> serde_json::Value {
     serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+}
+
+/// A message back from a line [`as_json`] wrote. A text payload comes back as it was; a
+/// JSON payload as the same JSON value, compactly written.
+pub fn from_json(line: &[u8]) -> Result<Msg, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        payload: serde_json::Value,
+        #[serde(default)]
+        key: Option<String>,
+        #[serde(default)]
+        timestamp: Option<i64>,
+        #[serde(default)]
+        headers: std::collections::BTreeMap<String, String>,
+    }
+    let line: Line =
+        serde_json::from_slice(line).map_err(|e| format!("not a message written by a JSON sink: {e}"))?;
+    let payload = match line.payload {
+        serde_json::Value::String(s) => Bytes::from(s),
+        other => Bytes::from(other.to_string()),
+    };
+    Ok(Msg {
+        key: line.key.map(Bytes::from),
+        payload,
+        timestamp: line.timestamp,
+        headers: Headers::from_pairs(line.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()))),
+    })
 }
 
 /// A message as a JSON object: payload, key, timestamp and headers (bytes shown as UTF-8, lossily).

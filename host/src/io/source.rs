@@ -53,6 +53,18 @@ pub fn run(
             &mut send,
             text_line,
         ),
+        SourceKind::Messages { path } => lines(
+            open(path)?,
+            batch_size,
+            start,
+            shutdown,
+            false,
+            &mut send,
+            |n, _, line| {
+                crate::io::sink::from_json(&line)
+                    .map_err(|e| format!("source `{id}`: {}:{n}: {e}", path.display()))
+            },
+        ),
         SourceKind::Stdin => {
             if start != Position::default() {
                 tracing::warn!("standard input cannot be resumed: what was read before the restart is gone");

@@ -141,6 +141,12 @@ pub enum SourceKind {
         /// A top-level field holding the event time in milliseconds.
         timestamp_field: Option<String>,
     },
+    /// JSON lines as JSON sinks write them, read back into messages with their key,
+    /// timestamp and headers.
+    Messages {
+        /// The file.
+        path: PathBuf,
+    },
     /// Standard input, one message per line.
     Stdin,
     /// Synthetic messages, for benchmarks and tests.
@@ -177,6 +183,52 @@ pub struct NodeSpec {
     pub outputs: Vec<String>,
     /// Stores granted to the node.
     pub state: Vec<(String, Access)>,
+    /// How retryable errors are retried.
+    pub retry: RetryPolicy,
+    /// The module file's expected SHA-256 (hex), if pinned.
+    pub sha256: Option<String>,
+    /// Fuel per call, if metered.
+    pub fuel: Option<u64>,
+    /// What the guest may see of the host besides its stores.
+    pub sandbox: Sandbox,
+}
+
+/// Attempts and backoff for retryable errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// Wait before the second attempt, doubled for each further one.
+    pub backoff: Duration,
+    /// The longest wait.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt` (2 or more).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(2).min(30);
+        self.backoff.saturating_mul(1 << doublings).min(self.max_backoff)
+    }
+}
+
+/// Host resources granted to a guest. Empty by default: no files, no environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Host environment variables the guest may read.
+    pub env: Vec<String>,
+    /// Read-only directories: (guest path, host directory).
+    pub read_dirs: Vec<(String, PathBuf)>,
 }
 
 /// Where a node's code comes from.
@@ -209,6 +261,16 @@ pub struct SinkSpec {
     pub kind: SinkKind,
     /// How each message is written.
     pub format: SinkFormat,
+}
+
+impl SinkSpec {
+    /// The length of the file a file sink writes, if it exists.
+    pub fn file_len(&self) -> Option<u64> {
+        match &self.kind {
+            SinkKind::File(path) => std::fs::metadata(path).ok().map(|m| m.len()),
+            _ => None,
+        }
+    }
 }
 
 /// Where a sink writes.

@@ -73,6 +73,7 @@ fn layout(graph: &Graph) -> (Vec<Item>, Vec<Arrow>) {
         let kind = match &s.kind {
             SourceKind::File { .. } => "file",
             SourceKind::Jsonl { .. } => "jsonl",
+            SourceKind::Messages { .. } => "messages",
             SourceKind::Stdin => "stdin",
             SourceKind::Generator { .. } => "generator",
         };

@@ -40,6 +40,9 @@ pub struct RawGraph {
 pub enum SourceKind {
     File,
     Jsonl,
+    /// JSON lines as `format = "json"` sinks write them (key, payload, timestamp,
+    /// headers): a dead-letter file, or another graph's output.
+    Messages,
     Stdin,
     Generator,
 }
@@ -105,6 +108,37 @@ pub struct RawNode {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, Access>")]
     pub state: BTreeMap<Spanned<String>, Access>,
+    /// How retryable errors are retried before `on_error` applies.
+    pub retry: Option<RawRetry>,
+    /// SHA-256 of the module file (hex); a file that does not match is refused before loading.
+    #[schemars(with = "Option<String>")]
+    pub sha256: Option<Spanned<String>>,
+    /// Fuel per call (about one unit per wasm instruction); a call that runs out traps.
+    #[schemars(with = "Option<u64>")]
+    pub fuel: Option<Spanned<u64>>,
+    /// Host environment variables the guest may read, by name (their values on the host).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub env: Vec<Spanned<String>>,
+    /// Read-only directories: `{ "/guest/path" = "host/dir" }`, host paths relative to the manifest.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub read_dirs: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+/// `retry`: attempts and backoff for retryable errors.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Attempts in all, the first included (default 3; 1 turns retries off).
+    #[schemars(with = "Option<u32>")]
+    pub attempts: Option<Spanned<u32>>,
+    /// Wait before the second attempt; doubled for each further one (default 10).
+    #[schemars(with = "Option<u64>")]
+    pub backoff_ms: Option<Spanned<u64>>,
+    /// The longest wait between attempts (default 1000).
+    #[schemars(with = "Option<u64>")]
+    pub max_backoff_ms: Option<Spanned<u64>>,
 }
 
 /// A declared store.

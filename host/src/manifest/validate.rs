@@ -9,10 +9,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::edges;
-use super::raw::{self, OnError, RawGraph, RawNode, RawSink, RawSource};
+use super::raw::{self, OnError, RawGraph, RawNode, RawRetry, RawSink, RawSource};
 use super::{
-    CheckpointSpec, Diagnostic, ErrorPolicy, Graph, ModuleRef, NodeSpec, SinkKind, SinkSpec, SourceKind,
-    SourceSpec, StoreSpec, Vertex,
+    CheckpointSpec, Diagnostic, ErrorPolicy, Graph, ModuleRef, NodeSpec, RetryPolicy, Sandbox, SinkKind,
+    SinkSpec, SourceKind, SourceSpec, StoreSpec, Vertex,
 };
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -199,6 +199,7 @@ fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> So
     }
     let kind = match kind {
         raw::SourceKind::File => SourceKind::File { path: file(r) },
+        raw::SourceKind::Messages => SourceKind::Messages { path: file(r) },
         raw::SourceKind::Jsonl => SourceKind::Jsonl {
             path: file(r),
             key_field: s.key_field.as_ref().map(|f| f.get_ref().clone()),
@@ -354,7 +355,111 @@ fn node(
             .iter()
             .map(|(store, access)| (store.get_ref().clone(), *access))
             .collect(),
+        retry: retry(r, name, n.retry.as_ref()),
+        sha256: sha256(r, name, n),
+        fuel: n
+            .fuel
+            .as_ref()
+            .map(|_| positive(r, &n.fuel, 1, None, &format!("node `{name}`: fuel"))),
+        sandbox: sandbox(r, dir, name, n),
     }
+}
+
+fn retry(r: &mut Report, name: &str, raw: Option<&RawRetry>) -> RetryPolicy {
+    let default = RetryPolicy::default();
+    let Some(raw) = raw else { return default };
+    let what = |field: &str| format!("node `{name}`: retry.{field}");
+    let attempts = positive(r, &raw.attempts, default.attempts, Some(100), &what("attempts"));
+    let ms = |v: &Option<Spanned<u64>>, d: Duration, field: &str, r: &mut Report| {
+        Duration::from_millis(positive(
+            r,
+            v,
+            d.as_millis() as u64,
+            Some(3_600_000),
+            &what(field),
+        ))
+    };
+    let backoff = ms(&raw.backoff_ms, default.backoff, "backoff_ms", r);
+    let max_backoff = ms(
+        &raw.max_backoff_ms,
+        default.max_backoff.max(backoff),
+        "max_backoff_ms",
+        r,
+    );
+    if let Some(m) = &raw.max_backoff_ms
+        && max_backoff < backoff
+    {
+        r.at(
+            m.span(),
+            format!(
+                "{} ({}) is less than backoff_ms ({})",
+                what("max_backoff_ms"),
+                m.get_ref(),
+                backoff.as_millis()
+            ),
+        );
+    }
+    RetryPolicy {
+        attempts,
+        backoff,
+        max_backoff,
+    }
+}
+
+fn sha256(r: &mut Report, name: &str, n: &RawNode) -> Option<String> {
+    let sha = n.sha256.as_ref()?;
+    let hex = sha.get_ref().to_ascii_lowercase();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        r.at(
+            sha.span(),
+            format!("node `{name}`: sha256 must be 64 hex digits (`sha256sum module.wasm`)"),
+        );
+    } else if n.krate.is_some() {
+        r.at(
+            sha.span(),
+            format!("node `{name}`: sha256 pins a built module; use `module = \"...\"`, not `crate`"),
+        );
+    }
+    Some(hex)
+}
+
+fn sandbox(r: &mut Report, dir: &Path, name: &str, n: &RawNode) -> Sandbox {
+    let mut env = Vec::new();
+    for var in &n.env {
+        let v = var.get_ref();
+        if v.is_empty() || v.contains('=') || v.contains('\0') {
+            r.at(
+                var.span(),
+                format!("node `{name}`: `{v}` is not an environment variable name"),
+            );
+        } else if env.contains(v) {
+            r.at(
+                var.span(),
+                format!("node `{name}`: environment variable `{v}` is granted twice"),
+            );
+        } else {
+            env.push(v.clone());
+        }
+    }
+    let mut read_dirs = Vec::new();
+    for (guest, host) in &n.read_dirs {
+        let g = guest.get_ref();
+        if !g.starts_with('/') || g.split('/').any(|part| part == "..") {
+            r.at(
+                guest.span(),
+                format!("node `{name}`: read_dirs key `{g}` must be an absolute guest path like \"/data\""),
+            );
+        }
+        let path = resolve(dir, host);
+        if !path.is_dir() {
+            r.at(
+                host.span(),
+                format!("node `{name}`: read_dirs `{g}`: no directory {}", path.display()),
+            );
+        }
+        read_dirs.push((g.clone(), path));
+    }
+    Sandbox { env, read_dirs }
 }
 
 /// Store names are ids too, and every store a node is granted must be declared.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-pub use replica::{MAX_ATTEMPTS, headers};
+pub use replica::headers;
 pub use router::{Envelope, Inbox, Mailbox, Route, Router, channel};
 pub use status::Status;
 
@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub admin: Option<std::net::SocketAddr>,
     /// Show a progress line on stderr.
     pub progress: bool,
+    /// File sinks append to what their files hold instead of starting them afresh.
+    pub append: bool,
 }
 
 impl Default for RunOptions {
@@ -56,6 +58,7 @@ impl Default for RunOptions {
             heartbeat: Duration::from_secs(1),
             admin: None,
             progress: false,
+            append: false,
         }
     }
 }
@@ -215,11 +218,12 @@ pub fn load(graph: &Graph, engine: &Engine, stores: &Stores) -> anyhow::Result<V
         .nodes
         .iter()
         .map(|n| {
+            let pinned = n.sha256.as_deref();
             let module = match loaded.get(&n.module) {
-                Some(m) => m.clone(),
-                None => {
+                Some(m) if pinned.is_none_or(|h| h.eq_ignore_ascii_case(&m.hash)) => m.clone(),
+                _ => {
                     let m = engine
-                        .load(&n.module)
+                        .load(&n.module, pinned)
                         .with_context(|| format!("node `{}`", n.id))?;
                     loaded.entry(&n.module).or_insert(m).clone()
                 }
@@ -253,7 +257,13 @@ pub fn run(
     let writers: Vec<Arc<Mutex<SinkWriter>>> = graph
         .sinks
         .iter()
-        .map(|s| SinkWriter::open(s, resume.as_ref().and_then(|cp| cp.sinks.get(&s.id).copied())))
+        .map(|s| {
+            let checkpointed = resume.as_ref().and_then(|cp| cp.sinks.get(&s.id).copied());
+            SinkWriter::open(
+                s,
+                checkpointed.or_else(|| opts.append.then(|| s.file_len()).flatten()),
+            )
+        })
         .map(|w| w.map(|w| Arc::new(Mutex::new(w))))
         .collect::<anyhow::Result<_>>()?;
     let starts: Vec<Position> = graph
@@ -326,12 +336,14 @@ pub fn run(
                 id: spec.id.as_str().into(),
                 instance,
                 outputs: spec.outputs.len(),
+                inputs: spec.inputs.clone().into(),
                 router: router(Vertex::Node(i), spec.outputs.len()),
                 dead_letter: match spec.on_error {
                     ErrorPolicy::DeadLetter(k) => Some(sink_tx[k].clone()),
                     _ => None,
                 },
                 policy: spec.on_error,
+                retry: spec.retry,
                 stats: stats[i].clone(),
                 shutdown: shutdown.clone(),
                 provenance: graph.provenance,

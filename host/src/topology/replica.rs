@@ -17,12 +17,8 @@ use super::status::{Phase, ReplicaStatus};
 use super::{NodeStats, Shutdown};
 use crate::engine::{CallError, NodeInstance};
 use crate::io::source::now_millis;
-use crate::manifest::ErrorPolicy;
+use crate::manifest::{ErrorPolicy, RetryPolicy};
 use crate::message::{self, Msg};
-
-/// Attempts for a message that fails with a retryable error (including the first).
-pub const MAX_ATTEMPTS: u32 = 3;
-const BACKOFF: Duration = Duration::from_millis(10);
 
 /// Header names on dead-lettered messages.
 pub mod headers {
@@ -30,6 +26,8 @@ pub mod headers {
     pub const NODE: &str = "flowhost-error-node";
     /// `invalid-input`, `retryable`, `fatal` or `trap`.
     pub const KIND: &str = "flowhost-error-kind";
+    /// The node's input port the message arrived on.
+    pub const PORT: &str = "flowhost-error-port";
     /// The error text.
     pub const ERROR: &str = "flowhost-error";
     /// How many times the message was tried.
@@ -47,9 +45,12 @@ pub(super) struct Replica {
     pub id: Arc<str>,
     pub instance: NodeInstance,
     pub outputs: usize,
+    /// Input port names (for dead letters).
+    pub inputs: Arc<[String]>,
     pub router: Router,
     pub dead_letter: Option<Inbox>,
     pub policy: ErrorPolicy,
+    pub retry: RetryPolicy,
     pub stats: Arc<NodeStats>,
     pub shutdown: Arc<Shutdown>,
     pub provenance: bool,
@@ -93,7 +94,8 @@ impl Replica {
         self.finish_barrier.wait();
         if !stopped {
             let finished = self.instance.finish().map_err(|e| format!("finish failed: {e}"));
-            if let Err(reason) = finished.and_then(|out| self.deliver(out, &[], 0)) {
+            let output = finished.and_then(|out| self.decode_output(out, 0));
+            if let Err(reason) = output.and_then(|out| self.deliver(out, &[], 0)) {
                 stopped = self.stop(reason);
             }
         }
@@ -119,10 +121,19 @@ impl Replica {
         let input = message::encode(&env.msgs, env.port);
         let mut attempt = 1;
         loop {
-            match self.call(&input) {
-                Ok(out) => return self.deliver(out, &env.msgs, env.port),
+            match self
+                .call(&input)
+                .map(|out| self.decode_output(out, env.msgs.len()))
+            {
+                Ok(Ok(out)) => return self.deliver(out, &env.msgs, env.port),
+                Ok(Err(why)) => {
+                    tracing::warn!("{why}; re-running the batch one message at a time");
+                    return env.msgs.iter().try_for_each(|m| self.single(m, env.port, 1));
+                }
                 Err(CallError::Node(e)) if e.kind == ErrorKind::Fatal => return Err(e.to_string()),
-                Err(CallError::Node(e)) if e.kind == ErrorKind::Retryable && attempt < MAX_ATTEMPTS => {
+                Err(CallError::Node(e))
+                    if e.kind == ErrorKind::Retryable && attempt < self.retry.attempts =>
+                {
                     attempt += 1;
                     self.backoff(attempt, &e);
                 }
@@ -139,26 +150,25 @@ impl Replica {
         let input = message::encode(std::slice::from_ref(msg), port);
         loop {
             let error = match self.call(&input) {
-                Ok(out) => {
-                    let out = message::decode(out, self.outputs)
-                        .map_err(|e| format!("returned a malformed batch: {e}"))?;
-                    match out.errors.into_iter().next() {
+                Ok(out) => match self.decode_output(out, 1) {
+                    Err(why) => return self.failed(msg, port, "bad-output", &why, attempt),
+                    Ok(out) => match out.errors.into_iter().next() {
                         None => {
                             self.route(out.ports);
                             return Ok(());
                         }
                         Some((_, e)) => CallError::Node(e),
-                    }
-                }
+                    },
+                },
                 Err(e) => e,
             };
             match error {
-                CallError::Node(e) if e.kind == ErrorKind::Retryable && attempt < MAX_ATTEMPTS => {
+                CallError::Node(e) if e.kind == ErrorKind::Retryable && attempt < self.retry.attempts => {
                     attempt += 1;
                     self.backoff(attempt, &e);
                 }
-                CallError::Node(e) => return self.failed(msg, e.kind.as_str(), &e.message, attempt),
-                CallError::Trap(t) => return self.failed(msg, "trap", &t, attempt),
+                CallError::Node(e) => return self.failed(msg, port, e.kind.as_str(), &e.message, attempt),
+                CallError::Trap(t) => return self.failed(msg, port, "trap", &t, attempt),
             }
         }
     }
@@ -180,26 +190,33 @@ impl Replica {
     fn backoff(&self, attempt: u32, e: &NodeError) {
         NodeStats::add(&self.stats.retries, 1);
         tracing::debug!(attempt, "retrying: {e}");
-        std::thread::sleep(BACKOFF * 2u32.pow(attempt - 2));
+        std::thread::sleep(self.retry.backoff(attempt));
     }
 
-    /// Routes an output batch; per-message errors go to retry or the policy.
-    fn deliver(&mut self, out: Vec<u8>, inputs: &[Msg], port: u16) -> Result<(), Stop> {
+    /// A guest's output batch, checked: it decodes, sends only to the node's ports, and
+    /// its errors name messages of the input. A guest that breaks this is not trusted
+    /// with the batch; the caller treats it as a failure.
+    fn decode_output(&self, out: Vec<u8>, inputs: usize) -> Result<message::Output, String> {
         let out =
             message::decode(out, self.outputs).map_err(|e| format!("returned a malformed batch: {e}"))?;
+        if let Some((index, _)) = out.errors.iter().find(|(i, _)| *i as usize >= inputs) {
+            return Err(format!(
+                "returned a malformed batch: an error for message {index} of a batch of {inputs}"
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Routes a checked output batch; per-message errors go to retry or the policy.
+    fn deliver(&mut self, out: message::Output, inputs: &[Msg], port: u16) -> Result<(), Stop> {
         self.route(out.ports);
         for (index, e) in out.errors {
-            let msg = inputs.get(index as usize).ok_or_else(|| {
-                format!(
-                    "reported an error for message {index} of a batch of {}: {e}",
-                    inputs.len()
-                )
-            })?;
-            if e.kind == ErrorKind::Retryable {
+            let msg = &inputs[index as usize];
+            if e.kind == ErrorKind::Retryable && self.retry.attempts > 1 {
                 self.backoff(2, &e);
                 self.single(msg, port, 2)?;
             } else {
-                self.failed(msg, e.kind.as_str(), &e.message, 1)?;
+                self.failed(msg, port, e.kind.as_str(), &e.message, 1)?;
             }
         }
         Ok(())
@@ -224,7 +241,7 @@ impl Replica {
     }
 
     /// Applies the error policy to a message that failed for good.
-    fn failed(&mut self, msg: &Msg, kind: &str, error: &str, attempts: u32) -> Result<(), Stop> {
+    fn failed(&mut self, msg: &Msg, port: u16, kind: &str, error: &str, attempts: u32) -> Result<(), Stop> {
         NodeStats::add(&self.stats.errors, 1);
         let policy = if kind == ErrorKind::Fatal.as_str() {
             ErrorPolicy::Stop
@@ -241,6 +258,8 @@ impl Replica {
             ErrorPolicy::DeadLetter(_) => {
                 let mut dead = msg.clone();
                 dead.headers.set(headers::NODE, self.id.as_bytes());
+                let port = self.inputs.get(port as usize).map_or("", String::as_str);
+                dead.headers.set(headers::PORT, port.as_bytes());
                 dead.headers.set(headers::KIND, kind.as_bytes());
                 dead.headers.set(headers::ERROR, error.as_bytes());
                 dead.headers

@@ -1,0 +1,68 @@
+//! A node that breaks the batch contract instead of using the SDK's runtime: what it
+//! returns is chosen by the first input payload. A test fixture for the host's checks of
+//! guest output.
+//!
+//! - `garbage`: bytes that are not a batch.
+//! - `truncated`: a valid record cut short.
+//! - `bad-port`: a record for an output port the node was not given.
+//! - `bad-index`: an error for input message 1000.
+//! - `huge-length`: a record whose length field claims 4 GiB.
+//! - anything else: echoed, correctly framed.
+use flowhost_sdk::frame::{BatchReader, BatchWriter, Item};
+
+#[cfg(target_arch = "wasm32")]
+mod export {
+    use flowhost_sdk::__private::bindings::{self, flowhost::node::types as wit};
+
+    struct Corrupt;
+
+    impl bindings::Guest for Corrupt {
+        fn init(_: wit::NodeInfo) -> Result<(), wit::NodeError> {
+            Ok(())
+        }
+        fn process(input: Vec<u8>) -> Result<Vec<u8>, wit::NodeError> {
+            Ok(super::respond(&input))
+        }
+        fn finish() -> Result<Vec<u8>, wit::NodeError> {
+            Ok(super::respond(&[]))
+        }
+    }
+
+    bindings::export!(Corrupt with_types_in bindings);
+}
+
+/// The output batch for `input`, broken as its first payload asks.
+pub fn respond(input: &[u8]) -> Vec<u8> {
+    let mut echo = BatchWriter::default();
+    let mut first: Option<Vec<u8>> = None;
+    for item in BatchReader::new(input).into_iter().flatten().flatten() {
+        if let Item::Record(r) = item {
+            first.get_or_insert_with(|| r.payload.to_vec());
+            echo.record(0, r.timestamp, r.key, r.payload, r.headers.raw());
+        }
+    }
+    let good = echo.finish();
+    match first.as_deref() {
+        Some(b"garbage") => b"\xde\xad\xbe\xef not a batch at all".to_vec(),
+        Some(b"truncated") => good[..good.len() - 3].to_vec(),
+        Some(b"bad-port") => {
+            let mut w = BatchWriter::default();
+            w.record(7, None, None, b"to nowhere", (0, &[]));
+            w.finish()
+        }
+        Some(b"bad-index") => {
+            let mut w = BatchWriter::default();
+            w.error(flowhost_sdk::ErrorKind::InvalidInput, 1000, "no such message");
+            w.finish()
+        }
+        Some(b"huge-length") => {
+            // One record, no key or timestamp, whose payload length claims 4 GiB.
+            let mut bytes = 1u32.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&[0, 0, 0]); // flags, port
+            bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+            bytes.extend_from_slice(b"short");
+            bytes
+        }
+        _ => good,
+    }
+}

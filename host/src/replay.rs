@@ -1,0 +1,334 @@
+//! `flowhost replay`: dead-lettered messages back into the node that failed on them —
+//! after a fix was deployed, say — without touching the pipeline's manifest.
+//!
+//! The dead-letter sink must be a file sink with `format = "json"` (key, timestamp and
+//! headers survive). Replay takes the messages that node dead-lettered out of the file,
+//! strips the `flowhost-error*` headers and runs them through the node and everything
+//! downstream of it; file sinks are appended to. What fails again is dead-lettered again,
+//! with a fresh error. Nothing is lost on the way: the messages being replayed are kept in
+//! `<file>.replaying` until the replay completes, and an interrupted replay picks them up
+//! on its next run (so messages delivered before the interruption are delivered again:
+//! at-least-once).
+//!
+//! Not yet: graphs whose replayed part uses durable stores (their checkpoints would have to
+//! cover the replay too), and replaying while the graph is running (its dead-letter sink is
+//! still being written).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use crate::engine::Engine;
+use crate::io::sink::{as_json, from_json};
+use crate::manifest::{
+    Connection, Durability, Edge, ErrorPolicy, Graph, ModuleRef, SinkKind, SourceKind, SourceSpec, Vertex,
+};
+use crate::message::Msg;
+use crate::topology::{self, RunOptions, RunReport, Shutdown, headers};
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The dead-letter sink to read.
+    pub from: String,
+    /// The node to feed.
+    pub into: String,
+    /// Run the node with this module instead of the manifest's.
+    pub module: Option<PathBuf>,
+    /// Replay every message in the file, whichever node dead-lettered it.
+    pub all: bool,
+}
+
+/// What a replay did.
+#[derive(Debug)]
+pub struct ReplayReport {
+    /// Messages fed back into the node.
+    pub replayed: u64,
+    /// Of those, how many the node processed without an error.
+    pub succeeded: u64,
+    /// Of those, how many failed again (and went through the node's policy again).
+    pub failed: u64,
+    /// Messages left in the dead-letter file (other nodes' failures).
+    pub kept: u64,
+    /// The run over the replayed part of the graph (`None`: nothing to replay).
+    pub run: Option<RunReport>,
+}
+
+impl fmt::Display for ReplayReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "replayed {}: {} succeeded, {} failed again; {} other message(s) left in the dead-letter file",
+            self.replayed, self.succeeded, self.failed, self.kept
+        )
+    }
+}
+
+/// Replays `req` over `graph`.
+pub fn replay(
+    graph: &Graph,
+    req: &Replay,
+    engine: &Engine,
+    opts: &RunOptions,
+    shutdown: &Arc<Shutdown>,
+) -> anyhow::Result<ReplayReport> {
+    let ids = |names: Vec<&str>| names.join(", ");
+    let Some(sink) = graph.sinks.iter().find(|s| s.id == req.from) else {
+        bail!(
+            "no sink `{}` in {} (sinks: {})",
+            req.from,
+            graph.path.display(),
+            ids(graph.sinks.iter().map(|s| s.id.as_str()).collect())
+        );
+    };
+    let SinkKind::File(path) = &sink.kind else {
+        bail!(
+            "sink `{}` does not write a file; only a file sink can be replayed",
+            req.from
+        );
+    };
+    let Some(node) = graph.nodes.iter().position(|n| n.id == req.into) else {
+        bail!(
+            "no node `{}` in {} (nodes: {})",
+            req.into,
+            graph.path.display(),
+            ids(graph.nodes.iter().map(|n| n.id.as_str()).collect())
+        );
+    };
+    let pending = with_suffix(path, ".replaying");
+
+    // Everything is read and checked before any file changes.
+    let earlier = read_lines(&pending)?;
+    let mut selected = Vec::new();
+    let mut kept = Vec::new();
+    for (line, msg) in read_lines(path)? {
+        let failed_here = msg.headers.get(headers::NODE) == Some(req.into.as_bytes());
+        if req.all || failed_here {
+            selected.push((line, msg));
+        } else {
+            kept.push(line);
+        }
+    }
+    if !earlier.is_empty() {
+        tracing::info!(
+            "picking up {} message(s) of an interrupted replay from {}",
+            earlier.len(),
+            pending.display()
+        );
+    }
+    let batch: Vec<(String, Msg)> = earlier.into_iter().chain(selected).collect();
+    let kept_count = kept.len() as u64;
+    if batch.is_empty() {
+        return Ok(ReplayReport {
+            replayed: 0,
+            succeeded: 0,
+            failed: 0,
+            kept: kept_count,
+            run: None,
+        });
+    }
+
+    let spec = &graph.nodes[node];
+    let mut by_port: BTreeMap<u16, Vec<Msg>> = BTreeMap::new();
+    for (_, msg) in &batch {
+        let port = msg
+            .headers
+            .get(headers::PORT)
+            .and_then(|p| spec.inputs.iter().position(|i| i.as_bytes() == p))
+            .unwrap_or(0) as u16;
+        let clean = msg.headers.without(|h| h.starts_with("flowhost-error"));
+        by_port.entry(port).or_default().push(Msg {
+            headers: clean,
+            ..msg.clone()
+        });
+    }
+    let feeds: Vec<(PathBuf, u16)> = by_port
+        .keys()
+        .map(|&p| (with_suffix(path, &format!(".in{p}")), p))
+        .collect();
+    let mut sub = downstream(graph, node, &feeds)?;
+    if let Some(module) = &req.module {
+        let n = sub
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == req.into)
+            .expect("the node is kept");
+        n.module = ModuleRef::File(module.clone());
+        n.sha256 = None;
+    }
+
+    // The replayed messages move from the dead-letter file to `<file>.replaying`.
+    write_atomically(&pending, batch.iter().map(|(line, _)| line.as_str()))?;
+    write_atomically(path, kept.iter().map(String::as_str))?;
+    for ((file, _), msgs) in feeds.iter().zip(by_port.values()) {
+        let lines: Vec<String> = msgs.iter().map(|m| as_json(m).to_string()).collect();
+        write_atomically(file, lines.iter().map(String::as_str))?;
+    }
+
+    let opts = RunOptions {
+        append: true,
+        ..opts.clone()
+    };
+    let run = topology::run(&sub, engine, &opts, shutdown);
+    for (file, _) in &feeds {
+        let _ = std::fs::remove_file(file);
+    }
+    let run = run.with_context(|| keep_note(&pending))?;
+    if let Some(failure) = &run.failure {
+        bail!("{failure}; {}", keep_note(&pending));
+    }
+    if shutdown.was_interrupted() {
+        bail!("interrupted; {}", keep_note(&pending));
+    }
+    std::fs::remove_file(&pending).with_context(|| format!("removing {}", pending.display()))?;
+    let replayed = batch.len() as u64;
+    let failed = run
+        .nodes
+        .iter()
+        .find(|(id, _, _)| *id == req.into)
+        .map_or(0, |(_, _, c)| c.errors);
+    Ok(ReplayReport {
+        replayed,
+        succeeded: replayed - failed.min(replayed),
+        failed,
+        kept: kept_count,
+        run: Some(run),
+    })
+}
+
+fn keep_note(pending: &Path) -> String {
+    format!(
+        "the messages being replayed are kept in {}; run the replay again to retry them",
+        pending.display()
+    )
+}
+
+/// The part of `graph` that `node` feeds (the node, everything downstream of it and its
+/// dead-letter sinks), with one `messages` source per input port in `feeds`.
+fn downstream(graph: &Graph, node: usize, feeds: &[(PathBuf, u16)]) -> anyhow::Result<Graph> {
+    let mut reach = BTreeSet::from([Vertex::Node(node)]);
+    let mut todo = vec![Vertex::Node(node)];
+    while let Some(v) = todo.pop() {
+        let mut next: Vec<Vertex> = graph.edges.iter().filter(|e| e.from == v).map(|e| e.to).collect();
+        if let Vertex::Node(i) = v
+            && let ErrorPolicy::DeadLetter(k) = graph.nodes[i].on_error
+        {
+            next.push(Vertex::Sink(k));
+        }
+        for to in next {
+            if reach.insert(to) {
+                todo.push(to);
+            }
+        }
+    }
+    let nodes: Vec<usize> = (0..graph.nodes.len())
+        .filter(|&i| reach.contains(&Vertex::Node(i)))
+        .collect();
+    let sinks: Vec<usize> = (0..graph.sinks.len())
+        .filter(|&i| reach.contains(&Vertex::Sink(i)))
+        .collect();
+    let node_at = |i: usize| nodes.iter().position(|&n| n == i).expect("reachable node");
+    let sink_at = |i: usize| sinks.iter().position(|&s| s == i).expect("reachable sink");
+    let remap = |v: Vertex| match v {
+        Vertex::Node(i) => Vertex::Node(node_at(i)),
+        Vertex::Sink(i) => Vertex::Sink(sink_at(i)),
+        Vertex::Source(i) => Vertex::Source(i),
+    };
+
+    let mut sub = graph.clone();
+    sub.nodes = nodes.iter().map(|&i| graph.nodes[i].clone()).collect();
+    for n in &mut sub.nodes {
+        if let ErrorPolicy::DeadLetter(k) = n.on_error {
+            n.on_error = ErrorPolicy::DeadLetter(sink_at(k));
+        }
+    }
+    sub.sinks = sinks.iter().map(|&i| graph.sinks[i].clone()).collect();
+    let used: BTreeSet<&str> = sub
+        .nodes
+        .iter()
+        .flat_map(|n| n.state.iter().map(|(s, _)| s.as_str()))
+        .collect();
+    sub.stores.retain(|s| used.contains(s.name.as_str()));
+    if let Some(durable) = sub.stores.iter().find(|s| s.durability == Durability::Durable) {
+        bail!(
+            "the replayed part of the graph uses durable store `{}`; replay does not support durable stores yet",
+            durable.name
+        );
+    }
+    sub.edges = graph
+        .edges
+        .iter()
+        .filter(|e| reach.contains(&e.from))
+        .map(|e| Edge {
+            from: remap(e.from),
+            to: remap(e.to),
+            ..e.clone()
+        })
+        .collect();
+    sub.sources.clear();
+    let into = Vertex::Node(node_at(node));
+    for (i, (file, port)) in feeds.iter().enumerate() {
+        // Spread over the node's replicas as its own input edge does.
+        let connection = graph
+            .edges
+            .iter()
+            .find(|e| e.to == Vertex::Node(node) && e.to_port == *port)
+            .map_or(Connection::RoundRobin, |e| e.connection);
+        sub.sources.push(SourceSpec {
+            id: format!("replay-{port}"),
+            kind: SourceKind::Messages { path: file.clone() },
+        });
+        sub.edges.push(Edge {
+            from: Vertex::Source(i),
+            from_port: 0,
+            to: into,
+            to_port: *port,
+            connection,
+        });
+    }
+    Ok(sub)
+}
+
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Each line of a dead-letter file with the message it holds; a missing file is empty.
+fn read_lines(path: &Path) -> anyhow::Result<Vec<(String, Msg)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| {
+            let msg = from_json(line.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?;
+            Ok((line.to_owned(), msg))
+        })
+        .collect()
+}
+
+/// Replaces `path` with `lines`, durably: a crash leaves the old file or the new one.
+fn write_atomically<'a>(path: &Path, lines: impl Iterator<Item = &'a str>) -> anyhow::Result<()> {
+    let tmp = with_suffix(path, ".tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for line in lines {
+            file.write_all(line.as_bytes())?;
+            file.write_all(b"\n")?;
+        }
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().with_context(|| format!("writing {}", path.display()))
+}

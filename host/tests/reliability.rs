@@ -1,0 +1,236 @@
+//! Poison messages, dead letters and replay through the real binary, and module pinning.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const MESSAGES: usize = 100_000;
+
+fn functions() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions")
+}
+
+fn flowhost(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// in (file) -> faulty (2 replicas, dead-letter) -> out (file); dead letters to dlq.jsonl.
+fn poison_graph(dir: &Path, module: &str) -> PathBuf {
+    let manifest = format!(
+        r#"name = "poison"
+[sources.in]
+kind = "file"
+path = "in.txt"
+[nodes.faulty]
+{module}
+replicas = 2
+on_error = "dead-letter"
+dead_letter = "dlq"
+[sinks.out]
+kind = "file"
+path = "out.txt"
+[sinks.dlq]
+kind = "file"
+path = "dlq.jsonl"
+format = "json"
+[[edges]]
+from = "in"
+to = "faulty"
+[[edges]]
+from = "faulty"
+to = "out"
+"#
+    );
+    let path = dir.join("graph.toml");
+    std::fs::write(&path, manifest).unwrap();
+    path
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn one_percent_poison_is_dead_lettered_and_replayed_after_a_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every 100th message panics the guest or aborts it (in turn), each one unique.
+    let input: Vec<String> = (1..=MESSAGES)
+        .map(|i| match (i % 100, i % 200) {
+            (0, 0) => format!("panic:{i}"),
+            (0, _) => format!("trap:{i}"),
+            _ => format!("m{i:06}"),
+        })
+        .collect();
+    std::fs::write(dir.path().join("in.txt"), input.join("\n") + "\n").unwrap();
+    let crate_line = format!("crate = \"{}/faulty\"", functions().display());
+    poison_graph(dir.path(), &crate_line);
+
+    let run = flowhost(dir.path(), &["run", "graph.toml"]);
+    assert!(run.status.success(), "{}", text(&run));
+    let good: BTreeSet<&String> = input.iter().filter(|m| m.starts_with('m')).collect();
+    let poison: BTreeSet<&String> = input.iter().filter(|m| !m.starts_with('m')).collect();
+    assert_eq!(poison.len(), MESSAGES / 100);
+
+    // Every good message exactly once.
+    let out = lines(&dir.path().join("out.txt"));
+    assert_eq!(out.len(), good.len(), "no good message lost or repeated");
+    assert_eq!(out.iter().collect::<BTreeSet<_>>(), good);
+
+    // Every poison message in the dead-letter file, with the error that killed it.
+    let dead = lines(&dir.path().join("dlq.jsonl"));
+    assert_eq!(dead.len(), poison.len());
+    let mut seen = BTreeSet::new();
+    for line in &dead {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let payload = v["payload"].as_str().unwrap().to_owned();
+        let h = &v["headers"];
+        assert_eq!(h["flowhost-error-node"], "faulty", "{line}");
+        assert_eq!(h["flowhost-error-kind"], "trap", "{line}");
+        assert_eq!(h["flowhost-error-port"], "in", "{line}");
+        assert_eq!(h["flowhost-error-attempts"], "1", "{line}");
+        assert!(h["flowhost-error-time"].as_str().unwrap().parse::<u64>().unwrap() > 0);
+        let error = h["flowhost-error"].as_str().unwrap();
+        if payload.starts_with("panic") {
+            assert!(
+                error.contains("panicked") && error.contains("asked to panic"),
+                "{line}"
+            );
+        } else {
+            assert!(error.contains("aborted"), "{line}");
+        }
+        seen.insert(payload);
+    }
+    assert_eq!(seen.iter().collect::<BTreeSet<_>>(), poison);
+
+    // Replaying with the same module: everything fails again, nothing is lost.
+    let again = flowhost(dir.path(), &["replay", "graph.toml", "dlq", "--into", "faulty"]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(
+        text(&again).contains("replayed 1000: 0 succeeded, 1000 failed again"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(lines(&dir.path().join("dlq.jsonl")).len(), poison.len());
+
+    // The fix: a module that passes everything through. The rest gets delivered.
+    let fixed = flowhost::engine::build_crate(&functions().join("passthrough")).unwrap();
+    let fixed = fixed.to_str().unwrap();
+    let replay = flowhost(
+        dir.path(),
+        &[
+            "replay",
+            "graph.toml",
+            "dlq",
+            "--into",
+            "faulty",
+            "--module",
+            fixed,
+        ],
+    );
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert!(
+        text(&replay).contains("replayed 1000: 1000 succeeded, 0 failed again"),
+        "{}",
+        text(&replay)
+    );
+    let out = lines(&dir.path().join("out.txt"));
+    assert_eq!(
+        out.len(),
+        MESSAGES,
+        "every message delivered exactly once in the end"
+    );
+    assert_eq!(out.iter().collect::<BTreeSet<_>>(), input.iter().collect());
+    assert!(lines(&dir.path().join("dlq.jsonl")).is_empty());
+    assert!(!dir.path().join("dlq.jsonl.replaying").exists());
+}
+
+#[test]
+fn replay_keeps_other_nodes_dead_letters_and_names_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "").unwrap();
+    let crate_line = format!("crate = \"{}/faulty\"", functions().display());
+    poison_graph(dir.path(), &crate_line);
+    let other = r#"{"headers":{"flowhost-error":"x","flowhost-error-node":"elsewhere"},"key":"k","payload":{"a":1},"timestamp":5}"#;
+    let ours = r#"{"headers":{"flowhost-error":"x","flowhost-error-node":"faulty","trace":"t1"},"key":"k2","payload":"ok","timestamp":7}"#;
+    std::fs::write(dir.path().join("dlq.jsonl"), format!("{other}\n{ours}\n")).unwrap();
+
+    let replay = flowhost(dir.path(), &["replay", "graph.toml", "dlq", "--into", "faulty"]);
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert!(text(&replay).contains("replayed 1: 1 succeeded, 0 failed again; 1 other message(s) left"));
+    assert_eq!(lines(&dir.path().join("dlq.jsonl")), [other]);
+    assert_eq!(lines(&dir.path().join("out.txt")), ["ok"]);
+
+    let bad = flowhost(dir.path(), &["replay", "graph.toml", "nope", "--into", "faulty"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad).contains("no sink `nope`") && text(&bad).contains("sinks: dlq, out"),
+        "{}",
+        text(&bad)
+    );
+    let bad = flowhost(dir.path(), &["replay", "graph.toml", "dlq", "--into", "nope"]);
+    assert!(text(&bad).contains("no node `nope`"), "{}", text(&bad));
+
+    // A damaged dead-letter file is refused, naming the line, and left as it is.
+    std::fs::write(dir.path().join("dlq.jsonl"), format!("{other}\nnot json\n")).unwrap();
+    let bad = flowhost(dir.path(), &["replay", "graph.toml", "dlq", "--into", "faulty"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad).contains("dlq.jsonl:2:"), "{}", text(&bad));
+    assert_eq!(lines(&dir.path().join("dlq.jsonl")), [other, "not json"]);
+}
+
+#[test]
+fn a_pinned_module_that_does_not_match_is_refused_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "a\nb\n").unwrap();
+    let module = flowhost::engine::build_crate(&functions().join("faulty")).unwrap();
+    let bytes = std::fs::read(&module).unwrap();
+    let actual = sha256_hex(&bytes);
+    let wrong = "0".repeat(64);
+
+    poison_graph(
+        dir.path(),
+        &format!("module = \"{}\"\nsha256 = \"{wrong}\"", module.display()),
+    );
+    let run = flowhost(dir.path(), &["run", "graph.toml"]);
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run));
+    let said = text(&run);
+    assert!(
+        said.contains("node `faulty`") && said.contains("does not match its pinned sha256"),
+        "{said}"
+    );
+    assert!(said.contains(&actual), "names the file's real hash: {said}");
+    assert!(!dir.path().join("out.txt").exists(), "nothing ran");
+
+    poison_graph(
+        dir.path(),
+        &format!("module = \"{}\"\nsha256 = \"{actual}\"", module.display()),
+    );
+    let run = flowhost(dir.path(), &["run", "graph.toml"]);
+    assert!(run.status.success(), "{}", text(&run));
+    assert_eq!(lines(&dir.path().join("out.txt")).len(), 2);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
