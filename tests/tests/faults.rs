@@ -56,7 +56,11 @@ fn traps_timeouts_memory_and_errors_are_dead_lettered_and_the_rest_flows() -> Re
     };
     assert_eq!(dead.len(), 6, "{dead:?}");
     assert_eq!(find("panic").1, "trap");
-    assert!(find("panic").2.contains("aborted"), "{:?}", find("panic"));
+    assert!(
+        find("panic").2.contains("panicked at") && find("panic").2.contains("asked to panic"),
+        "the guest's panic message: {:?}",
+        find("panic")
+    );
     assert_eq!(find("trap").1, "trap");
     assert!(find("loop").2.contains("timed out"), "{:?}", find("loop"));
     assert!(
@@ -135,7 +139,7 @@ fn broken_modules_are_refused_with_the_reason() -> Result<()> {
     let load = |bytes: &[u8]| -> String {
         let path = dir.path().join("broken.wasm");
         std::fs::write(&path, bytes).unwrap();
-        let err = engine.load(&ModuleRef::File(path.clone())).and_then(|m| {
+        let err = engine.load(&ModuleRef::File(path.clone()), None).and_then(|m| {
             let setup = NodeSetup {
                 inputs: vec![],
                 outputs: vec![],
@@ -178,8 +182,8 @@ fn a_bad_config_fails_init_naming_the_node_and_field() -> Result<()> {
 fn modules_compile_once_per_content_hash() -> Result<()> {
     let engine = Engine::new(EngineConfig::default())?;
     let path = module("passthrough")?;
-    let a = engine.load(&ModuleRef::File(path.clone()))?;
-    let b = engine.load(&ModuleRef::Crate(function("passthrough")))?;
+    let a = engine.load(&ModuleRef::File(path.clone()), None)?;
+    let b = engine.load(&ModuleRef::Crate(function("passthrough")), None)?;
     assert_eq!(a.hash, b.hash);
     assert_eq!(a.hash.len(), 64);
     Ok(())
@@ -200,7 +204,7 @@ fn the_disk_cache_serves_a_fresh_engine_and_survives_corruption() -> Result<()> 
             .collect()
     };
 
-    let first = Engine::new(config())?.load(&ModuleRef::File(path.clone()))?;
+    let first = Engine::new(config())?.load(&ModuleRef::File(path.clone()), None)?;
     let files = entries();
     assert_eq!(files.len(), 1, "one compiled module cached: {files:?}");
     assert!(
@@ -213,7 +217,7 @@ fn the_disk_cache_serves_a_fresh_engine_and_survives_corruption() -> Result<()> 
 
     // A new engine (a new process, in effect) runs the cached code.
     let run = |engine: &Engine| -> Result<Vec<u8>> {
-        let module = engine.load(&ModuleRef::File(path.clone()))?;
+        let module = engine.load(&ModuleRef::File(path.clone()), None)?;
         let template = NodeTemplate::new(engine, module, NodeSetup::new("p"))?;
         let msgs = [flowhost::message::Msg::new("cached", None)];
         let out = template
