@@ -324,9 +324,24 @@ impl Graph {
     /// Reads and validates a manifest.
     pub fn load(path: impl AsRef<Path>) -> Result<Graph, ManifestError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ManifestError::Read {
             path: path.to_owned(),
             source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            // Point at the first byte that is not UTF-8.
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            let line_start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let col = String::from_utf8_lossy(&valid[line_start..]).chars().count() + 1;
+            ManifestError::Invalid {
+                path: path.to_owned(),
+                diagnostics: vec![Diagnostic {
+                    line,
+                    col,
+                    message: "not UTF-8 text (TOML files are UTF-8)".to_owned(),
+                }],
+            }
         })?;
         Self::parse(path, &text)
     }
