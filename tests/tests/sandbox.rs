@@ -38,8 +38,7 @@ fn run(
 }
 
 fn denied(out: &[String], command: &str) -> bool {
-    out.iter()
-        .any(|l| l.starts_with(&format!("denied: {command}: ")))
+    out.iter().any(|l| l.starts_with(&format!("denied: {command}: ")))
 }
 
 #[test]
@@ -106,8 +105,8 @@ fn grants_open_exactly_what_they_name_read_only() -> Result<()> {
 
 #[test]
 fn a_guest_breaking_the_batch_contract_fails_only_its_message() -> Result<()> {
-    // The first message of a batch decides what the whole batch returns: the host finds
-    // the batch malformed, re-runs each message alone, and only the breakers fail.
+    // One breaker spoils its whole batch's output: the host finds the batch malformed,
+    // re-runs messages alone until one fails, batches the rest again; only breakers fail.
     let commands = [
         "garbage",
         "ok1",
@@ -126,7 +125,10 @@ fn a_guest_breaking_the_batch_contract_fails_only_its_message() -> Result<()> {
         ["garbage", "truncated", "bad-port", "bad-index", "huge-length"]
     );
     for (payload, error) in &dead {
-        assert!(error.starts_with("returned a malformed batch"), "{payload}: {error}");
+        assert!(
+            error.starts_with("returned a malformed batch"),
+            "{payload}: {error}"
+        );
     }
     assert!(dead[3].1.contains("message 1000 of a batch of 1"), "{dead:?}");
     assert_eq!((counts.errors, counts.dead_lettered, counts.traps), (5, 5, 0));
@@ -141,7 +143,10 @@ fn fuel_stops_a_runaway_call_and_the_node_serves_the_next_message() -> Result<()
     assert_eq!(out, ["before", "after"]);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].0, "loop");
-    assert!(dead[0].1.contains("out of fuel") && dead[0].1.contains("5000000"), "{dead:?}");
+    assert!(
+        dead[0].1.contains("out of fuel") && dead[0].1.contains("5000000"),
+        "{dead:?}"
+    );
     assert_eq!(counts.traps, 2, "once in the batch, once alone");
     Ok(())
 }

@@ -1,6 +1,6 @@
-//! A node that breaks the batch contract instead of using the SDK's runtime: what it
-//! returns is chosen by the first input payload. A test fixture for the host's checks of
-//! guest output.
+//! A node that breaks the batch contract instead of using the SDK's runtime: a batch
+//! holding one of these payloads gets a broken output batch, as the first of them says
+//! (other batches are echoed). A test fixture for the host's checks of guest output.
 //!
 //! - `garbage`: bytes that are not a batch.
 //! - `truncated`: a valid record cut short.
@@ -31,18 +31,27 @@ mod export {
     bindings::export!(Corrupt with_types_in bindings);
 }
 
-/// The output batch for `input`, broken as its first payload asks.
+/// The output batch for `input`, broken as its first breaking payload asks.
 pub fn respond(input: &[u8]) -> Vec<u8> {
     let mut echo = BatchWriter::default();
-    let mut first: Option<Vec<u8>> = None;
+    const BREAKERS: [&[u8]; 5] = [
+        b"garbage",
+        b"truncated",
+        b"bad-port",
+        b"bad-index",
+        b"huge-length",
+    ];
+    let mut breaker: Option<Vec<u8>> = None;
     for item in BatchReader::new(input).into_iter().flatten().flatten() {
         if let Item::Record(r) = item {
-            first.get_or_insert_with(|| r.payload.to_vec());
+            if breaker.is_none() && BREAKERS.contains(&r.payload) {
+                breaker = Some(r.payload.to_vec());
+            }
             echo.record(0, r.timestamp, r.key, r.payload, r.headers.raw());
         }
     }
     let good = echo.finish();
-    match first.as_deref() {
+    match breaker.as_deref() {
         Some(b"garbage") => b"\xde\xad\xbe\xef not a batch at all".to_vec(),
         Some(b"truncated") => good[..good.len() - 3].to_vec(),
         Some(b"bad-port") => {

@@ -8,12 +8,14 @@
 //! | state | `incr` from a guest, one call per message or one `incr_many` per batch | the same store operation, natively |
 //! | wordcount | text file → split → count (wasm), or → tally (host store) | the same logic in plain Rust |
 //! | aggregation | JSON sales → aggregate (wasm, 2 replicas, host store) | the same aggregation in plain Rust; durable store vs memory |
+//! | poison | text → faulty (dead-letter) → null, 1% invalid input or 1% panics | the same graph with 0% poison |
 //! | start-up | `flowhost run` of a 10-node graph to its first output, cold and warm cache | — |
 //! | memory | peak RSS of a 10-node graph whose sink has stalled, over time | — |
 
 mod aggregate;
 mod boundary;
 mod pipeline;
+mod poison;
 mod process;
 mod state;
 mod wordcount;
@@ -156,6 +158,7 @@ pub(crate) struct Fixtures {
     count: LoadedModule,
     tally: LoadedModule,
     aggregate: LoadedModule,
+    faulty: LoadedModule,
 }
 
 impl Fixtures {
@@ -168,6 +171,7 @@ impl Fixtures {
             count: load("count")?,
             tally: load("tally")?,
             aggregate: load("aggregate")?,
+            faulty: load("faulty")?,
             engine: engine.clone(),
         })
     }
@@ -197,6 +201,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     step("state", state::run(&fx, seconds))?;
     step("wordcount", wordcount::run(&fx, mb))?;
     step("aggregation", aggregate::run(&fx, messages / 4))?;
+    step("poison", poison::run(&fx, messages / 4))?;
     step("start-up", process::startup(&fx))?;
     step("memory", process::memory(&fx, if args.quick { 1 } else { 3 }))?;
 

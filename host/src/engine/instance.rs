@@ -67,14 +67,19 @@ pub enum CallError {
     /// The node returned an error for the whole call.
     Node(NodeError),
     /// The instance trapped (panic, timeout, memory limit, bad code); it must be reset.
-    Trap(String),
+    Trap {
+        /// What happened, for people.
+        reason: String,
+        /// The call ran into its time or fuel limit: running it again costs that much again.
+        costly: bool,
+    },
 }
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Node(e) => write!(f, "{e}"),
-            CallError::Trap(t) => write!(f, "trap: {t}"),
+            CallError::Trap { reason, .. } => write!(f, "trap: {reason}"),
         }
     }
 }
@@ -264,7 +269,7 @@ impl NodeTemplate {
         };
         let init = node.call_init(&mut store, &info);
         let panic = store.data_mut().panic.take();
-        match init.map_err(|t| CallError::Trap(describe_trap(&t, self, panic)))? {
+        match init.map_err(|t| describe_trap(&t, self, panic))? {
             Ok(()) => Ok((store, node)),
             Err(e) => Err(CallError::Node(from_wit(e)).into()),
         }
@@ -338,7 +343,7 @@ impl NodeInstance {
         match result {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(e)) => Err(CallError::Node(from_wit(e))),
-            Err(trap) => Err(CallError::Trap(describe_trap(&trap, &self.template, panic))),
+            Err(trap) => Err(describe_trap(&trap, &self.template, panic)),
         }
     }
 }
@@ -355,8 +360,9 @@ fn from_wit(e: types::NodeError) -> NodeError {
     }
 }
 
-fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate, panic: Option<String>) -> String {
-    match err.downcast_ref::<Trap>() {
+fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate, panic: Option<String>) -> CallError {
+    let trap = err.downcast_ref::<Trap>();
+    let reason = match trap {
         Some(Trap::Interrupt) => format!(
             "timed out: a call ran longer than timeout_ms = {}",
             t.timeout.as_millis()
@@ -377,5 +383,9 @@ fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate, panic: Option<String>)
                 text.lines().next().unwrap_or("trap").to_owned()
             }
         }
+    };
+    CallError::Trap {
+        reason,
+        costly: matches!(trap, Some(Trap::Interrupt | Trap::OutOfFuel)),
     }
 }

@@ -108,6 +108,9 @@ impl Engine {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.consume_fuel(setup.fuel);
+        // A trap is reported by its kind and the guest's panic message; capturing a wasm
+        // backtrace on every trap made poison messages several times dearer.
+        config.wasm_backtrace_max_frames(None);
         // No async components here; wasmtime's async bookkeeping costs ~17% per host call.
         config.concurrency_support(false);
         let mut pool = PoolingAllocationConfig::default();
