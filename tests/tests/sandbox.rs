@@ -8,13 +8,17 @@ use flowhost_tests::{chain, graph_in, run_captured};
 
 const FILE_SOURCE: &str = "kind = \"file\"\npath = \"in.txt\"";
 
+/// What a run of one node produced.
+struct Ran {
+    out: Vec<String>,
+    /// `(payload, error)` of each dead letter.
+    dead: Vec<(String, String)>,
+    counts: flowhost::topology::NodeCounts,
+}
+
 /// Runs `commands` (one per line) through `functions/<function>` configured with `node`
-/// lines; returns what came out and what was dead-lettered (`payload -> error`).
-fn run(
-    function: &str,
-    node: &str,
-    commands: &[&str],
-) -> Result<(Vec<String>, Vec<(String, String)>, flowhost::topology::NodeCounts)> {
+/// lines.
+fn run(function: &str, node: &str, commands: &[&str]) -> Result<Ran> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("in.txt"), commands.join("\n") + "\n")?;
     std::fs::create_dir_all(dir.path().join("ref/sub"))?;
@@ -34,7 +38,11 @@ fn run(
             (s(&d["payload"]), s(&d["headers"]["flowhost-error"]))
         })
         .collect();
-    Ok((out.lines("out").to_vec(), dead, out.node(function)))
+    Ok(Ran {
+        out: out.lines("out").to_vec(),
+        dead,
+        counts: out.node(function),
+    })
 }
 
 fn denied(out: &[String], command: &str) -> bool {
@@ -62,7 +70,7 @@ fn by_default_a_guest_reaches_nothing() -> Result<()> {
         "connect 1.1.1.1:80",
         "store secret",
     ];
-    let (out, dead, _) = run("hostile", "", &commands)?;
+    let Ran { out, dead, .. } = run("hostile", "", &commands)?;
     assert!(dead.is_empty(), "{dead:?}");
     assert_eq!(out.len(), commands.len(), "{out:?}");
     for command in commands {
@@ -88,7 +96,7 @@ fn grants_open_exactly_what_they_name_read_only() -> Result<()> {
         "env HOME",
         "store secret",
     ];
-    let (out, dead, _) = run("hostile", node, &commands)?;
+    let Ran { out, dead, .. } = run("hostile", node, &commands)?;
     assert!(dead.is_empty(), "{dead:?}");
     assert_eq!(out[0], "allowed: read /ref/sub/note.txt: granted text");
     assert_eq!(out[1], "allowed: list /ref: 1 entries");
@@ -117,7 +125,7 @@ fn a_guest_breaking_the_batch_contract_fails_only_its_message() -> Result<()> {
         "huge-length",
         "ok3",
     ];
-    let (out, dead, counts) = run("corrupt", "", &commands)?;
+    let Ran { out, dead, counts } = run("corrupt", "", &commands)?;
     assert_eq!(out, ["ok1", "ok2", "ok3"]);
     let failed: Vec<&str> = dead.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
@@ -139,7 +147,7 @@ fn a_guest_breaking_the_batch_contract_fails_only_its_message() -> Result<()> {
 fn fuel_stops_a_runaway_call_and_the_node_serves_the_next_message() -> Result<()> {
     // A generous timeout: fuel, not the clock, must stop the loop.
     let node = "fuel = 5_000_000\ntimeout_ms = 60_000";
-    let (out, dead, counts) = run("faulty", node, &["before", "loop", "after"])?;
+    let Ran { out, dead, counts } = run("faulty", node, &["before", "loop", "after"])?;
     assert_eq!(out, ["before", "after"]);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].0, "loop");
@@ -154,12 +162,12 @@ fn fuel_stops_a_runaway_call_and_the_node_serves_the_next_message() -> Result<()
 #[test]
 fn retries_follow_the_nodes_retry_table() -> Result<()> {
     let node = "retry = { attempts = 5, backoff_ms = 1, max_backoff_ms = 2 }";
-    let (out, dead, counts) = run("faulty", node, &["a", "retry", "b"])?;
+    let Ran { out, dead, counts } = run("faulty", node, &["a", "retry", "b"])?;
     assert_eq!(out, ["a", "b"]);
     assert_eq!(dead.len(), 1);
     assert_eq!(counts.retries, 4, "5 attempts in all");
 
-    let (_, dead, counts) = run("faulty", "retry = { attempts = 1 }", &["retry"])?;
+    let Ran { dead, counts, .. } = run("faulty", "retry = { attempts = 1 }", &["retry"])?;
     assert_eq!(counts.retries, 0, "attempts = 1 turns retries off");
     assert_eq!(dead.len(), 1);
     Ok(())
