@@ -12,7 +12,7 @@ use flowhost_sdk::state::Store;
 
 /// Tries what the payload says.
 #[node(map)]
-fn hostile(msg: &str) -> String {
+pub fn hostile(msg: &str) -> String {
     let (verb, arg) = msg.split_once(' ').unwrap_or((msg, ""));
     let outcome: Result<String, String> = match verb {
         "read" => std::fs::read_to_string(arg).map_err(|e| e.to_string()),
