@@ -47,10 +47,13 @@ impl types::Host for HostState {}
 
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) {
-        if matches!(level, log::Level::Error) && message.starts_with("panicked") && self.panic.is_none() {
-            self.panic = Some(message.chars().take(1024).collect());
-        }
         let node = &*self.node;
+        if matches!(level, log::Level::Error) && message.starts_with("panicked") && self.panic.is_none() {
+            // Reported with the trap (and in the dead letter), not logged on its own.
+            tracing::debug!(target: "flowhost::guest", node, "{message}");
+            self.panic = Some(message.chars().take(1024).collect());
+            return;
+        }
         match level {
             log::Level::Trace => tracing::trace!(target: "flowhost::guest", node, "{message}"),
             log::Level::Debug => tracing::debug!(target: "flowhost::guest", node, "{message}"),

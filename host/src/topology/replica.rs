@@ -206,7 +206,9 @@ impl Replica {
         let result = self.instance.process(input);
         if let Err(CallError::Trap { reason: trap, .. }) = &result {
             NodeStats::add(&self.stats.traps, 1);
-            tracing::warn!("instance trapped ({trap}); replacing it");
+            // Logged once per message that fails for good (dead letters are debug: the
+            // dead-letter sink and the counters record them; 1% poison must not flood logs).
+            tracing::debug!("instance trapped ({trap}); replacing it");
             if let Err(e) = self.instance.reset() {
                 let why = format!("could not replace the trapped instance: {e:#}");
                 return Err(CallError::Node(NodeError::fatal(why)));
@@ -305,7 +307,7 @@ impl Replica {
                     }
                 }
                 NodeStats::add(&self.stats.dead_lettered, 1);
-                tracing::warn!("dead-lettered a message: {kind}: {error}");
+                tracing::debug!("dead-lettered a message: {kind}: {error}");
                 Ok(())
             }
         }
