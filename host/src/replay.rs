@@ -140,7 +140,8 @@ pub fn replay(
             .get(headers::PORT)
             .and_then(|p| spec.inputs.iter().position(|i| i.as_bytes() == p))
             .unwrap_or(0) as u16;
-        let clean = msg.headers.without(|h| h.starts_with("flowhost-error"));
+        // Every error header's name starts with that of the error text.
+        let clean = msg.headers.without(|h| h.starts_with(headers::ERROR));
         by_port.entry(port).or_default().push(Msg {
             headers: clean,
             ..msg.clone()
