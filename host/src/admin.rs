@@ -1,20 +1,28 @@
 //! The admin endpoint of a running graph (loopback only: it has no authentication):
 //! `/status` (JSON), `/metrics` (Prometheus text), `/sinks/{id}/tail?after=N` (the latest
-//! messages a sink wrote). Served by axum on a thread of its own, off the data path.
+//! messages a sink wrote), and hot swap: `POST /nodes/{id}/swap` (the module in the body)
+//! and `POST /nodes/{id}/rollback`. Served by axum on a thread of its own, off the data
+//! path; a swap is prepared on a blocking thread of that runtime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use serde::Deserialize;
 
+use crate::manifest::AutoRollback;
 use crate::topology::Status;
 use crate::topology::status::StatusReport;
+use crate::topology::swap::{NodeVersions, SwapRecord};
+
+/// The largest module `POST /nodes/{id}/swap` takes.
+const MAX_MODULE_BYTES: usize = 512 << 20;
 
 /// Where `flowhost run --admin` listens when given no address, and where `flowhost status`
 /// and `flowhost tail` look by default.
@@ -71,6 +79,11 @@ pub fn serve(addr: SocketAddr, status: Arc<Status>) -> anyhow::Result<AdminServe
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
         .route("/sinks/{id}/tail", get(tail))
+        .route(
+            "/nodes/{id}/swap",
+            post(swap).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
+        )
+        .route("/nodes/{id}/rollback", post(rollback))
         .with_state(status);
     let thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
         let served = runtime.block_on(async move {
@@ -85,7 +98,9 @@ pub fn serve(addr: SocketAddr, status: Arc<Status>) -> anyhow::Result<AdminServe
             tracing::error!("admin endpoint failed: {e}");
         }
     })?;
-    tracing::info!("admin endpoint on http://{addr} (/status, /metrics, /sinks/<id>/tail)");
+    tracing::info!(
+        "admin endpoint on http://{addr} (/status, /metrics, /sinks/<id>/tail, POST /nodes/<id>/swap)"
+    );
     Ok(AdminServer {
         addr,
         stop: Some(stop),
@@ -94,7 +109,62 @@ pub fn serve(addr: SocketAddr, status: Arc<Status>) -> anyhow::Result<AdminServe
 }
 
 async fn index() -> &'static str {
-    "flowhost admin endpoint: /status (JSON), /metrics (Prometheus), /sinks/<id>/tail?after=N\n"
+    "flowhost admin endpoint: /status (JSON), /metrics (Prometheus), /sinks/<id>/tail?after=N, \
+     POST /nodes/<id>/swap?name=<file>&auto_rollback=<rate>&within=<messages> (module in the body), \
+     POST /nodes/<id>/rollback\n"
+}
+
+#[derive(Deserialize)]
+struct SwapQuery {
+    /// The module's file name, for logs and status.
+    name: Option<String>,
+    /// Roll back on its own if more than this share of the first `within` messages fail.
+    auto_rollback: Option<f64>,
+    within: Option<u64>,
+}
+
+async fn swap(
+    State(status): State<Arc<Status>>,
+    Path(id): Path<String>,
+    Query(q): Query<SwapQuery>,
+    module: Bytes,
+) -> Response {
+    let trial = match (q.auto_rollback, q.within) {
+        (Some(rate), _) if !(0.0..=1.0).contains(&rate) => {
+            let why = format!("auto_rollback must be between 0 and 1, not {rate}\n");
+            return (StatusCode::BAD_REQUEST, why).into_response();
+        }
+        (Some(error_rate), within) => Some(AutoRollback {
+            error_rate,
+            messages: within.unwrap_or(AutoRollback::DEFAULT_MESSAGES).max(1),
+        }),
+        (None, _) => None,
+    };
+    let name = q.name.unwrap_or_else(|| String::from("posted module"));
+    on_node(&status, &id, move |versions| {
+        versions.swap(|engine| engine.load_bytes(&module, name.as_ref()), trial)
+    })
+    .await
+}
+
+async fn rollback(State(status): State<Arc<Status>>, Path(id): Path<String>) -> Response {
+    on_node(&status, &id, |versions| versions.rollback(None)).await
+}
+
+/// Runs a swap of node `id` on a blocking thread; the record as JSON, 422 if refused.
+async fn on_node(
+    status: &Status,
+    id: &str,
+    swap: impl FnOnce(&NodeVersions) -> Result<SwapRecord, SwapRecord> + Send + 'static,
+) -> Response {
+    let Some(versions) = status.versions(id) else {
+        return (StatusCode::NOT_FOUND, format!("no node `{id}` in this graph\n")).into_response();
+    };
+    match tokio::task::spawn_blocking(move || swap(&versions)).await {
+        Ok(Ok(record)) => Json(record).into_response(),
+        Ok(Err(record)) => (StatusCode::UNPROCESSABLE_ENTITY, Json(record)).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("the swap failed: {e}\n")).into_response(),
+    }
 }
 
 async fn status_json(State(status): State<Arc<Status>>) -> Json<StatusReport> {
@@ -129,6 +199,52 @@ pub fn fetch_status(addr: &str) -> anyhow::Result<StatusReport> {
             format!("no flowhost admin endpoint at {addr} (start one with `flowhost run --admin`)")
         })?;
     serde_json::from_str(&body).with_context(|| format!("{url} did not answer with a status"))
+}
+
+/// What `flowhost swap` asks of a running graph.
+pub enum SwapRequest<'a> {
+    /// Swap in this module file, judged by the trial if given.
+    Module(&'a std::path::Path, Option<AutoRollback>),
+    /// Return to the version before.
+    Rollback,
+}
+
+/// Asks the graph at `addr` to swap `node`; the swap's record, whether done or refused.
+pub fn request_swap(addr: &str, node: &str, req: SwapRequest<'_>) -> anyhow::Result<SwapRecord> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = match req {
+        SwapRequest::Module(path, trial) => {
+            let module = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            let mut request = agent
+                .post(format!("http://{addr}/nodes/{node}/swap"))
+                .query("name", name);
+            if let Some(t) = trial {
+                request = request
+                    .query("auto_rollback", t.error_rate.to_string())
+                    .query("within", t.messages.to_string());
+            }
+            request.send(&module[..])
+        }
+        SwapRequest::Rollback => agent
+            .post(format!("http://{addr}/nodes/{node}/rollback"))
+            .send_empty(),
+    };
+    let mut response = response.with_context(|| {
+        format!("no flowhost admin endpoint at {addr} (start the graph with `flowhost run --admin`)")
+    })?;
+    let code = response.status().as_u16();
+    let body = response.body_mut().read_to_string()?;
+    if ![StatusCode::OK, StatusCode::UNPROCESSABLE_ENTITY].map(|c| c.as_u16()).contains(&code) {
+        anyhow::bail!("{}", body.trim_end());
+    }
+    serde_json::from_str(&body).with_context(|| format!("{addr} did not answer with a swap record"))
 }
 
 /// Reads the messages sink `sink` wrote after number `after`; `Ok(None)` once the graph
@@ -171,7 +287,13 @@ pub fn table(r: &StatusReport) -> String {
             .iter()
             .map(|p| {
                 let stale = if p.stale { " STALE" } else { "" };
-                format!("#{} {} q{}{stale}", p.index, p.state.as_str(), p.queue_depth)
+                format!(
+                    "#{} {} v{} q{}{stale}",
+                    p.index,
+                    p.state.as_str(),
+                    p.version,
+                    p.queue_depth
+                )
             })
             .collect();
         let _ = writeln!(
@@ -186,6 +308,12 @@ pub fn table(r: &StatusReport) -> String {
             n.latency_us.p99,
             replicas.join(", ")
         );
+    }
+    for n in &r.nodes {
+        // The latest swaps; the rest are in `--json`.
+        for swap in &n.swaps[n.swaps.len().saturating_sub(3)..] {
+            let _ = writeln!(out, "  swap   {swap}");
+        }
     }
     for s in &r.sinks {
         let _ = writeln!(

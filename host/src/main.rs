@@ -82,6 +82,32 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Replace a node's module in a running graph (through its admin endpoint) without
+    /// stopping it; exits 1 if the new module is refused (the old one keeps running).
+    Swap {
+        /// The node.
+        node: String,
+        /// The new module (`.wasm`, a core module or a component).
+        #[arg(required_unless_present = "rollback", conflicts_with = "rollback")]
+        module: Option<PathBuf>,
+        /// Return to the node's previous version instead.
+        #[arg(long)]
+        rollback: bool,
+        /// Roll back on its own if more than this share (0 to 1) of the new module's first
+        /// `--within` messages fail (default: the node's `auto_rollback` in the manifest).
+        #[arg(long, value_name = "RATE")]
+        auto_rollback: Option<f64>,
+        /// Messages the new module is judged on.
+        #[arg(long, value_name = "MESSAGES", requires = "auto_rollback",
+              default_value_t = flowhost::manifest::AutoRollback::DEFAULT_MESSAGES)]
+        within: u64,
+        /// The admin endpoint of `flowhost run --admin`.
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: String,
+        /// The swap's record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print what a sink of a running graph writes, as it writes it.
     Tail {
         /// The sink.
@@ -223,6 +249,36 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Swap {
+            node,
+            module,
+            rollback,
+            auto_rollback,
+            within,
+            admin,
+            json,
+        } => {
+            let trial = auto_rollback.map(|error_rate| flowhost::manifest::AutoRollback {
+                error_rate,
+                messages: within.max(1),
+            });
+            let req = match &module {
+                Some(path) if !rollback => admin::SwapRequest::Module(path, trial),
+                _ => admin::SwapRequest::Rollback,
+            };
+            let record = admin::request_swap(&admin, &node, req)?;
+            let done = record.outcome == flowhost::topology::swap::Outcome::Done;
+            match (json, done) {
+                (true, _) => println!("{}", serde_json::to_string_pretty(&record)?),
+                (false, true) => println!("{record}"),
+                (false, false) => eprintln!("error: {record}"),
+            }
+            Ok(if done {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&flowhost::manifest::schema())?);

@@ -182,7 +182,8 @@ impl Engine {
         self.load_bytes(&bytes, path)
     }
 
-    fn load_bytes(&self, bytes: &[u8], path: &Path) -> anyhow::Result<LoadedModule> {
+    /// Loads a module or component from memory; `path` names it in errors and status.
+    pub fn load_bytes(&self, bytes: &[u8], path: &Path) -> anyhow::Result<LoadedModule> {
         let (component, digest) = self
             .compile(bytes)
             .with_context(|| format!("loading {}", path.display()))?;

@@ -191,6 +191,23 @@ pub struct NodeSpec {
     pub fuel: Option<u64>,
     /// What the guest may see of the host besides its stores.
     pub sandbox: Sandbox,
+    /// When a hot-swapped module is rolled back on its own.
+    pub auto_rollback: Option<AutoRollback>,
+}
+
+/// Roll a hot swap back when the new module's first `messages` messages fail at more than
+/// `error_rate`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AutoRollback {
+    /// Share of messages (0 to 1) that may fail for good.
+    pub error_rate: f64,
+    /// Messages the new module processes before it is judged.
+    pub messages: u64,
+}
+
+impl AutoRollback {
+    /// Messages judged when none is given.
+    pub const DEFAULT_MESSAGES: u64 = 1000;
 }
 
 /// Attempts and backoff for retryable errors.

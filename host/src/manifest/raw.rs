@@ -124,6 +124,20 @@ pub struct RawNode {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub read_dirs: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// Swap back to the previous module when a newly swapped-in one fails too often.
+    pub auto_rollback: Option<RawAutoRollback>,
+}
+
+/// `auto_rollback`: when a hot-swapped module is judged, and what fails it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutoRollback {
+    /// Share of messages (0 to 1) that may fail for good before the swap is rolled back.
+    #[schemars(with = "f64")]
+    pub error_rate: Spanned<f64>,
+    /// Messages the new module processes before it is judged (default 1000).
+    #[schemars(with = "Option<u64>")]
+    pub messages: Option<Spanned<u64>>,
 }
 
 /// `retry`: attempts and backoff for retryable errors.

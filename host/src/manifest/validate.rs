@@ -9,9 +9,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::edges;
-use super::raw::{self, OnError, RawGraph, RawNode, RawRetry, RawSink, RawSource};
+use super::raw::{self, OnError, RawAutoRollback, RawGraph, RawNode, RawRetry, RawSink, RawSource};
 use super::{
-    CheckpointSpec, Diagnostic, ErrorPolicy, Graph, ModuleRef, NodeSpec, RetryPolicy, Sandbox, SinkKind,
+    AutoRollback, CheckpointSpec, Diagnostic, ErrorPolicy, Graph, ModuleRef, NodeSpec, RetryPolicy, Sandbox, SinkKind,
     SinkSpec, SourceKind, SourceSpec, StoreSpec, Vertex,
 };
 
@@ -362,6 +362,27 @@ fn node(
             .as_ref()
             .map(|_| positive(r, &n.fuel, 1, None, &format!("node `{name}`: fuel"))),
         sandbox: sandbox(r, dir, name, n),
+        auto_rollback: n.auto_rollback.as_ref().map(|a| auto_rollback(r, name, a)),
+    }
+}
+
+fn auto_rollback(r: &mut Report, name: &str, raw: &RawAutoRollback) -> AutoRollback {
+    let rate = *raw.error_rate.get_ref();
+    if !(0.0..=1.0).contains(&rate) {
+        r.at(
+            raw.error_rate.span(),
+            format!("node `{name}`: auto_rollback.error_rate must be between 0 and 1, not {rate}"),
+        );
+    }
+    AutoRollback {
+        error_rate: rate,
+        messages: positive(
+            r,
+            &raw.messages,
+            AutoRollback::DEFAULT_MESSAGES,
+            Some(1 << 40),
+            &format!("node `{name}`: auto_rollback.messages"),
+        ),
     }
 }
 

@@ -7,6 +7,7 @@ mod checkpoint;
 mod replica;
 mod router;
 pub mod status;
+pub mod swap;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,6 +30,7 @@ use crate::state::durable::{Checkpoint, Position, StateLog};
 use checkpoint::{Checkpointer, Gate, InFlight};
 use replica::Replica;
 use status::{Phase, SinkStatus};
+use swap::NodeVersions;
 
 /// Runtime knobs (command-line flags, not manifest fields).
 #[derive(Debug, Clone)]
@@ -290,10 +292,18 @@ pub fn run(
     }
 
     let stats: Vec<Arc<NodeStats>> = graph.nodes.iter().map(|_| Arc::default()).collect();
-    let hashes = templates.iter().map(|t| t.module().hash.clone()).collect();
+    let versions: Vec<Arc<NodeVersions>> = graph
+        .nodes
+        .iter()
+        .zip(&templates)
+        .map(|(spec, t)| {
+            let setup = NodeSetup::from_spec(spec, &stores);
+            NodeVersions::new(engine, t.clone(), setup, spec.auto_rollback, opts.heartbeat)
+        })
+        .collect();
     let status = Arc::new(Status::new(
         graph,
-        (hashes, &stats),
+        (&versions, &stats),
         stores.clone(),
         opts.heartbeat,
         opts.admin.is_some(),
@@ -351,6 +361,10 @@ pub fn run(
                 finish_barrier: finish_barrier.clone(),
                 status: status.replica(i, r),
                 heartbeat: opts.heartbeat,
+                index: r,
+                versions: versions[i].clone(),
+                version: versions[i].current(),
+                generation: 0,
             };
             replicas.push((replica, rx));
         }
@@ -453,9 +467,9 @@ pub fn run(
         nodes: graph
             .nodes
             .iter()
-            .zip(&templates)
+            .zip(&versions)
             .zip(&stats)
-            .map(|((n, t), s)| (n.id.clone(), t.module().hash.clone(), s.counts()))
+            .map(|((n, v), s)| (n.id.clone(), v.current().hash().to_owned(), s.counts()))
             .collect(),
         sources: graph.sources.iter().map(|s| s.id.clone()).zip(sources).collect(),
         sinks: graph.sinks.iter().map(|s| s.id.clone()).zip(sinks).collect(),

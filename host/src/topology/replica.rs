@@ -16,6 +16,7 @@ use flowhost_sdk::{ErrorKind, NodeError};
 use super::checkpoint::InFlight;
 use super::router::{Envelope, Inbox, Mailbox, Received, Router};
 use super::status::{Phase, ReplicaStatus};
+use super::swap::{NodeVersions, Version};
 use super::{NodeStats, Shutdown};
 use crate::engine::{CallError, NodeInstance};
 use crate::io::source::now_millis;
@@ -62,6 +63,14 @@ pub(super) struct Replica {
     pub finish_barrier: Arc<Barrier>,
     pub status: Arc<ReplicaStatus>,
     pub heartbeat: Duration,
+    /// This replica's index among the node's.
+    pub index: usize,
+    /// The node's versions, for hot swap.
+    pub versions: Arc<NodeVersions>,
+    /// The version `instance` is of.
+    pub version: Arc<Version>,
+    /// The swap generation it came with.
+    pub generation: u64,
 }
 
 impl Replica {
@@ -71,7 +80,12 @@ impl Replica {
         let beat = self.heartbeat;
         // Waiting at most a heartbeat interval, so an idle replica still beats.
         loop {
-            let env = match input.recv(beat) {
+            let received = input.recv(beat);
+            // Between batches: where a swapped-in version takes over.
+            if self.versions.published() != self.generation {
+                self.switch();
+            }
+            let env = match received {
                 Received::Batch(env) => env,
                 Received::Idle => {
                     self.status.beat();
@@ -88,9 +102,13 @@ impl Replica {
                     stopped = self.stop(reason);
                 }
                 self.status.processed(started.elapsed());
+                if let Some(why) = self.version.processed(env.msgs.len()) {
+                    self.versions.roll_back_later(self.version.number, why);
+                }
             }
             self.in_flight.done();
         }
+        self.versions.ended(self.index);
         self.status.phase.set(Phase::Draining);
         self.status.beat();
         self.finish_barrier.wait();
@@ -104,6 +122,19 @@ impl Replica {
         self.status
             .phase
             .set(if stopped { Phase::Failed } else { Phase::Stopped });
+    }
+
+    /// Goes on with the version published last (its instance was started off this thread).
+    fn switch(&mut self) {
+        let Some(next) = self.versions.take(self.index) else {
+            return;
+        };
+        let old = std::mem::replace(&mut self.instance, next.instance);
+        tracing::debug!(from = self.version.number, to = next.version.number, "switched version");
+        self.version = next.version;
+        self.generation = next.generation;
+        self.versions
+            .switched(self.index, next.generation, self.version.number, old);
     }
 
     fn stop(&mut self, reason: Stop) -> bool {
@@ -273,6 +304,7 @@ impl Replica {
     /// Applies the error policy to a message that failed for good.
     fn failed(&mut self, msg: &Msg, port: u16, kind: &str, error: &str, attempts: u32) -> Result<(), Stop> {
         NodeStats::add(&self.stats.errors, 1);
+        self.version.failed();
         let policy = if kind == ErrorKind::Fatal.as_str() {
             ErrorPolicy::Stop
         } else {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use super::swap::{NodeVersions, SwapRecord};
 use super::{NodeCounts, NodeStats};
 use crate::io::sink::as_json;
 use crate::io::source::now_millis;
@@ -147,17 +148,15 @@ impl SinkStatus {
     }
 }
 
-/// A node's id, module hash, counters and replicas.
-#[derive(Debug)]
+/// A node's id, versions, counters and replicas.
 struct NodeEntry {
     id: String,
-    hash: String,
+    versions: Arc<NodeVersions>,
     stats: Arc<NodeStats>,
     replicas: Vec<Arc<ReplicaStatus>>,
 }
 
 /// Status of a running graph.
-#[derive(Debug)]
 pub struct Status {
     graph: String,
     started: Instant,
@@ -171,11 +170,11 @@ pub struct Status {
 }
 
 impl Status {
-    /// Status for `graph`: module hashes by node, each node's counters, the stores;
-    /// with `tails`, sinks keep their latest messages for [`Status::tail`].
+    /// Status for `graph`: each node's versions and counters, the stores; with `tails`,
+    /// sinks keep their latest messages for [`Status::tail`].
     pub fn new(
         graph: &Graph,
-        (hashes, stats): (Vec<String>, &[Arc<NodeStats>]),
+        (versions, stats): (&[Arc<NodeVersions>], &[Arc<NodeStats>]),
         stores: Stores,
         heartbeat: Duration,
         tails: bool,
@@ -188,13 +187,13 @@ impl Status {
             nodes: graph
                 .nodes
                 .iter()
-                .zip(hashes)
+                .zip(versions)
                 .zip(stats)
-                .map(|((n, hash), s)| {
+                .map(|((n, versions), s)| {
                     let replicas = (0..n.replicas).map(|_| Arc::new(ReplicaStatus::new())).collect();
                     NodeEntry {
                         id: n.id.clone(),
-                        hash,
+                        versions: versions.clone(),
                         stats: s.clone(),
                         replicas,
                     }
@@ -240,6 +239,11 @@ impl Status {
         self.sinks[k].1.clone()
     }
 
+    /// The versions of node `id`, to swap it.
+    pub fn versions(&self, id: &str) -> Option<Arc<NodeVersions>> {
+        self.nodes.iter().find(|n| n.id == id).map(|n| n.versions.clone())
+    }
+
     /// A snapshot, as `/status` serves it.
     pub fn report(&self) -> StatusReport {
         let now = now_millis();
@@ -263,7 +267,7 @@ impl Status {
                 .map(
                     |NodeEntry {
                          id,
-                         hash,
+                         versions,
                          stats,
                          replicas,
                      }| {
@@ -282,13 +286,16 @@ impl Status {
                                     heartbeat_ms_ago: ago,
                                     stale: matches!(phase, Phase::Running | Phase::Draining)
                                         && ago > stale_after,
+                                    version: versions.running(index),
                                 }
                             })
                             .collect();
+                        let current = versions.current();
                         NodeReport {
                             id: id.clone(),
-                            module_hash: hash.clone(),
-                            version: 1,
+                            module_hash: current.hash().to_owned(),
+                            version: current.number,
+                            swaps: versions.history(),
                             counts: stats.counts(),
                             latency_us: Latency {
                                 p50: all.value_at_quantile(0.5),
@@ -405,6 +412,12 @@ impl Status {
                 samples,
             );
         }
+        family(
+            "node_version",
+            "gauge",
+            "The module version the node runs (hot swap).",
+            per_node(&|n| f64::from(n.version)),
+        );
         let replicas = |f: &dyn Fn(&ReplicaReport) -> f64| -> Vec<(String, f64)> {
             r.nodes
                 .iter()
@@ -495,8 +508,12 @@ pub struct NodeReport {
     pub id: String,
     /// SHA-256 of its module.
     pub module_hash: String,
-    /// Module version (1 until hot swap replaces it).
+    /// Module version: 1 as started, one more for each swap (a rollback returns to the
+    /// number it rolls back to).
     pub version: u32,
+    /// Its swaps, oldest first.
+    #[serde(default)]
+    pub swaps: Vec<SwapRecord>,
     /// Its counters.
     #[serde(flatten)]
     pub counts: NodeCounts,
@@ -534,6 +551,9 @@ pub struct ReplicaReport {
     pub heartbeat_ms_ago: i64,
     /// Running, but no heartbeat for three intervals: stuck (a long call, a blocked send).
     pub stale: bool,
+    /// The module version it runs (during a swap, replicas switch one by one).
+    #[serde(default)]
+    pub version: u32,
 }
 
 /// A sink in [`StatusReport`].
