@@ -8,7 +8,8 @@
 //!   limits (epoch deadlines, memory caps) and traps.
 //! - [`message`]: the host's message envelope and its batch framing.
 //! - [`topology`]: a running graph — sources, node replicas on their own threads,
-//!   bounded channels, routing, error policies, drain and shutdown.
+//!   bounded channels, routing, error policies, drain and shutdown; hot swap of a
+//!   node's module ([`topology::swap`]).
 //! - [`state`]: host-side stores nodes share, and the WIT `state` interface over them.
 //! - [`io`]: sources (file, JSON lines, stdin, generator) and sinks (stdout, file, null).
 //! - [`bench`]: `flowhost bench`, throughput and boundary cost against native.
@@ -27,5 +28,6 @@ pub mod progress;
 pub mod replay;
 pub mod state;
 pub mod topology;
+pub mod watch;
 
 pub use flowhost_sdk::{DEFAULT_INPUT, DEFAULT_OUTPUT};

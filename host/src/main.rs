@@ -50,6 +50,10 @@ enum Command {
         /// How often each node replica reports it is alive; three missed beats mark it stale.
         #[arg(long, default_value_t = 1000)]
         heartbeat_ms: u64,
+        /// Hot-swap a node when its module file (or its crate's sources) change, and
+        /// reconfigure nodes when the manifest changes, without restarting the graph.
+        #[arg(long)]
+        watch: bool,
     },
     /// Feed the messages a node dead-lettered back into it (after a fix), and through
     /// everything downstream; exits 1 if some fail again.
@@ -314,6 +318,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             fresh,
             admin,
             heartbeat_ms,
+            watch,
         } => {
             let graph = Graph::load(&manifest)?;
             let engine = Engine::new(EngineConfig::for_graph(&graph))?;
@@ -326,6 +331,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin,
                 progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 append: false,
+                watch: watch.then(|| manifest.clone()),
             };
             let report = topology::run(&graph, &engine, &opts, &shutdown)?;
             if !cli.quiet {

@@ -49,6 +49,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// File sinks append to what their files hold instead of starting them afresh.
     pub append: bool,
+    /// Watch this manifest and the nodes' modules, and swap or reconfigure nodes when
+    /// they change.
+    pub watch: Option<std::path::PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -61,6 +64,7 @@ impl Default for RunOptions {
             admin: None,
             progress: false,
             append: false,
+            watch: None,
         }
     }
 }
@@ -388,6 +392,11 @@ pub fn run(
         .admin
         .map(|a| crate::admin::serve(a, status.clone()))
         .transpose()?;
+    let watch = opts
+        .watch
+        .as_deref()
+        .map(|manifest| crate::watch::start(manifest, graph, status.clone(), stores.clone()))
+        .transpose()?;
     let progress = opts
         .progress
         .then(|| crate::progress::Progress::start(status.clone()));
@@ -462,7 +471,7 @@ pub fn run(
     status
         .phase
         .set(if failed { Phase::Failed } else { Phase::Stopped });
-    drop((progress, admin));
+    drop((progress, watch, admin));
     Ok(RunReport {
         nodes: graph
             .nodes
