@@ -178,8 +178,15 @@ impl Watched {
             let (Some(spec), Some(versions)) = (self.specs.get(&id), self.status.versions(&id)) else {
                 continue;
             };
+            let loaded = versions.engine().load(&spec.module, spec.sha256.as_deref());
+            if let Ok(module) = &loaded
+                && module.hash == versions.current().hash()
+            {
+                tracing::debug!(node = %id, "its module was touched but is unchanged");
+                continue;
+            }
             tracing::info!(node = %id, "its module changed: swapping it in");
-            let _ = versions.swap(|engine| engine.load(&spec.module, spec.sha256.as_deref()), None);
+            let _ = versions.swap(|_| loaded, None);
         }
         moved
     }

@@ -2,22 +2,19 @@
 //! count exactly what went through, a replica stuck in a long call turns stale, and
 //! `flowhost status` / `flowhost tail` read them.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, channel};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-use flowhost::topology::status::{Phase, StatusReport};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_flowhost"))
-}
+use common::{Running, bin};
+use flowhost::topology::status::Phase;
 
 /// `flowhost run` of stdin → faulty (skip on error, 2 s timeout) → stdout, with the admin
-/// endpoint on a free port and a 50 ms heartbeat; returns the child, its stdin and the
-/// endpoint's address (read from its log).
-fn start(dir: &Path) -> (Child, ChildStdin, String, Receiver<String>) {
+/// endpoint on a free port and a 50 ms heartbeat.
+fn start(dir: &Path) -> Running {
     let faulty = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/faulty");
     let manifest = format!(
         "name = \"watched\"\n[sources.in]\nkind = \"stdin\"\n[nodes.faulty]\ncrate = \"{}\"\n\
@@ -26,63 +23,15 @@ fn start(dir: &Path) -> (Child, ChildStdin, String, Receiver<String>) {
         faulty.display()
     );
     std::fs::write(dir.join("graph.toml"), manifest).unwrap();
-    let mut child = bin()
-        .args([
-            "run",
-            "graph.toml",
-            "--admin",
-            "127.0.0.1:0",
-            "--heartbeat-ms",
-            "50",
-        ])
-        .current_dir(dir)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let addr = loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the run logs its admin endpoint");
-        if let Some(rest) = line.split("admin endpoint on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    let stdin = child.stdin.take().unwrap();
-    (child, stdin, addr, lines)
-}
-
-fn status(addr: &str) -> StatusReport {
-    flowhost::admin::fetch_status(addr).unwrap()
-}
-
-/// Polls until `ok` holds for the status (a bounded wait, not a timing assertion).
-fn wait_for(addr: &str, what: &str, ok: impl Fn(&StatusReport) -> bool) -> StatusReport {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = status(addr);
-        if ok(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "never saw {what}: {s:#?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    Running::start(dir, &["--heartbeat-ms", "50"])
 }
 
 #[test]
 fn status_and_metrics_count_what_went_through_and_a_stuck_replica_turns_stale() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, mut stdin, addr, _log) = start(dir.path());
+    let mut run = start(dir.path());
+    let addr = run.addr.clone();
+    let mut stdin = run.stdin.take().unwrap();
     let tail = bin()
         .args(["tail", "out", "--admin", &addr])
         .stdout(Stdio::piped())
@@ -92,7 +41,7 @@ fn status_and_metrics_count_what_went_through_and_a_stuck_replica_turns_stale() 
     let lines: String = (0..100).map(|i| format!("m{i}\n")).collect();
     stdin.write_all(lines.as_bytes()).unwrap();
     stdin.flush().unwrap();
-    let s = wait_for(&addr, "100 messages written", |s| s.sinks[0].written == 100);
+    let s = run.wait_for("100 messages written", |s| s.sinks[0].written == 100);
     assert_eq!(s.state, Phase::Running);
     assert_eq!(s.sources[0].read, 100);
     let node = &s.nodes[0];
@@ -123,19 +72,19 @@ fn status_and_metrics_count_what_went_through_and_a_stuck_replica_turns_stale() 
     // A runaway call: the replica cannot beat until its timeout stops it.
     stdin.write_all(b"loop\n").unwrap();
     stdin.flush().unwrap();
-    let stuck = wait_for(&addr, "the replica stale", |s| s.nodes[0].replicas[0].stale);
+    let stuck = run.wait_for("the replica stale", |s| s.nodes[0].replicas[0].stale);
     assert!(stuck.nodes[0].replicas[0].heartbeat_ms_ago > 150);
     let table = String::from_utf8(bin().args(["status", "--admin", &addr]).output().unwrap().stdout).unwrap();
-    assert!(table.contains("#0 running q0 STALE"), "{table}");
+    assert!(table.contains("#0 running v1 q0 STALE"), "{table}");
     // The timeout traps the call, the message is skipped, the replica beats again.
-    let back = wait_for(&addr, "the replica back", |s| {
+    let back = run.wait_for("the replica back", |s| {
         s.nodes[0].counts.skipped == 1 && !s.nodes[0].replicas[0].stale
     });
     assert_eq!(back.nodes[0].counts.traps, 1);
 
     std::thread::sleep(Duration::from_millis(500)); // let `tail` poll once more
     drop(stdin);
-    assert!(child.wait().unwrap().success());
+    assert!(run.finish().success());
     let tail = tail.wait_with_output().unwrap();
     let tailed = String::from_utf8(tail.stdout).unwrap();
     assert_eq!(tailed, lines, "tail printed what the sink wrote");

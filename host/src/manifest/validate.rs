@@ -380,7 +380,7 @@ fn auto_rollback(r: &mut Report, name: &str, raw: &RawAutoRollback) -> AutoRollb
             r,
             &raw.messages,
             AutoRollback::DEFAULT_MESSAGES,
-            Some(1 << 40),
+            Some(1_000_000_000),
             &format!("node `{name}`: auto_rollback.messages"),
         ),
     }

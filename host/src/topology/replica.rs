@@ -97,12 +97,13 @@ impl Replica {
             // After a stop, keep draining so producers never block on us.
             if !stopped {
                 NodeStats::add(&self.stats.received, env.msgs.len());
+                self.version.received(env.msgs.len());
                 let started = Instant::now();
                 if let Err(reason) = self.batch(&env) {
                     stopped = self.stop(reason);
                 }
                 self.status.processed(started.elapsed());
-                if let Some(why) = self.version.processed(env.msgs.len()) {
+                if let Some(why) = self.version.verdict() {
                     self.versions.roll_back_later(self.version.number, why);
                 }
             }

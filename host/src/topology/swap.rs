@@ -61,14 +61,23 @@ impl Version {
         self.failed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `n` messages were processed on this version. While on trial, the one call that
-    /// completes its first `messages` judges it: `Some(why)` if it failed too often.
-    pub(super) fn processed(&self, n: usize) -> Option<String> {
+    /// A batch of `n` messages goes to this version.
+    pub(super) fn received(&self, n: usize) {
+        if self.trial.is_some() {
+            self.received.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// After a batch: while on trial, the first call that finds `messages` received judges
+    /// the version: `Some(why)` if too many of them failed.
+    pub(super) fn verdict(&self) -> Option<String> {
         let trial = self.trial?;
-        let received = self.received.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        let received = self.received.load(Ordering::Relaxed);
         if received < trial.messages || self.judged.swap(true, Ordering::Relaxed) {
             return None;
         }
+        // Counted before each batch: other replicas' batches in flight are in `received`
+        // but maybe not yet in `failed`, which only errs on the side of keeping it.
         let failed = self.failed.load(Ordering::Relaxed);
         let rate = failed as f64 / received as f64;
         (rate > trial.error_rate).then(|| {
@@ -271,6 +280,11 @@ impl NodeVersions {
         &self.node
     }
 
+    /// The engine its versions are compiled with.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The version published last.
     pub fn current(&self) -> Arc<Version> {
         lock(&self.current).clone()
@@ -437,8 +451,10 @@ impl NodeVersions {
                 instance,
             });
         }
-        *lock(&self.current) = version.clone();
         self.published.store(generation, Ordering::Release);
+        // After publishing: whoever sees the new version in status sees replicas switch
+        // before their next batch.
+        *lock(&self.current) = version.clone();
         match action {
             Action::Rollback | Action::AutoRollback => {
                 control.previous.pop();

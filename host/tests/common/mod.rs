@@ -1,0 +1,103 @@
+//! A `flowhost run` of a graph reading stdin, with its admin endpoint on a free port, for
+//! tests that watch and steer a running graph.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use flowhost::topology::status::StatusReport;
+
+/// The `flowhost` binary.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flowhost"))
+}
+
+/// A running graph.
+pub struct Running {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    /// Its admin endpoint.
+    pub addr: String,
+    /// Its log lines (stderr).
+    pub log: Receiver<String>,
+}
+
+impl Running {
+    /// `flowhost run graph.toml --admin 127.0.0.1:0 <args>` in `dir`, stdin piped; waits
+    /// for the endpoint's address in the log.
+    pub fn start(dir: &Path, args: &[&str]) -> Running {
+        let mut child = bin()
+            .args(["run", "graph.toml", "--admin", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, log) = channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let addr = loop {
+            let line = log
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the run logs its admin endpoint");
+            if let Some(rest) = line.split("admin endpoint on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        let stdin = child.stdin.take();
+        Running {
+            child,
+            stdin,
+            addr,
+            log,
+        }
+    }
+
+    /// The graph's status now.
+    pub fn status(&self) -> StatusReport {
+        flowhost::admin::fetch_status(&self.addr).unwrap()
+    }
+
+    /// Polls until `ok` holds for the status (a bounded wait, not a timing assertion).
+    pub fn wait_for(&self, what: &str, ok: impl Fn(&StatusReport) -> bool) -> StatusReport {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = self.status();
+            if ok(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "never saw {what}: {s:#?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let line = self
+                .log
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("never logged {needle:?}"));
+            if line.contains(needle) {
+                return;
+            }
+        }
+    }
+
+    /// Ends the input and waits for the graph to finish; its exit status.
+    pub fn finish(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().unwrap()
+    }
+}
