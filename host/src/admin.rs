@@ -19,7 +19,7 @@ use serde::Deserialize;
 use crate::manifest::AutoRollback;
 use crate::topology::Status;
 use crate::topology::status::StatusReport;
-use crate::topology::swap::{NodeVersions, SwapRecord};
+use crate::topology::swap::{NodeVersions, Outcome, SwapRecord};
 
 /// The largest module `POST /nodes/{id}/swap` takes.
 const MAX_MODULE_BYTES: usize = 512 << 20;
@@ -155,15 +155,19 @@ async fn rollback(State(status): State<Arc<Status>>, Path(id): Path<String>) -> 
 async fn on_node(
     status: &Status,
     id: &str,
-    swap: impl FnOnce(&NodeVersions) -> Result<SwapRecord, SwapRecord> + Send + 'static,
+    swap: impl FnOnce(&NodeVersions) -> SwapRecord + Send + 'static,
 ) -> Response {
     let Some(versions) = status.versions(id) else {
         return (StatusCode::NOT_FOUND, format!("no node `{id}` in this graph\n")).into_response();
     };
     match tokio::task::spawn_blocking(move || swap(&versions)).await {
-        Ok(Ok(record)) => Json(record).into_response(),
-        Ok(Err(record)) => (StatusCode::UNPROCESSABLE_ENTITY, Json(record)).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("the swap failed: {e}\n")).into_response(),
+        Ok(record) if record.outcome == Outcome::Done => Json(record).into_response(),
+        Ok(record) => (StatusCode::UNPROCESSABLE_ENTITY, Json(record)).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the swap failed: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -241,7 +245,10 @@ pub fn request_swap(addr: &str, node: &str, req: SwapRequest<'_>) -> anyhow::Res
     })?;
     let code = response.status().as_u16();
     let body = response.body_mut().read_to_string()?;
-    if ![StatusCode::OK, StatusCode::UNPROCESSABLE_ENTITY].map(|c| c.as_u16()).contains(&code) {
+    if ![StatusCode::OK, StatusCode::UNPROCESSABLE_ENTITY]
+        .map(|c| c.as_u16())
+        .contains(&code)
+    {
         anyhow::bail!("{}", body.trim_end());
     }
     serde_json::from_str(&body).with_context(|| format!("{addr} did not answer with a swap record"))

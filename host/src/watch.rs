@@ -17,6 +17,7 @@ use crate::engine::NodeSetup;
 use crate::manifest::{Graph, ModuleRef, NodeSpec};
 use crate::state::Stores;
 use crate::topology::Status;
+use crate::topology::swap::Outcome;
 
 /// Quiet time after the last change before acting on it (editors and `cargo` write in bursts).
 const SETTLE: Duration = Duration::from_millis(200);
@@ -48,7 +49,9 @@ pub fn start(manifest: &Path, graph: &Graph, status: Arc<Status>, stores: Stores
     let stop = Arc::new(AtomicBool::new(false));
     let state = Watched {
         path: manifest.to_owned(),
-        manifest: manifest.canonicalize().with_context(|| format!("watching {}", manifest.display()))?,
+        manifest: manifest
+            .canonicalize()
+            .with_context(|| format!("watching {}", manifest.display()))?,
         specs: graph.nodes.iter().map(|n| (n.id.clone(), n.clone())).collect(),
         graph: graph.clone(),
         status,
@@ -125,14 +128,21 @@ impl Watched {
         })
     }
 
-    fn run(mut self, mut watcher: RecommendedWatcher, events: Receiver<notify::Result<notify::Event>>, stop: &AtomicBool) {
+    fn run(
+        mut self,
+        mut watcher: RecommendedWatcher,
+        events: Receiver<notify::Result<notify::Event>>,
+        stop: &AtomicBool,
+    ) {
         let mut events = events;
         let mut changed = BTreeSet::new();
         // When the changes seen so far are acted on (other files' events do not delay it).
         let mut settled = None;
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
-            let wait = settled.map_or(Duration::from_millis(100), |at: Instant| at.saturating_duration_since(now));
+            let wait = settled.map_or(Duration::from_millis(100), |at: Instant| {
+                at.saturating_duration_since(now)
+            });
             match events.recv_timeout(wait) {
                 Ok(Ok(event)) if !matches!(event.kind, EventKind::Access(_)) => {
                     let relevant: Vec<Change> = event.paths.iter().filter_map(|p| self.classify(p)).collect();
@@ -218,10 +228,9 @@ impl Watched {
             }
             let setup = NodeSetup::from_spec(new, &self.stores);
             tracing::info!(node = %new.id, "its manifest entry changed: reconfiguring it");
-            let load = module_changed.then_some(|engine: &crate::engine::Engine| {
-                engine.load(&new.module, new.sha256.as_deref())
-            });
-            if versions.reconfigure(setup, load).is_ok() {
+            let load = module_changed
+                .then_some(|engine: &crate::engine::Engine| engine.load(&new.module, new.sha256.as_deref()));
+            if versions.reconfigure(setup, load).outcome == Outcome::Done {
                 moved |= old.module != new.module;
                 let mut applied = new.clone();
                 // What is not applied live stays as it runs.
@@ -254,9 +263,14 @@ fn restart_needed(old: &Graph, new: &Graph) -> Vec<String> {
         notes.push("edges changed".to_owned());
     }
     for n in &new.nodes {
-        let Some(o) = old.nodes.iter().find(|o| o.id == n.id) else { continue };
+        let Some(o) = old.nodes.iter().find(|o| o.id == n.id) else {
+            continue;
+        };
         if o.replicas != n.replicas {
-            notes.push(format!("node `{}`: replicas {} -> {}", n.id, o.replicas, n.replicas));
+            notes.push(format!(
+                "node `{}`: replicas {} -> {}",
+                n.id, o.replicas, n.replicas
+            ));
         }
         if o.on_error != n.on_error || o.retry != n.retry {
             notes.push(format!("node `{}`: on_error / retry changed", n.id));

@@ -195,6 +195,8 @@ fn bench_measures_every_workload_against_its_baseline() {
         "start-up, 10 nodes, cold",
         "start-up, 10 nodes, warm",
         "memory, stalled sink",
+        "swap: p99 output gap",
+        "swap: request to new-version output",
     ] {
         assert!(
             names.iter().any(|n| n.starts_with(workload)),

@@ -21,7 +21,9 @@ use flowhost::topology::swap::{Action, Outcome};
 const MESSAGES: usize = 210_000;
 
 fn module(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../functions")
+        .join(name);
     flowhost::engine::build_crate(&dir).unwrap()
 }
 
@@ -53,7 +55,12 @@ to = "out"
 }
 
 fn swap(run: &Running, args: &[&str]) -> Output {
-    bin().arg("swap").args(args).args(["--admin", &run.addr]).output().unwrap()
+    bin()
+        .arg("swap")
+        .args(args)
+        .args(["--admin", &run.addr])
+        .output()
+        .unwrap()
 }
 
 fn text(out: &Output) -> String {
@@ -116,7 +123,11 @@ fn feed(run: &mut Running, lines: &[String]) {
 fn swaps_under_a_stream_lose_repeat_and_reorder_nothing_and_keep_state() {
     let dir = tempfile::tempdir().unwrap();
     let (v1, v2) = (module("stamp"), module("stamp-v2"));
-    stamp_graph(dir.path(), &v1.display().to_string(), r#"{ count_in = "stamps" }"#);
+    stamp_graph(
+        dir.path(),
+        &v1.display().to_string(),
+        r#"{ count_in = "stamps" }"#,
+    );
     let mut run = Running::start(dir.path(), &["--heartbeat-ms", "50", "--batch-size", "64"]);
 
     // The writer streams lines at a steady pace, up to what the swapper allows: each
@@ -184,7 +195,11 @@ fn swaps_under_a_stream_lose_repeat_and_reorder_nothing_and_keep_state() {
         ]
     );
     assert_eq!(node.module_hash, node.swaps[1].to.as_ref().unwrap().hash);
-    assert!(node.replicas.iter().all(|r| r.version == 3), "{:?}", node.replicas);
+    assert!(
+        node.replicas.iter().all(|r| r.version == 3),
+        "{:?}",
+        node.replicas
+    );
     writer.join().unwrap();
     assert!(run.finish().success());
 
@@ -199,7 +214,10 @@ fn swaps_under_a_stream_lose_repeat_and_reorder_nothing_and_keep_state() {
     for replica in 0..2 {
         let mine: Vec<&Stamped> = out.iter().filter(|s| s.replica == replica).collect();
         // In order, per replica.
-        assert!(mine.windows(2).all(|w| w[0].payload < w[1].payload), "replica {replica} reordered");
+        assert!(
+            mine.windows(2).all(|w| w[0].payload < w[1].payload),
+            "replica {replica} reordered"
+        );
         // It went through every version, in the order of the swaps, switching once per swap.
         let mut runs: Vec<(&str, Vec<u64>)> = Vec::new();
         for s in &mine {
@@ -226,9 +244,16 @@ fn swaps_under_a_stream_lose_repeat_and_reorder_nothing_and_keep_state() {
     // The store counter of each version counted each of its messages exactly once,
     // across instances, swaps and replicas.
     for version in ["v1", "v2"] {
-        let mut counts: Vec<i64> = out.iter().filter(|s| s.version == version).map(|s| s.count).collect();
+        let mut counts: Vec<i64> = out
+            .iter()
+            .filter(|s| s.version == version)
+            .map(|s| s.count)
+            .collect();
         counts.sort_unstable();
-        assert!(counts.iter().copied().eq(1..=counts.len() as i64), "{version} counts");
+        assert!(
+            counts.iter().copied().eq(1..=counts.len() as i64),
+            "{version} counts"
+        );
     }
 }
 
@@ -268,18 +293,36 @@ fn a_module_that_cannot_run_is_refused_and_the_old_one_keeps_serving() {
     }
     let out = swap(&run, &["--rollback", "stamp"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("no earlier version to roll back to"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no earlier version to roll back to"),
+        "{}",
+        text(&out)
+    );
     let out = swap(&run, &["nope", faulty.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("no node `nope` in this graph"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no node `nope` in this graph"),
+        "{}",
+        text(&out)
+    );
 
     let status = run.status();
     let node = &status.nodes[0];
     assert_eq!(node.version, 1);
     assert_eq!(node.swaps.len(), 4);
     assert!(node.swaps.iter().all(|r| r.outcome == Outcome::Refused));
-    let table = String::from_utf8(bin().args(["status", "--admin", &run.addr]).output().unwrap().stdout).unwrap();
-    assert!(table.contains("swap   node `stamp`: rollback refused, v1"), "{table}");
+    let table = String::from_utf8(
+        bin()
+            .args(["status", "--admin", &run.addr])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        table.contains("swap   node `stamp`: rollback refused, v1"),
+        "{table}"
+    );
 
     feed(&mut run, &lines(10));
     assert!(run.finish().success());
@@ -304,7 +347,14 @@ fn a_new_module_that_fails_too_often_is_rolled_back_on_its_own() {
     let faulty = module("faulty");
     let out = swap(
         &run,
-        &["stamp", faulty.to_str().unwrap(), "--auto-rollback", "0.5", "--within", "100"],
+        &[
+            "stamp",
+            faulty.to_str().unwrap(),
+            "--auto-rollback",
+            "0.5",
+            "--within",
+            "100",
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let bad: Vec<String> = (0..500).map(|i| format!("bad:{i}\n")).collect();
@@ -316,7 +366,10 @@ fn a_new_module_that_fails_too_often_is_rolled_back_on_its_own() {
     assert_eq!(node.version, 1);
     let rollback = node.swaps.last().unwrap();
     assert_eq!(rollback.outcome, Outcome::Done);
-    assert_eq!((rollback.from.number, rollback.to.as_ref().unwrap().number), (2, 1));
+    assert_eq!(
+        (rollback.from.number, rollback.to.as_ref().unwrap().number),
+        (2, 1)
+    );
     let reason = rollback.reason.as_deref().unwrap();
     assert!(
         reason.contains("of its first") && reason.contains("% > error_rate 0.5)"),
@@ -360,14 +413,20 @@ fn watch_swaps_a_changed_module_and_applies_a_changed_config() {
     let status = run.wait_for("the reconfiguration", |s| s.nodes[0].swaps.len() == 2);
     assert_eq!(status.nodes[0].version, 3);
     let last = status.nodes[0].swaps.last().unwrap();
-    assert_eq!((last.action, last.outcome), (Action::Reconfigure, Outcome::Done), "{:#?}", status.nodes[0].swaps);
+    assert_eq!(
+        (last.action, last.outcome),
+        (Action::Reconfigure, Outcome::Done),
+        "{:#?}",
+        status.nodes[0].swaps
+    );
     run.wait_log("manifest change not applied until a restart: node `stamp`: replicas 2 -> 3");
     feed(&mut run, &lines(20));
     assert_eq!(run.status().nodes[0].replicas.len(), 2);
     assert!(run.finish().success());
 
     let out = output(dir.path());
-    let by_payload: BTreeMap<u32, &Stamped> = out.iter().map(|s| (s.payload[1..].parse().unwrap(), s)).collect();
+    let by_payload: BTreeMap<u32, &Stamped> =
+        out.iter().map(|s| (s.payload[1..].parse().unwrap(), s)).collect();
     assert_eq!(by_payload.len(), 30);
     for (i, s) in by_payload {
         let (version, counted) = match i {
@@ -375,6 +434,10 @@ fn watch_swaps_a_changed_module_and_applies_a_changed_config() {
             10..20 => ("v2", true),
             _ => ("v2", false),
         };
-        assert_eq!((s.version.as_str(), s.count > 0), (version, counted), "m{i}: {s:?}");
+        assert_eq!(
+            (s.version.as_str(), s.count > 0),
+            (version, counted),
+            "m{i}: {s:?}"
+        );
     }
 }

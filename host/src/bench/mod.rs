@@ -11,6 +11,7 @@
 //! | poison | text → faulty (dead-letter) → null, 1% invalid input or 1% panics | the same graph with 0% poison |
 //! | start-up | `flowhost run` of a 10-node graph to its first output, cold and warm cache | — |
 //! | memory | peak RSS of a 10-node graph whose sink has stalled, over time | — |
+//! | swap | output gaps of a running graph while its node is hot-swapped | gaps while no swap runs |
 
 mod aggregate;
 mod boundary;
@@ -18,6 +19,7 @@ mod pipeline;
 mod poison;
 mod process;
 mod state;
+mod swap;
 mod wordcount;
 
 use std::path::{Path, PathBuf};
@@ -46,6 +48,10 @@ pub struct BenchArgs {
     /// The `functions/` folder with the passthrough, split and count crates.
     #[arg(long, default_value = "functions")]
     pub functions: PathBuf,
+    /// Run only these workloads (comma-separated: boundary, passthrough, state, wordcount,
+    /// aggregation, poison, start-up, memory, swap).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "flowhost-bench.json")]
     pub json: PathBuf,
@@ -159,6 +165,8 @@ pub(crate) struct Fixtures {
     tally: LoadedModule,
     aggregate: LoadedModule,
     faulty: LoadedModule,
+    stamp: LoadedModule,
+    stamp_v2: LoadedModule,
 }
 
 impl Fixtures {
@@ -172,6 +180,8 @@ impl Fixtures {
             tally: load("tally")?,
             aggregate: load("aggregate")?,
             faulty: load("faulty")?,
+            stamp: load("stamp")?,
+            stamp_v2: load("stamp-v2")?,
             engine: engine.clone(),
         })
     }
@@ -187,8 +197,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         (args.messages, args.wordcount_mb, args.seconds)
     };
     let mut rows = Vec::new();
-    let mut step = |name: &str, r: anyhow::Result<Vec<Row>>| -> anyhow::Result<()> {
-        let got = r.map_err(|e| e.context(format!("workload {name}")))?;
+    let mut step = |name: &str, run: &dyn Fn() -> anyhow::Result<Vec<Row>>| -> anyhow::Result<()> {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
+            return Ok(());
+        }
+        let got = run().map_err(|e| e.context(format!("workload {name}")))?;
         for row in &got {
             eprintln!("  {}", line(row));
         }
@@ -196,14 +209,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Ok(())
     };
     eprintln!("flowhost bench on {cores} cores");
-    step("boundary", boundary::run(&fx, seconds))?;
-    step("passthrough", pipeline::run(&fx, messages))?;
-    step("state", state::run(&fx, seconds))?;
-    step("wordcount", wordcount::run(&fx, mb))?;
-    step("aggregation", aggregate::run(&fx, messages / 4))?;
-    step("poison", poison::run(&fx, messages / 4))?;
-    step("start-up", process::startup(&fx))?;
-    step("memory", process::memory(&fx, if args.quick { 1 } else { 3 }))?;
+    step("boundary", &|| boundary::run(&fx, seconds))?;
+    step("passthrough", &|| pipeline::run(&fx, messages))?;
+    step("state", &|| state::run(&fx, seconds))?;
+    step("wordcount", &|| wordcount::run(&fx, mb))?;
+    step("aggregation", &|| aggregate::run(&fx, messages / 4))?;
+    step("poison", &|| poison::run(&fx, messages / 4))?;
+    step("start-up", &|| process::startup(&fx))?;
+    step("memory", &|| process::memory(&fx, if args.quick { 1 } else { 3 }))?;
+    step("swap", &|| swap::run(&fx, if args.quick { 4 } else { 20 }))?;
 
     let report = Report {
         cores,

@@ -35,7 +35,7 @@ fn spawn(manifest: &Path, cache: &Path) -> anyhow::Result<Child> {
         .spawn()?)
 }
 
-fn scratch(name: &str) -> anyhow::Result<std::path::PathBuf> {
+pub(super) fn scratch(name: &str) -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("flowhost-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

@@ -11,8 +11,8 @@ use toml::Spanned;
 use super::edges;
 use super::raw::{self, OnError, RawAutoRollback, RawGraph, RawNode, RawRetry, RawSink, RawSource};
 use super::{
-    AutoRollback, CheckpointSpec, Diagnostic, ErrorPolicy, Graph, ModuleRef, NodeSpec, RetryPolicy, Sandbox, SinkKind,
-    SinkSpec, SourceKind, SourceSpec, StoreSpec, Vertex,
+    AutoRollback, CheckpointSpec, Diagnostic, ErrorPolicy, Graph, ModuleRef, NodeSpec, RetryPolicy, Sandbox,
+    SinkKind, SinkSpec, SourceKind, SourceSpec, StoreSpec, Vertex,
 };
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;

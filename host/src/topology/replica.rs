@@ -131,7 +131,11 @@ impl Replica {
             return;
         };
         let old = std::mem::replace(&mut self.instance, next.instance);
-        tracing::debug!(from = self.version.number, to = next.version.number, "switched version");
+        tracing::debug!(
+            from = self.version.number,
+            to = next.version.number,
+            "switched version"
+        );
         self.version = next.version;
         self.generation = next.generation;
         self.versions

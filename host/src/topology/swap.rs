@@ -329,7 +329,7 @@ impl NodeVersions {
         &self,
         load: impl FnOnce(&Engine) -> anyhow::Result<LoadedModule>,
         trial: Option<AutoRollback>,
-    ) -> Result<SwapRecord, SwapRecord> {
+    ) -> SwapRecord {
         let mut control = lock(&self.control);
         let started = self.start(Action::Swap);
         let prepared = load(&self.engine).and_then(|module| {
@@ -341,16 +341,22 @@ impl NodeVersions {
     }
 
     /// Returns to the version before the current one (`reason`: why, for an automatic one).
-    pub fn rollback(&self, reason: Option<String>) -> Result<SwapRecord, SwapRecord> {
+    pub fn rollback(&self, reason: Option<String>) -> SwapRecord {
         self.rollback_from(None, reason)
     }
 
-    fn rollback_from(&self, number: Option<u32>, reason: Option<String>) -> Result<SwapRecord, SwapRecord> {
+    fn rollback_from(&self, number: Option<u32>, reason: Option<String>) -> SwapRecord {
         let mut control = lock(&self.control);
         let current = self.current();
         if let Some(n) = number.filter(|&n| n != current.number) {
             tracing::info!(node = %self.node, "not rolling back v{n}: v{} has replaced it", current.number);
-            return Err(Self::record(&self.node, Action::AutoRollback, &current, None, Some(format!("v{n} was replaced already"))));
+            return Self::record(
+                &self.node,
+                Action::AutoRollback,
+                &current,
+                None,
+                Some(format!("v{n} was replaced already")),
+            );
         }
         let action = if reason.is_some() {
             Action::AutoRollback
@@ -361,9 +367,7 @@ impl NodeVersions {
         let prepared = match control.previous.last() {
             // Not on trial again: it ran before.
             Some(v) => Ok(Version::new(v.number, v.template.clone(), None)),
-            None => Err(anyhow::anyhow!(
-                "there is no earlier version to roll back to"
-            )),
+            None => Err(anyhow::anyhow!("there is no earlier version to roll back to")),
         };
         self.apply(&mut control, action, started, prepared, reason)
     }
@@ -373,7 +377,7 @@ impl NodeVersions {
         &self,
         setup: NodeSetup,
         load: Option<impl FnOnce(&Engine) -> anyhow::Result<LoadedModule>>,
-    ) -> Result<SwapRecord, SwapRecord> {
+    ) -> SwapRecord {
         let mut control = lock(&self.control);
         let started = self.start(Action::Reconfigure);
         let module = match load {
@@ -385,7 +389,7 @@ impl NodeVersions {
             Ok(Version::new(control.numbers + 1, template, self.trial))
         });
         let record = self.apply(&mut control, Action::Reconfigure, started, prepared, None);
-        if record.is_ok() {
+        if record.outcome == Outcome::Done {
             control.setup = setup;
         }
         record
@@ -421,7 +425,7 @@ impl NodeVersions {
         started: Instant,
         prepared: anyhow::Result<Arc<Version>>,
         reason: Option<String>,
-    ) -> Result<SwapRecord, SwapRecord> {
+    ) -> SwapRecord {
         let from = self.current();
         let to = prepared.as_ref().ok().map(|v| v.named());
         let mut record = Self::record(&self.node, action, &from, to, reason);
@@ -438,7 +442,7 @@ impl NodeVersions {
                 record.reason = Some(format!("{e:#}"));
                 tracing::warn!("{record}");
                 self.remember(&record);
-                return Err(record);
+                return record;
             }
         };
 
@@ -487,7 +491,7 @@ impl NodeVersions {
             _ => tracing::info!("{record}"),
         }
         self.remember(&record);
-        Ok(record)
+        record
     }
 
     /// A refused swap of `node` away from `from`, to be filled in.

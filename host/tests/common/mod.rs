@@ -1,5 +1,7 @@
 //! A `flowhost run` of a graph reading stdin, with its admin endpoint on a free port, for
 //! tests that watch and steer a running graph.
+// Each test crate that includes this uses a part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -21,7 +23,7 @@ pub struct Running {
     /// Its admin endpoint.
     pub addr: String,
     /// Its log lines (stderr).
-    pub log: Receiver<String>,
+    log: Receiver<String>,
 }
 
 impl Running {
