@@ -369,6 +369,7 @@ pub fn run(
                 versions: versions[i].clone(),
                 version: versions[i].current(),
                 generation: 0,
+                failures: 0,
             };
             replicas.push((replica, rx));
         }

@@ -71,6 +71,8 @@ pub(super) struct Replica {
     pub version: Arc<Version>,
     /// The swap generation it came with.
     pub generation: u64,
+    /// Messages of the current batch that failed for good.
+    pub failures: u64,
 }
 
 impl Replica {
@@ -97,13 +99,13 @@ impl Replica {
             // After a stop, keep draining so producers never block on us.
             if !stopped {
                 NodeStats::add(&self.stats.received, env.msgs.len());
-                self.version.received(env.msgs.len());
                 let started = Instant::now();
                 if let Err(reason) = self.batch(&env) {
                     stopped = self.stop(reason);
                 }
                 self.status.processed(started.elapsed());
-                if let Some(why) = self.version.verdict() {
+                let failed = std::mem::take(&mut self.failures);
+                if let Some(why) = self.version.processed(env.msgs.len(), failed) {
                     self.versions.roll_back_later(self.version.number, why);
                 }
             }
@@ -309,7 +311,7 @@ impl Replica {
     /// Applies the error policy to a message that failed for good.
     fn failed(&mut self, msg: &Msg, port: u16, kind: &str, error: &str, attempts: u32) -> Result<(), Stop> {
         NodeStats::add(&self.stats.errors, 1);
-        self.version.failed();
+        self.failures += 1;
         let policy = if kind == ErrorKind::Fatal.as_str() {
             ErrorPolicy::Stop
         } else {

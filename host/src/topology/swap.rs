@@ -27,8 +27,8 @@ pub struct Version {
     pub number: u32,
     template: Arc<NodeTemplate>,
     trial: Option<AutoRollback>,
-    received: AtomicU64,
-    failed: AtomicU64,
+    /// Messages processed and failed while on trial.
+    tally: Mutex<(u64, u64)>,
     judged: AtomicBool,
 }
 
@@ -38,8 +38,7 @@ impl Version {
             number,
             template,
             trial,
-            received: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
+            tally: Mutex::default(),
             judged: AtomicBool::new(false),
         })
     }
@@ -56,29 +55,25 @@ impl Version {
         }
     }
 
-    /// A message failed for good on this version.
-    pub(super) fn failed(&self) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A batch of `n` messages goes to this version.
-    pub(super) fn received(&self, n: usize) {
-        if self.trial.is_some() {
-            self.received.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    }
-
-    /// After a batch: while on trial, the first call that finds `messages` received judges
-    /// the version: `Some(why)` if too many of them failed.
-    pub(super) fn verdict(&self) -> Option<String> {
-        let trial = self.trial?;
-        let received = self.received.load(Ordering::Relaxed);
-        if received < trial.messages || self.judged.swap(true, Ordering::Relaxed) {
-            return None;
-        }
-        // Counted before each batch: other replicas' batches in flight are in `received`
-        // but maybe not yet in `failed`, which only errs on the side of keeping it.
-        let failed = self.failed.load(Ordering::Relaxed);
+    /// A batch of `n` messages, `failed` of which failed for good, was processed on this
+    /// version. While on trial, the first batch that completes its first `messages`
+    /// judges it: `Some(why)` if too many of them failed.
+    pub(super) fn processed(&self, n: usize, failed: u64) -> Option<String> {
+        let trial = self.trial.as_ref()?;
+        // Both counts move together, so the rate is never of half a batch.
+        let (received, failed) = {
+            let mut tally = lock(&self.tally);
+            if self.judged.load(Ordering::Relaxed) {
+                return None;
+            }
+            tally.0 += n as u64;
+            tally.1 += failed;
+            if tally.0 < trial.messages {
+                return None;
+            }
+            self.judged.store(true, Ordering::Relaxed);
+            *tally
+        };
         let rate = failed as f64 / received as f64;
         (rate > trial.error_rate).then(|| {
             format!(
