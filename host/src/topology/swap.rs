@@ -21,11 +21,13 @@ use crate::manifest::AutoRollback;
 /// Swaps kept in a node's history.
 const HISTORY: usize = 64;
 
-/// One version of a node: its template and, while it is on trial, how it is doing.
+/// One version of a node: its template, the setup it was made with and, while it is on
+/// trial, how it is doing.
 pub struct Version {
     /// 1 for the module the graph started with, then one more for each swap.
     pub number: u32,
     template: Arc<NodeTemplate>,
+    setup: NodeSetup,
     trial: Option<AutoRollback>,
     /// Messages processed and failed while on trial.
     tally: Mutex<(u64, u64)>,
@@ -33,10 +35,16 @@ pub struct Version {
 }
 
 impl Version {
-    fn new(number: u32, template: Arc<NodeTemplate>, trial: Option<AutoRollback>) -> Arc<Self> {
+    fn new(
+        number: u32,
+        template: Arc<NodeTemplate>,
+        setup: NodeSetup,
+        trial: Option<AutoRollback>,
+    ) -> Arc<Self> {
         Arc::new(Version {
             number,
             template,
+            setup,
             trial,
             tally: Mutex::default(),
             judged: AtomicBool::new(false),
@@ -205,7 +213,6 @@ struct Slot {
 
 /// What only one swap at a time may touch.
 struct Control {
-    setup: NodeSetup,
     /// Versions to roll back to, latest last.
     previous: Vec<Arc<Version>>,
     /// The highest version number given out.
@@ -256,12 +263,11 @@ impl NodeVersions {
             node: setup.name.clone(),
             engine: engine.clone(),
             published: AtomicU64::new(0),
-            current: Mutex::new(Version::new(1, template, None)),
             slots,
             retired: Mutex::default(),
             patience: heartbeat * 3 + setup.timeout + Duration::from_secs(1),
+            current: Mutex::new(Version::new(1, template, setup, None)),
             control: Mutex::new(Control {
-                setup,
                 previous: Vec::new(),
                 numbers: 1,
             }),
@@ -327,10 +333,11 @@ impl NodeVersions {
     ) -> SwapRecord {
         let mut control = lock(&self.control);
         let started = self.start(Action::Swap);
+        let setup = self.current().setup.clone();
         let prepared = load(&self.engine).and_then(|module| {
-            let template = NodeTemplate::new(&self.engine, module, control.setup.clone())?;
+            let template = NodeTemplate::new(&self.engine, module, setup.clone())?;
             let number = control.numbers + 1;
-            Ok(Version::new(number, template, trial.or(self.trial)))
+            Ok(Version::new(number, template, setup, trial.or(self.trial)))
         });
         self.apply(&mut control, Action::Swap, started, prepared, None)
     }
@@ -361,7 +368,7 @@ impl NodeVersions {
         let started = self.start(action);
         let prepared = match control.previous.last() {
             // Not on trial again: it ran before.
-            Some(v) => Ok(Version::new(v.number, v.template.clone(), None)),
+            Some(v) => Ok(Version::new(v.number, v.template.clone(), v.setup.clone(), None)),
             None => Err(anyhow::anyhow!("there is no earlier version to roll back to")),
         };
         self.apply(&mut control, action, started, prepared, reason)
@@ -381,13 +388,9 @@ impl NodeVersions {
         };
         let prepared = module.and_then(|module| {
             let template = NodeTemplate::new(&self.engine, module, setup.clone())?;
-            Ok(Version::new(control.numbers + 1, template, self.trial))
+            Ok(Version::new(control.numbers + 1, template, setup, self.trial))
         });
-        let record = self.apply(&mut control, Action::Reconfigure, started, prepared, None);
-        if record.outcome == Outcome::Done {
-            control.setup = setup;
-        }
-        record
+        self.apply(&mut control, Action::Reconfigure, started, prepared, None)
     }
 
     /// Rolls version `number` back on a thread of its own (a replica found it failing its
