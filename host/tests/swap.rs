@@ -279,7 +279,7 @@ fn a_module_that_cannot_run_is_refused_and_the_old_one_keeps_serving() {
     let faulty = module("faulty");
     for (file, cause) in [
         (&garbage, "not a WebAssembly module or component"),
-        (&empty, "empty.wasm"),
+        (&empty, "empty.wasm does not fit the flowhost:node world"),
         (&faulty, "unknown field `label`"),
     ] {
         let out = swap(&run, &["stamp", file.to_str().unwrap()]);
