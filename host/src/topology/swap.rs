@@ -331,15 +331,7 @@ impl NodeVersions {
         load: impl FnOnce(&Engine) -> anyhow::Result<LoadedModule>,
         trial: Option<AutoRollback>,
     ) -> SwapRecord {
-        let mut control = lock(&self.control);
-        let started = self.start(Action::Swap);
-        let setup = self.current().setup.clone();
-        let prepared = load(&self.engine).and_then(|module| {
-            let template = NodeTemplate::new(&self.engine, module, setup.clone())?;
-            let number = control.numbers + 1;
-            Ok(Version::new(number, template, setup, trial.or(self.trial)))
-        });
-        self.apply(&mut control, Action::Swap, started, prepared, None)
+        self.replace(Action::Swap, None, load, trial.or(self.trial))
     }
 
     /// Returns to the version before the current one (`reason`: why, for an automatic one).
@@ -380,17 +372,32 @@ impl NodeVersions {
         setup: NodeSetup,
         load: Option<impl FnOnce(&Engine) -> anyhow::Result<LoadedModule>>,
     ) -> SwapRecord {
+        match load {
+            Some(load) => self.replace(Action::Reconfigure, Some(setup), load, self.trial),
+            None => {
+                let same = self.current().template.module().clone();
+                self.replace(Action::Reconfigure, Some(setup), |_| Ok(same), self.trial)
+            }
+        }
+    }
+
+    /// A new version from the module `load` gives, made with `setup` (`None`: the current
+    /// version's).
+    fn replace(
+        &self,
+        action: Action,
+        setup: Option<NodeSetup>,
+        load: impl FnOnce(&Engine) -> anyhow::Result<LoadedModule>,
+        trial: Option<AutoRollback>,
+    ) -> SwapRecord {
         let mut control = lock(&self.control);
-        let started = self.start(Action::Reconfigure);
-        let module = match load {
-            Some(load) => load(&self.engine),
-            None => Ok(self.current().template.module().clone()),
-        };
-        let prepared = module.and_then(|module| {
+        let started = self.start(action);
+        let setup = setup.unwrap_or_else(|| self.current().setup.clone());
+        let prepared = load(&self.engine).and_then(|module| {
             let template = NodeTemplate::new(&self.engine, module, setup.clone())?;
-            Ok(Version::new(control.numbers + 1, template, setup, self.trial))
+            Ok(Version::new(control.numbers + 1, template, setup, trial))
         });
-        self.apply(&mut control, Action::Reconfigure, started, prepared, None)
+        self.apply(&mut control, action, started, prepared, None)
     }
 
     /// Rolls version `number` back on a thread of its own (a replica found it failing its
