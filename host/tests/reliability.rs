@@ -1,8 +1,12 @@
 //! Poison messages, dead letters and replay through the real binary, and module pinning.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use common::text;
 
 const MESSAGES: usize = 100_000;
 
@@ -17,14 +21,6 @@ fn flowhost(dir: &Path, args: &[&str]) -> Output {
         .env("RUST_LOG", "error")
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// in (file) -> faulty (2 replicas, dead-letter) -> out (file); dead letters to dlq.jsonl.

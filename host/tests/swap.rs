@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Running, bin};
+use common::{Running, bin, text};
 use flowhost::topology::swap::{Action, Outcome};
 
 const MESSAGES: usize = 210_000;
@@ -61,14 +61,6 @@ fn swap(run: &Running, args: &[&str]) -> Output {
         .args(["--admin", &run.addr])
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// One line of `out.txt`.
