@@ -21,6 +21,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod io;
+pub mod kafka;
 pub mod manifest;
 pub mod message;
 pub mod new;

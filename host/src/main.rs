@@ -54,6 +54,16 @@ enum Command {
         /// reconfigure nodes when the manifest changes, without restarting the graph.
         #[arg(long)]
         watch: bool,
+        /// How messages travel between vertices (overrides the manifest's `transport`).
+        #[arg(long, value_enum)]
+        transport: Option<TransportArg>,
+        /// Kafka bootstrap brokers, HOST:PORT[,HOST:PORT…] (overrides `[kafka] brokers`).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Kafka transport: run only these nodes, sources and sinks in this process
+        /// (comma-separated); other processes run the rest and share the work.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Option<Vec<String>>,
     },
     /// Feed the messages a node dead-lettered back into it (after a fix), and through
     /// everything downstream; exits 1 if some fail again.
@@ -319,8 +329,19 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             admin,
             heartbeat_ms,
             watch,
+            transport,
+            brokers,
+            nodes,
         } => {
-            let graph = Graph::load(&manifest)?;
+            let mut graph = Graph::load(&manifest)?;
+            match transport {
+                Some(TransportArg::Kafka) => graph.transport = flowhost::manifest::Transport::Kafka,
+                Some(TransportArg::InProcess) => graph.transport = flowhost::manifest::Transport::InProcess,
+                None => {}
+            }
+            if brokers.is_some() {
+                graph.kafka.brokers = brokers;
+            }
             let engine = Engine::new(EngineConfig::for_graph(&graph))?;
             let shutdown = stop_on_ctrl_c()?;
             let opts = RunOptions {
@@ -332,6 +353,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 append: false,
                 watch: watch.then(|| manifest.clone()),
+                placement: nodes,
             };
             let report = topology::run(&graph, &engine, &opts, &shutdown)?;
             if !cli.quiet {
@@ -375,6 +397,15 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => flowhost::bench::run(&args).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// `--transport`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TransportArg {
+    /// Channels inside this process.
+    InProcess,
+    /// A topic per edge, a consumer group per node.
+    Kafka,
 }
 
 /// The first Ctrl-C asks the graph to drain; a second one quits at once.

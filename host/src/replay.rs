@@ -289,6 +289,7 @@ fn downstream(graph: &Graph, node: usize, feeds: &[(PathBuf, u16)]) -> anyhow::R
             to: into,
             to_port: *port,
             connection,
+            topic: String::new(),
         });
     }
     Ok(sub)

@@ -46,6 +46,9 @@ impl SinkWriter {
                 (Out::File(BufWriter::new(file)), resume.unwrap_or(0))
             }
             SinkKind::Null => (Out::Null, 0),
+            SinkKind::Kafka(topic) => {
+                anyhow::bail!("sink `{id}` writes Kafka topic `{topic}`: run it with transport = \"kafka\"")
+            }
         };
         Ok(SinkWriter {
             out,

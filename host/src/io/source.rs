@@ -96,6 +96,9 @@ pub fn run(
                 },
             )
         }
+        SourceKind::Kafka { topic } => Err(format!(
+            "source `{id}` reads Kafka topic `{topic}`: run it with transport = \"kafka\""
+        )),
         SourceKind::Generator {
             count,
             payload_size,

@@ -29,7 +29,22 @@ pub(super) fn edges(
         if !seen.insert((from.clone(), to.clone())) {
             r.at(e.from.span(), format!("{label} is declared twice"));
         }
-        resolved.push((from, to, e.connection));
+        if let Some(t) = &e.topic {
+            check_topic(r, t, &label);
+        }
+        let topic = match (&e.topic, kafka_endpoint(raw, from.0, to.0)) {
+            (Some(t), Some(_)) => {
+                r.at(
+                    t.span(),
+                    format!("{label}: `topic` does not apply: the edge uses its Kafka source's or sink's topic"),
+                );
+                String::new()
+            }
+            (Some(t), None) => t.get_ref().clone(),
+            (None, Some(fixed)) => fixed,
+            (None, None) => format!("{}.{}.{}", raw.name.get_ref(), e.from.get_ref(), e.to.get_ref()),
+        };
+        resolved.push((from, to, e.connection, topic));
     }
     // Port lists: the default port first, then the others by name.
     let mut ports = |v: Vertex, port: &str, outputs: bool| {
@@ -44,7 +59,7 @@ pub(super) fn edges(
             }
         }
     };
-    for ((from, fp), (to, tp), _) in &resolved {
+    for ((from, fp), (to, tp), _, _) in &resolved {
         ports(*from, fp, true);
         ports(*to, tp, false);
     }
@@ -67,14 +82,41 @@ pub(super) fn edges(
     };
     resolved
         .iter()
-        .map(|((from, fp), (to, tp), connection)| Edge {
+        .map(|((from, fp), (to, tp), connection, topic)| Edge {
             from: *from,
             from_port: index(*from, fp, true),
             to: *to,
             to_port: index(*to, tp, false),
             connection: *connection,
+            topic: topic.clone(),
         })
         .collect()
+}
+
+/// The topic of a Kafka source the edge starts at, or of a Kafka sink it ends at.
+fn kafka_endpoint(raw: &RawGraph, from: Vertex, to: Vertex) -> Option<String> {
+    let topic = match (from, to) {
+        (Vertex::Source(i), _) => raw.sources.values().nth(i)?.topic.as_ref(),
+        (_, Vertex::Sink(k)) => raw.sinks.values().nth(k)?.topic.as_ref(),
+        _ => None,
+    };
+    topic.map(|t| t.get_ref().clone())
+}
+
+/// Kafka's rule for topic names: 1 to 249 of letters, digits, `.`, `_` and `-`.
+pub(super) fn check_topic(r: &mut Report, topic: &Spanned<String>, what: &str) {
+    let t = topic.get_ref();
+    let ok = (1..=249).contains(&t.len())
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && t != "."
+        && t != "..";
+    if !ok {
+        r.at(
+            topic.span(),
+            format!("{what}: invalid topic name `{t}`: use 1 to 249 letters, digits, `.`, `_` and `-`"),
+        );
+    }
 }
 
 fn endpoint(

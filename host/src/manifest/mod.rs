@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{Access, Connection, Durability, SinkFormat};
+pub use raw::{Access, Connection, Delivery, Durability, SinkFormat, Transport};
 
 /// A manifest that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,40 @@ pub struct Graph {
     pub stores: Vec<StoreSpec>,
     /// Where and how often durable stores are checkpointed.
     pub checkpoint: CheckpointSpec,
+    /// How messages travel between vertices.
+    pub transport: Transport,
+    /// Kafka settings (used with `transport = "kafka"`).
+    pub kafka: KafkaSpec,
+}
+
+/// `[kafka]`: where the brokers are, how topics are made, what delivery promises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSpec {
+    /// Bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: Option<String>,
+    /// Partitions of the topics flowhost creates.
+    pub partitions: i32,
+    /// Replication factor of the topics flowhost creates.
+    pub replication: i32,
+    /// At-least-once or exactly-once.
+    pub delivery: Delivery,
+    /// Time between offset commits (at-least-once) or transactions (exactly-once).
+    pub commit_interval: Duration,
+    /// librdkafka properties, passed through.
+    pub properties: Vec<(String, String)>,
+}
+
+impl Default for KafkaSpec {
+    fn default() -> Self {
+        KafkaSpec {
+            brokers: None,
+            partitions: 4,
+            replication: 1,
+            delivery: Delivery::AtLeastOnce,
+            commit_interval: Duration::from_millis(100),
+            properties: Vec::new(),
+        }
+    }
 }
 
 impl Graph {
@@ -157,6 +191,11 @@ pub enum SourceKind {
         payload_size: usize,
         /// Number of distinct keys (`None`: no keys).
         keys: Option<u64>,
+    },
+    /// An existing Kafka topic (Kafka transport only).
+    Kafka {
+        /// The topic.
+        topic: String,
     },
 }
 
@@ -299,6 +338,8 @@ pub enum SinkKind {
     File(PathBuf),
     /// Nowhere (benchmarks).
     Null,
+    /// A Kafka topic (Kafka transport only).
+    Kafka(String),
 }
 
 /// A vertex of the graph, by kind and index.
@@ -325,6 +366,9 @@ pub struct Edge {
     pub to_port: u16,
     /// How messages are spread over the consumer's replicas.
     pub connection: Connection,
+    /// Its topic with the Kafka transport: as the manifest names it, else
+    /// `<graph>.<from>.<to>` (ports included as written).
+    pub topic: String,
 }
 
 /// The JSON Schema of `graph.toml`, generated from the types the manifest is parsed

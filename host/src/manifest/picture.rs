@@ -76,6 +76,7 @@ fn layout(graph: &Graph) -> (Vec<Item>, Vec<Arrow>) {
             SourceKind::Messages { .. } => "messages",
             SourceKind::Stdin => "stdin",
             SourceKind::Generator { .. } => "generator",
+            SourceKind::Kafka { topic } => &format!("kafka {topic}"),
         };
         push(
             vid(Vertex::Source(i)),
@@ -100,6 +101,7 @@ fn layout(graph: &Graph) -> (Vec<Item>, Vec<Arrow>) {
             SinkKind::Stdout => "stdout",
             SinkKind::File(_) => "file",
             SinkKind::Null => "null",
+            SinkKind::Kafka(topic) => &format!("kafka {topic}"),
         };
         push(vid(Vertex::Sink(i)), format!("{} ({kind})", s.id), Shape::Sink);
     }

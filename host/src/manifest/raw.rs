@@ -33,6 +33,38 @@ pub struct RawGraph {
     pub checkpoint: Option<RawCheckpoint>,
     #[serde(default)]
     pub edges: Vec<RawEdge>,
+    /// How messages travel between nodes: `in-process` (the default) or `kafka`.
+    #[schemars(with = "Option<Transport>")]
+    pub transport: Option<Spanned<Transport>>,
+    /// `[kafka]`: flowhost's Kafka settings (`brokers`, `partitions`, `replication`,
+    /// `delivery`, `commit_interval_ms`); any other key is a librdkafka property, passed
+    /// through as it is (`"compression.type" = "lz4"`, `"security.protocol" = "ssl"`, …).
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub kafka: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+}
+
+/// How messages travel between the vertices of a graph.
+#[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// Bounded channels inside one `flowhost` process.
+    #[default]
+    InProcess,
+    /// A Kafka topic per edge and a consumer group per node: many processes share the work.
+    Kafka,
+}
+
+/// What a Kafka graph promises about each input message.
+#[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Input offsets are committed once every output made from them is acknowledged:
+    /// nothing is lost; a crash repeats what was processed since the last commit.
+    #[default]
+    AtLeastOnce,
+    /// Outputs, state changes and input offsets are committed in one Kafka transaction.
+    ExactlyOnce,
 }
 
 #[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +77,8 @@ pub enum SourceKind {
     Messages,
     Stdin,
     Generator,
+    /// An existing Kafka topic (with `transport = "kafka"`).
+    Kafka,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -70,6 +104,9 @@ pub struct RawSource {
     /// `generator`: number of distinct keys (no keys if absent).
     #[schemars(with = "Option<u64>")]
     pub keys: Option<Spanned<u64>>,
+    /// `kafka`: the topic to read.
+    #[schemars(with = "Option<String>")]
+    pub topic: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +244,8 @@ pub enum SinkKind {
     Stdout,
     File,
     Null,
+    /// A Kafka topic (with `transport = "kafka"`), created if missing.
+    Kafka,
 }
 
 /// How a sink writes each message.
@@ -230,6 +269,9 @@ pub struct RawSink {
     pub path: Option<Spanned<String>>,
     #[serde(default)]
     pub format: SinkFormat,
+    /// `kafka`: the topic to write.
+    #[schemars(with = "Option<String>")]
+    pub topic: Option<Spanned<String>>,
 }
 
 /// How an edge spreads messages over the replicas of the node it feeds.
@@ -256,4 +298,7 @@ pub struct RawEdge {
     pub to: Spanned<String>,
     #[serde(default)]
     pub connection: Connection,
+    /// With `transport = "kafka"`: the edge's topic (default `<graph>.<from>.<to>`).
+    #[schemars(with = "Option<String>")]
+    pub topic: Option<Spanned<String>>,
 }

@@ -11,8 +11,8 @@ use toml::Spanned;
 use super::edges;
 use super::raw::{self, OnError, RawAutoRollback, RawGraph, RawNode, RawRetry, RawSink, RawSource};
 use super::{
-    AutoRollback, CheckpointSpec, Diagnostic, ErrorPolicy, Graph, ModuleRef, NodeSpec, RetryPolicy, Sandbox,
-    SinkKind, SinkSpec, SourceKind, SourceSpec, StoreSpec, Vertex,
+    AutoRollback, CheckpointSpec, Delivery, Diagnostic, ErrorPolicy, Graph, KafkaSpec, ModuleRef, NodeSpec,
+    RetryPolicy, Sandbox, SinkKind, SinkSpec, SourceKind, SourceSpec, StoreSpec, Vertex,
 };
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -117,7 +117,66 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
             })
             .collect(),
         checkpoint: checkpoint(r, dir, raw),
+        transport: raw.transport.as_ref().map(|t| *t.get_ref()).unwrap_or_default(),
+        kafka: kafka(r, raw),
     }
+}
+
+/// `[kafka]`: flowhost's own keys checked; every other key is a librdkafka property.
+fn kafka(r: &mut Report, raw: &RawGraph) -> KafkaSpec {
+    let mut spec = KafkaSpec::default();
+    for (key, value) in &raw.kafka {
+        let (name, v) = (key.get_ref().as_str(), value.get_ref());
+        let whole = |r: &mut Report, what: &str, min: i64, max: i64| match v.as_integer() {
+            Some(n) if (min..=max).contains(&n) => n,
+            _ => {
+                r.at(
+                    value.span(),
+                    format!("kafka: `{name}` must be {what} between {min} and {max}, not {v}"),
+                );
+                min
+            }
+        };
+        match name {
+            "brokers" => match v.as_str() {
+                Some(b) if !b.trim().is_empty() => spec.brokers = Some(b.to_owned()),
+                _ => r.at(value.span(), "kafka: `brokers` must be a non-empty string of host:port[,host:port…]"),
+            },
+            "partitions" => spec.partitions = whole(r, "a number of partitions", 1, 10_000) as i32,
+            "replication" => spec.replication = whole(r, "a replication factor", 1, 100) as i32,
+            "commit_interval_ms" => {
+                spec.commit_interval = Duration::from_millis(whole(r, "milliseconds", 1, 600_000) as u64)
+            }
+            "delivery" => {
+                spec.delivery = match v.as_str() {
+                    Some("at-least-once") => Delivery::AtLeastOnce,
+                    Some("exactly-once") => Delivery::ExactlyOnce,
+                    _ => {
+                        r.at(
+                            value.span(),
+                            format!("kafka: `delivery` must be \"at-least-once\" or \"exactly-once\", not {v}"),
+                        );
+                        Delivery::AtLeastOnce
+                    }
+                }
+            }
+            "bootstrap.servers" => r.at(
+                key.span(),
+                "kafka: give the brokers as `brokers` (or --brokers), not `bootstrap.servers`",
+            ),
+            _ => match v {
+                toml::Value::String(s) => spec.properties.push((name.to_owned(), s.clone())),
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                    spec.properties.push((name.to_owned(), v.to_string()))
+                }
+                _ => r.at(
+                    value.span(),
+                    format!("kafka: librdkafka property `{name}` must be a string, number or boolean"),
+                ),
+            },
+        }
+    }
+    spec
 }
 
 /// Default time between checkpoints of durable stores.
@@ -197,6 +256,9 @@ fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> So
         not_for(r, span(&s.payload_size), "payload_size", &what);
         not_for(r, span(&s.keys), "keys", &what);
     }
+    if kind != raw::SourceKind::Kafka {
+        not_for(r, span(&s.topic), "topic", &what);
+    }
     let kind = match kind {
         raw::SourceKind::File => SourceKind::File { path: file(r) },
         raw::SourceKind::Messages => SourceKind::Messages { path: file(r) },
@@ -205,6 +267,12 @@ fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> So
             key_field: s.key_field.as_ref().map(|f| f.get_ref().clone()),
             timestamp_field: s.timestamp_field.as_ref().map(|f| f.get_ref().clone()),
         },
+        raw::SourceKind::Kafka => {
+            not_for(r, span(&s.path), "path", &what);
+            SourceKind::Kafka {
+                topic: kafka_topic(r, &s.kind, &s.topic, &format!("source `{name}`")),
+            }
+        }
         raw::SourceKind::Stdin | raw::SourceKind::Generator => {
             not_for(r, span(&s.path), "path", &what);
             if kind == raw::SourceKind::Stdin {
@@ -224,6 +292,20 @@ fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> So
     SourceSpec {
         id: name.clone(),
         kind,
+    }
+}
+
+/// The `topic` a Kafka source or sink needs, checked.
+fn kafka_topic<K>(r: &mut Report, kind: &Spanned<K>, topic: &Option<Spanned<String>>, what: &str) -> String {
+    match topic {
+        Some(t) => {
+            edges::check_topic(r, t, what);
+            t.get_ref().clone()
+        }
+        None => {
+            r.at(kind.span(), format!("{what} needs a `topic`"));
+            String::new()
+        }
     }
 }
 
@@ -507,7 +589,13 @@ fn check_grants(r: &mut Report, raw: &RawGraph) {
 
 fn sink(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSink) -> SinkSpec {
     let name = id.get_ref();
-    let kind = match (s.kind.get_ref(), &s.path) {
+    let kind = *s.kind.get_ref();
+    if kind != raw::SinkKind::Kafka {
+        let what = format!("sink `{name}` (kind {})", format!("{kind:?}").to_lowercase());
+        not_for(r, span(&s.topic), "topic", &what);
+    }
+    let kind = match (kind, &s.path) {
+        (raw::SinkKind::Kafka, None) => SinkKind::Kafka(kafka_topic(r, &s.kind, &s.topic, &format!("sink `{name}`"))),
         (raw::SinkKind::File, Some(p)) => SinkKind::File(resolve(dir, p)),
         (raw::SinkKind::File, None) => {
             r.at(s.kind.span(), format!("sink `{name}` needs a `path`"));

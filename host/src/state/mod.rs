@@ -308,6 +308,11 @@ impl Store {
             .collect()
     }
 
+    /// Drops `key` because another process deleted it (not a change of its own).
+    pub fn forget(&self, key: &[u8]) {
+        self.map.remove(key);
+    }
+
     /// Puts back an entry from a checkpoint (not a change of its own).
     pub fn restore(&self, key: Vec<u8>, value: Vec<u8>, expires: i64) {
         self.map.insert(

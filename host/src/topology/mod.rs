@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 pub use replica::headers;
-pub use router::{Envelope, Inbox, Mailbox, Route, Router, channel};
+pub use router::{Ack, Envelope, Inbox, Mailbox, Outlet, Route, Router, channel};
 pub use status::Status;
 
 use crate::engine::{Engine, LoadedModule, NodeInstance, NodeSetup, NodeTemplate};
@@ -27,7 +27,8 @@ use crate::io::source;
 use crate::manifest::{ErrorPolicy, Graph, ModuleRef, SourceKind, Vertex};
 use crate::state::Stores;
 use crate::state::durable::{Checkpoint, Position, StateLog};
-use checkpoint::{Checkpointer, Gate, InFlight};
+pub(crate) use checkpoint::InFlight;
+use checkpoint::{Checkpointer, Gate};
 use replica::Replica;
 use status::{Phase, SinkStatus};
 use swap::NodeVersions;
@@ -52,6 +53,9 @@ pub struct RunOptions {
     /// Watch this manifest and the nodes' modules, and swap or reconfigure nodes when
     /// they change.
     pub watch: Option<std::path::PathBuf>,
+    /// With the Kafka transport: the nodes, sources and sinks this process runs (all if
+    /// `None`).
+    pub placement: Option<Vec<String>>,
 }
 
 impl Default for RunOptions {
@@ -65,6 +69,7 @@ impl Default for RunOptions {
             progress: false,
             append: false,
             watch: None,
+            placement: None,
         }
     }
 }
@@ -240,7 +245,147 @@ pub fn load(graph: &Graph, engine: &Engine, stores: &Stores) -> anyhow::Result<V
         .collect()
 }
 
-/// Runs `graph` to the end of its sources (or until `shutdown` is requested).
+/// What a run keeps per node, whatever the transport.
+pub(crate) struct Nodes {
+    pub templates: Vec<Arc<NodeTemplate>>,
+    pub stats: Vec<Arc<NodeStats>>,
+    pub versions: Vec<Arc<NodeVersions>>,
+    pub status: Arc<Status>,
+}
+
+impl Nodes {
+    /// Loads every node and sets up its counters, versions and status.
+    pub fn load(graph: &Graph, engine: &Engine, opts: &RunOptions, stores: &Stores) -> anyhow::Result<Nodes> {
+        let templates = load(graph, engine, stores)?;
+        let stats: Vec<Arc<NodeStats>> = graph.nodes.iter().map(|_| Arc::default()).collect();
+        let versions: Vec<Arc<NodeVersions>> = graph
+            .nodes
+            .iter()
+            .zip(&templates)
+            .map(|(spec, t)| {
+                let setup = NodeSetup::from_spec(spec, stores);
+                NodeVersions::new(engine, t.clone(), setup, spec.auto_rollback, opts.heartbeat)
+            })
+            .collect();
+        let status = Arc::new(Status::new(
+            graph,
+            (&versions, &stats),
+            stores.clone(),
+            opts.heartbeat,
+            opts.admin.is_some(),
+        ));
+        Ok(Nodes {
+            templates,
+            stats,
+            versions,
+            status,
+        })
+    }
+
+    /// One instance per replica of node `i`.
+    pub fn instances(&self, graph: &Graph, i: usize) -> anyhow::Result<Vec<NodeInstance>> {
+        (0..graph.nodes[i].replicas)
+            .map(|r| self.templates[i].instantiate_replica(r))
+            .collect()
+    }
+
+    /// The replicas of node `i`, each with its instance, its router and its input.
+    #[allow(clippy::too_many_arguments)]
+    pub fn replicas(
+        &self,
+        graph: &Graph,
+        i: usize,
+        instances: Vec<NodeInstance>,
+        mut router: impl FnMut() -> Router,
+        dead_letter: Option<Inbox>,
+        inputs: Vec<Mailbox>,
+        (opts, shutdown, in_flight): (&RunOptions, &Arc<Shutdown>, &InFlight),
+    ) -> Vec<(ReplicaThread, Mailbox)> {
+        let spec = &graph.nodes[i];
+        let finish_barrier = Arc::new(Barrier::new(spec.replicas as usize));
+        instances
+            .into_iter()
+            .zip(inputs)
+            .enumerate()
+            .map(|(r, (instance, rx))| {
+                let replica = Replica {
+                    id: spec.id.as_str().into(),
+                    instance,
+                    outputs: spec.outputs.len(),
+                    inputs: spec.inputs.clone().into(),
+                    router: router(),
+                    dead_letter: dead_letter.clone(),
+                    policy: spec.on_error,
+                    retry: spec.retry,
+                    stats: self.stats[i].clone(),
+                    shutdown: shutdown.clone(),
+                    provenance: graph.provenance,
+                    in_flight: in_flight.clone(),
+                    finish_barrier: finish_barrier.clone(),
+                    status: self.status.replica(i, r),
+                    heartbeat: opts.heartbeat,
+                    index: r,
+                    versions: self.versions[i].clone(),
+                    version: self.versions[i].current(),
+                    generation: 0,
+                    failures: 0,
+                };
+                (ReplicaThread(replica), rx)
+            })
+            .collect()
+    }
+
+    /// Per node: id, module hash, counts.
+    pub fn counts(&self, graph: &Graph) -> Vec<(String, String, NodeCounts)> {
+        graph
+            .nodes
+            .iter()
+            .zip(&self.versions)
+            .zip(&self.stats)
+            .map(|((n, v), s)| (n.id.clone(), v.current().hash().to_owned(), s.counts()))
+            .collect()
+    }
+}
+
+/// A node replica, ready to run on a thread of its own.
+pub(crate) struct ReplicaThread(Replica);
+
+impl ReplicaThread {
+    /// Processes `input` until it closes, then finishes.
+    pub fn run(self, input: Mailbox) {
+        let span = tracing::info_span!("node", node = %self.0.id);
+        span.in_scope(|| self.0.run(input));
+    }
+}
+
+/// What serves a running graph besides its vertices: the admin endpoint, the watcher,
+/// the progress line. Dropped when the run ends.
+pub(crate) struct Services {
+    _running: Box<dyn std::any::Any>,
+}
+
+impl Services {
+    pub fn start(graph: &Graph, opts: &RunOptions, status: &Arc<Status>, stores: &Stores) -> anyhow::Result<Self> {
+        let admin = opts
+            .admin
+            .map(|a| crate::admin::serve(a, status.clone()))
+            .transpose()?;
+        let watch = opts
+            .watch
+            .as_deref()
+            .map(|manifest| crate::watch::start(manifest, graph, status.clone(), stores.clone()))
+            .transpose()?;
+        let progress = opts
+            .progress
+            .then(|| crate::progress::Progress::start(status.clone()));
+        Ok(Services {
+            _running: Box::new((progress, watch, admin)),
+        })
+    }
+}
+
+/// Runs `graph` to the end of its sources (or until `shutdown` is requested): in this
+/// process, or over Kafka with `transport = "kafka"`.
 pub fn run(
     graph: &Graph,
     engine: &Engine,
@@ -248,18 +393,19 @@ pub fn run(
     shutdown: &Arc<Shutdown>,
 ) -> anyhow::Result<RunReport> {
     let _graph = tracing::info_span!("graph", graph = %graph.name).entered();
+    if graph.transport == crate::manifest::Transport::Kafka {
+        return crate::kafka::run(graph, engine, opts, shutdown);
+    }
+    if opts.placement.is_some() {
+        anyhow::bail!("--nodes places nodes on processes of a Kafka graph: run it with transport = \"kafka\"");
+    }
     let started = Instant::now();
     let stores = Stores::for_graph(graph);
     let (log, resume) = open_state(graph, &stores, opts.fresh)?;
-    let templates = load(graph, engine, &stores)?;
-    let mut instances: Vec<Vec<NodeInstance>> = Vec::new();
-    for (spec, t) in graph.nodes.iter().zip(&templates) {
-        instances.push(
-            (0..spec.replicas)
-                .map(|i| t.instantiate_replica(i))
-                .collect::<anyhow::Result<_>>()?,
-        );
-    }
+    let nodes = Nodes::load(graph, engine, opts, &stores)?;
+    let instances: Vec<Vec<NodeInstance>> = (0..graph.nodes.len())
+        .map(|i| nodes.instances(graph, i))
+        .collect::<anyhow::Result<_>>()?;
     let writers: Vec<Arc<Mutex<SinkWriter>>> = graph
         .sinks
         .iter()
@@ -295,23 +441,7 @@ pub fn run(
         );
     }
 
-    let stats: Vec<Arc<NodeStats>> = graph.nodes.iter().map(|_| Arc::default()).collect();
-    let versions: Vec<Arc<NodeVersions>> = graph
-        .nodes
-        .iter()
-        .zip(&templates)
-        .map(|(spec, t)| {
-            let setup = NodeSetup::from_spec(spec, &stores);
-            NodeVersions::new(engine, t.clone(), setup, spec.auto_rollback, opts.heartbeat)
-        })
-        .collect();
-    let status = Arc::new(Status::new(
-        graph,
-        (&versions, &stats),
-        stores.clone(),
-        opts.heartbeat,
-        opts.admin.is_some(),
-    ));
+    let status = nodes.status.clone();
     let in_flight = InFlight::default();
     let gate = Gate::new(starts.clone(), in_flight.clone());
     let (node_tx, node_rx): (Vec<Vec<_>>, Vec<Vec<_>>) = graph
@@ -343,36 +473,15 @@ pub fn run(
         r
     };
     let mut replicas = Vec::new();
-    for (i, ((spec, instances), inputs)) in graph.nodes.iter().zip(instances).zip(node_rx).enumerate() {
-        let finish_barrier = Arc::new(Barrier::new(spec.replicas as usize));
-        for (r, (instance, rx)) in instances.into_iter().zip(inputs).enumerate() {
-            let replica = Replica {
-                id: spec.id.as_str().into(),
-                instance,
-                outputs: spec.outputs.len(),
-                inputs: spec.inputs.clone().into(),
-                router: router(Vertex::Node(i), spec.outputs.len()),
-                dead_letter: match spec.on_error {
-                    ErrorPolicy::DeadLetter(k) => Some(sink_tx[k].clone()),
-                    _ => None,
-                },
-                policy: spec.on_error,
-                retry: spec.retry,
-                stats: stats[i].clone(),
-                shutdown: shutdown.clone(),
-                provenance: graph.provenance,
-                in_flight: in_flight.clone(),
-                finish_barrier: finish_barrier.clone(),
-                status: status.replica(i, r),
-                heartbeat: opts.heartbeat,
-                index: r,
-                versions: versions[i].clone(),
-                version: versions[i].current(),
-                generation: 0,
-                failures: 0,
-            };
-            replicas.push((replica, rx));
-        }
+    for (i, (instances, inputs)) in instances.into_iter().zip(node_rx).enumerate() {
+        let spec = &graph.nodes[i];
+        let dead_letter = match spec.on_error {
+            ErrorPolicy::DeadLetter(k) => Some(sink_tx[k].clone()),
+            _ => None,
+        };
+        let router = || router(Vertex::Node(i), spec.outputs.len());
+        let context = (opts, shutdown, &in_flight);
+        replicas.extend(nodes.replicas(graph, i, instances, router, dead_letter, inputs, context));
     }
     let source_routers: Vec<Router> = (0..graph.sources.len())
         .map(|i| router(Vertex::Source(i), 1))
@@ -389,18 +498,7 @@ pub fn run(
         longest_pause: Duration::ZERO,
     };
     let expiring = graph.stores.iter().any(|s| s.ttl.is_some());
-    let admin = opts
-        .admin
-        .map(|a| crate::admin::serve(a, status.clone()))
-        .transpose()?;
-    let watch = opts
-        .watch
-        .as_deref()
-        .map(|manifest| crate::watch::start(manifest, graph, status.clone(), stores.clone()))
-        .transpose()?;
-    let progress = opts
-        .progress
-        .then(|| crate::progress::Progress::start(status.clone()));
+    let services = Services::start(graph, opts, &status, &stores)?;
     status.phase.set(Phase::Running);
     let (sources, sinks) = std::thread::scope(|s| {
         let sinks: Vec<_> = writers
@@ -414,8 +512,7 @@ pub fn run(
             })
             .collect();
         for (replica, rx) in replicas {
-            let span = tracing::info_span!("node", node = %replica.id);
-            s.spawn(move || span.in_scope(|| replica.run(rx)));
+            s.spawn(move || replica.run(rx));
         }
         if checkpointer.log.is_some() || expiring {
             let (gate, checkpointer) = (&gate, &mut checkpointer);
@@ -472,15 +569,9 @@ pub fn run(
     status
         .phase
         .set(if failed { Phase::Failed } else { Phase::Stopped });
-    drop((progress, watch, admin));
+    drop(services);
     Ok(RunReport {
-        nodes: graph
-            .nodes
-            .iter()
-            .zip(&versions)
-            .zip(&stats)
-            .map(|((n, v), s)| (n.id.clone(), v.current().hash().to_owned(), s.counts()))
-            .collect(),
+        nodes: nodes.counts(graph),
         sources: graph.sources.iter().map(|s| s.id.clone()).zip(sources).collect(),
         sinks: graph.sinks.iter().map(|s| s.id.clone()).zip(sinks).collect(),
         failure: shutdown.failure(),
@@ -517,7 +608,7 @@ fn open_state(
     Ok((Some(log), resume))
 }
 
-fn drain_sink(
+pub(crate) fn drain_sink(
     id: &str,
     writer: &Mutex<SinkWriter>,
     rx: Mailbox,

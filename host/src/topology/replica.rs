@@ -100,9 +100,11 @@ impl Replica {
             if !stopped {
                 NodeStats::add(&self.stats.received, env.msgs.len());
                 let started = Instant::now();
+                self.router.ack = env.ack.clone();
                 if let Err(reason) = self.batch(&env) {
                     stopped = self.stop(reason);
                 }
+                self.router.ack = None;
                 self.status.processed(started.elapsed());
                 let failed = std::mem::take(&mut self.failures);
                 if let Some(why) = self.version.processed(env.msgs.len(), failed) {
@@ -336,14 +338,12 @@ impl Replica {
                 dead.headers
                     .set(headers::TIME, now_millis().to_string().as_bytes());
                 if let Some(dlq) = &self.dead_letter {
-                    self.in_flight.sent();
                     let env = Envelope {
                         port: 0,
                         msgs: vec![dead],
+                        ack: self.router.ack.clone(),
                     };
-                    if dlq.send(env).is_err() {
-                        self.in_flight.done();
-                    }
+                    dlq.deliver(env, &self.in_flight);
                 }
                 NodeStats::add(&self.stats.dead_lettered, 1);
                 tracing::debug!("dead-lettered a message: {kind}: {error}");

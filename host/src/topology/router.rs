@@ -4,7 +4,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::Duration;
 
@@ -18,13 +18,77 @@ pub struct Envelope {
     pub port: u16,
     /// The messages, in order.
     pub msgs: Vec<Msg>,
+    /// Batches read from Kafka: held by everything made from the batch until it is
+    /// delivered (see [`Ack`]).
+    pub ack: Option<Ack>,
 }
 
-/// The sending side of a consumer's channel, counting what waits in it.
+impl Envelope {
+    /// A batch for `port` that nothing waits on.
+    pub fn new(port: u16, msgs: Vec<Msg>) -> Self {
+        Envelope { port, msgs, ack: None }
+    }
+}
+
+/// A batch read from Kafka, held by every batch made from it on its way out: its outputs
+/// until the broker acknowledged them, a sink's batch until it is written. When the last
+/// holder lets go, the batch is done and its input offsets may be committed. A batch
+/// whose output could not be delivered is never let go of (see [`Ack::forget`]).
 #[derive(Clone)]
-pub struct Inbox {
-    tx: SyncSender<Envelope>,
-    depth: Arc<AtomicUsize>,
+pub struct Ack(Arc<AckInner>);
+
+/// The shared part of an [`Ack`]; dropping it marks the batch done.
+pub struct AckInner(Arc<AtomicBool>);
+
+impl Drop for AckInner {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Ack {
+    /// An ack that sets `done` once the batch and everything made from it are done.
+    pub fn new(done: Arc<AtomicBool>) -> Self {
+        Ack(Arc::new(AckInner(done)))
+    }
+
+    /// The batch must never count as done (an output of it was lost): its offsets are
+    /// not committed and it is read again after a restart.
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+
+    /// As a raw pointer (for a Kafka delivery opaque); [`Ack::from_raw`] takes it back.
+    pub fn into_raw(self) -> *const AckInner {
+        Arc::into_raw(self.0)
+    }
+
+    /// # Safety
+    /// `ptr` must come from [`Ack::into_raw`], and be taken back once.
+    pub unsafe fn from_raw(ptr: *const AckInner) -> Self {
+        // SAFETY: as the caller promises, the pointer is an `Arc` given up by `into_raw`.
+        Ack(unsafe { Arc::from_raw(ptr) })
+    }
+}
+
+/// Where a producer's batches go other than a channel: a Kafka topic.
+pub trait Outlet: Send + Sync {
+    /// Sends the batch on (blocking while the outlet is full).
+    fn send(&self, env: Envelope);
+}
+
+/// The sending side of a consumer: its channel, counting what waits in it, or an outlet.
+#[derive(Clone)]
+pub enum Inbox {
+    /// A consumer in this process.
+    Channel {
+        /// The channel.
+        tx: SyncSender<Envelope>,
+        /// Batches waiting in it.
+        depth: Arc<AtomicUsize>,
+    },
+    /// A topic.
+    Outlet(Arc<dyn Outlet>),
 }
 
 /// The receiving side of a consumer's channel.
@@ -36,7 +100,7 @@ pub struct Mailbox {
 /// A bounded channel of `capacity` batches whose depth is counted in `depth`.
 pub fn channel(capacity: usize, depth: Arc<AtomicUsize>) -> (Inbox, Mailbox) {
     let (tx, rx) = sync_channel(capacity);
-    let inbox = Inbox {
+    let inbox = Inbox::Channel {
         tx,
         depth: depth.clone(),
     };
@@ -44,14 +108,21 @@ pub fn channel(capacity: usize, depth: Arc<AtomicUsize>) -> (Inbox, Mailbox) {
 }
 
 impl Inbox {
-    /// Sends a batch, blocking while the channel is full; gives it back if the consumer
-    /// is gone.
-    pub fn send(&self, env: Envelope) -> Result<(), Envelope> {
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(env).map_err(|e| {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
-            e.0
-        })
+    /// Sends a batch, blocking while the consumer is full. A batch for a channel is
+    /// counted in `in_flight` until its consumer is done with it; one for a consumer that
+    /// is gone (it stopped the graph) is dropped.
+    pub fn deliver(&self, env: Envelope, in_flight: &InFlight) {
+        match self {
+            Inbox::Channel { tx, depth } => {
+                in_flight.sent();
+                depth.fetch_add(1, Ordering::Relaxed);
+                if tx.send(env).is_err() {
+                    depth.fetch_sub(1, Ordering::Relaxed);
+                    in_flight.done();
+                }
+            }
+            Inbox::Outlet(out) => out.send(env),
+        }
     }
 }
 
@@ -114,31 +185,28 @@ impl Route {
         }
     }
 
-    fn send_to(&self, i: usize, msgs: Vec<Msg>) {
-        self.in_flight.sent();
+    fn send_to(&self, i: usize, msgs: Vec<Msg>, ack: &Option<Ack>) {
         let env = Envelope {
             port: self.in_port,
             msgs,
+            ack: ack.clone(),
         };
-        // A consumer that is gone has stopped the graph; what it would get is moot.
-        if self.targets[i].send(env).is_err() {
-            self.in_flight.done();
-        }
+        self.targets[i].deliver(env, &self.in_flight);
     }
 
-    /// Sends a batch along this edge.
-    fn send(&mut self, msgs: Vec<Msg>) {
+    /// Sends a batch along this edge; everything sent holds `ack`.
+    pub fn send(&mut self, msgs: Vec<Msg>, ack: &Option<Ack>) {
         // One consumer replica, or round-robin: the batch goes as it is, uncopied.
         if self.targets.len() == 1 || self.connection == Connection::RoundRobin {
             let i = self.next % self.targets.len();
             self.next = self.next.wrapping_add(1);
-            self.send_to(i, msgs);
+            self.send_to(i, msgs, ack);
             return;
         }
         for msg in msgs {
             self.push(msg);
         }
-        self.flush();
+        self.flush(ack);
     }
 
     fn push(&mut self, msg: Msg) {
@@ -164,11 +232,11 @@ impl Route {
         }
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, ack: &Option<Ack>) {
         for i in 0..self.pending.len() {
             if !self.pending[i].is_empty() {
                 let msgs = std::mem::take(&mut self.pending[i]);
-                self.send_to(i, msgs);
+                self.send_to(i, msgs, ack);
             }
         }
         self.next = self.next.wrapping_add(1);
@@ -179,6 +247,8 @@ impl Route {
 #[derive(Default)]
 pub struct Router {
     ports: Vec<Vec<Route>>,
+    /// The [`Ack`] of the batch being processed: what it sends holds it.
+    pub ack: Option<Ack>,
 }
 
 impl Router {
@@ -186,6 +256,7 @@ impl Router {
     pub fn new(ports: usize) -> Self {
         Router {
             ports: (0..ports).map(|_| Vec::new()).collect(),
+            ack: None,
         }
     }
 
@@ -204,9 +275,9 @@ impl Router {
             return;
         };
         for route in rest {
-            route.send(msgs.clone());
+            route.send(msgs.clone(), &self.ack);
         }
-        last.send(msgs);
+        last.send(msgs, &self.ack);
     }
 }
 

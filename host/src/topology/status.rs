@@ -167,9 +167,15 @@ pub struct Status {
     sources: Vec<(String, Arc<AtomicU64>)>,
     sinks: Vec<(String, Arc<SinkStatus>)>,
     stores: Stores,
+    kafka: std::sync::OnceLock<(String, Arc<crate::kafka::Health>)>,
 }
 
 impl Status {
+    /// Reports the link to the Kafka brokers (Kafka transport).
+    pub fn set_kafka(&self, brokers: String, health: Arc<crate::kafka::Health>) {
+        let _ = self.kafka.set((brokers, health));
+    }
+
     /// Status for `graph`: each node's versions and counters, the stores; with `tails`,
     /// sinks keep their latest messages for [`Status::tail`].
     pub fn new(
@@ -216,6 +222,7 @@ impl Status {
                 })
                 .collect(),
             stores,
+            kafka: std::sync::OnceLock::new(),
         }
     }
 
@@ -327,6 +334,15 @@ impl Status {
                     durable: s.is_durable(),
                 })
                 .collect(),
+            kafka: self.kafka.get().map(|(brokers, health)| {
+                let (down, errors, last_error) = health.report();
+                KafkaReport {
+                    brokers: brokers.clone(),
+                    connected: !down,
+                    errors,
+                    last_error,
+                }
+            }),
         }
     }
 
@@ -490,6 +506,22 @@ pub struct StatusReport {
     pub sinks: Vec<SinkReport>,
     /// Stores.
     pub stores: Vec<StoreReport>,
+    /// The link to the Kafka brokers (Kafka transport).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaReport>,
+}
+
+/// The Kafka link in [`StatusReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KafkaReport {
+    /// Bootstrap brokers.
+    pub brokers: String,
+    /// False while every broker is unreachable (the host retries with backoff).
+    pub connected: bool,
+    /// Client errors seen (connections lost, timeouts).
+    pub errors: u64,
+    /// The last of them.
+    pub last_error: Option<String>,
 }
 
 /// A source in [`StatusReport`].

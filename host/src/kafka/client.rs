@@ -1,0 +1,431 @@
+//! Talking to the brokers: client configuration (flowhost's defaults, then the manifest's
+//! librdkafka properties), the bounded connection check, topic creation, the producer
+//! that carries batches to topics, and the link health every client reports into.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::message::ToBytes;
+use rdkafka::util::IntoOpaque;
+use rdkafka::{Message, Timestamp};
+
+use crate::manifest::KafkaSpec;
+use crate::message::{Headers, Msg};
+use crate::topology::{Ack, Envelope, Outlet, Shutdown};
+
+/// How long the first contact with the brokers may take before the run gives up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the brokers are reachable, as every client of this process last saw it.
+#[derive(Debug, Default)]
+pub struct Health {
+    down: AtomicBool,
+    errors: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Health {
+    fn failed(&self, error: &KafkaError, reason: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+        let all_down = matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown));
+        if all_down && !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!("lost every Kafka broker ({reason}); retrying with backoff, nothing is committed until they are back");
+        } else {
+            tracing::debug!("kafka: {reason}");
+        }
+    }
+
+    /// A broker answered: the link works.
+    pub fn ok(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("Kafka brokers reachable again; resuming");
+        }
+    }
+
+    /// For status: whether the brokers are down, errors seen, the last one.
+    pub fn report(&self) -> (bool, u64, Option<String>) {
+        (
+            self.down.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+            self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        )
+    }
+}
+
+/// The context of every client: errors into [`Health`], librdkafka's log into tracing.
+#[derive(Clone)]
+pub struct Link {
+    /// Shared by all clients of the process.
+    pub health: Arc<Health>,
+}
+
+impl ClientContext for Link {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.health.failed(&error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::error!("librdkafka {fac}: {log_message}")
+            }
+            RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+                tracing::debug!("librdkafka {fac}: {log_message}")
+            }
+            _ => tracing::trace!("librdkafka {fac}: {log_message}"),
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Link {}
+
+/// The brokers and how to talk to them.
+#[derive(Clone)]
+pub struct Kafka {
+    /// Bootstrap brokers.
+    pub brokers: String,
+    /// The manifest's `[kafka]`.
+    pub spec: KafkaSpec,
+    /// Link health, shared by every client.
+    pub link: Link,
+    /// This process among all that run the graph (`host-pid-start`), for transactional
+    /// ids and for telling its own changelog records from others'.
+    pub process: String,
+}
+
+impl Kafka {
+    /// The brokers of `spec` (`--brokers` already applied).
+    pub fn new(spec: &KafkaSpec) -> anyhow::Result<Kafka> {
+        let Some(brokers) = spec.brokers.clone() else {
+            bail!("transport = \"kafka\" needs brokers: `brokers` in [kafka], or --brokers HOST:PORT");
+        };
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        let process = format!(
+            "{}-{}-{}",
+            host.trim().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+            std::process::id(),
+            crate::io::source::now_millis()
+        );
+        Ok(Kafka {
+            brokers,
+            spec: spec.clone(),
+            link: Link {
+                health: Arc::default(),
+            },
+            process,
+        })
+    }
+
+    /// flowhost's settings for a client, then the manifest's properties over them.
+    fn config(&self, own: &[(&str, &str)]) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in own {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.spec.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// A producer: idempotent, acknowledged by all in-sync replicas, retrying without
+    /// a deadline while the brokers are away (its queue fills and holds its producers
+    /// back); transactional with `transactional_id`.
+    pub fn producer(
+        &self,
+        name: &str,
+        transactional_id: Option<&str>,
+        shutdown: &Arc<Shutdown>,
+    ) -> anyhow::Result<Arc<Producer>> {
+        let mut own = vec![
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("message.timeout.ms", "0"),
+            ("linger.ms", "5"),
+            ("queue.buffering.max.messages", "200000"),
+        ];
+        if let Some(id) = transactional_id {
+            own.push(("transactional.id", id));
+        }
+        let ctx = Deliveries {
+            link: self.link.clone(),
+            shutdown: shutdown.clone(),
+            name: name.to_owned(),
+        };
+        let producer: Producer = self
+            .config(&own)
+            .create_with_context(ctx)
+            .with_context(|| format!("{name}: creating a Kafka producer"))?;
+        Ok(Arc::new(producer))
+    }
+
+    /// A consumer's configuration: in `group`, committing only what flowhost commits,
+    /// reading committed transactions only.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        self.config(&[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+            ("enable.partition.eof", "false"),
+        ])
+    }
+
+    /// An admin client.
+    fn admin(&self) -> anyhow::Result<AdminClient<Link>> {
+        self.config(&[])
+            .create_with_context(self.link.clone())
+            .context("creating a Kafka admin client")
+    }
+
+    /// Waits (at most [`CONNECT_TIMEOUT`]) until the brokers answer.
+    pub fn connect(&self) -> anyhow::Result<()> {
+        let admin = self.admin()?;
+        admin
+            .inner()
+            .fetch_metadata(None, CONNECT_TIMEOUT)
+            .map(drop)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach the Kafka brokers {} within {}s: {e}",
+                    self.brokers,
+                    CONNECT_TIMEOUT.as_secs()
+                )
+            })
+    }
+
+    /// Partitions of `topic`, if it exists.
+    pub fn partitions(&self, topic: &str) -> anyhow::Result<Option<i32>> {
+        let admin = self.admin()?;
+        let meta = admin
+            .inner()
+            .fetch_metadata(Some(topic), CONNECT_TIMEOUT)
+            .with_context(|| format!("reading the metadata of topic `{topic}`"))?;
+        Ok(meta
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as i32))
+    }
+
+    /// Creates the topics that are missing (`compact`: a compacted changelog), with the
+    /// configured partitions and replication.
+    pub fn create_topics(&self, topics: &[(String, bool)]) -> anyhow::Result<()> {
+        let mut missing = Vec::new();
+        for (t, compact) in topics {
+            if self.partitions(t)?.is_none() {
+                missing.push((t, *compact));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let new: Vec<NewTopic> = missing
+            .iter()
+            .map(|(t, compact)| {
+                let topic = NewTopic::new(
+                    t,
+                    self.spec.partitions,
+                    TopicReplication::Fixed(self.spec.replication),
+                );
+                if *compact {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic
+                }
+            })
+            .collect();
+        let admin = self.admin()?;
+        let opts = AdminOptions::new().operation_timeout(Some(CONNECT_TIMEOUT));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let results = rt
+            .block_on(admin.create_topics(&new, &opts))
+            .context("creating topics")?;
+        for r in results {
+            match r {
+                Ok(t) => tracing::info!("created topic `{t}`"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => bail!("cannot create topic `{t}`: {e}"),
+            }
+        }
+        // Wait until the new topics show in the metadata every client reads.
+        for (t, _) in &missing {
+            let mut waited = Duration::ZERO;
+            while self.partitions(t)?.is_none() {
+                if waited > CONNECT_TIMEOUT {
+                    bail!("topic `{t}` was created but does not show in the brokers' metadata");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                waited += Duration::from_millis(50);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What each produced message carries to its delivery report: the [`Ack`] of the
+/// batch it came from, if any.
+pub struct Held(pub Option<Ack>);
+
+impl IntoOpaque for Held {
+    fn into_ptr(self) -> *mut std::ffi::c_void {
+        self.0.map_or(std::ptr::null_mut(), |a| a.into_raw() as *mut _)
+    }
+
+    unsafe fn from_ptr(ptr: *mut std::ffi::c_void) -> Self {
+        // SAFETY: librdkafka hands back, once, the pointer `into_ptr` made.
+        Held((!ptr.is_null()).then(|| unsafe { Ack::from_raw(ptr as *const _) }))
+    }
+}
+
+/// Delivery reports: an acknowledged message lets go of its batch's [`Ack`]; one that
+/// cannot be delivered stops the graph and keeps its batch from ever being committed.
+pub struct Deliveries {
+    link: Link,
+    shutdown: Arc<Shutdown>,
+    name: String,
+}
+
+impl ClientContext for Deliveries {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.link.error(error, reason);
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.link.log(level, fac, log_message);
+    }
+}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Held;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, held: Held) {
+        match result {
+            Ok(_) => drop(held),
+            Err((e, m)) => {
+                self.shutdown.fail(format!(
+                    "{}: a message to topic `{}` could not be delivered: {e}",
+                    self.name,
+                    m.topic()
+                ));
+                held.0.map(Ack::forget);
+            }
+        }
+    }
+}
+
+/// A producer whose messages hold their batch's [`Ack`] until delivered.
+pub type Producer = ThreadedProducer<Deliveries>;
+
+/// Sends `m` to `topic` (its key, timestamp and headers with it), waiting while the
+/// producer's queue is full.
+pub fn produce(producer: &Producer, topic: &str, m: &Msg, ack: Option<Ack>) -> Result<(), KafkaError> {
+    let mut record = BaseRecord::with_opaque_to(topic, Held(ack)).payload(&m.payload[..]);
+    if let Some(key) = &m.key {
+        record = record.key(&key[..]);
+    }
+    if let Some(ts) = m.timestamp {
+        record = record.timestamp(ts);
+    }
+    if !m.headers.is_empty() {
+        let headers = m.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(m.headers.len()),
+            |h, (key, value)| {
+                h.insert(Header {
+                    key,
+                    value: Some(value),
+                })
+            },
+        );
+        record = record.headers(headers);
+    }
+    send(producer, record)
+}
+
+/// Sends a record, waiting while the producer's queue is full; a record that cannot be
+/// sent keeps its batch from being committed.
+pub fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
+    producer: &Producer,
+    mut record: BaseRecord<'_, K, P, Held>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                // The producer's own thread serves delivery reports meanwhile.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, back)) => {
+                back.delivery_opaque.0.map(Ack::forget);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// An edge's topic, as a place a router sends batches to.
+pub struct TopicOut {
+    /// The topic.
+    pub topic: String,
+    /// The producer that writes it.
+    pub producer: Arc<Producer>,
+    /// Told when a message cannot be sent.
+    pub shutdown: Arc<Shutdown>,
+}
+
+impl Outlet for TopicOut {
+    fn send(&self, env: Envelope) {
+        for m in &env.msgs {
+            if let Err(e) = produce(&self.producer, &self.topic, m, env.ack.clone()) {
+                self.shutdown
+                    .fail(format!("cannot send a message to topic `{}`: {e}", self.topic));
+                if let Some(ack) = env.ack {
+                    ack.forget();
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// A consumed record as a message: payload, key, timestamp and headers.
+pub fn to_msg(m: &BorrowedMessage<'_>) -> Msg {
+    let headers = m.headers().map_or_else(Headers::default, |h| {
+        Headers::from_pairs(h.iter().map(|h| (h.key, h.value.unwrap_or_default())))
+    });
+    Msg {
+        key: m.key().map(Bytes::copy_from_slice),
+        payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        timestamp: match m.timestamp() {
+            Timestamp::NotAvailable => None,
+            t => t.to_millis(),
+        },
+        headers,
+    }
+}
+
+/// Waits for everything `producer` has in flight, checking for a failure every second.
+pub fn flush(producer: &Producer, shutdown: &Shutdown) -> anyhow::Result<()> {
+    loop {
+        match producer.flush(Duration::from_secs(1)) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if shutdown.failure().is_none() => {}
+            Err(e) => bail!("flushing the producer: {e}"),
+        }
+    }
+}

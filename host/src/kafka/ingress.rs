@@ -1,0 +1,399 @@
+//! Reading a vertex's input topics as a member of its consumer group, and committing
+//! what it read only once it is done with.
+//!
+//! Every polled batch is handed to the vertex with an [`Ack`]; the batch is done when the
+//! last thing made from it lets go (its outputs acknowledged by the brokers, or written by
+//! a sink). Offsets are committed in poll order, up to the first batch not yet done: never
+//! ahead of processing. At least once: a commit every `commit_interval`, after the
+//! changes of the vertex's durable stores reached their changelog. Exactly once: every
+//! `commit_interval` the vertex's transaction takes its outputs, its store changes and the
+//! input offsets, and commits them together. Partitions taken away by a rebalance are
+//! settled first (their batches finished and committed), so a graceful hand-over repeats
+//! nothing.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer as _;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use super::changelog::Changelog;
+use super::client::{Link, Producer, flush, to_msg};
+use crate::message::Msg;
+use crate::topology::{Ack, Route, Shutdown};
+
+/// How long Kafka calls of a commit may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How input offsets are committed.
+pub enum Commits {
+    /// By the consumer, after the outputs were acknowledged.
+    AtLeastOnce {
+        /// The vertex's producer, flushed before the last commit (`None`: a sink).
+        producer: Option<Arc<Producer>>,
+    },
+    /// In the vertex's transaction, with its outputs.
+    ExactlyOnce(Arc<Producer>),
+}
+
+/// Which batches are done, and what may be committed.
+pub struct Committer {
+    name: String,
+    topics: Arc<[String]>,
+    /// Polled batches in poll order: done flag, next offset per (topic, partition) read.
+    pending: VecDeque<(Arc<AtomicBool>, Vec<(usize, i32, i64)>)>,
+    /// Next offset to read per (topic, partition), of everything done so far.
+    ready: BTreeMap<(usize, i32), i64>,
+    /// Whether `ready` moved since the last commit.
+    moved: bool,
+    last: Instant,
+    interval: Duration,
+    mode: Commits,
+    /// Durable stores this vertex writes, and their changelog.
+    changelog: Option<(Arc<Changelog>, Vec<usize>)>,
+    /// No transaction is begun after the last one.
+    closed: bool,
+    shutdown: Arc<Shutdown>,
+}
+
+impl Committer {
+    /// A committer for a vertex reading `topics`.
+    pub fn new(
+        name: String,
+        topics: Arc<[String]>,
+        interval: Duration,
+        mode: Commits,
+        changelog: Option<(Arc<Changelog>, Vec<usize>)>,
+        shutdown: Arc<Shutdown>,
+    ) -> anyhow::Result<Committer> {
+        if let Commits::ExactlyOnce(p) = &mode {
+            p.init_transactions(CALL_TIMEOUT)
+                .with_context(|| format!("{name}: initialising Kafka transactions"))?;
+            p.begin_transaction()
+                .with_context(|| format!("{name}: beginning a transaction"))?;
+        }
+        Ok(Committer {
+            name,
+            topics,
+            pending: VecDeque::new(),
+            ready: BTreeMap::new(),
+            moved: false,
+            last: Instant::now(),
+            interval,
+            mode,
+            changelog,
+            closed: false,
+            shutdown,
+        })
+    }
+
+    /// The vertex, for logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn push(&mut self, done: Arc<AtomicBool>, offsets: Vec<(usize, i32, i64)>) {
+        self.pending.push_back((done, offsets));
+    }
+
+    /// Moves the batches done, in poll order, into what may be committed.
+    fn collect(&mut self) {
+        while let Some((done, _)) = self.pending.front() {
+            if !done.load(Ordering::Acquire) {
+                break;
+            }
+            let (_, offsets) = self.pending.pop_front().expect("front exists");
+            for (t, p, next) in offsets {
+                self.ready.insert((t, p), next);
+            }
+            self.moved = true;
+        }
+    }
+
+    fn offsets(&self) -> KafkaResultList {
+        let mut tpl = TopicPartitionList::new();
+        for (&(t, p), &next) in &self.ready {
+            tpl.add_partition_offset(&self.topics[t], p, Offset::Offset(next))?;
+        }
+        Ok(tpl)
+    }
+
+    /// Commits when the interval has passed (at least once: what is done so far;
+    /// exactly once: waits for everything polled, then commits the transaction).
+    fn tick<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+        self.collect();
+        if self.last.elapsed() < self.interval {
+            return Ok(());
+        }
+        match self.mode {
+            Commits::AtLeastOnce { .. } => self.commit(consumer, CommitMode::Async),
+            Commits::ExactlyOnce(_) => self.settle(consumer),
+        }
+    }
+
+    /// Waits until every polled batch is done (or the graph fails), then commits.
+    pub fn settle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+        loop {
+            self.collect();
+            if self.pending.is_empty() || self.shutdown.failure().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.commit(consumer, CommitMode::Sync)
+    }
+
+    fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, mode: CommitMode) -> anyhow::Result<()> {
+        self.last = Instant::now();
+        let name = &self.name;
+        match &self.mode {
+            Commits::AtLeastOnce { .. } => {
+                if !self.moved {
+                    return Ok(());
+                }
+                // State first: a commit must never be ahead of the changes it caused.
+                if let Some((log, stores)) = &self.changelog {
+                    log.write(stores, None)?;
+                    log.flush(&self.shutdown)?;
+                }
+                consumer
+                    .commit(&self.offsets()?, mode)
+                    .with_context(|| format!("{name}: committing offsets"))?;
+            }
+            Commits::ExactlyOnce(producer) => {
+                if self.closed || !self.pending.is_empty() {
+                    return Ok(());
+                }
+                let changes = match &self.changelog {
+                    Some((log, stores)) => log.write(stores, Some(producer))?,
+                    None => 0,
+                };
+                if !self.moved && changes == 0 {
+                    return Ok(());
+                }
+                let group = consumer
+                    .group_metadata()
+                    .with_context(|| format!("{name}: no consumer group metadata"))?;
+                let offsets = self.offsets()?;
+                producer
+                    .send_offsets_to_transaction(&offsets, &group, CALL_TIMEOUT)
+                    .with_context(|| format!("{name}: adding offsets to the transaction"))?;
+                producer
+                    .commit_transaction(CALL_TIMEOUT)
+                    .with_context(|| format!("{name}: committing the transaction"))?;
+                producer
+                    .begin_transaction()
+                    .with_context(|| format!("{name}: beginning a transaction"))?;
+            }
+        }
+        self.moved = false;
+        Ok(())
+    }
+
+    /// After the vertex has ended: everything it produced (its `finish` outputs too)
+    /// delivered, the last offsets committed.
+    pub fn close<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+        self.settle(consumer)?;
+        match &self.mode {
+            Commits::AtLeastOnce { producer } => {
+                if let Some(p) = producer {
+                    flush(p, &self.shutdown)?;
+                }
+            }
+            Commits::ExactlyOnce(producer) => {
+                self.moved = true;
+                let producer = producer.clone();
+                self.commit(consumer, CommitMode::Sync)?;
+                self.closed = true;
+                producer
+                    .commit_transaction(CALL_TIMEOUT)
+                    .with_context(|| format!("{}: committing the last transaction", self.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Partitions taken away: forget them after settling.
+    fn revoked(&mut self, tpl: &TopicPartitionList) {
+        for e in tpl.elements() {
+            if let Some(t) = self.topics.iter().position(|t| t == e.topic()) {
+                self.ready.remove(&(t, e.partition()));
+            }
+        }
+    }
+}
+
+type KafkaResultList = Result<TopicPartitionList, KafkaError>;
+
+/// The consumer's context: link health, and settling partitions before they are revoked.
+pub struct Rebalancing {
+    /// Link health.
+    pub link: Link,
+    /// The vertex's commits.
+    pub committer: Mutex<Committer>,
+}
+
+impl Rebalancing {
+    /// The committer.
+    pub fn committer(&self) -> MutexGuard<'_, Committer> {
+        self.committer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ClientContext for Rebalancing {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.link.error(error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.link.log(level, fac, log_message);
+    }
+}
+
+impl ConsumerContext for Rebalancing {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let mut c = self.committer();
+                tracing::info!("{}: {} partition(s) revoked; settling them", c.name, tpl.count());
+                if let Err(e) = c.settle(consumer) {
+                    tracing::warn!("{}: settling revoked partitions: {e:#}", c.name);
+                }
+                c.revoked(tpl);
+            }
+            Rebalance::Assign(tpl) => {
+                let c = self.committer();
+                tracing::info!("{}: {} partition(s) assigned", c.name, tpl.count());
+            }
+            Rebalance::Error(e) => tracing::warn!("rebalance failed: {e}"),
+        }
+    }
+}
+
+/// A vertex's reader.
+pub struct Ingress {
+    /// The vertex, for logs.
+    pub name: String,
+    /// Member of the vertex's group, subscribed to its input topics.
+    pub consumer: BaseConsumer<Rebalancing>,
+    /// Per input topic (same order as the committer's), the route into the vertex.
+    pub routes: Vec<Route>,
+    /// The input topics.
+    pub topics: Arc<[String]>,
+    /// Whether each topic is written in transactions (its end is a commit marker).
+    pub transactional: Vec<bool>,
+    /// Messages per polled batch.
+    pub batch_size: usize,
+    /// Stop (drain what was polled, commit, end).
+    pub shutdown: Arc<Shutdown>,
+    /// Set once everything upstream has ended: end when caught up with every input.
+    pub drain: Arc<AtomicBool>,
+}
+
+impl Ingress {
+    /// Reads until stopped (or drained), then settles and closes the routes; returns the
+    /// consumer, whose committer still has to [`Committer::close`] once the vertex ended.
+    pub fn run(mut self) -> anyhow::Result<BaseConsumer<Rebalancing>> {
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.consumer
+            .subscribe(&topics)
+            .with_context(|| format!("{}: subscribing to {}", self.name, topics.join(", ")))?;
+        let mut checked = Instant::now();
+        while !self.shutdown.is_stopping() {
+            let polled = self.poll()?;
+            self.consumer.context().committer().tick(&self.consumer)?;
+            if polled == 0
+                && self.drain.load(Ordering::Acquire)
+                && checked.elapsed() > Duration::from_millis(100)
+            {
+                checked = Instant::now();
+                self.consumer.context().committer().settle(&self.consumer)?;
+                if self.caught_up()? {
+                    break;
+                }
+            }
+        }
+        self.consumer.context().committer().settle(&self.consumer)?;
+        // Closing the routes lets the vertex drain and end.
+        self.routes.clear();
+        Ok(self.consumer)
+    }
+
+    /// Polls up to a batch and hands it on; the number of messages.
+    fn poll(&mut self) -> anyhow::Result<usize> {
+        let mut batches: Vec<Vec<Msg>> = vec![Vec::new(); self.routes.len()];
+        let mut offsets: Vec<(usize, i32, i64)> = Vec::new();
+        let mut n = 0;
+        let mut wait = Duration::from_millis(100);
+        while n < self.batch_size {
+            match self.consumer.poll(wait) {
+                None => break,
+                Some(Ok(m)) => {
+                    let Some(t) = self.topics.iter().position(|t| t == m.topic()) else {
+                        continue;
+                    };
+                    batches[t].push(to_msg(&m));
+                    let (p, next) = (m.partition(), m.offset() + 1);
+                    match offsets.iter_mut().find(|(ot, op, _)| *ot == t && *op == p) {
+                        Some(o) => o.2 = next,
+                        None => offsets.push((t, p, next)),
+                    }
+                    n += 1;
+                    wait = Duration::ZERO;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!("{}: poll: {e}", self.name);
+                    break;
+                }
+            }
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        self.consumer.context().link.health.ok();
+        let done = Arc::new(AtomicBool::new(false));
+        let ack = Some(Ack::new(done.clone()));
+        for (route, msgs) in self.routes.iter_mut().zip(batches) {
+            if !msgs.is_empty() {
+                route.send(msgs, &ack);
+            }
+        }
+        drop(ack);
+        self.consumer.context().committer().push(done, offsets);
+        Ok(n)
+    }
+
+    /// Whether this vertex's group has read and committed every input partition to its
+    /// end (a transactional topic ends in a commit marker, which is never read).
+    fn caught_up(&self) -> anyhow::Result<bool> {
+        let positions = self.consumer.position()?;
+        for (t, topic) in self.topics.iter().enumerate() {
+            let meta = self.consumer.fetch_metadata(Some(topic), CALL_TIMEOUT)?;
+            let partitions = meta.topics().first().map_or(0, |m| m.partitions().len() as i32);
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition(topic, p);
+            }
+            let committed = self.consumer.committed_offsets(tpl, CALL_TIMEOUT)?;
+            for p in 0..partitions {
+                let (_, high) = self.consumer.fetch_watermarks(topic, p, CALL_TIMEOUT)?;
+                let offset = |l: &TopicPartitionList| match l.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => 0,
+                };
+                let at = offset(&committed).max(offset(&positions));
+                let end = if self.transactional[t] { high - 1 } else { high };
+                if at < end {
+                    tracing::trace!("{}: {topic}/{p} at {at} of {high}", self.name);
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
