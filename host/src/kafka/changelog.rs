@@ -106,9 +106,9 @@ impl Changelog {
         flush(&self.producer, shutdown)
     }
 
-    /// Reads every changelog to its end into its store, then keeps applying, on a thread
-    /// per store, what other processes write, until `shutdown` stops.
-    pub fn restore(&self, kafka: &Kafka, shutdown: &Arc<Shutdown>) -> anyhow::Result<()> {
+    /// Reads every changelog to its end into its store, then (with `shutdown`) keeps
+    /// applying, on a thread per store, what other processes write until it stops.
+    pub fn restore(&self, kafka: &Kafka, shutdown: Option<&Arc<Shutdown>>) -> anyhow::Result<()> {
         for (store, topic) in &self.stores {
             let partitions = kafka
                 .partitions(topic)?
@@ -149,7 +149,8 @@ impl Changelog {
                 store.name(),
                 store.len()
             );
-            let (store, process, shutdown) = (store.clone(), self.process.clone(), shutdown.clone());
+            let Some(shutdown) = shutdown.cloned() else { continue };
+            let (store, process) = (store.clone(), self.process.clone());
             let name = format!("changelog-{}", store.name());
             std::thread::Builder::new().name(name).spawn(move || {
                 while !shutdown.is_stopping() {

@@ -18,6 +18,7 @@ mod changelog;
 mod client;
 mod ingress;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,7 @@ use crate::engine::Engine;
 use crate::io::sink::SinkWriter;
 use crate::io::source;
 use crate::manifest::{Connection, Delivery, ErrorPolicy, Graph, SinkKind, SourceKind, Vertex};
-use crate::state::Stores;
+use crate::state::{Entries, Stores};
 use crate::state::durable::Position;
 use crate::topology::status::Phase;
 use crate::topology::{
@@ -41,6 +42,26 @@ use crate::topology::{
 use changelog::Changelog;
 use client::{Kafka, Producer, TopicOut, flush};
 use ingress::{Commits, Committer, Ingress, Rebalancing};
+
+/// The durable stores of a Kafka graph as its changelogs hold them, and the brokers.
+pub fn read_state(graph: &Graph) -> anyhow::Result<(BTreeMap<String, Entries>, String)> {
+    let kafka = Kafka::new(&graph.kafka)?;
+    kafka.connect()?;
+    let stores = Stores::for_graph(graph);
+    let changelog = Changelog::new(&kafka, &graph.name, &stores, &Arc::default())?;
+    for topic in changelog.topics() {
+        if kafka.partitions(topic)?.is_none() {
+            bail!("graph `{}` has no state on {} yet: no topic `{topic}`", graph.name, kafka.brokers);
+        }
+    }
+    changelog.restore(&kafka, None)?;
+    let entries = stores
+        .iter()
+        .filter(|s| s.is_durable())
+        .map(|s| (s.name().to_owned(), s.entries()))
+        .collect();
+    Ok((entries, kafka.brokers))
+}
 
 /// Which vertices run in this process.
 struct Placement {
@@ -176,7 +197,7 @@ pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shu
     };
     prepare_topics(&kafka, graph, changelog.as_deref())?;
     if let Some(c) = &changelog {
-        c.restore(&kafka, shutdown)?;
+        c.restore(&kafka, Some(shutdown))?;
     }
     let nodes = Nodes::load(graph, engine, opts, &stores)?;
     let status = nodes.status.clone();

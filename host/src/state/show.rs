@@ -34,14 +34,28 @@ fn text(v: &serde_json::Value) -> String {
 pub struct Saved<'g> {
     graph: &'g Graph,
     recovered: Recovered,
+    /// Where it was read from.
+    place: String,
 }
 
 impl<'g> Saved<'g> {
-    /// Reads the graph's state directory.
+    /// Reads the graph's state directory, or with the Kafka transport its changelogs.
     pub fn read(graph: &'g Graph) -> anyhow::Result<Self> {
+        if graph.transport == crate::manifest::Transport::Kafka {
+            let (stores, brokers) = crate::kafka::read_state(graph)?;
+            return Ok(Saved {
+                graph,
+                recovered: Recovered {
+                    stores,
+                    ..Recovered::default()
+                },
+                place: format!("its Kafka changelogs on {brokers}"),
+            });
+        }
         Ok(Saved {
             graph,
             recovered: durable::read(&graph.checkpoint.dir)?,
+            place: graph.checkpoint.dir.display().to_string(),
         })
     }
 
@@ -51,8 +65,7 @@ impl<'g> Saved<'g> {
         let _ = writeln!(
             out,
             "state of graph `{}` in {}",
-            self.graph.name,
-            self.graph.checkpoint.dir.display()
+            self.graph.name, self.place
         );
         for spec in &self.graph.stores {
             let ttl = spec.ttl.map(|t| format!(", ttl {t:?}")).unwrap_or_default();
@@ -72,6 +85,7 @@ impl<'g> Saved<'g> {
             let _ = writeln!(out, "  store {:<16} {kind}{ttl}: {held}", spec.name);
         }
         let _ = match &self.recovered.last {
+            None if self.graph.transport == crate::manifest::Transport::Kafka => Ok(()),
             None => writeln!(out, "  no checkpoint yet"),
             Some(cp) => {
                 let how = if cp.complete {

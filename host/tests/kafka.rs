@@ -1,0 +1,341 @@
+//! The Kafka transport against a real broker (tansu, started per test on a free
+//! loopback port): a fan-out graph's exact output, two processes sharing a node's
+//! partitions with one killed mid-stream, changelog restore of durable state, and the
+//! error when the brokers cannot be reached.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{Broker, Running, bin, text};
+
+fn module(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../functions")
+        .join(name);
+    flowhost::engine::build_crate(&dir).unwrap()
+}
+
+/// `[kafka]` for `broker`: short sessions, so a killed member's partitions move on soon.
+fn kafka_table(broker: &Broker, partitions: u32) -> String {
+    format!(
+        r#"transport = "kafka"
+[kafka]
+brokers = "{}"
+partitions = {partitions}
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 500
+"#,
+        broker.addr
+    )
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    bin()
+        .args(["run", "graph.toml"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_fan_out_graph_over_the_broker_gives_exactly_the_expected_output() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let words = ["apple", "pear", "fig", "plum", "kiwi", "lime", "date"];
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let input: Vec<String> = (0..3000)
+        .map(|i| {
+            let line: Vec<&str> = (0..(i % 4 + 1)).map(|j| words[(i * 3 + j * 5) % words.len()]).collect();
+            for w in &line {
+                *expected.entry(w.to_string()).or_default() += 1;
+            }
+            format!("{i} {}", line.join(" "))
+        })
+        .collect();
+    for i in 0..3000 {
+        *expected.entry(i.to_string()).or_default() += 1;
+    }
+    std::fs::write(dir.path().join("in.txt"), input.join("\n") + "\n").unwrap();
+    let manifest = format!(
+        r#"name = "fan"
+{kafka}
+[sources.text]
+kind = "file"
+path = "in.txt"
+
+[nodes.pass]
+module = "{pass}"
+replicas = 2
+
+[nodes.split]
+module = "{split}"
+
+[nodes.count]
+module = "{count}"
+replicas = 2
+
+[sinks.copy]
+kind = "file"
+path = "copy.txt"
+
+[sinks.counts]
+kind = "file"
+path = "counts.txt"
+
+[[edges]]
+from = "text"
+to = "pass"
+
+[[edges]]
+from = "pass"
+to = "copy"
+
+[[edges]]
+from = "pass"
+to = "split"
+
+[[edges]]
+from = "split"
+to = "count"
+connection = "key-hash"
+
+[[edges]]
+from = "count"
+to = "counts"
+"#,
+        kafka = kafka_table(&broker, 3),
+        pass = module("passthrough").display(),
+        split = module("split").display(),
+        count = module("count").display(),
+    );
+    std::fs::write(dir.path().join("graph.toml"), manifest).unwrap();
+    let out = run(dir.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The fan-out's copy: every line once, in order per key-less partition is not
+    // promised, so compared as a multiset.
+    let mut copy = lines(&dir.path().join("copy.txt"));
+    copy.sort();
+    let mut want = input.clone();
+    want.sort();
+    assert_eq!(copy, want);
+    // count runs `finish` once its input is drained: one line per word, exact counts.
+    let counts: BTreeMap<String, u64> = lines(&dir.path().join("counts.txt"))
+        .iter()
+        .map(|l| {
+            let (w, n) = l.split_once('\t').unwrap();
+            (w.to_owned(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(counts, expected);
+    let report = text(&out);
+    assert!(report.contains("sink   counts           wrote"), "{report}");
+}
+
+/// stdin → pass (2 replicas) → out.txt over Kafka, with 4 partitions on the edge.
+fn pass_graph(dir: &Path, broker: &Broker, extra: &str) {
+    let manifest = format!(
+        r#"name = "share"
+{kafka}{extra}
+[sources.in]
+kind = "stdin"
+
+[nodes.pass]
+module = "{pass}"
+replicas = 2
+
+[sinks.out]
+kind = "file"
+path = "out.txt"
+
+[[edges]]
+from = "in"
+to = "pass"
+
+[[edges]]
+from = "pass"
+to = "out"
+"#,
+        kafka = kafka_table(broker, 4),
+        pass = module("passthrough").display(),
+    );
+    std::fs::write(dir.join("graph.toml"), manifest).unwrap();
+}
+
+#[test]
+fn two_processes_share_a_node_and_a_killed_one_loses_nothing() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    pass_graph(dir.path(), &broker, "");
+    // B runs only `pass`; A runs the whole graph and ends it.
+    let b = Running::start(dir.path(), &["--nodes", "pass"]);
+    b.wait_log("node `pass`: 4 partition(s) assigned");
+    let mut a = Running::start(dir.path(), &[]);
+    a.wait_log("sink `out`: 4 partition(s) assigned");
+    b.wait_log("partition(s) assigned");
+    let total = 60_000;
+    let mut stdin = a.stdin.take().unwrap();
+    let mut sent = 0;
+    let feed = |stdin: &mut std::process::ChildStdin, from: usize, to: usize| {
+        let chunk: String = (from..to).map(|i| format!("m{i:06}\n")).collect();
+        stdin.write_all(chunk.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    };
+    // Feed until B has processed part of the stream, then kill it mid-stream.
+    while b.status().nodes[0].counts.received < 5_000 {
+        assert!(sent < total, "process B never got a share of the partitions");
+        feed(&mut stdin, sent, sent + 1_000);
+        sent += 1_000;
+    }
+    let b_received = b.status().nodes[0].counts.received;
+    let mut b = b;
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    feed(&mut stdin, sent, total);
+    drop(stdin);
+    let status = a.finish();
+    assert!(status.success());
+
+    let out = lines(&dir.path().join("out.txt"));
+    let mut unique = out.clone();
+    unique.sort();
+    unique.dedup();
+    let want: Vec<String> = (0..total).map(|i| format!("m{i:06}")).collect();
+    assert_eq!(unique, want, "every input's output is there");
+    // At least once: the only repeats are what B processed but had not committed.
+    let duplicates = out.len() - unique.len();
+    eprintln!(
+        "B received {b_received} before kill -9; outputs {} for {total} inputs: {duplicates} duplicates",
+        out.len()
+    );
+    assert!(duplicates as u64 <= b_received, "{duplicates} duplicates > {b_received} B received");
+}
+
+/// stdin → tally (counts per line in a durable store) over Kafka.
+fn tally_graph(dir: &Path, broker: &Broker) {
+    let manifest = format!(
+        r#"name = "kept"
+{kafka}
+[sources.in]
+kind = "stdin"
+
+[nodes.tally]
+module = "{tally}"
+replicas = 2
+state = {{ counts = "rw" }}
+
+[sinks.none]
+kind = "null"
+
+[stores.counts]
+durability = "durable"
+
+[[edges]]
+from = "in"
+to = "tally"
+connection = "key-hash"
+
+[[edges]]
+from = "tally"
+to = "none"
+"#,
+        kafka = kafka_table(broker, 2),
+        tally = module("tally").display(),
+    );
+    std::fs::write(dir.join("graph.toml"), manifest).unwrap();
+}
+
+fn dump(dir: &Path) -> String {
+    let out = bin()
+        .args(["state", "graph.toml", "dump", "counts"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn run_with_input(dir: &Path, input: &str) -> std::process::ExitStatus {
+    let mut run = Running::start(dir, &[]);
+    run.stdin.as_mut().unwrap().write_all(input.as_bytes()).unwrap();
+    run.finish()
+}
+
+#[test]
+fn durable_state_comes_back_from_its_changelog_after_a_restart() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    tally_graph(dir.path(), &broker);
+    let input: String = (0..2_000).map(|i| format!("k{}\n", i % 7)).collect();
+    assert!(run_with_input(dir.path(), &input).success());
+    let before = dump(dir.path());
+    let want: String = (0..7).map(|k| format!("k{k}\t{}\n", if k < 5 { 286 } else { 285 })).collect();
+    assert_eq!(before, want);
+
+    // A restart restores all 7 keys before reading anything.
+    let restarted = Running::start(dir.path(), &[]);
+    let status = restarted.wait_for("the restored store", |s| {
+        s.stores.iter().any(|st| st.name == "counts" && st.keys == 7)
+    });
+    assert_eq!(status.nodes[0].counts.received, 0);
+    assert!(restarted.finish().success());
+    assert_eq!(dump(dir.path()), before, "state after the restart equals state before it");
+
+    // And counting goes on from the restored values.
+    assert!(run_with_input(dir.path(), "k0\nk0\nk6\n").success());
+    let after = dump(dir.path());
+    assert!(after.contains("k0\t288\n") && after.contains("k6\t286\n"), "{after}");
+    assert!(after.contains("k1\t286\n"), "{after}");
+}
+
+#[test]
+fn unreachable_brokers_give_a_clear_error_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let manifest = format!(
+        r#"name = "nowhere"
+transport = "kafka"
+[sources.in]
+kind = "stdin"
+[nodes.pass]
+module = "{}"
+[sinks.out]
+kind = "stdout"
+[[edges]]
+from = "in"
+to = "pass"
+[[edges]]
+from = "pass"
+to = "out"
+"#,
+        module("passthrough").display()
+    );
+    std::fs::write(dir.path().join("graph.toml"), manifest).unwrap();
+    let brokers = format!("127.0.0.1:{port}");
+    let out = run(dir.path(), &["--brokers", &brokers]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains(&format!("cannot reach the Kafka brokers {brokers} within 10s")),
+        "{said}"
+    );
+    // Without brokers at all, the error says how to give them.
+    let out = run(dir.path(), &[]);
+    assert!(text(&out).contains("needs brokers"), "{}", text(&out));
+}
