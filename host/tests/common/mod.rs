@@ -113,6 +113,14 @@ impl Running {
     }
 }
 
+impl Drop for Running {
+    /// A test that failed half-way leaves no process behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A tansu broker (Kafka-compatible, in memory) on a free loopback port, stopped when
 /// dropped. tansu comes from `scripts/kafka install`; `TANSU` may name another binary.
 pub struct Broker {
