@@ -12,9 +12,11 @@
 //! | start-up | `flowhost run` of a 10-node graph to its first output, cold and warm cache | — |
 //! | memory | peak RSS of a 10-node graph whose sink has stalled, over time | — |
 //! | swap | output gaps of a running graph while its node is hot-swapped | gaps while no swap runs |
+//! | kafka | topic → wasm passthrough → topic over the Kafka transport (`--brokers`) | a raw rdkafka consume → produce loop, same broker |
 
 mod aggregate;
 mod boundary;
+mod kafka;
 mod pipeline;
 mod poison;
 mod process;
@@ -49,9 +51,13 @@ pub struct BenchArgs {
     #[arg(long, default_value = "functions")]
     pub functions: PathBuf,
     /// Run only these workloads (comma-separated: boundary, passthrough, state, wordcount,
-    /// aggregation, poison, start-up, memory, swap).
+    /// aggregation, poison, start-up, memory, swap, kafka).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Kafka brokers for the kafka workload (e.g. from `scripts/kafka start`); without
+    /// them it is skipped.
+    #[arg(long)]
+    pub brokers: Option<String>,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "flowhost-bench.json")]
     pub json: PathBuf,
@@ -218,6 +224,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     step("start-up", &|| process::startup(&fx))?;
     step("memory", &|| process::memory(&fx, if args.quick { 1 } else { 3 }))?;
     step("swap", &|| swap::run(&fx, if args.quick { 4 } else { 20 }))?;
+    step("kafka", &|| match &args.brokers {
+        Some(brokers) => kafka::run(&fx, brokers, if args.quick { 20_000 } else { 300_000 }),
+        None => {
+            eprintln!("  kafka: skipped (give --brokers HOST:PORT, e.g. from scripts/kafka start)");
+            Ok(Vec::new())
+        }
+    })?;
 
     let report = Report {
         cores,

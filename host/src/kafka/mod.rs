@@ -15,7 +15,7 @@
 //! Other processes run until stopped (Ctrl-C), settling and committing what they hold.
 
 mod changelog;
-mod client;
+pub mod client;
 mod ingress;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,142 @@
+//! Kafka: topic → wasm passthrough → topic through flowhost's Kafka transport (consumer
+//! group, acks tracked per batch, offsets committed after the outputs were acknowledged)
+//! against a raw rdkafka loop on the same broker: poll, produce, and every 100 ms flush
+//! and commit (the same at-least-once promise). Both read the same input topic with a
+//! fresh group and are timed from start until all their outputs are acknowledged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::BaseRecord;
+
+use super::{Better, Fixtures, Row};
+use crate::kafka::client::{Held, Kafka, flush, send};
+use crate::manifest::{Graph, KafkaSpec};
+use crate::topology::{RunOptions, Shutdown};
+
+const PARTITIONS: i32 = 4;
+
+pub(super) fn run(fx: &Fixtures, brokers: &str, messages: u64) -> anyhow::Result<Vec<Row>> {
+    let spec = KafkaSpec {
+        brokers: Some(brokers.to_owned()),
+        partitions: PARTITIONS,
+        ..KafkaSpec::default()
+    };
+    let kafka = Kafka::new(&spec)?;
+    kafka.connect()?;
+    let run_id = crate::io::source::now_millis();
+    let input = format!("bench.in.{run_id}");
+    let (raw_out, fh_out) = (format!("bench.raw.{run_id}"), format!("bench.flowhost.{run_id}"));
+    kafka.create_topics(&[(input.clone(), false), (raw_out.clone(), false), (fh_out.clone(), false)])?;
+    let shutdown = Arc::new(Shutdown::default());
+
+    // The input: `messages` records of 100 bytes, keyed over 64 keys.
+    let producer = kafka.producer("bench input", None, &shutdown)?;
+    let payload = [b'x'; 100];
+    for i in 0..messages {
+        let key = format!("k{}", i % 64);
+        send(&producer, BaseRecord::with_opaque_to(&input, Held(None)).key(&key).payload(&payload[..]))?;
+    }
+    flush(&producer, &shutdown)?;
+
+    let raw = raw_loop(&kafka, &input, &raw_out, messages, &shutdown)?;
+    let flowhost = through_flowhost(fx, &kafka, &input, &fh_out, messages)?;
+    let rate = |d: Duration| messages as f64 / d.as_secs_f64();
+    eprintln!("  kafka: raw loop {raw:.2?}, flowhost {flowhost:.2?} for {messages} messages");
+    Ok(vec![
+        Row::new("kafka topic → passthrough → topic", rate(flowhost), Some(rate(raw)), "msg/s", Better::Higher)
+            .ratio_target(0.8),
+    ])
+}
+
+/// Poll, produce, flush and commit every 100 ms, until `messages` are out and acknowledged.
+fn raw_loop(
+    kafka: &Kafka,
+    input: &str,
+    output: &str,
+    messages: u64,
+    shutdown: &Arc<Shutdown>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let consumer: BaseConsumer = kafka.consumer_config(&format!("{input}.raw")).create()?;
+    consumer.subscribe(&[input])?;
+    let producer = kafka.producer("raw loop", None, shutdown)?;
+    let (mut done, mut committed) = (0u64, Instant::now());
+    while done < messages {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            let mut record = BaseRecord::with_opaque_to(output, Held(None)).payload(m.payload().unwrap_or_default());
+            if let Some(key) = m.key() {
+                record = record.key(key);
+            }
+            send(&producer, record)?;
+            done += 1;
+        }
+        if committed.elapsed() > Duration::from_millis(100) || done == messages {
+            flush(&producer, shutdown)?;
+            consumer.commit_consumer_state(CommitMode::Async)?;
+            committed = Instant::now();
+        }
+    }
+    flush(&producer, shutdown)?;
+    Ok(started.elapsed())
+}
+
+/// The graph `kafka source → passthrough → kafka sink`, run until `messages` are out.
+fn through_flowhost(fx: &Fixtures, kafka: &Kafka, input: &str, output: &str, messages: u64) -> anyhow::Result<Duration> {
+    let dir = super::process::scratch("kafka")?;
+    let manifest = format!(
+        r#"name = "kafka-bench"
+transport = "kafka"
+[kafka]
+brokers = "{brokers}"
+partitions = {PARTITIONS}
+[sources.in]
+kind = "kafka"
+topic = "{input}"
+[nodes.pass]
+module = "{module}"
+[sinks.out]
+kind = "kafka"
+topic = "{output}"
+[[edges]]
+from = "in"
+to = "pass"
+[[edges]]
+from = "pass"
+to = "out"
+"#,
+        brokers = kafka.brokers,
+        module = fx.passthrough.path.display()
+    );
+    let path = dir.join("graph.toml");
+    std::fs::write(&path, manifest)?;
+    let graph = Graph::load(&path)?;
+    let shutdown = Arc::new(Shutdown::default());
+    let watcher: BaseConsumer = kafka.consumer_config(&format!("{output}.watch")).create()?;
+    let started = Instant::now();
+    let took = std::thread::scope(|s| {
+        let running = s.spawn(|| crate::kafka::run(&graph, &fx.engine, &RunOptions::default(), &shutdown));
+        let out = loop {
+            let mut total = 0;
+            for p in 0..PARTITIONS {
+                total += watcher.fetch_watermarks(output, p, Duration::from_secs(5))?.1 as u64;
+            }
+            if total >= messages || running.is_finished() {
+                break Ok::<_, anyhow::Error>(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        shutdown.request_stop();
+        let report = running
+            .join()
+            .map_err(|_| anyhow::anyhow!("the Kafka graph panicked"))??;
+        if let Some(failure) = report.failure {
+            anyhow::bail!("the Kafka graph failed: {failure}");
+        }
+        out
+    })?;
+    Ok(took)
+}
