@@ -41,8 +41,10 @@ pub(super) fn run(fx: &Fixtures, brokers: &str, messages: u64) -> anyhow::Result
     }
     flush(&producer, &shutdown)?;
 
-    let raw = raw_loop(&kafka, &input, &raw_out, messages, &shutdown)?;
-    let flowhost = through_flowhost(fx, &kafka, &input, &fh_out, messages)?;
+    let raw = timed(&kafka, &raw_out, messages, |stop| {
+        raw_loop(&kafka, &input, &raw_out, stop, &shutdown)
+    })?;
+    let flowhost = timed(&kafka, &fh_out, messages, |stop| through_flowhost(fx, &kafka, &input, &fh_out, stop))?;
     let rate = |d: Duration| messages as f64 / d.as_secs_f64();
     eprintln!("  kafka: raw loop {raw:.2?}, flowhost {flowhost:.2?} for {messages} messages");
     Ok(vec![
@@ -51,20 +53,46 @@ pub(super) fn run(fx: &Fixtures, brokers: &str, messages: u64) -> anyhow::Result
     ])
 }
 
-/// Poll, produce, flush and commit every 100 ms, until `messages` are out and acknowledged.
-fn raw_loop(
+/// Runs `run` until `messages` records arrived in `output` (counted by a consumer of
+/// its own, the same for both), then stops it; the time it took.
+fn timed(
     kafka: &Kafka,
-    input: &str,
     output: &str,
     messages: u64,
-    shutdown: &Arc<Shutdown>,
+    run: impl FnOnce(&Shutdown) -> anyhow::Result<()> + Send,
 ) -> anyhow::Result<Duration> {
+    let counter: BaseConsumer = kafka.consumer_config(&format!("{output}.count")).create()?;
+    counter.subscribe(&[output])?;
+    let stop = Shutdown::default();
     let started = Instant::now();
+    std::thread::scope(|s| {
+        let running = s.spawn(|| run(&stop));
+        let mut seen = 0;
+        let took = loop {
+            if let Some(m) = counter.poll(Duration::from_millis(50)) {
+                m?;
+                seen += 1;
+            }
+            if seen >= messages || running.is_finished() {
+                break started.elapsed();
+            }
+        };
+        stop.request_stop();
+        running
+            .join()
+            .map_err(|_| anyhow::anyhow!("the run panicked"))??;
+        anyhow::ensure!(seen >= messages, "only {seen} of {messages} messages came out");
+        Ok(took)
+    })
+}
+
+/// Poll, produce, and every 100 ms flush and commit, until stopped.
+fn raw_loop(kafka: &Kafka, input: &str, output: &str, stop: &Shutdown, shutdown: &Arc<Shutdown>) -> anyhow::Result<()> {
     let consumer: BaseConsumer = kafka.consumer_config(&format!("{input}.raw")).create()?;
     consumer.subscribe(&[input])?;
     let producer = kafka.producer("raw loop", None, shutdown)?;
-    let (mut done, mut committed) = (0u64, Instant::now());
-    while done < messages {
+    let mut committed = Instant::now();
+    while !stop.is_stopping() {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m?;
             let mut record = BaseRecord::with_opaque_to(output, Held(None)).payload(m.payload().unwrap_or_default());
@@ -72,20 +100,18 @@ fn raw_loop(
                 record = record.key(key);
             }
             send(&producer, record)?;
-            done += 1;
         }
-        if committed.elapsed() > Duration::from_millis(100) || done == messages {
+        if committed.elapsed() > Duration::from_millis(100) {
             flush(&producer, shutdown)?;
             consumer.commit_consumer_state(CommitMode::Async)?;
             committed = Instant::now();
         }
     }
-    flush(&producer, shutdown)?;
-    Ok(started.elapsed())
+    flush(&producer, shutdown)
 }
 
-/// The graph `kafka source → passthrough → kafka sink`, run until `messages` are out.
-fn through_flowhost(fx: &Fixtures, kafka: &Kafka, input: &str, output: &str, messages: u64) -> anyhow::Result<Duration> {
+/// The graph `kafka source → passthrough → kafka sink`, run until stopped.
+fn through_flowhost(fx: &Fixtures, kafka: &Kafka, input: &str, output: &str, stop: &Shutdown) -> anyhow::Result<()> {
     let dir = super::process::scratch("kafka")?;
     let manifest = format!(
         r#"name = "kafka-bench"
@@ -115,28 +141,18 @@ to = "out"
     std::fs::write(&path, manifest)?;
     let graph = Graph::load(&path)?;
     let shutdown = Arc::new(Shutdown::default());
-    let watcher: BaseConsumer = kafka.consumer_config(&format!("{output}.watch")).create()?;
-    let started = Instant::now();
-    let took = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let running = s.spawn(|| crate::kafka::run(&graph, &fx.engine, &RunOptions::default(), &shutdown));
-        let out = loop {
-            let mut total = 0;
-            for p in 0..PARTITIONS {
-                total += watcher.fetch_watermarks(output, p, Duration::from_secs(5))?.1 as u64;
-            }
-            if total >= messages || running.is_finished() {
-                break Ok::<_, anyhow::Error>(started.elapsed());
-            }
+        while !stop.is_stopping() && !running.is_finished() {
             std::thread::sleep(Duration::from_millis(5));
-        };
+        }
         shutdown.request_stop();
         let report = running
             .join()
             .map_err(|_| anyhow::anyhow!("the Kafka graph panicked"))??;
-        if let Some(failure) = report.failure {
-            anyhow::bail!("the Kafka graph failed: {failure}");
+        match report.failure {
+            Some(failure) => anyhow::bail!("the Kafka graph failed: {failure}"),
+            None => Ok(()),
         }
-        out
-    })?;
-    Ok(took)
+    })
 }

@@ -31,9 +31,32 @@ pub struct Health {
     down: AtomicBool,
     errors: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Per topic and partition: the offset after the last record this process's
+    /// producers had acknowledged.
+    produced: Mutex<std::collections::HashMap<String, Vec<i64>>>,
 }
 
 impl Health {
+    fn delivered(&self, topic: &str, partition: i32, offset: i64) {
+        let Ok(p) = usize::try_from(partition) else { return };
+        let mut produced = self.produced.lock().unwrap_or_else(|e| e.into_inner());
+        let ends = match produced.get_mut(topic) {
+            Some(ends) => ends,
+            None => produced.entry(topic.to_owned()).or_default(),
+        };
+        if ends.len() <= p {
+            ends.resize(p + 1, 0);
+        }
+        ends[p] = ends[p].max(offset + 1);
+    }
+
+    /// The offset after the last record this process wrote to `topic`/`partition`.
+    pub fn produced(&self, topic: &str, partition: i32) -> i64 {
+        let produced = self.produced.lock().unwrap_or_else(|e| e.into_inner());
+        let ends = produced.get(topic).map_or(&[][..], Vec::as_slice);
+        usize::try_from(partition).ok().and_then(|p| ends.get(p)).copied().unwrap_or(0)
+    }
+
     fn failed(&self, error: &KafkaError, reason: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
@@ -315,7 +338,10 @@ impl ProducerContext for Deliveries {
 
     fn delivery(&self, result: &DeliveryResult<'_>, held: Held) {
         match result {
-            Ok(_) => drop(held),
+            Ok(m) => {
+                self.link.health.delivered(m.topic(), m.partition(), m.offset());
+                drop(held)
+            }
             Err((e, m)) => {
                 self.shutdown.fail(format!(
                     "{}: a message to topic `{}` could not be delivered: {e}",

@@ -295,6 +295,28 @@ pub struct Ingress {
     pub drain: Arc<AtomicBool>,
 }
 
+/// The end of a partition as the last fetch response said (librdkafka keeps it per
+/// partition it fetches; rdkafka does not wrap the call).
+fn fetched_end<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> i64 {
+    let Ok(topic) = std::ffi::CString::new(topic) else { return -1 };
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: a live client, a NUL-terminated topic name, and two out-pointers to i64s.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+        high
+    } else {
+        -1
+    }
+}
+
 impl Ingress {
     /// Reads until stopped (or drained), then settles and closes the routes; returns the
     /// consumer, whose committer still has to [`Committer::close`] once the vertex ended.
@@ -303,19 +325,22 @@ impl Ingress {
         self.consumer
             .subscribe(&topics)
             .with_context(|| format!("{}: subscribing to {}", self.name, topics.join(", ")))?;
-        let mut checked = Instant::now();
+        // Caught up twice in a row, far enough apart for a fresh fetch response between
+        // (fetch.wait.max.ms is 500 by default): the ends it knows are current.
+        let (mut checked, mut caught_up) = (Instant::now(), false);
         while !self.shutdown.is_stopping() {
             let polled = self.poll()?;
             self.consumer.context().committer().tick(&self.consumer)?;
-            if polled == 0
-                && self.drain.load(Ordering::Acquire)
-                && checked.elapsed() > Duration::from_millis(100)
-            {
+            if polled > 0 {
+                caught_up = false;
+            } else if self.drain.load(Ordering::Acquire) && checked.elapsed() > Duration::from_millis(600) {
                 checked = Instant::now();
                 self.consumer.context().committer().settle(&self.consumer)?;
-                if self.caught_up()? {
+                let now = self.caught_up()?;
+                if now && caught_up {
                     break;
                 }
+                caught_up = now;
             }
         }
         self.consumer.context().committer().settle(&self.consumer)?;
@@ -369,7 +394,10 @@ impl Ingress {
     }
 
     /// Whether this vertex's group has read and committed every input partition to its
-    /// end (a transactional topic ends in a commit marker, which is never read).
+    /// end: the furthest of what the brokers list as the end (which some brokers, tansu
+    /// among them, under-report), what the last fetch response said, and what this
+    /// process's own producers wrote there. A transactional topic ends in a commit
+    /// marker, which is never read.
     fn caught_up(&self) -> anyhow::Result<bool> {
         let positions = self.consumer.position()?;
         for (t, topic) in self.topics.iter().enumerate() {
@@ -381,13 +409,15 @@ impl Ingress {
             }
             let committed = self.consumer.committed_offsets(tpl, CALL_TIMEOUT)?;
             for p in 0..partitions {
-                let (_, high) = self.consumer.fetch_watermarks(topic, p, CALL_TIMEOUT)?;
+                let (_, listed) = self.consumer.fetch_watermarks(topic, p, CALL_TIMEOUT)?;
+                let high = listed.max(fetched_end(&self.consumer, topic, p));
                 let offset = |l: &TopicPartitionList| match l.find_partition(topic, p).map(|e| e.offset()) {
                     Some(Offset::Offset(o)) => o,
                     _ => 0,
                 };
                 let at = offset(&committed).max(offset(&positions));
-                let end = if self.transactional[t] { high - 1 } else { high };
+                let marker = self.transactional[t] as i64;
+                let end = (high - marker).max(self.consumer.context().link.health.produced(topic, p));
                 if at < end {
                     tracing::trace!("{}: {topic}/{p} at {at} of {high}", self.name);
                     return Ok(false);
