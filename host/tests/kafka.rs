@@ -58,7 +58,9 @@ fn a_fan_out_graph_over_the_broker_gives_exactly_the_expected_output() {
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     let input: Vec<String> = (0..3000)
         .map(|i| {
-            let line: Vec<&str> = (0..(i % 4 + 1)).map(|j| words[(i * 3 + j * 5) % words.len()]).collect();
+            let line: Vec<&str> = (0..(i % 4 + 1))
+                .map(|j| words[(i * 3 + j * 5) % words.len()])
+                .collect();
             for w in &line {
                 *expected.entry(w.to_string()).or_default() += 1;
             }
@@ -232,7 +234,10 @@ fn two_processes_share_a_node_and_a_killed_one_loses_nothing() {
         "B received {b_received} before kill -9; outputs {} for {total} inputs: {duplicates} duplicates",
         out.len()
     );
-    assert!(duplicates as u64 <= b_received, "{duplicates} duplicates > {b_received} B received");
+    assert!(
+        duplicates as u64 <= b_received,
+        "{duplicates} duplicates > {b_received} B received"
+    );
 }
 
 /// stdin → tally (counts per line in a durable store) over Kafka.
@@ -293,7 +298,9 @@ fn durable_state_comes_back_from_its_changelog_after_a_restart() {
     let input: String = (0..2_000).map(|i| format!("k{}\n", i % 7)).collect();
     assert!(run_with_input(dir.path(), &input).success());
     let before = dump(dir.path());
-    let want: String = (0..7).map(|k| format!("k{k}\t{}\n", if k < 5 { 286 } else { 285 })).collect();
+    let want: String = (0..7)
+        .map(|k| format!("k{k}\t{}\n", if k < 5 { 286 } else { 285 }))
+        .collect();
     assert_eq!(before, want);
 
     // A restart restores all 7 keys before reading anything.
@@ -303,12 +310,19 @@ fn durable_state_comes_back_from_its_changelog_after_a_restart() {
     });
     assert_eq!(status.nodes[0].counts.received, 0);
     assert!(restarted.finish().success());
-    assert_eq!(dump(dir.path()), before, "state after the restart equals state before it");
+    assert_eq!(
+        dump(dir.path()),
+        before,
+        "state after the restart equals state before it"
+    );
 
     // And counting goes on from the restored values.
     assert!(run_with_input(dir.path(), "k0\nk0\nk6\n").success());
     let after = dump(dir.path());
-    assert!(after.contains("k0\t288\n") && after.contains("k6\t286\n"), "{after}");
+    assert!(
+        after.contains("k0\t288\n") && after.contains("k6\t286\n"),
+        "{after}"
+    );
     assert!(after.contains("k1\t286\n"), "{after}");
 }
 

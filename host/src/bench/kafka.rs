@@ -29,7 +29,11 @@ pub(super) fn run(fx: &Fixtures, brokers: &str, messages: u64) -> anyhow::Result
     let run_id = crate::io::source::now_millis();
     let input = format!("bench.in.{run_id}");
     let (raw_out, fh_out) = (format!("bench.raw.{run_id}"), format!("bench.flowhost.{run_id}"));
-    kafka.create_topics(&[(input.clone(), false), (raw_out.clone(), false), (fh_out.clone(), false)])?;
+    kafka.create_topics(&[
+        (input.clone(), false),
+        (raw_out.clone(), false),
+        (fh_out.clone(), false),
+    ])?;
     let shutdown = Arc::new(Shutdown::default());
 
     // The input: `messages` records of 100 bytes, keyed over 64 keys.
@@ -37,19 +41,32 @@ pub(super) fn run(fx: &Fixtures, brokers: &str, messages: u64) -> anyhow::Result
     let payload = [b'x'; 100];
     for i in 0..messages {
         let key = format!("k{}", i % 64);
-        send(&producer, BaseRecord::with_opaque_to(&input, Held(None)).key(&key).payload(&payload[..]))?;
+        send(
+            &producer,
+            BaseRecord::with_opaque_to(&input, Held(None))
+                .key(&key)
+                .payload(&payload[..]),
+        )?;
     }
     flush(&producer, &shutdown)?;
 
     let raw = timed(&kafka, &raw_out, messages, |stop| {
         raw_loop(&kafka, &input, &raw_out, stop, &shutdown)
     })?;
-    let flowhost = timed(&kafka, &fh_out, messages, |stop| through_flowhost(fx, &kafka, &input, &fh_out, stop))?;
+    let flowhost = timed(&kafka, &fh_out, messages, |stop| {
+        through_flowhost(fx, &kafka, &input, &fh_out, stop)
+    })?;
     let rate = |d: Duration| messages as f64 / d.as_secs_f64();
     eprintln!("  kafka: raw loop {raw:.2?}, flowhost {flowhost:.2?} for {messages} messages");
     Ok(vec![
-        Row::new("kafka topic → passthrough → topic", rate(flowhost), Some(rate(raw)), "msg/s", Better::Higher)
-            .ratio_target(0.8),
+        Row::new(
+            "kafka topic → passthrough → topic",
+            rate(flowhost),
+            Some(rate(raw)),
+            "msg/s",
+            Better::Higher,
+        )
+        .ratio_target(0.8),
     ])
 }
 
@@ -87,7 +104,13 @@ fn timed(
 }
 
 /// Poll, produce, and every 100 ms flush and commit, until stopped.
-fn raw_loop(kafka: &Kafka, input: &str, output: &str, stop: &Shutdown, shutdown: &Arc<Shutdown>) -> anyhow::Result<()> {
+fn raw_loop(
+    kafka: &Kafka,
+    input: &str,
+    output: &str,
+    stop: &Shutdown,
+    shutdown: &Arc<Shutdown>,
+) -> anyhow::Result<()> {
     let consumer: BaseConsumer = kafka.consumer_config(&format!("{input}.raw")).create()?;
     consumer.subscribe(&[input])?;
     let producer = kafka.producer("raw loop", None, shutdown)?;
@@ -95,7 +118,8 @@ fn raw_loop(kafka: &Kafka, input: &str, output: &str, stop: &Shutdown, shutdown:
     while !stop.is_stopping() {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m?;
-            let mut record = BaseRecord::with_opaque_to(output, Held(None)).payload(m.payload().unwrap_or_default());
+            let mut record =
+                BaseRecord::with_opaque_to(output, Held(None)).payload(m.payload().unwrap_or_default());
             if let Some(key) = m.key() {
                 record = record.key(key);
             }
@@ -111,7 +135,13 @@ fn raw_loop(kafka: &Kafka, input: &str, output: &str, stop: &Shutdown, shutdown:
 }
 
 /// The graph `kafka source → passthrough → kafka sink`, run until stopped.
-fn through_flowhost(fx: &Fixtures, kafka: &Kafka, input: &str, output: &str, stop: &Shutdown) -> anyhow::Result<()> {
+fn through_flowhost(
+    fx: &Fixtures,
+    kafka: &Kafka,
+    input: &str,
+    output: &str,
+    stop: &Shutdown,
+) -> anyhow::Result<()> {
     let dir = super::process::scratch("kafka")?;
     let manifest = format!(
         r#"name = "kafka-bench"

@@ -44,7 +44,12 @@ pub fn topic(graph: &str, store: &str) -> String {
 
 impl Changelog {
     /// The durable stores of `stores` and their topics.
-    pub fn new(kafka: &Kafka, graph: &str, stores: &Stores, shutdown: &Arc<Shutdown>) -> anyhow::Result<Self> {
+    pub fn new(
+        kafka: &Kafka,
+        graph: &str,
+        stores: &Stores,
+        shutdown: &Arc<Shutdown>,
+    ) -> anyhow::Result<Self> {
         Ok(Changelog {
             stores: stores
                 .iter()
@@ -149,7 +154,9 @@ impl Changelog {
                 store.name(),
                 store.len()
             );
-            let Some(shutdown) = shutdown.cloned() else { continue };
+            let Some(shutdown) = shutdown.cloned() else {
+                continue;
+            };
             let (store, process) = (store.clone(), self.process.clone());
             let name = format!("changelog-{}", store.name());
             std::thread::Builder::new().name(name).spawn(move || {

@@ -12,9 +12,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
-use rdkafka::message::ToBytes;
 use rdkafka::util::IntoOpaque;
 use rdkafka::{Message, Timestamp};
 
@@ -54,7 +54,11 @@ impl Health {
     pub fn produced(&self, topic: &str, partition: i32) -> i64 {
         let produced = self.produced.lock().unwrap_or_else(|e| e.into_inner());
         let ends = produced.get(topic).map_or(&[][..], Vec::as_slice);
-        usize::try_from(partition).ok().and_then(|p| ends.get(p)).copied().unwrap_or(0)
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| ends.get(p))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn failed(&self, error: &KafkaError, reason: &str) {
@@ -62,7 +66,9 @@ impl Health {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
         let all_down = matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown));
         if all_down && !self.down.swap(true, Ordering::Relaxed) {
-            tracing::warn!("lost every Kafka broker ({reason}); retrying with backoff, nothing is committed until they are back");
+            tracing::warn!(
+                "lost every Kafka broker ({reason}); retrying with backoff, nothing is committed until they are back"
+            );
         } else {
             tracing::debug!("kafka: {reason}");
         }
@@ -135,7 +141,8 @@ impl Kafka {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         let process = format!(
             "{}-{}-{}",
-            host.trim().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+            host.trim()
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
             std::process::id(),
             crate::io::source::now_millis()
         );
@@ -348,7 +355,9 @@ impl ProducerContext for Deliveries {
                     self.name,
                     m.topic()
                 ));
-                held.0.map(Ack::forget);
+                if let Some(ack) = held.0 {
+                    ack.forget();
+                }
             }
         }
     }
@@ -397,7 +406,9 @@ pub fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err((e, back)) => {
-                back.delivery_opaque.0.map(Ack::forget);
+                if let Some(ack) = back.delivery_opaque.0 {
+                    ack.forget();
+                }
                 return Err(e);
             }
         }

@@ -41,12 +41,15 @@ pub enum Commits {
     ExactlyOnce(Arc<Producer>),
 }
 
+/// The next offset to read per (topic index, partition) a polled batch covers.
+type Offsets = Vec<(usize, i32, i64)>;
+
 /// Which batches are done, and what may be committed.
 pub struct Committer {
     name: String,
     topics: Arc<[String]>,
     /// Polled batches in poll order: done flag, next offset per (topic, partition) read.
-    pending: VecDeque<(Arc<AtomicBool>, Vec<(usize, i32, i64)>)>,
+    pending: VecDeque<(Arc<AtomicBool>, Offsets)>,
     /// Next offset to read per (topic, partition), of everything done so far.
     ready: BTreeMap<(usize, i32), i64>,
     /// Whether `ready` moved since the last commit.
@@ -97,7 +100,7 @@ impl Committer {
         &self.name
     }
 
-    fn push(&mut self, done: Arc<AtomicBool>, offsets: Vec<(usize, i32, i64)>) {
+    fn push(&mut self, done: Arc<AtomicBool>, offsets: Offsets) {
         self.pending.push_back((done, offsets));
     }
 
@@ -148,7 +151,11 @@ impl Committer {
         self.commit(consumer, CommitMode::Sync)
     }
 
-    fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, mode: CommitMode) -> anyhow::Result<()> {
+    fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        mode: CommitMode,
+    ) -> anyhow::Result<()> {
         self.last = Instant::now();
         let name = &self.name;
         match &self.mode {
@@ -298,7 +305,9 @@ pub struct Ingress {
 /// The end of a partition as the last fetch response said (librdkafka keeps it per
 /// partition it fetches; rdkafka does not wrap the call).
 fn fetched_end<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> i64 {
-    let Ok(topic) = std::ffi::CString::new(topic) else { return -1 };
+    let Ok(topic) = std::ffi::CString::new(topic) else {
+        return -1;
+    };
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: a live client, a NUL-terminated topic name, and two out-pointers to i64s.
     let err = unsafe {
@@ -352,7 +361,7 @@ impl Ingress {
     /// Polls up to a batch and hands it on; the number of messages.
     fn poll(&mut self) -> anyhow::Result<usize> {
         let mut batches: Vec<Vec<Msg>> = vec![Vec::new(); self.routes.len()];
-        let mut offsets: Vec<(usize, i32, i64)> = Vec::new();
+        let mut offsets: Offsets = Vec::new();
         let mut n = 0;
         let mut wait = Duration::from_millis(100);
         while n < self.batch_size {

@@ -33,8 +33,8 @@ use crate::engine::Engine;
 use crate::io::sink::SinkWriter;
 use crate::io::source;
 use crate::manifest::{Connection, Delivery, ErrorPolicy, Graph, SinkKind, SourceKind, Vertex};
-use crate::state::{Entries, Stores};
 use crate::state::durable::Position;
+use crate::state::{Entries, Stores};
 use crate::topology::status::Phase;
 use crate::topology::{
     InFlight, Inbox, Nodes, Route, Router, RunOptions, RunReport, Services, Shutdown, channel, drain_sink,
@@ -51,7 +51,11 @@ pub fn read_state(graph: &Graph) -> anyhow::Result<(BTreeMap<String, Entries>, S
     let changelog = Changelog::new(&kafka, &graph.name, &stores, &Arc::default())?;
     for topic in changelog.topics() {
         if kafka.partitions(topic)?.is_none() {
-            bail!("graph `{}` has no state on {} yet: no topic `{topic}`", graph.name, kafka.brokers);
+            bail!(
+                "graph `{}` has no state on {} yet: no topic `{topic}`",
+                graph.name,
+                kafka.brokers
+            );
         }
     }
     changelog.restore(&kafka, None)?;
@@ -84,7 +88,10 @@ impl Placement {
                 || graph.nodes.iter().any(|s| &s.id == n)
                 || graph.sinks.iter().any(|s| &s.id == n);
             if !known {
-                bail!("--nodes: `{n}` is not a source, node or sink of graph `{}`", graph.name);
+                bail!(
+                    "--nodes: `{n}` is not a source, node or sink of graph `{}`",
+                    graph.name
+                );
             }
         }
         let here = |id: &String| names.contains(id);
@@ -184,7 +191,12 @@ fn prepare_topics(kafka: &Kafka, graph: &Graph, changelog: Option<&Changelog>) -
 }
 
 /// Runs the vertices of `graph` placed on this process over Kafka.
-pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shutdown>) -> anyhow::Result<RunReport> {
+pub fn run(
+    graph: &Graph,
+    engine: &Engine,
+    opts: &RunOptions,
+    shutdown: &Arc<Shutdown>,
+) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let kafka = Kafka::new(&graph.kafka)?;
     let here = Placement::new(graph, opts.placement.as_deref())?;
@@ -214,7 +226,12 @@ pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shu
     let router = |from: Vertex, ports: usize, producer: &Arc<Producer>| {
         let mut r = Router::new(ports);
         for e in graph.edges.iter().filter(|e| e.from == from) {
-            let route = Route::new(vec![to_topic(&e.topic, producer)], e.to_port, e.connection, in_flight.clone());
+            let route = Route::new(
+                vec![to_topic(&e.topic, producer)],
+                e.to_port,
+                e.connection,
+                in_flight.clone(),
+            );
             r.add(e.from_port, route);
         }
         r
@@ -226,7 +243,10 @@ pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shu
             topics.clone(),
             graph.kafka.commit_interval,
             commits,
-            changelog.clone().filter(|_| !stores.is_empty()).map(|c| (c, stores)),
+            changelog
+                .clone()
+                .filter(|_| !stores.is_empty())
+                .map(|c| (c, stores)),
             shutdown.clone(),
         )?;
         let context = Rebalancing {
@@ -244,7 +264,11 @@ pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shu
     let mut node_runs = Vec::new();
     for (i, spec) in graph.nodes.iter().enumerate().filter(|(i, _)| here.nodes[*i]) {
         let transactional_id = eos.then(|| format!("{}.{}.{}", graph.name, spec.id, kafka.process));
-        let producer = kafka.producer(&format!("node `{}`", spec.id), transactional_id.as_deref(), shutdown)?;
+        let producer = kafka.producer(
+            &format!("node `{}`", spec.id),
+            transactional_id.as_deref(),
+            shutdown,
+        )?;
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..spec.replicas as usize)
             .map(|r| channel(opts.channel_capacity, status.replica(i, r).queue.clone()))
             .unzip();
@@ -273,7 +297,15 @@ pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shu
             }
         };
         let v = Vertex::Node(i);
-        let ingress = ingress(graph, v, consumer(v, &spec.id, commits, written)?, txs, opts, shutdown, &in_flight);
+        let ingress = ingress(
+            graph,
+            v,
+            consumer(v, &spec.id, commits, written)?,
+            txs,
+            opts,
+            shutdown,
+            &in_flight,
+        );
         node_runs.push((i, ingress, replicas));
     }
     let mut sink_runs = Vec::new();
@@ -286,7 +318,15 @@ pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shu
         let (tx, rx) = channel(opts.channel_capacity, status.sink(k).queue.clone());
         let v = Vertex::Sink(k);
         let commits = Commits::AtLeastOnce { producer: None };
-        let ingress = ingress(graph, v, consumer(v, &spec.id, commits, Vec::new())?, vec![tx], opts, shutdown, &in_flight);
+        let ingress = ingress(
+            graph,
+            v,
+            consumer(v, &spec.id, commits, Vec::new())?,
+            vec![tx],
+            opts,
+            shutdown,
+            &in_flight,
+        );
         sink_runs.push((k, ingress, writer, rx));
     }
     let mut source_runs = Vec::new();
@@ -371,7 +411,10 @@ pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shu
                         router.send(0, batch);
                         true
                     });
-                    if let Err(e) = reached.map_err(anyhow::Error::msg).and_then(|_| flush(&producer, shutdown)) {
+                    if let Err(e) = reached
+                        .map_err(anyhow::Error::msg)
+                        .and_then(|_| flush(&producer, shutdown))
+                    {
                         shutdown.fail(format!("source `{}`: {e:#}", spec.id));
                     }
                     (i, count.load(Ordering::Relaxed))
@@ -403,7 +446,10 @@ pub fn run(graph: &Graph, engine: &Engine, opts: &RunOptions, shutdown: &Arc<Shu
             .into_iter()
             .map(|(i, n)| (graph.sources[i].id.clone(), n))
             .collect(),
-        sinks: sinks.into_iter().map(|(k, n)| (graph.sinks[k].id.clone(), n)).collect(),
+        sinks: sinks
+            .into_iter()
+            .map(|(k, n)| (graph.sinks[k].id.clone(), n))
+            .collect(),
         failure: shutdown.failure(),
         elapsed: started.elapsed(),
         stores,
@@ -486,4 +532,3 @@ fn drain_in_order(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
-

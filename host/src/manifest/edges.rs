@@ -36,7 +36,9 @@ pub(super) fn edges(
             (Some(t), Some(_)) => {
                 r.at(
                     t.span(),
-                    format!("{label}: `topic` does not apply: the edge uses its Kafka source's or sink's topic"),
+                    format!(
+                        "{label}: `topic` does not apply: the edge uses its Kafka source's or sink's topic"
+                    ),
                 );
                 String::new()
             }

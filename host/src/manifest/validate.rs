@@ -140,7 +140,10 @@ fn kafka(r: &mut Report, raw: &RawGraph) -> KafkaSpec {
         match name {
             "brokers" => match v.as_str() {
                 Some(b) if !b.trim().is_empty() => spec.brokers = Some(b.to_owned()),
-                _ => r.at(value.span(), "kafka: `brokers` must be a non-empty string of host:port[,host:port…]"),
+                _ => r.at(
+                    value.span(),
+                    "kafka: `brokers` must be a non-empty string of host:port[,host:port…]",
+                ),
             },
             "partitions" => spec.partitions = whole(r, "a number of partitions", 1, 10_000) as i32,
             "replication" => spec.replication = whole(r, "a replication factor", 1, 100) as i32,
@@ -154,7 +157,9 @@ fn kafka(r: &mut Report, raw: &RawGraph) -> KafkaSpec {
                     _ => {
                         r.at(
                             value.span(),
-                            format!("kafka: `delivery` must be \"at-least-once\" or \"exactly-once\", not {v}"),
+                            format!(
+                                "kafka: `delivery` must be \"at-least-once\" or \"exactly-once\", not {v}"
+                            ),
                         );
                         Delivery::AtLeastOnce
                     }
@@ -595,7 +600,9 @@ fn sink(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSink) -> SinkSp
         not_for(r, span(&s.topic), "topic", &what);
     }
     let kind = match (kind, &s.path) {
-        (raw::SinkKind::Kafka, None) => SinkKind::Kafka(kafka_topic(r, &s.kind, &s.topic, &format!("sink `{name}`"))),
+        (raw::SinkKind::Kafka, None) => {
+            SinkKind::Kafka(kafka_topic(r, &s.kind, &s.topic, &format!("sink `{name}`")))
+        }
         (raw::SinkKind::File, Some(p)) => SinkKind::File(resolve(dir, p)),
         (raw::SinkKind::File, None) => {
             r.at(s.kind.span(), format!("sink `{name}` needs a `path`"));

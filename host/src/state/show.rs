@@ -62,11 +62,7 @@ impl<'g> Saved<'g> {
     /// Each store: durability, TTL and saved keys; then the last checkpoint.
     pub fn summary(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "state of graph `{}` in {}",
-            self.graph.name, self.place
-        );
+        let _ = writeln!(out, "state of graph `{}` in {}", self.graph.name, self.place);
         for spec in &self.graph.stores {
             let ttl = spec.ttl.map(|t| format!(", ttl {t:?}")).unwrap_or_default();
             let held = match spec.durability {

@@ -365,7 +365,12 @@ pub(crate) struct Services {
 }
 
 impl Services {
-    pub fn start(graph: &Graph, opts: &RunOptions, status: &Arc<Status>, stores: &Stores) -> anyhow::Result<Self> {
+    pub fn start(
+        graph: &Graph,
+        opts: &RunOptions,
+        status: &Arc<Status>,
+        stores: &Stores,
+    ) -> anyhow::Result<Self> {
         let admin = opts
             .admin
             .map(|a| crate::admin::serve(a, status.clone()))
@@ -397,7 +402,9 @@ pub fn run(
         return crate::kafka::run(graph, engine, opts, shutdown);
     }
     if opts.placement.is_some() {
-        anyhow::bail!("--nodes places nodes on processes of a Kafka graph: run it with transport = \"kafka\"");
+        anyhow::bail!(
+            "--nodes places nodes on processes of a Kafka graph: run it with transport = \"kafka\""
+        );
     }
     let started = Instant::now();
     let stores = Stores::for_graph(graph);

@@ -26,7 +26,11 @@ pub struct Envelope {
 impl Envelope {
     /// A batch for `port` that nothing waits on.
     pub fn new(port: u16, msgs: Vec<Msg>) -> Self {
-        Envelope { port, msgs, ack: None }
+        Envelope {
+            port,
+            msgs,
+            ack: None,
+        }
     }
 }
 
