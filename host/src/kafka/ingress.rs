@@ -205,6 +205,9 @@ impl Committer {
     /// After the vertex has ended: everything it produced (its `finish` outputs too)
     /// delivered, the last offsets committed.
     pub fn close<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+        // The last commit goes out even if nothing moved since an asynchronous one that
+        // may have failed.
+        self.moved = true;
         self.settle(consumer)?;
         match &self.mode {
             Commits::AtLeastOnce { producer } => {
