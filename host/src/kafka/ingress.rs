@@ -160,7 +160,7 @@ impl Committer {
         let name = &self.name;
         match &self.mode {
             Commits::AtLeastOnce { .. } => {
-                if !self.moved {
+                if !self.moved || self.ready.is_empty() {
                     return Ok(());
                 }
                 // State first: a commit must never be ahead of the changes it caused.
@@ -186,10 +186,11 @@ impl Committer {
                 let group = consumer
                     .group_metadata()
                     .with_context(|| format!("{name}: no consumer group metadata"))?;
-                let offsets = self.offsets()?;
-                producer
-                    .send_offsets_to_transaction(&offsets, &group, CALL_TIMEOUT)
-                    .with_context(|| format!("{name}: adding offsets to the transaction"))?;
+                if !self.ready.is_empty() {
+                    producer
+                        .send_offsets_to_transaction(&self.offsets()?, &group, CALL_TIMEOUT)
+                        .with_context(|| format!("{name}: adding offsets to the transaction"))?;
+                }
                 producer
                     .commit_transaction(CALL_TIMEOUT)
                     .with_context(|| format!("{name}: committing the transaction"))?;
