@@ -127,8 +127,8 @@ to = "counts"
     let out = run(dir.path(), &[]);
     assert!(out.status.success(), "{}", text(&out));
 
-    // The fan-out's copy: every line once, in order per key-less partition is not
-    // promised, so compared as a multiset.
+    // The fan-out's copy: every line exactly once (unkeyed lines spread over partitions,
+    // so their order across partitions is not promised: compared sorted).
     let mut copy = lines(&dir.path().join("copy.txt"));
     copy.sort();
     let mut want = input.clone();
