@@ -435,26 +435,17 @@ pub fn run(
             .collect();
         (sources, sinks)
     });
-    let failed = shutdown.failure().is_some();
-    status
-        .phase
-        .set(if failed { Phase::Failed } else { Phase::Stopped });
-    drop(services);
-    Ok(RunReport {
-        nodes: nodes.counts(graph),
-        sources: sources
-            .into_iter()
-            .map(|(i, n)| (graph.sources[i].id.clone(), n))
-            .collect(),
-        sinks: sinks
-            .into_iter()
-            .map(|(k, n)| (graph.sinks[k].id.clone(), n))
-            .collect(),
-        failure: shutdown.failure(),
-        elapsed: started.elapsed(),
-        stores,
-        checkpoints: 0,
-    })
+    let sources = sources
+        .into_iter()
+        .map(|(i, n)| (graph.sources[i].id.clone(), n))
+        .collect();
+    let sinks = sinks
+        .into_iter()
+        .map(|(k, n)| (graph.sinks[k].id.clone(), n))
+        .collect();
+    let mut report = nodes.ended(graph, services, shutdown, (sources, sinks), stores);
+    report.elapsed = started.elapsed();
+    Ok(report)
 }
 
 /// The reader of vertex `v`: one route per input topic into `targets`.

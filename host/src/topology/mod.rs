@@ -245,6 +245,9 @@ pub fn load(graph: &Graph, engine: &Engine, stores: &Stores) -> anyhow::Result<V
         .collect()
 }
 
+/// Messages per source or sink, by id.
+pub(crate) type Counts = Vec<(String, u64)>;
+
 /// What a run keeps per node, whatever the transport.
 pub(crate) struct Nodes {
     pub templates: Vec<Arc<NodeTemplate>>,
@@ -335,15 +338,39 @@ impl Nodes {
             .collect()
     }
 
-    /// Per node: id, module hash, counts.
-    pub fn counts(&self, graph: &Graph) -> Vec<(String, String, NodeCounts)> {
-        graph
-            .nodes
-            .iter()
-            .zip(&self.versions)
-            .zip(&self.stats)
-            .map(|((n, v), s)| (n.id.clone(), v.current().hash().to_owned(), s.counts()))
-            .collect()
+    /// The run has ended: its phase set, its services stopped, its report (`elapsed`
+    /// and `checkpoints` left for the caller).
+    pub fn ended(
+        &self,
+        graph: &Graph,
+        services: Services,
+        shutdown: &Shutdown,
+        (sources, sinks): (Counts, Counts),
+        stores: Stores,
+    ) -> RunReport {
+        let failure = shutdown.failure();
+        let phase = if failure.is_some() {
+            Phase::Failed
+        } else {
+            Phase::Stopped
+        };
+        self.status.phase.set(phase);
+        drop(services);
+        RunReport {
+            nodes: graph
+                .nodes
+                .iter()
+                .zip(&self.versions)
+                .zip(&self.stats)
+                .map(|((n, v), s)| (n.id.clone(), v.current().hash().to_owned(), s.counts()))
+                .collect(),
+            sources,
+            sinks,
+            failure,
+            elapsed: Duration::ZERO,
+            stores,
+            checkpoints: 0,
+        }
     }
 }
 
@@ -572,20 +599,12 @@ pub fn run(
         );
     }
 
-    let failed = shutdown.failure().is_some();
-    status
-        .phase
-        .set(if failed { Phase::Failed } else { Phase::Stopped });
-    drop(services);
-    Ok(RunReport {
-        nodes: nodes.counts(graph),
-        sources: graph.sources.iter().map(|s| s.id.clone()).zip(sources).collect(),
-        sinks: graph.sinks.iter().map(|s| s.id.clone()).zip(sinks).collect(),
-        failure: shutdown.failure(),
-        elapsed: started.elapsed(),
-        stores,
-        checkpoints: checkpointer.taken,
-    })
+    let sources = graph.sources.iter().map(|s| s.id.clone()).zip(sources).collect();
+    let sinks = graph.sinks.iter().map(|s| s.id.clone()).zip(sinks).collect();
+    let mut report = nodes.ended(graph, services, shutdown, (sources, sinks), stores);
+    report.elapsed = started.elapsed();
+    report.checkpoints = checkpointer.taken;
+    Ok(report)
 }
 
 /// Opens the state directory of a graph with durable stores, loads the stores from it,
