@@ -25,10 +25,13 @@ use anyhow::{Context, bail};
 use crate::engine::Engine;
 use crate::io::sink::{as_json, from_json};
 use crate::manifest::{
-    Connection, Durability, Edge, ErrorPolicy, Graph, ModuleRef, SinkKind, SourceKind, SourceSpec, Vertex,
+    Connection, Durability, Edge, ErrorPolicy, Graph, ModuleRef, SinkKind, SourceKind, SourceSpec, Transport,
+    Vertex,
 };
 use crate::message::Msg;
-use crate::topology::{self, RunOptions, RunReport, Shutdown, headers};
+use crate::plan::Plan;
+use crate::shutdown::Shutdown;
+use crate::topology::{RunOptions, RunReport, headers};
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -174,7 +177,8 @@ pub fn replay(
         append: true,
         ..opts.clone()
     };
-    let run = topology::run(&sub, engine, &opts, shutdown);
+    let plan = Plan::resolve(sub, None)?;
+    let run = crate::run(&plan, engine, &opts, shutdown);
     for (file, _) in &feeds {
         let _ = std::fs::remove_file(file);
     }
@@ -254,6 +258,15 @@ fn downstream(graph: &Graph, node: usize, feeds: &[(PathBuf, u16)]) -> anyhow::R
         .flat_map(|n| n.state.iter().map(|(s, _)| s.as_str()))
         .collect();
     sub.stores.retain(|s| used.contains(s.name.as_str()));
+    // A replay reads a local dead-letter file and runs the part it feeds in this process,
+    // whatever transport the graph runs on; its sinks must be writable from here.
+    sub.transport = Transport::InProcess;
+    if let Some(sink) = sub.sinks.iter().find(|s| matches!(s.kind, SinkKind::Kafka(_))) {
+        bail!(
+            "the replayed part of the graph writes Kafka sink `{}`; replay runs in this process and writes only local sinks",
+            sink.id
+        );
+    }
     if let Some(durable) = sub.stores.iter().find(|s| s.durability == Durability::Durable) {
         bail!(
             "the replayed part of the graph uses durable store `{}`; replay does not support durable stores yet",
@@ -289,7 +302,7 @@ fn downstream(graph: &Graph, node: usize, feeds: &[(PathBuf, u16)]) -> anyhow::R
             to: into,
             to_port: *port,
             connection,
-            topic: String::new(),
+            topic: None,
         });
     }
     Ok(sub)

@@ -15,6 +15,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::engine::NodeSetup;
 use crate::manifest::{Graph, ModuleRef, NodeSpec};
+use crate::plan::ModuleSource;
 use crate::state::Stores;
 use crate::topology::Status;
 use crate::topology::swap::Outcome;
@@ -188,7 +189,9 @@ impl Watched {
             let (Some(spec), Some(versions)) = (self.specs.get(&id), self.status.versions(&id)) else {
                 continue;
             };
-            let loaded = versions.engine().load(&spec.module, spec.sha256.as_deref());
+            let loaded = ModuleSource::resolve(&spec.module, spec.sha256.as_deref())
+                .map_err(anyhow::Error::from)
+                .and_then(|source| versions.engine().load(&source));
             if let Ok(module) = &loaded
                 && module.hash == versions.current().hash()
             {
@@ -228,8 +231,9 @@ impl Watched {
             }
             let setup = NodeSetup::from_spec(new, &self.stores);
             tracing::info!(node = %new.id, "its manifest entry changed: reconfiguring it");
-            let load = module_changed
-                .then_some(|engine: &crate::engine::Engine| engine.load(&new.module, new.sha256.as_deref()));
+            let load = module_changed.then_some(|engine: &crate::engine::Engine| {
+                engine.load(&ModuleSource::resolve(&new.module, new.sha256.as_deref())?)
+            });
             if versions.reconfigure(setup, load).outcome == Outcome::Done {
                 moved |= old.module != new.module;
                 let mut applied = new.clone();

@@ -16,7 +16,7 @@ fn module(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../functions")
         .join(name);
-    flowhost::engine::build_crate(&dir).unwrap()
+    flowhost::plan::build_crate(&dir).unwrap()
 }
 
 /// `[kafka]` for `broker`: short sessions, so a killed member's partitions move on soon.

@@ -126,7 +126,7 @@ fn one_percent_poison_is_dead_lettered_and_replayed_after_a_fix() {
     assert_eq!(lines(&dir.path().join("dlq.jsonl")).len(), poison.len());
 
     // The fix: a module that passes everything through. The rest gets delivered.
-    let fixed = flowhost::engine::build_crate(&functions().join("passthrough")).unwrap();
+    let fixed = flowhost::plan::build_crate(&functions().join("passthrough")).unwrap();
     let fixed = fixed.to_str().unwrap();
     let replay = flowhost(
         dir.path(),
@@ -195,7 +195,7 @@ fn replay_keeps_other_nodes_dead_letters_and_names_bad_arguments() {
 fn a_pinned_module_that_does_not_match_is_refused_before_loading() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("in.txt"), "a\nb\n").unwrap();
-    let module = flowhost::engine::build_crate(&functions().join("faulty")).unwrap();
+    let module = flowhost::plan::build_crate(&functions().join("faulty")).unwrap();
     let bytes = std::fs::read(&module).unwrap();
     let actual = sha256_hex(&bytes);
     let wrong = "0".repeat(64);

@@ -24,7 +24,7 @@ fn module(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../functions")
         .join(name);
-    flowhost::engine::build_crate(&dir).unwrap()
+    flowhost::plan::build_crate(&dir).unwrap()
 }
 
 /// stdin → stamp (`module`, 2 replicas, counting in `stamps`, skipping failures) → out.txt.

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use flowhost::engine::{Engine, EngineConfig};
 use flowhost::manifest::{Graph, SinkKind};
-use flowhost::topology::{self, RunOptions, RunReport, Shutdown};
+use flowhost::plan::Plan;
+use flowhost::shutdown::Shutdown;
+use flowhost::topology::{RunOptions, RunReport};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -26,7 +28,7 @@ pub fn function(name: &str) -> PathBuf {
 
 /// The `.wasm` of a node crate in `functions/`, built if missing or stale.
 pub fn module(name: &str) -> anyhow::Result<PathBuf> {
-    flowhost::engine::build_crate(&function(name))
+    Ok(flowhost::plan::build_crate(&function(name))?)
 }
 
 /// Writes `toml` as `graph.toml` in `dir` and loads it. `{functions}` in the text is
@@ -114,14 +116,15 @@ pub fn run_captured(mut graph: Graph, dir: &Path) -> anyhow::Result<Captured> {
         cache_dir: None,
         fuel: graph.nodes.iter().any(|n| n.fuel.is_some()),
     })?;
-    let report = topology::run(
-        &graph,
+    let plan = Plan::resolve(graph, None)?;
+    let report = flowhost::run(
+        &plan,
         &engine,
         &RunOptions::default(),
         &Arc::new(Shutdown::default()),
     )?;
     let mut sinks = BTreeMap::new();
-    for sink in &graph.sinks {
+    for sink in &plan.graph.sinks {
         if let SinkKind::File(path) = &sink.kind {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

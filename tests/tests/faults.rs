@@ -139,7 +139,7 @@ fn broken_modules_are_refused_with_the_reason() -> Result<()> {
     let load = |bytes: &[u8]| -> String {
         let path = dir.path().join("broken.wasm");
         std::fs::write(&path, bytes).unwrap();
-        let err = engine.load(&ModuleRef::File(path.clone()), None).and_then(|m| {
+        let err = engine.load_file(&path).and_then(|m| {
             let setup = NodeSetup {
                 inputs: vec![],
                 outputs: vec![],
@@ -182,8 +182,11 @@ fn a_bad_config_fails_init_naming_the_node_and_field() -> Result<()> {
 fn modules_compile_once_per_content_hash() -> Result<()> {
     let engine = Engine::new(EngineConfig::default())?;
     let path = module("passthrough")?;
-    let a = engine.load(&ModuleRef::File(path.clone()), None)?;
-    let b = engine.load(&ModuleRef::Crate(function("passthrough")), None)?;
+    let a = engine.load_file(&path)?;
+    let b = engine.load(&flowhost::plan::ModuleSource::resolve(
+        &ModuleRef::Crate(function("passthrough")),
+        None,
+    )?)?;
     assert_eq!(a.hash, b.hash);
     assert_eq!(a.hash.len(), 64);
     Ok(())
@@ -204,7 +207,7 @@ fn the_disk_cache_serves_a_fresh_engine_and_survives_corruption() -> Result<()> 
             .collect()
     };
 
-    let first = Engine::new(config())?.load(&ModuleRef::File(path.clone()), None)?;
+    let first = Engine::new(config())?.load_file(&path)?;
     let files = entries();
     assert_eq!(files.len(), 1, "one compiled module cached: {files:?}");
     assert!(
@@ -217,7 +220,7 @@ fn the_disk_cache_serves_a_fresh_engine_and_survives_corruption() -> Result<()> 
 
     // A new engine (a new process, in effect) runs the cached code.
     let run = |engine: &Engine| -> Result<Vec<u8>> {
-        let module = engine.load(&ModuleRef::File(path.clone()), None)?;
+        let module = engine.load_file(&path)?;
         let template = NodeTemplate::new(engine, module, NodeSetup::new("p"))?;
         let msgs = [flowhost::message::Msg::new("cached", None)];
         let out = template

@@ -2,11 +2,11 @@
 //! once (cached by content hash), instances pre-linked ([`InstancePre`]) and drawn from
 //! the pooling allocator, each call bounded by an epoch deadline and a memory cap.
 
-mod build;
 mod cache;
 mod componentize;
 mod instance;
 mod stdio;
+mod stores;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,13 +18,12 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use build::{TARGET, build_crate};
 pub use cache::default_dir as default_cache_dir;
 pub use componentize::{componentize, is_component};
 pub(crate) use instance::HostState;
 pub use instance::{CallError, NodeInstance, NodeSetup, NodeTemplate};
 
-use crate::manifest::ModuleRef;
+use crate::plan::{ModuleSource, hex};
 
 /// Host-side bindings of the WIT world in `guest-sdk/wit`.
 #[allow(missing_docs)]
@@ -156,30 +155,15 @@ impl Engine {
         self.inner.fuel
     }
 
-    /// Loads a node's module: builds its crate if needed, checks its pinned SHA-256,
-    /// componentizes, compiles (once per content hash).
-    pub fn load(&self, module: &ModuleRef, sha256: Option<&str>) -> anyhow::Result<LoadedModule> {
-        let path = match module {
-            ModuleRef::File(path) => path.clone(),
-            ModuleRef::Crate(dir) => build_crate(dir)?,
-        };
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        if let Some(expected) = sha256 {
-            let actual = hex(&Sha256::digest(&bytes).into());
-            anyhow::ensure!(
-                actual.eq_ignore_ascii_case(expected),
-                "{} does not match its pinned sha256: the manifest says {expected}, the file is {actual}; \
-                 refusing to load it",
-                path.display()
-            );
-        }
-        self.load_bytes(&bytes, &path)
+    /// Loads a node's module (read by the plan): componentizes and compiles it, once per
+    /// content hash.
+    pub fn load(&self, source: &ModuleSource) -> anyhow::Result<LoadedModule> {
+        self.load_bytes(&source.bytes, &source.path)
     }
 
     /// Loads a module or component file.
     pub fn load_file(&self, path: &Path) -> anyhow::Result<LoadedModule> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        self.load_bytes(&bytes, path)
+        self.load(&ModuleSource::read(path)?)
     }
 
     /// Loads a module or component from memory; `path` names it in errors and status.
@@ -237,8 +221,4 @@ fn spawn_ticker(inner: Weak<Inner>) -> anyhow::Result<()> {
         })
         .context("starting the epoch ticker")?;
     Ok(())
-}
-
-fn hex(digest: &[u8; 32]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -1,14 +1,14 @@
-//! The WIT `state` interface, implemented for a node's store: handles index the node's
-//! grants, so a node can only ever reach what it was granted.
+//! The WIT `state` interface over the host's stores ([`crate::state`]): handles index
+//! the node's grants, so a node can only ever reach what it was granted.
 
 use flowhost_sdk::NodeError;
 
 use std::sync::Arc;
 
-use super::{Grant, Store};
-use crate::engine::HostState;
-use crate::engine::bindings::flowhost::node::{state, types};
+use super::HostState;
+use super::bindings::flowhost::node::{state, types};
 use crate::manifest::Access;
+use crate::state::{Grant, Store};
 
 type Res<T> = Result<T, types::NodeError>;
 

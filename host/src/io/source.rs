@@ -4,21 +4,14 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::clock::now_millis;
 use crate::manifest::{SourceKind, SourceSpec};
 use crate::message::{Msg, batch_from, sequence_payload};
+use crate::shutdown::Shutdown;
 use crate::state::durable::Position;
-use crate::topology::Shutdown;
-
-/// Milliseconds since the Unix epoch.
-pub fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Reads `spec` from `start` to its end (or until a stop is requested, or `send` returns
 /// false), handing each batch to `send` with the position after it; returns the position

@@ -40,11 +40,10 @@ pub(super) fn edges(
                         "{label}: `topic` does not apply: the edge uses its Kafka source's or sink's topic"
                     ),
                 );
-                String::new()
+                None
             }
-            (Some(t), None) => t.get_ref().clone(),
-            (None, Some(fixed)) => fixed,
-            (None, None) => format!("{}.{}.{}", raw.name.get_ref(), e.from.get_ref(), e.to.get_ref()),
+            (Some(t), None) => Some(t.get_ref().clone()),
+            (None, fixed) => fixed,
         };
         resolved.push((from, to, e.connection, topic));
     }

@@ -366,9 +366,9 @@ pub struct Edge {
     pub to_port: u16,
     /// How messages are spread over the consumer's replicas.
     pub connection: Connection,
-    /// Its topic with the Kafka transport: as the manifest names it, else
-    /// `<graph>.<from>.<to>` (ports included as written).
-    pub topic: String,
+    /// Its topic with the Kafka transport, where the manifest names one (the edge's
+    /// `topic`, or its Kafka source's or sink's); else the plan names it.
+    pub topic: Option<String>,
 }
 
 /// The JSON Schema of `graph.toml`, generated from the types the manifest is parsed

@@ -4,17 +4,21 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, bail};
+use super::PlanError;
 
 /// The target node crates are built for.
 pub const TARGET: &str = "wasm32-wasip1";
 
 /// Builds the crate in `dir` (release, wasm32-wasip1) and returns its `.wasm`.
-pub fn build_crate(dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn build_crate(dir: &Path) -> Result<PathBuf, PlanError> {
+    let failed = |why: String| PlanError::Build {
+        dir: dir.to_owned(),
+        why,
+    };
     let manifest = dir.join("Cargo.toml");
     let manifest = manifest
         .canonicalize()
-        .with_context(|| format!("no crate at {}", dir.display()))?;
+        .map_err(|e| failed(format!("no crate there ({e})")))?;
     tracing::info!(krate = %dir.display(), "building node crate for {TARGET}");
     let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args([
@@ -30,13 +34,13 @@ pub fn build_crate(dir: &Path) -> anyhow::Result<PathBuf> {
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
-        .context("running cargo (is it on PATH?)")?;
+        .map_err(|e| failed(format!("running cargo (is it on PATH?): {e}")))?;
     if !output.status.success() {
-        bail!(
+        return Err(failed(format!(
             "cargo build --target {TARGET} failed for {} ({})",
             manifest.display(),
             output.status
-        );
+        )));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let module = stdout
@@ -53,10 +57,10 @@ pub fn build_crate(dir: &Path) -> anyhow::Result<PathBuf> {
                 .collect::<Vec<_>>()
         })
         .find(|f| f.extension().is_some_and(|e| e == "wasm"));
-    module.with_context(|| {
-        format!(
+    module.ok_or_else(|| {
+        failed(format!(
             "{} built no .wasm: is its crate-type \"cdylib\"?",
             manifest.display()
-        )
+        ))
     })
 }

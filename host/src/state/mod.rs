@@ -15,8 +15,6 @@
 //! write (wall-clock time); expired keys read as absent and are swept at checkpoints.
 
 pub mod durable;
-mod host;
-pub mod show;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +23,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use flowhost_sdk::NodeError;
 
-use crate::io::source::now_millis;
+use crate::clock::now_millis;
 use crate::manifest::{Access, Durability, Graph, StoreSpec};
 
 /// A value with its expiry (milliseconds since the epoch; `i64::MAX`: never), and whether

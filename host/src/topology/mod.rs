@@ -1,34 +1,36 @@
-//! A running graph, in-process: every node replica and every source and sink on its own
-//! thread, bounded channels between them (a slow consumer slows its producers), and an
-//! orderly end — when the sources end (or a stop is requested) each thread drains its
-//! input, runs `finish`, and drops its senders, so the graph empties front to back.
+//! The runner: a graph's vertices in this process, whatever the transport. Every node
+//! replica and every source and sink runs on its own thread, with a bounded channel in
+//! front of each consumer (a slow consumer slows its producers). The [`Transport`] says
+//! where a producer's batches go (those channels, or topics), what feeds a consumer from
+//! outside the process, and how a run begins and ends; error policies, hot swap, status
+//! and the report are the same on both.
+//!
+//! [`Runner::start`] loads and wires everything and returns before any thread runs, so
+//! the caller can start its observers (admin endpoint, watcher, progress line) from
+//! [`Runner::status`]; [`Runner::run`] then runs the graph to its end.
 
-mod checkpoint;
 mod replica;
-mod router;
 pub mod status;
 pub mod swap;
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 pub use replica::headers;
-pub use router::{Ack, Envelope, Inbox, Mailbox, Outlet, Route, Router, channel};
 pub use status::Status;
 
-use crate::engine::{Engine, LoadedModule, NodeInstance, NodeSetup, NodeTemplate};
+use crate::engine::{Engine, NodeInstance, NodeSetup, NodeTemplate};
+use crate::flow::{Ack, Envelope, InFlight, Mailbox, Route, Router, Sender, channel};
 use crate::io::sink::SinkWriter;
 use crate::io::source;
-use crate::manifest::{ErrorPolicy, Graph, ModuleRef, SourceKind, Vertex};
+use crate::manifest::{Graph, Vertex};
+use crate::plan::Plan;
+use crate::shutdown::Shutdown;
 use crate::state::Stores;
-use crate::state::durable::{Checkpoint, Position, StateLog};
-pub(crate) use checkpoint::InFlight;
-use checkpoint::{Checkpointer, Gate};
+use crate::state::durable::Position;
+use crate::transport::{Feed, Local, Senders, Transport, TransportError};
 use replica::Replica;
 use status::{Phase, SinkStatus};
 use swap::NodeVersions;
@@ -44,18 +46,10 @@ pub struct RunOptions {
     pub fresh: bool,
     /// How often each replica reports it is alive.
     pub heartbeat: Duration,
-    /// Serve `/status`, `/metrics` and sink tails here while running.
-    pub admin: Option<std::net::SocketAddr>,
-    /// Show a progress line on stderr.
-    pub progress: bool,
+    /// Keep the latest messages of each sink for `/sinks/<id>/tail`.
+    pub tails: bool,
     /// File sinks append to what their files hold instead of starting them afresh.
     pub append: bool,
-    /// Watch this manifest and the nodes' modules, and swap or reconfigure nodes when
-    /// they change.
-    pub watch: Option<std::path::PathBuf>,
-    /// With the Kafka transport: the nodes, sources and sinks this process runs (all if
-    /// `None`).
-    pub placement: Option<Vec<String>>,
 }
 
 impl Default for RunOptions {
@@ -65,58 +59,9 @@ impl Default for RunOptions {
             channel_capacity: 16,
             fresh: false,
             heartbeat: Duration::from_secs(1),
-            admin: None,
-            progress: false,
+            tails: false,
             append: false,
-            watch: None,
-            placement: None,
         }
-    }
-}
-
-/// Asks a running graph to stop, and records why it stopped.
-#[derive(Debug, Default)]
-pub struct Shutdown {
-    stopping: AtomicBool,
-    interrupted: AtomicBool,
-    failure: Mutex<Option<String>>,
-}
-
-impl Shutdown {
-    /// Stop reading sources; everything in flight drains (e.g. on Ctrl-C).
-    pub fn request_stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-    }
-
-    /// Stop on the user's request (Ctrl-C): like [`Shutdown::request_stop`], remembered.
-    pub fn interrupt(&self) {
-        self.interrupted.store(true, Ordering::SeqCst);
-        self.request_stop();
-    }
-
-    /// Whether [`Shutdown::interrupt`] was called.
-    pub fn was_interrupted(&self) -> bool {
-        self.interrupted.load(Ordering::SeqCst)
-    }
-
-    /// Stop because of `reason`; the first failure is the one reported.
-    pub fn fail(&self, reason: String) {
-        tracing::error!("{reason}");
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(reason);
-        self.request_stop();
-    }
-
-    /// Whether a stop was requested.
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed)
-    }
-
-    /// Why the graph failed, if it did.
-    pub fn failure(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -221,35 +166,52 @@ impl fmt::Display for RunReport {
     }
 }
 
-/// Loads every node of `graph` (building crates as needed) and checks each against the
+/// Loads every node of `plan` (its modules already read) and checks each against the
 /// WIT world, before anything runs.
-pub fn load(graph: &Graph, engine: &Engine, stores: &Stores) -> anyhow::Result<Vec<Arc<NodeTemplate>>> {
-    let mut loaded: HashMap<&ModuleRef, LoadedModule> = HashMap::new();
-    graph
+pub fn load(plan: &Plan, engine: &Engine, stores: &Stores) -> Result<Vec<Arc<NodeTemplate>>, RunError> {
+    plan.graph
         .nodes
         .iter()
-        .map(|n| {
-            let pinned = n.sha256.as_deref();
-            let module = match loaded.get(&n.module) {
-                Some(m) if pinned.is_none_or(|h| h.eq_ignore_ascii_case(&m.hash)) => m.clone(),
-                _ => {
-                    let m = engine
-                        .load(&n.module, pinned)
-                        .with_context(|| format!("node `{}`", n.id))?;
-                    loaded.entry(&n.module).or_insert(m).clone()
-                }
-            };
+        .zip(&plan.modules)
+        .map(|(n, source)| {
+            let module = engine.load(source).map_err(|e| RunError::node(&n.id, e))?;
             NodeTemplate::new(engine, module, NodeSetup::from_spec(n, stores))
-                .with_context(|| format!("node `{}`", n.id))
+                .map_err(|e| RunError::node(&n.id, e))
         })
         .collect()
 }
 
+/// Why a run could not start or end cleanly (a vertex failing while running is not an
+/// error: it is the report's `failure`).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A node's module cannot be loaded, linked or instantiated.
+    #[error("node `{node}`: {why:#}")]
+    Node {
+        /// The node.
+        node: String,
+        /// What went wrong.
+        why: anyhow::Error,
+    },
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+impl RunError {
+    fn node(id: &str, why: impl Into<anyhow::Error>) -> Self {
+        RunError::Node {
+            node: id.to_owned(),
+            why: why.into(),
+        }
+    }
+}
+
 /// Messages per source or sink, by id.
-pub(crate) type Counts = Vec<(String, u64)>;
+type Counts = Vec<(String, u64)>;
 
 /// What a run keeps per node, whatever the transport.
-pub(crate) struct Nodes {
+struct Nodes {
     pub templates: Vec<Arc<NodeTemplate>>,
     pub stats: Vec<Arc<NodeStats>>,
     pub versions: Vec<Arc<NodeVersions>>,
@@ -258,8 +220,9 @@ pub(crate) struct Nodes {
 
 impl Nodes {
     /// Loads every node and sets up its counters, versions and status.
-    pub fn load(graph: &Graph, engine: &Engine, opts: &RunOptions, stores: &Stores) -> anyhow::Result<Nodes> {
-        let templates = load(graph, engine, stores)?;
+    pub fn load(plan: &Plan, engine: &Engine, opts: &RunOptions, stores: &Stores) -> Result<Nodes, RunError> {
+        let graph = &plan.graph;
+        let templates = load(plan, engine, stores)?;
         let stats: Vec<Arc<NodeStats>> = graph.nodes.iter().map(|_| Arc::default()).collect();
         let versions: Vec<Arc<NodeVersions>> = graph
             .nodes
@@ -275,7 +238,7 @@ impl Nodes {
             (&versions, &stats),
             stores.clone(),
             opts.heartbeat,
-            opts.admin.is_some(),
+            opts.tails,
         ));
         Ok(Nodes {
             templates,
@@ -286,10 +249,11 @@ impl Nodes {
     }
 
     /// One instance per replica of node `i`.
-    pub fn instances(&self, graph: &Graph, i: usize) -> anyhow::Result<Vec<NodeInstance>> {
+    pub fn instances(&self, graph: &Graph, i: usize) -> Result<Vec<NodeInstance>, RunError> {
         (0..graph.nodes[i].replicas)
             .map(|r| self.templates[i].instantiate_replica(r))
-            .collect()
+            .collect::<anyhow::Result<_>>()
+            .map_err(|e| RunError::node(&graph.nodes[i].id, e))
     }
 
     /// The replicas of node `i`, each with its instance, its router and its input.
@@ -300,7 +264,7 @@ impl Nodes {
         i: usize,
         instances: Vec<NodeInstance>,
         mut router: impl FnMut() -> Router,
-        dead_letter: Option<Inbox>,
+        dead_letter: Option<Sender>,
         inputs: Vec<Mailbox>,
         (opts, shutdown, in_flight): (&RunOptions, &Arc<Shutdown>, &InFlight),
     ) -> Vec<(ReplicaThread, Mailbox)> {
@@ -318,6 +282,7 @@ impl Nodes {
                     inputs: spec.inputs.clone().into(),
                     router: router(),
                     dead_letter: dead_letter.clone(),
+                    ack: Ack::none(),
                     policy: spec.on_error,
                     retry: spec.retry,
                     stats: self.stats[i].clone(),
@@ -343,7 +308,6 @@ impl Nodes {
     pub fn ended(
         &self,
         graph: &Graph,
-        services: Services,
         shutdown: &Shutdown,
         (sources, sinks): (Counts, Counts),
         stores: Stores,
@@ -355,7 +319,6 @@ impl Nodes {
             Phase::Stopped
         };
         self.status.phase.set(phase);
-        drop(services);
         RunReport {
             nodes: graph
                 .nodes
@@ -375,7 +338,7 @@ impl Nodes {
 }
 
 /// A node replica, ready to run on a thread of its own.
-pub(crate) struct ReplicaThread(Replica);
+struct ReplicaThread(Replica);
 
 impl ReplicaThread {
     /// Processes `input` until it closes, then finishes.
@@ -385,253 +348,258 @@ impl ReplicaThread {
     }
 }
 
-/// What serves a running graph besides its vertices: the admin endpoint, the watcher,
-/// the progress line. Dropped when the run ends.
-pub(crate) struct Services {
-    _running: Box<dyn std::any::Any>,
+/// A graph loaded and wired in this process, ready to run.
+pub struct Runner<'a> {
+    plan: &'a Plan,
+    opts: &'a RunOptions,
+    shutdown: Arc<Shutdown>,
+    transport: Box<dyn Transport + 'a>,
+    started: Instant,
+    stores: Stores,
+    nodes: Nodes,
+    starts: Vec<Position>,
+    in_flight: InFlight,
+    /// Per node here: its replicas and their inputs.
+    replicas: Vec<(usize, Vec<(ReplicaThread, Mailbox)>)>,
+    /// Per sink here: its writer and input.
+    sinks: Vec<(usize, Arc<Mutex<SinkWriter>>, Mailbox)>,
+    /// Per source here: its router.
+    sources: Vec<(usize, Router)>,
+    /// What feeds consumers from outside the process.
+    feeds: Vec<(Vertex, Box<dyn Feed>)>,
 }
 
-impl Services {
+impl<'a> Runner<'a> {
+    /// Prepares the transport (restoring state), loads every node, and wires the
+    /// vertices this process runs; nothing runs yet.
     pub fn start(
-        graph: &Graph,
-        opts: &RunOptions,
-        status: &Arc<Status>,
-        stores: &Stores,
-    ) -> anyhow::Result<Self> {
-        let admin = opts
-            .admin
-            .map(|a| crate::admin::serve(a, status.clone()))
-            .transpose()?;
-        let watch = opts
-            .watch
-            .as_deref()
-            .map(|manifest| crate::watch::start(manifest, graph, status.clone(), stores.clone()))
-            .transpose()?;
-        let progress = opts
-            .progress
-            .then(|| crate::progress::Progress::start(status.clone()));
-        Ok(Services {
-            _running: Box::new((progress, watch, admin)),
-        })
-    }
-}
-
-/// Runs `graph` to the end of its sources (or until `shutdown` is requested): in this
-/// process, or over Kafka with `transport = "kafka"`.
-pub fn run(
-    graph: &Graph,
-    engine: &Engine,
-    opts: &RunOptions,
-    shutdown: &Arc<Shutdown>,
-) -> anyhow::Result<RunReport> {
-    let _graph = tracing::info_span!("graph", graph = %graph.name).entered();
-    if graph.transport == crate::manifest::Transport::Kafka {
-        return crate::kafka::run(graph, engine, opts, shutdown);
-    }
-    if opts.placement.is_some() {
-        anyhow::bail!(
-            "--nodes places nodes on processes of a Kafka graph: run it with transport = \"kafka\""
-        );
-    }
-    let started = Instant::now();
-    let stores = Stores::for_graph(graph);
-    let (log, resume) = open_state(graph, &stores, opts.fresh)?;
-    let nodes = Nodes::load(graph, engine, opts, &stores)?;
-    let instances: Vec<Vec<NodeInstance>> = (0..graph.nodes.len())
-        .map(|i| nodes.instances(graph, i))
-        .collect::<anyhow::Result<_>>()?;
-    let writers: Vec<Arc<Mutex<SinkWriter>>> = graph
-        .sinks
-        .iter()
-        .map(|s| {
-            let checkpointed = resume.as_ref().and_then(|cp| cp.sinks.get(&s.id).copied());
-            SinkWriter::open(
-                s,
-                checkpointed.or_else(|| opts.append.then(|| s.file_len()).flatten()),
-            )
-        })
-        .map(|w| w.map(|w| Arc::new(Mutex::new(w))))
-        .collect::<anyhow::Result<_>>()?;
-    let starts: Vec<Position> = graph
-        .sources
-        .iter()
-        .map(|s| {
-            resume
-                .as_ref()
-                .and_then(|cp| cp.sources.get(&s.id).copied())
-                .unwrap_or_default()
-        })
-        .collect();
-    if let Some(cp) = &resume {
-        let at: Vec<String> = cp
-            .sources
-            .iter()
-            .map(|(id, p)| format!("`{id}` at record {}", p.records))
+        plan: &'a Plan,
+        engine: &Engine,
+        opts: &'a RunOptions,
+        shutdown: &Arc<Shutdown>,
+        mut transport: Box<dyn Transport + 'a>,
+    ) -> Result<Self, RunError> {
+        let started = Instant::now();
+        let graph = &plan.graph;
+        let stores = Stores::for_graph(graph);
+        let in_flight = InFlight::default();
+        let starts = transport.prepare(&stores, &in_flight, shutdown)?;
+        let nodes = Nodes::load(plan, engine, opts, &stores)?;
+        let status = nodes.status.clone();
+        if let Some(link) = transport.link() {
+            status.set_link(link);
+        }
+        let placed: Vec<Vertex> = (0..graph.sources.len())
+            .map(Vertex::Source)
+            .chain((0..graph.nodes.len()).map(Vertex::Node))
+            .chain((0..graph.sinks.len()).map(Vertex::Sink))
+            .filter(|&v| transport.runs(v))
             .collect();
-        tracing::info!(
-            epoch = cp.epoch,
-            "resuming from the last checkpoint: {}",
-            at.join(", ")
-        );
-    }
+        let here = |v: Vertex| placed.contains(&v);
 
-    let status = nodes.status.clone();
-    let in_flight = InFlight::default();
-    let gate = Gate::new(starts.clone(), in_flight.clone());
-    let (node_tx, node_rx): (Vec<Vec<_>>, Vec<Vec<_>>) = graph
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            (0..n.replicas as usize)
-                .map(|r| channel(opts.channel_capacity, status.replica(i, r).queue.clone()))
-                .unzip()
-        })
-        .unzip();
-    let (sink_tx, sink_rx): (Vec<_>, Vec<_>) = (0..graph.sinks.len())
-        .map(|k| channel(opts.channel_capacity, status.sink(k).queue.clone()))
-        .unzip();
-    let router = |from: Vertex, ports: usize| {
-        let mut r = Router::new(ports);
-        for e in graph.edges.iter().filter(|e| e.from == from) {
-            let targets = match e.to {
-                Vertex::Node(j) => node_tx[j].clone(),
-                Vertex::Sink(k) => vec![sink_tx[k].clone()],
-                Vertex::Source(_) => unreachable!("validated: edges never end at a source"),
+        // Every consumer's input channels here: per replica of a node, one per sink.
+        let mut local = Local::default();
+        let mut inputs: Vec<Vec<Mailbox>> = Vec::new();
+        for (i, n) in graph.nodes.iter().enumerate() {
+            let (tx, rx) = if here(Vertex::Node(i)) {
+                (0..n.replicas as usize)
+                    .map(|r| channel(opts.channel_capacity, status.replica(i, r).queue.clone()))
+                    .unzip()
+            } else {
+                (Vec::new(), Vec::new())
             };
-            r.add(
-                e.from_port,
-                Route::new(targets, e.to_port, e.connection, in_flight.clone()),
-            );
+            local.nodes.push(tx);
+            inputs.push(rx);
         }
-        r
-    };
-    let mut replicas = Vec::new();
-    for (i, (instances, inputs)) in instances.into_iter().zip(node_rx).enumerate() {
-        let spec = &graph.nodes[i];
-        let dead_letter = match spec.on_error {
-            ErrorPolicy::DeadLetter(k) => Some(sink_tx[k].clone()),
-            _ => None,
+        let mut sinks = Vec::new();
+        for k in 0..graph.sinks.len() {
+            if !here(Vertex::Sink(k)) {
+                local.sinks.push(None);
+                continue;
+            }
+            let (tx, rx) = channel(opts.channel_capacity, status.sink(k).queue.clone());
+            local.sinks.push(Some(tx));
+            sinks.push((k, transport.open_sink(k)?, rx));
+        }
+
+        // Every producer's routes, then every consumer's feed.
+        let router = |senders: &Senders, ports: usize| {
+            let mut r = Router::new(ports);
+            for (e, targets) in &senders.edges {
+                let edge = &graph.edges[*e];
+                let route = Route::new(targets.clone(), edge.to_port, edge.connection, in_flight.clone());
+                r.add(edge.from_port, route);
+            }
+            r
         };
-        let router = || router(Vertex::Node(i), spec.outputs.len());
-        let context = (opts, shutdown, &in_flight);
-        replicas.extend(nodes.replicas(graph, i, instances, router, dead_letter, inputs, context));
+        let mut sources = Vec::new();
+        for i in (0..graph.sources.len()).filter(|&i| here(Vertex::Source(i))) {
+            let senders = transport.senders(Vertex::Source(i), &local, shutdown)?;
+            sources.push((i, router(&senders, 1)));
+        }
+        let mut replicas = Vec::new();
+        for (i, rx) in inputs.into_iter().enumerate() {
+            if !here(Vertex::Node(i)) {
+                continue;
+            }
+            let spec = &graph.nodes[i];
+            let senders = transport.senders(Vertex::Node(i), &local, shutdown)?;
+            let instances = nodes.instances(graph, i)?;
+            let context = (opts, shutdown, &in_flight);
+            let dead_letter = senders.dead_letter.clone();
+            let make_router = || router(&senders, spec.outputs.len());
+            replicas.push((
+                i,
+                nodes.replicas(graph, i, instances, make_router, dead_letter, rx, context),
+            ));
+        }
+        let mut feeds = Vec::new();
+        let consumers = (0..graph.nodes.len())
+            .map(Vertex::Node)
+            .chain((0..graph.sinks.len()).map(Vertex::Sink));
+        for v in consumers.filter(|&v| here(v)) {
+            if let Some(feed) = transport.feed(v, local.of(v), &in_flight, shutdown)? {
+                feeds.push((v, feed));
+            }
+        }
+        // Only routers and feeds hold senders now: each channel closes when its
+        // producers end.
+        drop(local);
+        Ok(Runner {
+            plan,
+            opts,
+            shutdown: shutdown.clone(),
+            transport,
+            started,
+            stores,
+            nodes,
+            starts,
+            in_flight,
+            replicas,
+            sinks,
+            sources,
+            feeds,
+        })
     }
-    let source_routers: Vec<Router> = (0..graph.sources.len())
-        .map(|i| router(Vertex::Source(i), 1))
-        .collect();
-    // Only the routers hold senders now: each channel closes when its producers end.
-    drop((node_tx, sink_tx));
 
-    let mut checkpointer = Checkpointer {
-        graph,
-        log,
-        stores: stores.clone(),
-        sinks: writers.clone(),
-        taken: 0,
-        longest_pause: Duration::ZERO,
-    };
-    let expiring = graph.stores.iter().any(|s| s.ttl.is_some());
-    let services = Services::start(graph, opts, &status, &stores)?;
-    status.phase.set(Phase::Running);
-    let (sources, sinks) = std::thread::scope(|s| {
-        let sinks: Vec<_> = writers
-            .iter()
-            .zip(sink_rx)
-            .zip(&graph.sinks)
-            .enumerate()
-            .map(|(k, ((w, rx), spec))| {
-                let (in_flight, sink) = (in_flight.clone(), status.sink(k));
-                s.spawn(move || drain_sink(&spec.id, w, rx, shutdown, &in_flight, &sink))
-            })
-            .collect();
-        for (replica, rx) in replicas {
-            s.spawn(move || replica.run(rx));
-        }
-        if checkpointer.log.is_some() || expiring {
-            let (gate, checkpointer) = (&gate, &mut checkpointer);
-            s.spawn(move || checkpointer.run(gate, graph.checkpoint.interval, shutdown));
-        }
-        let sources: Vec<_> = graph
-            .sources
-            .iter()
-            .zip(source_routers)
-            .zip(&starts)
-            .enumerate()
-            .map(|(i, ((spec, mut router), &start))| {
-                let span = tracing::info_span!("source", source = %spec.id);
-                let (gate, read) = (&gate, status.source(i));
-                s.spawn(move || {
-                    let _entered = span.enter();
-                    let reached = source::run(spec, opts.batch_size, start, shutdown, |batch, at| {
-                        read.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        router.send(0, batch);
-                        gate.boundary(i, at);
-                        true
-                    });
-                    let end = reached.unwrap_or_else(|e| {
-                        shutdown.fail(e);
-                        start
-                    });
-                    gate.finished(i, end);
-                    end.records - start.records
+    /// The running graph's status, for observers (admin endpoint, watcher, progress).
+    pub fn status(&self) -> &Arc<Status> {
+        &self.nodes.status
+    }
+
+    /// The graph's stores.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// Runs the graph until its sources end and everything drained (or a stop is
+    /// requested, or a vertex fails); then the transport's last step.
+    pub fn run(self) -> Result<RunReport, RunError> {
+        let Runner {
+            plan,
+            opts,
+            shutdown,
+            mut transport,
+            started,
+            stores,
+            nodes,
+            starts,
+            in_flight,
+            replicas,
+            sinks,
+            sources,
+            feeds,
+        } = self;
+        let graph = &plan.graph;
+        let shutdown = &shutdown;
+        let status = nodes.status.clone();
+        status.phase.set(Phase::Running);
+        // Per consumer: a channel its threads hold while alive, so its feed can wait
+        // for it to end.
+        let slot = |v: Vertex| match v {
+            Vertex::Node(i) => i,
+            Vertex::Sink(k) => graph.nodes.len() + k,
+            Vertex::Source(_) => unreachable!("sources consume nothing"),
+        };
+        let (alive, ended): (Vec<_>, Vec<_>) = (0..graph.nodes.len() + graph.sinks.len())
+            .map(|_| mpsc::channel::<()>())
+            .unzip();
+        let transport_ref = &*transport;
+        let (sources, sinks) = std::thread::scope(|s| {
+            let sinks: Vec<_> = sinks
+                .into_iter()
+                .map(|(k, writer, rx)| {
+                    let (spec, sink) = (&graph.sinks[k], status.sink(k));
+                    let (alive, in_flight) = (alive[slot(Vertex::Sink(k))].clone(), in_flight.clone());
+                    s.spawn(move || {
+                        let written = drain_sink(&spec.id, &writer, rx, shutdown, &in_flight, &sink);
+                        drop(alive);
+                        (spec.id.clone(), written)
+                    })
                 })
-            })
-            .collect();
-        let join = |h: std::thread::ScopedJoinHandle<'_, u64>| h.join().unwrap_or(0);
-        let sources: Vec<u64> = sources.into_iter().map(join).collect();
-        status.phase.set(Phase::Draining);
-        let sinks: Vec<u64> = sinks.into_iter().map(join).collect();
-        (sources, sinks)
-    });
-
-    // Everything has drained: the last checkpoint. After a failure the state may hold
-    // part of a batch that was cut short, so the previous checkpoint stays the last.
-    if checkpointer.log.is_some() && shutdown.failure().is_none() {
-        let complete = !shutdown.is_stopping();
-        let epoch = checkpointer.commit(gate.positions(), complete)?;
-        tracing::info!(
-            epoch,
-            checkpoints = checkpointer.taken,
-            longest_pause = ?checkpointer.longest_pause,
-            "state saved in {}",
-            graph.checkpoint.dir.display()
-        );
+                .collect();
+            for (i, replicas) in replicas {
+                for (replica, rx) in replicas {
+                    let alive = alive[slot(Vertex::Node(i))].clone();
+                    s.spawn(move || {
+                        replica.run(rx);
+                        drop(alive);
+                    });
+                }
+            }
+            drop(alive);
+            let mut ended: Vec<Option<mpsc::Receiver<()>>> = ended.into_iter().map(Some).collect();
+            for (v, feed) in feeds {
+                let ended = ended[slot(v)].take().expect("one feed per consumer");
+                let span = tracing::info_span!("feed", vertex = %graph.id(v));
+                s.spawn(move || {
+                    let mut wait = || while ended.recv().is_ok() {};
+                    span.in_scope(|| feed.run(&mut wait, shutdown));
+                });
+            }
+            if let Some(background) = transport_ref.background(shutdown) {
+                s.spawn(background);
+            }
+            let sources: Vec<_> = sources
+                .into_iter()
+                .map(|(i, mut router)| {
+                    let (spec, start, read) = (&graph.sources[i], starts[i], status.source(i));
+                    let span = tracing::info_span!("source", source = %spec.id);
+                    s.spawn(move || {
+                        let _entered = span.enter();
+                        let reached = source::run(spec, opts.batch_size, start, shutdown, |batch, at| {
+                            read.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            router.send(0, batch, &Ack::none());
+                            transport_ref.source_batch(i, at);
+                            true
+                        });
+                        let end = reached.unwrap_or_else(|e| {
+                            shutdown.fail(e);
+                            start
+                        });
+                        drop(router);
+                        if let Err(e) = transport_ref.source_ended(i, end, shutdown) {
+                            shutdown.fail(format!("{e}"));
+                        }
+                        (spec.id.clone(), end.records - start.records)
+                    })
+                })
+                .collect();
+            let join = |h: std::thread::ScopedJoinHandle<'_, (String, u64)>| h.join().ok();
+            let sources: Vec<(String, u64)> = sources.into_iter().filter_map(join).collect();
+            if transport_ref.ends_run() {
+                status.phase.set(Phase::Draining);
+                transport_ref.drain(shutdown);
+            }
+            let sinks: Vec<(String, u64)> = sinks.into_iter().filter_map(join).collect();
+            (sources, sinks)
+        });
+        let checkpoints = transport.finish(shutdown)?;
+        let mut report = nodes.ended(graph, shutdown, (sources, sinks), stores);
+        report.elapsed = started.elapsed();
+        report.checkpoints = checkpoints;
+        Ok(report)
     }
-
-    let sources = graph.sources.iter().map(|s| s.id.clone()).zip(sources).collect();
-    let sinks = graph.sinks.iter().map(|s| s.id.clone()).zip(sinks).collect();
-    let mut report = nodes.ended(graph, services, shutdown, (sources, sinks), stores);
-    report.elapsed = started.elapsed();
-    report.checkpoints = checkpointer.taken;
-    Ok(report)
-}
-
-/// Opens the state directory of a graph with durable stores, loads the stores from it,
-/// and says where to resume if the last run did not finish.
-fn open_state(
-    graph: &Graph,
-    stores: &Stores,
-    fresh: bool,
-) -> anyhow::Result<(Option<StateLog>, Option<Checkpoint>)> {
-    if !graph.is_durable() {
-        return Ok((None, None));
-    }
-    let (log, recovered) = StateLog::open(&graph.checkpoint.dir, stores, fresh)?;
-    let resume = recovered.resumable().cloned();
-    if recovered.records > 0 {
-        let keys: usize = recovered.stores.values().map(|s| s.len()).sum();
-        tracing::info!(
-            "restored {keys} keys of durable stores from {}",
-            log.dir().display()
-        );
-    }
-    if resume.is_some() && graph.sources.iter().any(|s| matches!(s.kind, SourceKind::Stdin)) {
-        tracing::warn!(
-            "resuming a graph that reads standard input: input read before the restart is not read again"
-        );
-    }
-    Ok((Some(log), resume))
 }
 
 pub(crate) fn drain_sink(

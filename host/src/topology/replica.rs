@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 
 use flowhost_sdk::{ErrorKind, NodeError};
 
-use super::checkpoint::InFlight;
-use super::router::{Envelope, Inbox, Mailbox, Received, Router};
+use super::NodeStats;
 use super::status::{Phase, ReplicaStatus};
 use super::swap::{NodeVersions, Version};
-use super::{NodeStats, Shutdown};
+use crate::clock::now_millis;
 use crate::engine::{CallError, NodeInstance};
-use crate::io::source::now_millis;
+use crate::flow::{Ack, Envelope, InFlight, Mailbox, Received, Router, Sender};
 use crate::manifest::{ErrorPolicy, RetryPolicy};
 use crate::message::{self, Msg};
+use crate::shutdown::Shutdown;
 
 /// Header names on dead-lettered messages.
 pub mod headers {
@@ -51,7 +51,9 @@ pub(super) struct Replica {
     /// Input port names (for dead letters).
     pub inputs: Arc<[String]>,
     pub router: Router,
-    pub dead_letter: Option<Inbox>,
+    pub dead_letter: Option<Sender>,
+    /// The acknowledgement of the batch being processed: what it sends holds it.
+    pub ack: Ack,
     pub policy: ErrorPolicy,
     pub retry: RetryPolicy,
     pub stats: Arc<NodeStats>,
@@ -100,11 +102,11 @@ impl Replica {
             if !stopped {
                 NodeStats::add(&self.stats.received, env.msgs.len());
                 let started = Instant::now();
-                self.router.ack = env.ack.clone();
+                self.ack = env.ack.clone();
                 if let Err(reason) = self.batch(&env) {
                     stopped = self.stop(reason);
                 }
-                self.router.ack = None;
+                self.ack = Ack::none();
                 self.status.processed(started.elapsed());
                 let failed = std::mem::take(&mut self.failures);
                 if let Some(why) = self.version.processed(env.msgs.len(), failed) {
@@ -305,7 +307,7 @@ impl Replica {
         }
         for (port, msgs) in ports.into_iter().enumerate() {
             if !msgs.is_empty() {
-                self.router.send(port as u16, msgs);
+                self.router.send(port as u16, msgs, &self.ack);
             }
         }
     }
@@ -341,7 +343,7 @@ impl Replica {
                     let env = Envelope {
                         port: 0,
                         msgs: vec![dead],
-                        ack: self.router.ack.clone(),
+                        ack: self.ack.clone(),
                     };
                     dlq.deliver(env, &self.in_flight);
                 }

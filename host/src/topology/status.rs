@@ -12,11 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use super::swap::{NodeVersions, SwapRecord};
 use super::{NodeCounts, NodeStats};
+use crate::clock::now_millis;
 use crate::io::sink::as_json;
-use crate::io::source::now_millis;
 use crate::manifest::Graph;
 use crate::message::Msg;
 use crate::state::Stores;
+use crate::transport::LinkHealth;
 
 /// Messages a sink keeps for `flowhost tail`.
 pub const RECENT: usize = 100;
@@ -167,13 +168,13 @@ pub struct Status {
     sources: Vec<(String, Arc<AtomicU64>)>,
     sinks: Vec<(String, Arc<SinkStatus>)>,
     stores: Stores,
-    kafka: std::sync::OnceLock<(String, Arc<crate::kafka::Health>)>,
+    link: std::sync::OnceLock<Arc<dyn LinkHealth>>,
 }
 
 impl Status {
-    /// Reports the link to the Kafka brokers (Kafka transport).
-    pub fn set_kafka(&self, brokers: String, health: Arc<crate::kafka::Health>) {
-        let _ = self.kafka.set((brokers, health));
+    /// Reports the transport's link to its services (the Kafka brokers).
+    pub fn set_link(&self, link: Arc<dyn LinkHealth>) {
+        let _ = self.link.set(link);
     }
 
     /// Status for `graph`: each node's versions and counters, the stores; with `tails`,
@@ -222,7 +223,7 @@ impl Status {
                 })
                 .collect(),
             stores,
-            kafka: std::sync::OnceLock::new(),
+            link: std::sync::OnceLock::new(),
         }
     }
 
@@ -334,13 +335,13 @@ impl Status {
                     durable: s.is_durable(),
                 })
                 .collect(),
-            kafka: self.kafka.get().map(|(brokers, health)| {
-                let (down, errors, last_error) = health.report();
+            kafka: self.link.get().map(|link| {
+                let r = link.report();
                 KafkaReport {
-                    brokers: brokers.clone(),
-                    connected: !down,
-                    errors,
-                    last_error,
+                    brokers: r.brokers,
+                    connected: r.connected,
+                    errors: r.errors,
+                    last_error: r.last_error,
                 }
             }),
         }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_millis;
 use crate::engine::{Engine, LoadedModule, NodeInstance, NodeSetup, NodeTemplate};
-use crate::io::source::now_millis;
 use crate::manifest::AutoRollback;
 
 /// Swaps kept in a node's history.

@@ -76,7 +76,12 @@ impl Running {
 
     /// The graph's status now.
     pub fn status(&self) -> StatusReport {
-        flowhost::admin::fetch_status(&self.addr).unwrap()
+        let url = format!("http://{}/status", self.addr);
+        let body = ureq::get(&url)
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url} answered no status: {e}: {body}"))
     }
 
     /// Polls until `ok` holds for the status (a bounded wait, not a timing assertion).

@@ -4,14 +4,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod bench;
+mod client;
+mod new;
+mod state;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use flowhost::admin;
 use flowhost::engine::{Engine, EngineConfig};
 use flowhost::manifest::{Graph, picture};
-use flowhost::state::show::Saved;
+use flowhost::plan::Plan;
+use flowhost::shutdown::Shutdown;
 use flowhost::topology::status::Phase;
-use flowhost::topology::{self, RunOptions, Shutdown};
+use flowhost::topology::{RunOptions, Runner};
+use state::Saved;
 
 #[derive(Parser)]
 #[command(
@@ -141,7 +148,7 @@ enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
         /// The flowhost guest SDK to depend on.
-        #[arg(long, default_value_os_t = flowhost::new::default_sdk())]
+        #[arg(long, default_value_os_t = new::default_sdk())]
         sdk: PathBuf,
     },
     /// Show what a graph's durable stores hold (from its last checkpoint).
@@ -165,7 +172,7 @@ enum Command {
         format: picture::Format,
     },
     /// Measure messages/s through a wasm node and the boundary cost against native code.
-    Bench(flowhost::bench::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -226,7 +233,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::New { name, dir, sdk } => {
-            let root = flowhost::new::create(&dir, &name, &sdk)?;
+            let root = new::create(&dir, &name, &sdk)?;
             println!("created node crate `{name}` in {}", root.display());
             println!("  cd {} && cargo test", root.display());
             println!("  cargo build --target wasm32-wasip1 --release");
@@ -234,11 +241,11 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { admin, json, watch } => loop {
-            let report = admin::fetch_status(&admin);
+            let report = client::fetch_status(&admin);
             match (&report, watch) {
                 (Ok(r), _) if json => println!("{}", serde_json::to_string_pretty(r)?),
-                (Ok(r), true) => print!("\x1b[2J\x1b[H{}", admin::table(r)),
-                (Ok(r), false) => print!("{}", admin::table(r)),
+                (Ok(r), true) => print!("\x1b[2J\x1b[H{}", client::table(r)),
+                (Ok(r), false) => print!("{}", client::table(r)),
                 (Err(_), true) => return Ok(ExitCode::SUCCESS),
                 (Err(_), false) => {}
             }
@@ -251,7 +258,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Tail { sink, admin, json } => {
             let mut after = 0;
-            while let Some(msgs) = admin::fetch_tail(&admin, &sink, after)? {
+            while let Some(msgs) = client::fetch_tail(&admin, &sink, after)? {
                 for (n, m) in msgs {
                     after = n;
                     match (&m["payload"], json) {
@@ -278,10 +285,10 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 messages: within.max(1),
             });
             let req = match &module {
-                Some(path) if !rollback => admin::SwapRequest::Module(path, trial),
-                _ => admin::SwapRequest::Rollback,
+                Some(path) if !rollback => client::SwapRequest::Module(path, trial),
+                _ => client::SwapRequest::Rollback,
             };
-            let record = admin::request_swap(&admin, &node, req)?;
+            let record = client::request_swap(&admin, &node, req)?;
             let done = record.outcome == flowhost::topology::swap::Outcome::Done;
             match (json, done) {
                 (true, _) => println!("{}", serde_json::to_string_pretty(&record)?),
@@ -349,13 +356,26 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 channel_capacity: channel_capacity.max(1),
                 fresh,
                 heartbeat: std::time::Duration::from_millis(heartbeat_ms.max(1)),
-                admin,
-                progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                tails: admin.is_some(),
                 append: false,
-                watch: watch.then(|| manifest.clone()),
-                placement: nodes,
             };
-            let report = topology::run(&graph, &engine, &opts, &shutdown)?;
+            let plan = Plan::resolve(graph, nodes.as_deref())?;
+            let _graph = tracing::info_span!("graph", graph = %plan.graph.name).entered();
+            let transport = flowhost::transport::for_plan(&plan, opts.batch_size, opts.append, opts.fresh)?;
+            let runner = Runner::start(&plan, &engine, &opts, &shutdown, transport)?;
+            // The observers: started from the running graph's status, stopped when dropped.
+            let status = runner.status();
+            let _admin = admin
+                .map(|addr| flowhost::admin::serve(addr, status.clone()))
+                .transpose()?;
+            let _watch = watch
+                .then(|| {
+                    flowhost::watch::start(&manifest, &plan.graph, status.clone(), runner.stores().clone())
+                })
+                .transpose()?;
+            let progress = !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let _progress = progress.then(|| flowhost::progress::Progress::start(status.clone()));
+            let report = runner.run()?;
             if !cli.quiet {
                 eprint!("{report}");
             }
@@ -395,7 +415,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Bench(args) => flowhost::bench::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -6,10 +6,19 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 const FILES: [(&str, &str); 4] = [
-    ("Cargo.toml", include_str!("../templates/node/Cargo.toml.tmpl")),
-    ("src/lib.rs", include_str!("../templates/node/lib.rs.tmpl")),
-    ("graph.toml", include_str!("../templates/node/graph.toml.tmpl")),
-    (".gitignore", include_str!("../templates/node/gitignore.tmpl")),
+    (
+        "Cargo.toml",
+        include_str!("../../../templates/node/Cargo.toml.tmpl"),
+    ),
+    ("src/lib.rs", include_str!("../../../templates/node/lib.rs.tmpl")),
+    (
+        "graph.toml",
+        include_str!("../../../templates/node/graph.toml.tmpl"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../../templates/node/gitignore.tmpl"),
+    ),
 ];
 
 /// The guest SDK of the source tree this binary was built from.

@@ -3,10 +3,10 @@
 
 use std::fmt::Write;
 
-use super::Entries;
-use super::durable::{self, Recovered};
-use crate::io::source::now_millis;
-use crate::manifest::{Durability, Graph};
+use flowhost::clock::now_millis;
+use flowhost::manifest::{Durability, Graph};
+use flowhost::state::Entries;
+use flowhost::state::durable::{self, Recovered};
 
 /// A value as people read it: text if it is printable UTF-8, a counter if it is 8 other
 /// bytes, else hex.
@@ -41,8 +41,8 @@ pub struct Saved<'g> {
 impl<'g> Saved<'g> {
     /// Reads the graph's state directory, or with the Kafka transport its changelogs.
     pub fn read(graph: &'g Graph) -> anyhow::Result<Self> {
-        if graph.transport == crate::manifest::Transport::Kafka {
-            let (stores, brokers) = crate::kafka::read_state(graph)?;
+        if graph.transport == flowhost::manifest::Transport::Kafka {
+            let (stores, brokers) = flowhost::transport::kafka::read_state(graph)?;
             return Ok(Saved {
                 graph,
                 recovered: Recovered {
@@ -81,7 +81,7 @@ impl<'g> Saved<'g> {
             let _ = writeln!(out, "  store {:<16} {kind}{ttl}: {held}", spec.name);
         }
         let _ = match &self.recovered.last {
-            None if self.graph.transport == crate::manifest::Transport::Kafka => Ok(()),
+            None if self.graph.transport == flowhost::manifest::Transport::Kafka => Ok(()),
             None => writeln!(out, "  no checkpoint yet"),
             Some(cp) => {
                 let how = if cp.complete {

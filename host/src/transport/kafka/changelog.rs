@@ -19,9 +19,11 @@ use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use super::client::{Held, Kafka, Link, Producer, flush, send};
+use super::client::{Kafka, Link, Producer, flush, send};
+use crate::flow::Ack;
+use crate::plan::KafkaNames;
+use crate::shutdown::Shutdown;
 use crate::state::{Store, Stores};
-use crate::topology::Shutdown;
 
 /// Who wrote a changelog record.
 const WRITER: &str = "flowhost-writer";
@@ -37,33 +39,22 @@ pub struct Changelog {
     process: String,
 }
 
-/// A changelog's topic.
-pub fn topic(graph: &str, store: &str) -> String {
-    format!("{graph}.{store}.changelog")
-}
-
 impl Changelog {
     /// The durable stores of `stores` and their topics.
     pub fn new(
         kafka: &Kafka,
-        graph: &str,
+        names: &KafkaNames,
         stores: &Stores,
         shutdown: &Arc<Shutdown>,
     ) -> anyhow::Result<Self> {
         Ok(Changelog {
             stores: stores
                 .iter()
-                .filter(|s| s.is_durable())
-                .map(|s| (s.clone(), topic(graph, s.name())))
+                .filter_map(|s| Some((s.clone(), names.changelog(s.name())?.to_owned())))
                 .collect(),
             producer: kafka.producer("changelog", None, shutdown)?,
             process: kafka.process.clone(),
         })
-    }
-
-    /// The topics, for creating them.
-    pub fn topics(&self) -> impl Iterator<Item = &str> {
-        self.stores.iter().map(|(_, t)| t.as_str())
     }
 
     /// Indexes of the durable stores among `names`.
@@ -93,7 +84,7 @@ impl Changelog {
                         value: Some(&expires),
                     });
                 }
-                let mut record = BaseRecord::with_opaque_to(topic, Held(None))
+                let mut record = BaseRecord::with_opaque_to(topic, Ack::none())
                     .key(&key[..])
                     .headers(headers);
                 if let Some((value, _)) = &now {

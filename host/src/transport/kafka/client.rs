@@ -18,9 +18,10 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerConte
 use rdkafka::util::IntoOpaque;
 use rdkafka::{Message, Timestamp};
 
+use crate::flow::{Ack, Envelope, Outlet};
 use crate::manifest::KafkaSpec;
 use crate::message::{Headers, Msg};
-use crate::topology::{Ack, Envelope, Outlet, Shutdown};
+use crate::shutdown::Shutdown;
 
 /// How long the first contact with the brokers may take before the run gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -144,7 +145,7 @@ impl Kafka {
             host.trim()
                 .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
             std::process::id(),
-            crate::io::source::now_millis()
+            crate::clock::now_millis()
         );
         Ok(Kafka {
             brokers,
@@ -307,18 +308,15 @@ impl Kafka {
     }
 }
 
-/// What each produced message carries to its delivery report: the [`Ack`] of the
-/// batch it came from, if any.
-pub struct Held(pub Option<Ack>);
-
-impl IntoOpaque for Held {
+// Each produced message carries its batch's [`Ack`] to its delivery report.
+impl IntoOpaque for Ack {
     fn into_ptr(self) -> *mut std::ffi::c_void {
-        self.0.map_or(std::ptr::null_mut(), |a| a.into_raw() as *mut _)
+        self.into_raw() as *mut _
     }
 
     unsafe fn from_ptr(ptr: *mut std::ffi::c_void) -> Self {
         // SAFETY: librdkafka hands back, once, the pointer `into_ptr` made.
-        Held((!ptr.is_null()).then(|| unsafe { Ack::from_raw(ptr as *const _) }))
+        unsafe { Ack::from_raw(ptr as *const _) }
     }
 }
 
@@ -341,13 +339,13 @@ impl ClientContext for Deliveries {
 }
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = Held;
+    type DeliveryOpaque = Ack;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, held: Held) {
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Ack) {
         match result {
             Ok(m) => {
                 self.link.health.delivered(m.topic(), m.partition(), m.offset());
-                drop(held)
+                drop(ack)
             }
             Err((e, m)) => {
                 self.shutdown.fail(format!(
@@ -355,9 +353,7 @@ impl ProducerContext for Deliveries {
                     self.name,
                     m.topic()
                 ));
-                if let Some(ack) = held.0 {
-                    ack.forget();
-                }
+                ack.fail();
             }
         }
     }
@@ -368,8 +364,8 @@ pub type Producer = ThreadedProducer<Deliveries>;
 
 /// Sends `m` to `topic` (its key, timestamp and headers with it), waiting while the
 /// producer's queue is full.
-pub fn produce(producer: &Producer, topic: &str, m: &Msg, ack: Option<Ack>) -> Result<(), KafkaError> {
-    let mut record = BaseRecord::with_opaque_to(topic, Held(ack)).payload(&m.payload[..]);
+pub fn produce(producer: &Producer, topic: &str, m: &Msg, ack: Ack) -> Result<(), KafkaError> {
+    let mut record = BaseRecord::with_opaque_to(topic, ack).payload(&m.payload[..]);
     if let Some(key) = &m.key {
         record = record.key(&key[..]);
     }
@@ -395,7 +391,7 @@ pub fn produce(producer: &Producer, topic: &str, m: &Msg, ack: Option<Ack>) -> R
 /// sent keeps its batch from being committed.
 pub fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
     producer: &Producer,
-    mut record: BaseRecord<'_, K, P, Held>,
+    mut record: BaseRecord<'_, K, P, Ack>,
 ) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
@@ -406,9 +402,7 @@ pub fn send<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err((e, back)) => {
-                if let Some(ack) = back.delivery_opaque.0 {
-                    ack.forget();
-                }
+                back.delivery_opaque.fail();
                 return Err(e);
             }
         }
@@ -431,9 +425,7 @@ impl Outlet for TopicOut {
             if let Err(e) = produce(&self.producer, &self.topic, m, env.ack.clone()) {
                 self.shutdown
                     .fail(format!("cannot send a message to topic `{}`: {e}", self.topic));
-                if let Some(ack) = env.ack {
-                    ack.forget();
-                }
+                env.ack.fail();
                 return;
             }
         }

@@ -24,8 +24,9 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::changelog::Changelog;
 use super::client::{Link, Producer, flush, to_msg};
+use crate::flow::{Ack, AckStatus, Acknowledged, Route};
 use crate::message::Msg;
-use crate::topology::{Ack, Route, Shutdown};
+use crate::shutdown::Shutdown;
 
 /// How long Kafka calls of a commit may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,8 +49,8 @@ type Offsets = Vec<(usize, i32, i64)>;
 pub struct Committer {
     name: String,
     topics: Arc<[String]>,
-    /// Polled batches in poll order: done flag, next offset per (topic, partition) read.
-    pending: VecDeque<(Arc<AtomicBool>, Offsets)>,
+    /// Polled batches in poll order: their status, next offset per (topic, partition) read.
+    pending: VecDeque<(Arc<Acknowledged>, Offsets)>,
     /// Next offset to read per (topic, partition), of everything done so far.
     ready: BTreeMap<(usize, i32), i64>,
     /// Whether `ready` moved since the last commit.
@@ -100,14 +101,15 @@ impl Committer {
         &self.name
     }
 
-    fn push(&mut self, done: Arc<AtomicBool>, offsets: Offsets) {
-        self.pending.push_back((done, offsets));
+    fn push(&mut self, acked: Arc<Acknowledged>, offsets: Offsets) {
+        self.pending.push_back((acked, offsets));
     }
 
     /// Moves the batches done, in poll order, into what may be committed.
     fn collect(&mut self) {
-        while let Some((done, _)) = self.pending.front() {
-            if !done.load(Ordering::Acquire) {
+        // A failed batch is never done: nothing after it is committed either.
+        while let Some((acked, _)) = self.pending.front() {
+            if acked.status() != AckStatus::Done {
                 break;
             }
             let (_, offsets) = self.pending.pop_front().expect("front exists");
@@ -394,15 +396,14 @@ impl Ingress {
             return Ok(0);
         }
         self.consumer.context().link.health.ok();
-        let done = Arc::new(AtomicBool::new(false));
-        let ack = Some(Ack::new(done.clone()));
+        let (ack, acked) = Ack::tracked();
         for (route, msgs) in self.routes.iter_mut().zip(batches) {
             if !msgs.is_empty() {
                 route.send(msgs, &ack);
             }
         }
         drop(ack);
-        self.consumer.context().committer().push(done, offsets);
+        self.consumer.context().committer().push(acked, offsets);
         Ok(n)
     }
 

@@ -8,35 +8,16 @@
 //! is synced, and the sources go on. The pause lasts as long as the pipeline takes to
 //! drain what its channels hold — a few milliseconds — once per interval.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::Shutdown;
+use crate::flow::InFlight;
 use crate::io::sink::SinkWriter;
 use crate::manifest::Graph;
+use crate::shutdown::Shutdown;
 use crate::state::Stores;
 use crate::state::durable::{Checkpoint, Position, StateLog};
-
-/// Batches sent into channels and not yet fully handled by their consumer.
-#[derive(Debug, Clone, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    /// A batch is about to enter a channel.
-    pub fn sent(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// A batch was handled (its outputs, if any, already counted as sent).
-    pub fn done(&self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    fn is_idle(&self) -> bool {
-        self.0.load(Ordering::SeqCst) == 0
-    }
-}
 
 /// Where sources pause for a checkpoint.
 #[derive(Debug)]

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Better, Fixtures, Row};
-use crate::manifest::Graph;
-use crate::topology::{self, RunOptions, Shutdown};
+use flowhost::manifest::Graph;
+use flowhost::shutdown::Shutdown;
+use flowhost::topology::RunOptions;
 
 const COUNTRIES: u64 = 20;
 
@@ -103,7 +104,8 @@ to = "null"
         fresh: true,
         ..RunOptions::default()
     };
-    let report = topology::run(&graph, &fx.engine, &opts, &Arc::new(Shutdown::default()))?;
+    let plan = flowhost::plan::Plan::resolve(graph, None)?;
+    let report = flowhost::run(&plan, &fx.engine, &opts, &Arc::new(Shutdown::default()))?;
     anyhow::ensure!(report.failure.is_none(), "{:?}", report.failure);
     anyhow::ensure!(
         report.sinks[0].1 == COUNTRIES,

@@ -8,8 +8,8 @@ use flowhost_sdk::__private::Runtime;
 use flowhost_sdk::{Message, NoConfig, Node, NodeError, Output};
 
 use super::{Better, Fixtures, Row};
-use crate::engine::{NodeSetup, NodeTemplate};
-use crate::message::{self, batch_from, sequence_payload};
+use flowhost::engine::{NodeSetup, NodeTemplate};
+use flowhost::message::{self, batch_from, sequence_payload};
 
 /// `functions/passthrough` compiled into the host: what `#[node(map)] fn(&[u8]) -> &[u8]` expands to.
 pub(super) struct NativePassthrough;

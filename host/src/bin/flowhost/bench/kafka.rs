@@ -12,9 +12,11 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::BaseRecord;
 
 use super::{Better, Fixtures, Row};
-use crate::kafka::client::{Held, Kafka, flush, send};
-use crate::manifest::{Graph, KafkaSpec};
-use crate::topology::{RunOptions, Shutdown};
+use flowhost::flow::Ack;
+use flowhost::manifest::{Graph, KafkaSpec};
+use flowhost::shutdown::Shutdown;
+use flowhost::topology::RunOptions;
+use flowhost::transport::kafka::client::{Kafka, flush, send};
 
 const PARTITIONS: i32 = 4;
 
@@ -26,7 +28,7 @@ pub(super) fn run(fx: &Fixtures, brokers: &str, messages: u64) -> anyhow::Result
     };
     let kafka = Kafka::new(&spec)?;
     kafka.connect()?;
-    let run_id = crate::io::source::now_millis();
+    let run_id = flowhost::clock::now_millis();
     let input = format!("bench.in.{run_id}");
     let (raw_out, fh_out) = (format!("bench.raw.{run_id}"), format!("bench.flowhost.{run_id}"));
     kafka.create_topics(&[
@@ -43,7 +45,7 @@ pub(super) fn run(fx: &Fixtures, brokers: &str, messages: u64) -> anyhow::Result
         let key = format!("k{}", i % 64);
         send(
             &producer,
-            BaseRecord::with_opaque_to(&input, Held(None))
+            BaseRecord::with_opaque_to(&input, Ack::none())
                 .key(&key)
                 .payload(&payload[..]),
         )?;
@@ -119,7 +121,7 @@ fn raw_loop(
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m?;
             let mut record =
-                BaseRecord::with_opaque_to(output, Held(None)).payload(m.payload().unwrap_or_default());
+                BaseRecord::with_opaque_to(output, Ack::none()).payload(m.payload().unwrap_or_default());
             if let Some(key) = m.key() {
                 record = record.key(key);
             }
@@ -169,10 +171,10 @@ to = "out"
     );
     let path = dir.join("graph.toml");
     std::fs::write(&path, manifest)?;
-    let graph = Graph::load(&path)?;
+    let plan = flowhost::plan::Plan::resolve(Graph::load(&path)?, None)?;
     let shutdown = Arc::new(Shutdown::default());
     std::thread::scope(|s| {
-        let running = s.spawn(|| crate::kafka::run(&graph, &fx.engine, &RunOptions::default(), &shutdown));
+        let running = s.spawn(|| flowhost::run(&plan, &fx.engine, &RunOptions::default(), &shutdown));
         while !stop.is_stopping() && !running.is_finished() {
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::{Engine, EngineConfig, LoadedModule};
-use crate::manifest::ModuleRef;
+use flowhost::engine::{Engine, EngineConfig, LoadedModule};
+use flowhost::manifest::ModuleRef;
 
 /// Options of `flowhost bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -178,7 +178,12 @@ pub(crate) struct Fixtures {
 impl Fixtures {
     fn new(functions: &Path) -> anyhow::Result<Fixtures> {
         let engine = Engine::new(EngineConfig::default())?;
-        let load = |name: &str| engine.load(&ModuleRef::Crate(functions.join(name)), None);
+        let load = |name: &str| -> anyhow::Result<LoadedModule> {
+            engine.load(&flowhost::plan::ModuleSource::resolve(
+                &ModuleRef::Crate(functions.join(name)),
+                None,
+            )?)
+        };
         Ok(Fixtures {
             passthrough: load("passthrough")?,
             split: load("split")?,

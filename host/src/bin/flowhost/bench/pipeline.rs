@@ -9,10 +9,11 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{Better, Fixtures, Row};
-use crate::io::source::now_millis;
-use crate::manifest::Graph;
-use crate::message::{Msg, batch_from, sequence_payload};
-use crate::topology::{self, RunOptions, Shutdown};
+use flowhost::clock::now_millis;
+use flowhost::manifest::Graph;
+use flowhost::message::{Msg, batch_from, sequence_payload};
+use flowhost::shutdown::Shutdown;
+use flowhost::topology::RunOptions;
 
 const BATCH: usize = 1024;
 
@@ -58,7 +59,8 @@ fn flowhost(fx: &Fixtures, count: u64, size: usize) -> anyhow::Result<f64> {
         batch_size: BATCH,
         ..RunOptions::default()
     };
-    let report = topology::run(&graph, &fx.engine, &opts, &Arc::new(Shutdown::default()))?;
+    let plan = flowhost::plan::Plan::resolve(graph, None)?;
+    let report = flowhost::run(&plan, &fx.engine, &opts, &Arc::new(Shutdown::default()))?;
     anyhow::ensure!(
         report.sinks[0].1 == count,
         "the sink got {} of {count} messages",

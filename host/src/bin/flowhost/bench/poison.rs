@@ -8,8 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{Better, Fixtures, Row};
-use crate::manifest::Graph;
-use crate::topology::{self, RunOptions, Shutdown};
+use flowhost::manifest::Graph;
+use flowhost::shutdown::Shutdown;
+use flowhost::topology::RunOptions;
 
 pub(super) fn run(fx: &Fixtures, messages: u64) -> anyhow::Result<Vec<Row>> {
     let dir = std::env::temp_dir().join(format!("flowhost-bench-poison-{}", std::process::id()));
@@ -86,7 +87,8 @@ to = "out"
         batch_size: 256,
         ..RunOptions::default()
     };
-    let report = topology::run(&graph, &fx.engine, &opts, &Arc::new(Shutdown::default()))?;
+    let plan = flowhost::plan::Plan::resolve(graph, None)?;
+    let report = flowhost::run(&plan, &fx.engine, &opts, &Arc::new(Shutdown::default()))?;
     anyhow::ensure!(report.failure.is_none(), "{:?}", report.failure);
     let written: Vec<u64> = report.sinks.iter().map(|(_, n)| *n).collect();
     anyhow::ensure!(

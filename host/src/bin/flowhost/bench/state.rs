@@ -7,10 +7,10 @@ use bytes::Bytes;
 
 use super::boundary::per_message;
 use super::{Better, Fixtures, Row};
-use crate::engine::{NodeSetup, NodeTemplate};
-use crate::manifest::Access;
-use crate::message::{self, Msg};
-use crate::state::{Store, Stores};
+use flowhost::engine::{NodeSetup, NodeTemplate};
+use flowhost::manifest::Access;
+use flowhost::message::{self, Msg};
+use flowhost::state::{Store, Stores};
 
 const KEYS: usize = 1024;
 

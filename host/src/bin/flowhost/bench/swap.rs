@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{Better, Fixtures, Row};
-use crate::admin::{SwapRequest, request_swap};
+use crate::client::{SwapRequest, request_swap};
 
 /// One read of the graph's output: when, and which versions' lines it held.
 struct Chunk {
@@ -89,7 +89,10 @@ to = "out"
             };
             let asked = Instant::now();
             let record = request_swap(&addr, "stamp", SwapRequest::Module(module, None))?;
-            anyhow::ensure!(record.outcome == crate::topology::swap::Outcome::Done, "{record}");
+            anyhow::ensure!(
+                record.outcome == flowhost::topology::swap::Outcome::Done,
+                "{record}"
+            );
             windows.push((asked, Instant::now(), to_v2));
             prepared.push(record.prepare_ms);
             std::thread::sleep(Duration::from_millis(300));

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Better, Fixtures, Row};
-use crate::manifest::Graph;
-use crate::topology::{self, RunOptions, Shutdown};
+use flowhost::manifest::Graph;
+use flowhost::shutdown::Shutdown;
+use flowhost::topology::RunOptions;
 
 pub(super) fn run(fx: &Fixtures, mb: usize) -> anyhow::Result<Vec<Row>> {
     let dir = std::env::temp_dir().join(format!("flowhost-bench-{}", std::process::id()));
@@ -111,7 +112,8 @@ fn flowhost(fx: &Fixtures, dir: &Path, text: &Path, host_state: bool) -> anyhow:
         batch_size: 1024,
         ..RunOptions::default()
     };
-    let report = topology::run(&graph, &fx.engine, &opts, &Arc::new(Shutdown::default()))?;
+    let plan = flowhost::plan::Plan::resolve(graph, None)?;
+    let report = flowhost::run(&plan, &fx.engine, &opts, &Arc::new(Shutdown::default()))?;
     anyhow::ensure!(report.failure.is_none(), "{:?}", report.failure);
     let distinct = match report.stores.get("counts") {
         Some(store) => store.len() as u64,

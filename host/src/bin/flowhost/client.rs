@@ -1,0 +1,152 @@
+//! The admin endpoint's client: `flowhost status`, `swap` and `tail` talk to a running
+//! graph through it.
+
+use anyhow::Context;
+use axum::http::StatusCode;
+
+use flowhost::manifest::AutoRollback;
+use flowhost::topology::status::StatusReport;
+use flowhost::topology::swap::SwapRecord;
+
+/// Reads `/status` of the graph served at `addr`.
+pub fn fetch_status(addr: &str) -> anyhow::Result<StatusReport> {
+    let url = format!("http://{addr}/status");
+    let body = ureq::get(&url)
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .with_context(|| {
+            format!("no flowhost admin endpoint at {addr} (start one with `flowhost run --admin`)")
+        })?;
+    serde_json::from_str(&body).with_context(|| format!("{url} did not answer with a status"))
+}
+
+/// What `flowhost swap` asks of a running graph.
+pub enum SwapRequest<'a> {
+    /// Swap in this module file, judged by the trial if given.
+    Module(&'a std::path::Path, Option<AutoRollback>),
+    /// Return to the version before.
+    Rollback,
+}
+
+/// Asks the graph at `addr` to swap `node`; the swap's record, whether done or refused.
+pub fn request_swap(addr: &str, node: &str, req: SwapRequest<'_>) -> anyhow::Result<SwapRecord> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = match req {
+        SwapRequest::Module(path, trial) => {
+            let module = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            let mut request = agent
+                .post(format!("http://{addr}/nodes/{node}/swap"))
+                .query("name", name);
+            if let Some(t) = trial {
+                request = request
+                    .query("auto_rollback", t.error_rate.to_string())
+                    .query("within", t.messages.to_string());
+            }
+            request.send(&module[..])
+        }
+        SwapRequest::Rollback => agent
+            .post(format!("http://{addr}/nodes/{node}/rollback"))
+            .send_empty(),
+    };
+    let mut response = response.with_context(|| {
+        format!("no flowhost admin endpoint at {addr} (start the graph with `flowhost run --admin`)")
+    })?;
+    let code = response.status().as_u16();
+    let body = response.body_mut().read_to_string()?;
+    if ![StatusCode::OK, StatusCode::UNPROCESSABLE_ENTITY]
+        .map(|c| c.as_u16())
+        .contains(&code)
+    {
+        anyhow::bail!("{}", body.trim_end());
+    }
+    serde_json::from_str(&body).with_context(|| format!("{addr} did not answer with a swap record"))
+}
+
+/// Reads the messages sink `sink` wrote after number `after`; `Ok(None)` once the graph
+/// has gone away.
+pub fn fetch_tail(
+    addr: &str,
+    sink: &str,
+    after: u64,
+) -> anyhow::Result<Option<Vec<(u64, serde_json::Value)>>> {
+    let url = format!("http://{addr}/sinks/{sink}/tail?after={after}");
+    match ureq::get(&url).call() {
+        Ok(mut r) => Ok(Some(serde_json::from_str(&r.body_mut().read_to_string()?)?)),
+        Err(ureq::Error::StatusCode(404)) => anyhow::bail!("the graph at {addr} has no sink `{sink}`"),
+        Err(ureq::Error::Io(_)) | Err(ureq::Error::ConnectionFailed) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {url}")),
+    }
+}
+
+/// A status as a table for people.
+pub fn table(r: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "graph `{}` {} for {:.1}s (heartbeat every {} ms)\n",
+        r.graph,
+        r.state.as_str(),
+        r.uptime_ms as f64 / 1000.0,
+        r.heartbeat_ms
+    );
+    for s in &r.sources {
+        let _ = writeln!(out, "  source {:<16} read {}", s.id, s.read);
+    }
+    let _ = writeln!(
+        out,
+        "  {:<22} {:>10} {:>10} {:>7} {:>6} {:>9} {:>9}  replicas",
+        "node", "in", "out", "errors", "dead", "p50 µs", "p99 µs"
+    );
+    for n in &r.nodes {
+        let replicas: Vec<String> = n
+            .replicas
+            .iter()
+            .map(|p| {
+                let stale = if p.stale { " STALE" } else { "" };
+                format!(
+                    "#{} {} v{} q{}{stale}",
+                    p.index,
+                    p.state.as_str(),
+                    p.version,
+                    p.queue_depth
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:<22} {:>10} {:>10} {:>7} {:>6} {:>9} {:>9}  {}",
+            format!("{} v{}", n.id, n.version),
+            n.counts.received,
+            n.counts.emitted,
+            n.counts.errors,
+            n.counts.dead_lettered,
+            n.latency_us.p50,
+            n.latency_us.p99,
+            replicas.join(", ")
+        );
+    }
+    for n in &r.nodes {
+        // The latest swaps; the rest are in `--json`.
+        for swap in &n.swaps[n.swaps.len().saturating_sub(3)..] {
+            let _ = writeln!(out, "  swap   {swap}");
+        }
+    }
+    for s in &r.sinks {
+        let _ = writeln!(
+            out,
+            "  sink   {:<16} wrote {} (queue {})",
+            s.id, s.written, s.queue_depth
+        );
+    }
+    for s in &r.stores {
+        let durable = if s.durable { "durable" } else { "memory" };
+        let _ = writeln!(out, "  store  {:<16} {} keys ({durable})", s.name, s.keys);
+    }
+    out
+}

@@ -1,0 +1,154 @@
+//! Channels between the vertices of one process: bounded (a slow consumer holds its
+//! producers back), counted (queue depth for status, batches in flight for
+//! checkpoints), and one sending type whether the consumer is a channel in this
+//! process or an [`Outlet`] such as a Kafka topic.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::time::Duration;
+
+use super::Ack;
+use crate::message::Msg;
+
+/// What travels on a channel: a batch for one input port of one consumer replica.
+pub struct Envelope {
+    /// The consumer's input port index.
+    pub port: u16,
+    /// The messages, in order.
+    pub msgs: Vec<Msg>,
+    /// The acknowledgement of the input batch it was made from.
+    pub ack: Ack,
+}
+
+impl Envelope {
+    /// A batch for `port` that nothing waits on.
+    pub fn new(port: u16, msgs: Vec<Msg>) -> Self {
+        Envelope {
+            port,
+            msgs,
+            ack: Ack::none(),
+        }
+    }
+}
+
+/// Where a producer's batches go other than a channel (e.g. a Kafka topic).
+pub trait Outlet: Send + Sync {
+    /// Sends the batch on (blocking while the outlet is full).
+    fn send(&self, env: Envelope);
+}
+
+/// The sending side of a consumer: its channel, counting what waits in it, or an outlet.
+#[derive(Clone)]
+pub enum Sender {
+    /// A consumer in this process.
+    Channel {
+        /// The channel.
+        tx: SyncSender<Envelope>,
+        /// Batches waiting in it.
+        depth: Arc<AtomicUsize>,
+    },
+    /// Another place (a topic).
+    Outlet(Arc<dyn Outlet>),
+}
+
+/// The receiving side of a consumer's channel.
+pub struct Mailbox {
+    rx: Receiver<Envelope>,
+    depth: Arc<AtomicUsize>,
+}
+
+/// A bounded channel of `capacity` batches whose depth is counted in `depth`.
+pub fn channel(capacity: usize, depth: Arc<AtomicUsize>) -> (Sender, Mailbox) {
+    let (tx, rx) = sync_channel(capacity);
+    let sender = Sender::Channel {
+        tx,
+        depth: depth.clone(),
+    };
+    (sender, Mailbox { rx, depth })
+}
+
+impl Sender {
+    /// Sends a batch, blocking while the consumer is full. A batch for a channel is
+    /// counted in `in_flight` until its consumer is done with it; one for a consumer that
+    /// is gone (it stopped the graph) is dropped.
+    pub fn deliver(&self, env: Envelope, in_flight: &InFlight) {
+        match self {
+            Sender::Channel { tx, depth } => {
+                in_flight.sent();
+                depth.fetch_add(1, Ordering::Relaxed);
+                if tx.send(env).is_err() {
+                    depth.fetch_sub(1, Ordering::Relaxed);
+                    in_flight.done();
+                }
+            }
+            Sender::Outlet(out) => out.send(env),
+        }
+    }
+}
+
+/// What waiting on a [`Mailbox`] gave.
+pub enum Received {
+    /// The next batch.
+    Batch(Envelope),
+    /// Nothing came in time.
+    Idle,
+    /// Every producer is gone and the channel is empty.
+    Closed,
+}
+
+impl Mailbox {
+    /// The next batch, waiting at most `timeout`.
+    pub fn recv(&self, timeout: Duration) -> Received {
+        match self.rx.recv_timeout(timeout) {
+            Ok(env) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                Received::Batch(env)
+            }
+            Err(RecvTimeoutError::Timeout) => Received::Idle,
+            Err(RecvTimeoutError::Disconnected) => Received::Closed,
+        }
+    }
+}
+
+impl Mailbox {
+    /// What the channel holds now, without waiting (for tests).
+    #[cfg(test)]
+    pub fn drain_now(&self) -> impl Iterator<Item = Envelope> + '_ {
+        self.rx.try_iter().inspect(|_| {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+        })
+    }
+}
+
+impl Iterator for Mailbox {
+    type Item = Envelope;
+
+    fn next(&mut self) -> Option<Envelope> {
+        let env = self.rx.recv().ok()?;
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+        Some(env)
+    }
+}
+
+/// Batches sent into channels and not yet fully handled by their consumer: when it is
+/// zero, nothing is in flight between the vertices of this process.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// A batch is about to enter a channel.
+    pub fn sent(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A batch was handled (its outputs, if any, already counted as sent).
+    pub fn done(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether nothing is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == 0
+    }
+}

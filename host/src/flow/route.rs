@@ -1,0 +1,220 @@
+//! Routing a producer's output to the consumers of every edge leaving each port:
+//! fan-out copies (reference counts) to every edge; an edge spreads messages over its
+//! consumer's replicas round-robin (per batch), by key hash, or to all (broadcast).
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use super::{Ack, Envelope, InFlight, Sender};
+use crate::manifest::Connection;
+use crate::message::Msg;
+
+/// One edge, as seen by a producer.
+pub struct Route {
+    targets: Vec<Sender>,
+    in_port: u16,
+    connection: Connection,
+    next: usize,
+    pending: Vec<Vec<Msg>>,
+    in_flight: InFlight,
+}
+
+impl Route {
+    /// An edge to `targets` (one sender per consumer replica), arriving on `in_port`;
+    /// each batch sent is counted in `in_flight`.
+    pub fn new(targets: Vec<Sender>, in_port: u16, connection: Connection, in_flight: InFlight) -> Self {
+        let pending = targets.iter().map(|_| Vec::new()).collect();
+        Route {
+            targets,
+            in_port,
+            connection,
+            next: 0,
+            pending,
+            in_flight,
+        }
+    }
+
+    fn send_to(&self, i: usize, msgs: Vec<Msg>, ack: &Ack) {
+        let env = Envelope {
+            port: self.in_port,
+            msgs,
+            ack: ack.clone(),
+        };
+        self.targets[i].deliver(env, &self.in_flight);
+    }
+
+    /// Sends a batch along this edge; everything sent holds `ack`.
+    pub fn send(&mut self, msgs: Vec<Msg>, ack: &Ack) {
+        // One consumer replica, or round-robin: the batch goes as it is, uncopied.
+        if self.targets.len() == 1 || self.connection == Connection::RoundRobin {
+            let i = self.next % self.targets.len();
+            self.next = self.next.wrapping_add(1);
+            self.send_to(i, msgs, ack);
+            return;
+        }
+        for msg in msgs {
+            self.push(msg);
+        }
+        self.flush(ack);
+    }
+
+    fn push(&mut self, msg: Msg) {
+        let n = self.targets.len();
+        match self.connection {
+            Connection::KeyHash => {
+                let i = match &msg.key {
+                    Some(key) => {
+                        let mut h = DefaultHasher::new();
+                        key.hash(&mut h);
+                        (h.finish() % n as u64) as usize
+                    }
+                    None => self.next % n,
+                };
+                self.pending[i].push(msg);
+            }
+            Connection::RoundRobin => self.pending[self.next % n].push(msg),
+            Connection::Broadcast => {
+                for p in &mut self.pending {
+                    p.push(msg.clone());
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, ack: &Ack) {
+        for i in 0..self.pending.len() {
+            if !self.pending[i].is_empty() {
+                let msgs = std::mem::take(&mut self.pending[i]);
+                self.send_to(i, msgs, ack);
+            }
+        }
+        self.next = self.next.wrapping_add(1);
+    }
+}
+
+/// All edges leaving a producer, by output port.
+#[derive(Default)]
+pub struct Router {
+    ports: Vec<Vec<Route>>,
+}
+
+impl Router {
+    /// A router for a producer with `ports` output ports.
+    pub fn new(ports: usize) -> Self {
+        Router {
+            ports: (0..ports).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Adds an edge leaving `port`.
+    pub fn add(&mut self, port: u16, route: Route) {
+        self.ports[port as usize].push(route);
+    }
+
+    /// Sends `msgs` from `port` along every edge, keeping their order per edge and
+    /// replica; blocks while a consumer is full. Everything sent holds `ack`.
+    pub fn send(&mut self, port: u16, msgs: Vec<Msg>, ack: &Ack) {
+        let Some(routes) = self.ports.get_mut(port as usize) else {
+            return;
+        };
+        let Some((last, rest)) = routes.split_last_mut() else {
+            return;
+        };
+        for route in rest {
+            route.send(msgs.clone(), ack);
+        }
+        last.send(msgs, ack);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{Mailbox, channel};
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    fn replicas(n: usize) -> (Vec<Sender>, Vec<Mailbox>) {
+        (0..n).map(|_| channel(16, Arc::default())).unzip()
+    }
+
+    fn drain(rx: &Mailbox) -> Vec<String> {
+        rx.drain_now()
+            .flat_map(|e| e.msgs)
+            .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+            .collect()
+    }
+
+    fn keyed(key: &str, payload: &str) -> Msg {
+        Msg {
+            key: Some(Bytes::from(key.to_owned())),
+            ..Msg::new(payload.to_owned(), None)
+        }
+    }
+
+    #[test]
+    fn key_hash_keeps_each_key_on_one_replica_in_order() {
+        let (tx, rx) = replicas(3);
+        let mut router = Router::new(1);
+        router.add(0, Route::new(tx, 0, Connection::KeyHash, InFlight::default()));
+        for round in 0..4 {
+            router.send(
+                0,
+                (0..10)
+                    .map(|k| keyed(&format!("k{k}"), &format!("k{k}-{round}")))
+                    .collect(),
+                &Ack::none(),
+            );
+        }
+        let got: Vec<Vec<String>> = rx.iter().map(drain).collect();
+        assert_eq!(got.iter().map(Vec::len).sum::<usize>(), 40);
+        for k in 0..10 {
+            let holders: Vec<&Vec<String>> = got
+                .iter()
+                .filter(|msgs| msgs.iter().any(|m| m.starts_with(&format!("k{k}-"))))
+                .collect();
+            assert_eq!(holders.len(), 1, "key k{k} went to more than one replica");
+            let seq: Vec<&String> = holders[0]
+                .iter()
+                .filter(|m| m.starts_with(&format!("k{k}-")))
+                .collect();
+            assert_eq!(
+                seq,
+                (0..4)
+                    .map(|r| format!("k{k}-{r}"))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn fan_out_copies_broadcast_reaches_all_round_robin_alternates() {
+        let (rr_tx, rr_rx) = replicas(2);
+        let (bc_tx, bc_rx) = replicas(2);
+        let mut router = Router::new(1);
+        router.add(
+            0,
+            Route::new(rr_tx, 0, Connection::RoundRobin, InFlight::default()),
+        );
+        router.add(
+            0,
+            Route::new(bc_tx, 1, Connection::Broadcast, InFlight::default()),
+        );
+        router.send(0, vec![Msg::new("a", None)], &Ack::none());
+        router.send(0, vec![Msg::new("b", None)], &Ack::none());
+        assert_eq!(drain(&rr_rx[0]), ["a"]);
+        assert_eq!(drain(&rr_rx[1]), ["b"]);
+        for rx in &bc_rx {
+            let envs: Vec<Envelope> = rx.drain_now().collect();
+            assert!(envs.iter().all(|e| e.port == 1));
+            assert_eq!(
+                envs.iter()
+                    .flat_map(|e| &e.msgs)
+                    .map(|m| &m.payload[..])
+                    .collect::<Vec<_>>(),
+                [&b"a"[..], b"b"]
+            );
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! How batches travel between the vertices of a graph: the seam between the runner
+//! ([`crate::topology`]) and the two transports that implement it.
+//!
+//! - [`memory`]: in this process. Every edge is a bounded channel to the consumer's
+//!   replicas; durable stores are checkpointed to a local log at consistent cuts (the
+//!   sources pause, nothing in flight), and a run ends when its sources end and the
+//!   channels empty front to back.
+//! - [`kafka`]: every edge is a topic, every node and sink a consumer group, so many
+//!   processes share one graph. A consumer's replicas in this process are fed by a
+//!   reader of its group (a [`Feed`]); an input batch is acknowledged once its outputs
+//!   are safe on the brokers, then its offsets are committed; durable stores are
+//!   changelog topics; the process running the whole graph ends the run by draining
+//!   vertex after vertex in graph order.
+//!
+//! What is the same on both — replicas and their instances, routing, error policies,
+//! hot swap, status, sinks, sources — lives in the runner, which names neither
+//! transport: it asks a [`Transport`] for the senders of each producer, the feeds of
+//! each consumer, and the steps of a run's beginning and end.
+
+pub mod kafka;
+pub mod memory;
+
+use std::sync::{Arc, Mutex};
+
+use crate::flow::{InFlight, Sender};
+use crate::io::sink::SinkWriter;
+use crate::manifest::{Transport as Kind, Vertex};
+use crate::plan::Plan;
+use crate::shutdown::Shutdown;
+use crate::state::Stores;
+use crate::state::durable::Position;
+
+/// A failure of a transport, before or while running.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The graph cannot be set up on this transport (what, and why).
+    #[error("{what}: {why:#}")]
+    Setup {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        why: anyhow::Error,
+    },
+    /// The transport refuses to run the graph (no brokers, brokers unreachable, a
+    /// placement it cannot run), with the reason.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl TransportError {
+    /// A setup step `what` that failed with `why`.
+    pub fn setup(what: impl Into<String>, why: impl Into<anyhow::Error>) -> Self {
+        TransportError::Setup {
+            what: what.into(),
+            why: why.into(),
+        }
+    }
+}
+
+/// What every run of a graph over a transport goes through, in this order:
+///
+/// 1. [`Transport::prepare`], once, before any module is instantiated: connect, create
+///    what is missing, restore the durable stores; say where each source starts.
+/// 2. [`Transport::open_sink`] for every sink that runs here, [`Transport::senders`] for
+///    every producer and [`Transport::feed`] for every consumer, wiring the vertices.
+/// 3. While running: [`Transport::background`] on a thread of its own;
+///    [`Transport::source_batch`] after every batch a source sent and
+///    [`Transport::source_ended`] when it ends.
+/// 4. When the sources have ended: [`Transport::drain`] (if [`Transport::ends_run`]),
+///    then, once every vertex has stopped, [`Transport::finish`].
+pub trait Transport: Send + Sync {
+    /// Prepares the run: restores `stores`; where each source starts (by index).
+    /// `in_flight` counts the batches in this process's channels.
+    fn prepare(
+        &mut self,
+        stores: &Stores,
+        in_flight: &InFlight,
+        shutdown: &Arc<Shutdown>,
+    ) -> Result<Vec<Position>, TransportError>;
+
+    /// The link to services the transport depends on, for status.
+    fn link(&self) -> Option<Arc<dyn LinkHealth>> {
+        None
+    }
+
+    /// Whether `v` runs as a thread in this process (a Kafka source or sink is only a
+    /// topic).
+    fn runs(&self, v: Vertex) -> bool;
+
+    /// Opens sink `k`'s writer (from its checkpointed length, appended to, or afresh).
+    fn open_sink(&mut self, k: usize) -> Result<Arc<Mutex<SinkWriter>>, TransportError>;
+
+    /// Where producer `from` sends: per edge leaving it, the senders of the edge's
+    /// consumer; and where its dead letters go. `local` holds the inputs of every
+    /// consumer in this process.
+    fn senders(
+        &mut self,
+        from: Vertex,
+        local: &Local,
+        shutdown: &Arc<Shutdown>,
+    ) -> Result<Senders, TransportError>;
+
+    /// What feeds consumer `v` in this process from elsewhere (a Kafka group member), into
+    /// `inputs` (its replicas' channels).
+    fn feed(
+        &mut self,
+        v: Vertex,
+        inputs: Vec<Sender>,
+        in_flight: &InFlight,
+        shutdown: &Arc<Shutdown>,
+    ) -> Result<Option<Box<dyn Feed>>, TransportError>;
+
+    /// Work beside the vertices for the whole run (checkpoints, expiry).
+    fn background<'t>(&'t self, _shutdown: &'t Shutdown) -> Option<Box<dyn FnOnce() + Send + 't>> {
+        None
+    }
+
+    /// Source `i` sent a batch; `at` is its position after it.
+    fn source_batch(&self, _i: usize, _at: Position) {}
+
+    /// Source `i` ended at `at` (`Err`: it failed).
+    fn source_ended(&self, i: usize, at: Position, shutdown: &Shutdown) -> Result<(), TransportError>;
+
+    /// Whether this process ends the run when its sources end (else it runs until
+    /// stopped).
+    fn ends_run(&self) -> bool {
+        true
+    }
+
+    /// The sources have ended: let the vertices drain, in whatever order the transport
+    /// needs, until every one has ended (or the run stops).
+    fn drain(&self, _shutdown: &Shutdown) {}
+
+    /// Every vertex has stopped: the last step (a final checkpoint). Returns the
+    /// checkpoints taken during the run.
+    fn finish(&mut self, shutdown: &Shutdown) -> Result<u64, TransportError>;
+}
+
+/// The inputs of the consumers in this process, by vertex: a sender per replica of
+/// each node, one per sink.
+#[derive(Default)]
+pub struct Local {
+    /// Per node, per replica.
+    pub nodes: Vec<Vec<Sender>>,
+    /// Per sink (`None`: not here).
+    pub sinks: Vec<Option<Sender>>,
+}
+
+impl Local {
+    /// The senders into consumer `v`'s replicas (empty if it is not here).
+    pub fn of(&self, v: Vertex) -> Vec<Sender> {
+        match v {
+            Vertex::Node(i) => self.nodes[i].clone(),
+            Vertex::Sink(k) => self.sinks[k].iter().cloned().collect(),
+            Vertex::Source(_) => Vec::new(),
+        }
+    }
+}
+
+/// Where one producer sends.
+#[derive(Default)]
+pub struct Senders {
+    /// Per edge leaving it (its index into `graph.edges`): the consumer's senders.
+    pub edges: Vec<(usize, Vec<Sender>)>,
+    /// Where its dead letters go.
+    pub dead_letter: Option<Sender>,
+}
+
+/// A consumer's reader of input from outside the process, run on a thread of its own.
+pub trait Feed: Send {
+    /// Reads until the input ends (or the run stops), then lets go of its senders; once
+    /// `ended` returns (every replica of the consumer has ended), settles what is left.
+    fn run(self: Box<Self>, ended: &mut dyn FnMut(), shutdown: &Shutdown);
+}
+
+/// The health of a transport's link to its services (the Kafka brokers).
+pub trait LinkHealth: Send + Sync {
+    /// As status shows it.
+    fn report(&self) -> LinkReport;
+}
+
+/// A link's health in status.
+#[derive(Debug, Clone)]
+pub struct LinkReport {
+    /// The services (bootstrap brokers).
+    pub brokers: String,
+    /// Whether they are reachable.
+    pub connected: bool,
+    /// Errors seen.
+    pub errors: u64,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// The transport `plan` asks for.
+pub fn for_plan<'p>(
+    plan: &'p Plan,
+    batch_size: usize,
+    append: bool,
+    fresh: bool,
+) -> Result<Box<dyn Transport + 'p>, TransportError> {
+    Ok(match plan.graph.transport {
+        Kind::InProcess => {
+            if !plan.placement.whole() {
+                return Err(TransportError::Refused(
+                    "--nodes places nodes on processes of a Kafka graph: run it with transport = \"kafka\""
+                        .into(),
+                ));
+            }
+            Box::new(memory::Memory::new(plan, append, fresh))
+        }
+        Kind::Kafka => Box::new(kafka::KafkaTransport::new(plan, batch_size)?),
+    })
+}
