@@ -40,7 +40,7 @@ impl Drop for Watch {
 
 /// What a changed path means.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Change {
+enum Touched {
     Manifest,
     Node(String),
 }
@@ -113,9 +113,9 @@ impl Watched {
     }
 
     /// What a changed `path` concerns, if anything.
-    fn classify(&self, path: &Path) -> Option<Change> {
+    fn classify(&self, path: &Path) -> Option<Touched> {
         if same_file(path, &self.manifest) {
-            return Some(Change::Manifest);
+            return Some(Touched::Manifest);
         }
         self.specs.values().find_map(|spec| {
             let hit = match &spec.module {
@@ -125,7 +125,7 @@ impl Watched {
                     real(path).starts_with(src) || same_file(path, &dir.join("Cargo.toml"))
                 }
             };
-            hit.then(|| Change::Node(spec.id.clone()))
+            hit.then(|| Touched::Node(spec.id.clone()))
         })
     }
 
@@ -146,7 +146,8 @@ impl Watched {
             });
             match events.recv_timeout(wait) {
                 Ok(Ok(event)) if !matches!(event.kind, EventKind::Access(_)) => {
-                    let relevant: Vec<Change> = event.paths.iter().filter_map(|p| self.classify(p)).collect();
+                    let relevant: Vec<Touched> =
+                        event.paths.iter().filter_map(|p| self.classify(p)).collect();
                     if !relevant.is_empty() {
                         changed.extend(relevant);
                         settled = Some(Instant::now() + SETTLE);
@@ -175,14 +176,14 @@ impl Watched {
     }
 
     /// Acts on what changed; true if the set of watched paths changed.
-    fn apply(&mut self, changed: BTreeSet<Change>) -> bool {
+    fn apply(&mut self, changed: BTreeSet<Touched>) -> bool {
         let mut reconfigured = BTreeSet::new();
         let mut moved = false;
-        if changed.contains(&Change::Manifest) {
+        if changed.contains(&Touched::Manifest) {
             (reconfigured, moved) = self.reload(&changed);
         }
         for change in changed {
-            let Change::Node(id) = change else { continue };
+            let Touched::Node(id) = change else { continue };
             if reconfigured.contains(&id) {
                 continue;
             }
@@ -206,7 +207,7 @@ impl Watched {
 
     /// Reloads the manifest and reconfigures the nodes whose setup changed (with their
     /// module anew if it changed too); returns them, and whether a module moved.
-    fn reload(&mut self, changed: &BTreeSet<Change>) -> (BTreeSet<String>, bool) {
+    fn reload(&mut self, changed: &BTreeSet<Touched>) -> (BTreeSet<String>, bool) {
         let mut done = BTreeSet::new();
         let graph = match Graph::load(&self.path) {
             Ok(graph) => graph,
@@ -225,7 +226,7 @@ impl Watched {
             };
             let module_changed = old.module != new.module
                 || old.sha256 != new.sha256
-                || changed.contains(&Change::Node(new.id.clone()));
+                || changed.contains(&Touched::Node(new.id.clone()));
             if !module_changed && !setup_changed(old, new) {
                 continue;
             }

@@ -29,7 +29,7 @@ use crate::manifest::{Access, Durability, Graph, StoreSpec};
 /// A value with its expiry (milliseconds since the epoch; `i64::MAX`: never), and whether
 /// it changed since the last checkpoint.
 #[derive(Debug)]
-struct Slot {
+struct Stored {
     value: Vec<u8>,
     expires: i64,
     dirty: bool,
@@ -48,7 +48,7 @@ pub type Entries = BTreeMap<Vec<u8>, Held>;
 #[derive(Debug)]
 pub struct Store {
     name: String,
-    map: DashMap<Vec<u8>, Slot>,
+    map: DashMap<Vec<u8>, Stored>,
     ttl_ms: Option<i64>,
     /// Durable stores: keys written since the last checkpoint (each once per checkpoint,
     /// guarded by its slot's `dirty` flag; deleted keys every time).
@@ -103,7 +103,7 @@ impl Store {
     }
 
     /// Marks a written slot: new expiry, and (durable stores) changed since the checkpoint.
-    fn touch(&self, key: &[u8], slot: &mut Slot, now: i64) {
+    fn touch(&self, key: &[u8], slot: &mut Stored, now: i64) {
         slot.expires = self.expiry(now);
         if let Some(changed) = &self.changed
             && !slot.dirty
@@ -116,8 +116,8 @@ impl Store {
         }
     }
 
-    fn new_slot(&self, key: &[u8], value: Vec<u8>, now: i64) -> Slot {
-        let mut slot = Slot {
+    fn new_slot(&self, key: &[u8], value: Vec<u8>, now: i64) -> Stored {
+        let mut slot = Stored {
             value,
             expires: 0,
             dirty: false,
@@ -315,7 +315,7 @@ impl Store {
     pub fn restore(&self, key: Vec<u8>, value: Vec<u8>, expires: i64) {
         self.map.insert(
             key,
-            Slot {
+            Stored {
                 value,
                 expires,
                 dirty: false,

@@ -201,7 +201,7 @@ pub(super) struct Handover {
 
 /// A replica as the swapper sees it.
 #[derive(Default)]
-struct Slot {
+struct ReplicaSwap {
     handover: Mutex<Option<Handover>>,
     /// The generation it runs.
     generation: AtomicU64,
@@ -226,7 +226,7 @@ pub struct NodeVersions {
     engine: Engine,
     published: AtomicU64,
     current: Mutex<Arc<Version>>,
-    slots: Vec<Slot>,
+    slots: Vec<ReplicaSwap>,
     /// Instances replicas switched away from, dropped off their threads.
     retired: Mutex<Vec<NodeInstance>>,
     control: Mutex<Control>,
@@ -253,10 +253,10 @@ impl NodeVersions {
         heartbeat: Duration,
     ) -> Arc<Self> {
         let slots = (0..setup.replicas)
-            .map(|_| Slot {
+            .map(|_| ReplicaSwap {
                 version: AtomicU32::new(1),
                 live: AtomicBool::new(true),
-                ..Slot::default()
+                ..ReplicaSwap::default()
             })
             .collect();
         Arc::new(NodeVersions {
