@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flowhost::engine::{Engine, EngineConfig};
@@ -103,6 +105,37 @@ impl Captured {
     }
 }
 
+/// Where a graph test runs: in this process, or over Kafka against a broker of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// `transport = "in-process"`.
+    Memory,
+    /// `transport = "kafka"`, a fresh tansu broker (4 partitions per topic).
+    Kafka,
+}
+
+/// Both transports, for checks that must hold on each.
+pub const BOTH: [On; 2] = [On::Memory, On::Kafka];
+
+/// [`run_captured`] on transport `on`; over Kafka the broker lives as long as the run.
+pub fn run_captured_on(mut graph: Graph, dir: &Path, on: On) -> anyhow::Result<Captured> {
+    let _broker = match on {
+        On::Memory => None,
+        On::Kafka => {
+            let broker = Broker::start();
+            graph.transport = flowhost::manifest::Transport::Kafka;
+            graph.kafka.brokers = Some(broker.addr.clone());
+            // Short sessions: the first group join waits about half of it.
+            graph
+                .kafka
+                .properties
+                .push(("session.timeout.ms".into(), "6000".into()));
+            Some(broker)
+        }
+    };
+    run_captured(graph, dir).with_context(|| format!("on {on:?}"))
+}
+
 /// Runs `graph` with every sink redirected to a file in `dir`, and reads them back.
 pub fn run_captured(mut graph: Graph, dir: &Path) -> anyhow::Result<Captured> {
     for sink in &mut graph.sinks {
@@ -132,4 +165,64 @@ pub fn run_captured(mut graph: Graph, dir: &Path) -> anyhow::Result<Captured> {
         }
     }
     Ok(Captured { report, sinks })
+}
+
+/// A tansu broker (Kafka-compatible, in memory) on a free loopback port, stopped when
+/// dropped. tansu comes from `scripts/kafka install`; `TANSU` may name another binary.
+pub struct Broker {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+}
+
+impl Broker {
+    /// Starts one and waits until it accepts connections.
+    pub fn start() -> Broker {
+        let tansu = std::env::var_os("TANSU")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                let home = std::env::var_os("CARGO_HOME")
+                    .map(std::path::PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
+                Some(home.join("bin/tansu")).filter(|p| p.exists())
+            })
+            .unwrap_or_else(|| "tansu".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
+        let child = Command::new(&tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start tansu ({}): {e}; install it with scripts/kafka install",
+                    tansu.display()
+                )
+            });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu never listened on {addr}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Broker { child, addr }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -2,7 +2,7 @@
 //! count exactly what went through, a replica stuck in a long call turns stale, and
 //! `flowhost status` / `flowhost tail` read them.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

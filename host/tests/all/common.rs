@@ -1,11 +1,11 @@
 //! A `flowhost run` of a graph reading stdin, with its admin endpoint on a free port, for
 //! tests that watch and steer a running graph.
-// Each test crate that includes this uses a part of it.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
+
+pub use flowhost_tests::Broker;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
@@ -120,66 +120,6 @@ impl Running {
 
 impl Drop for Running {
     /// A test that failed half-way leaves no process behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A tansu broker (Kafka-compatible, in memory) on a free loopback port, stopped when
-/// dropped. tansu comes from `scripts/kafka install`; `TANSU` may name another binary.
-pub struct Broker {
-    child: Child,
-    /// `127.0.0.1:<port>`.
-    pub addr: String,
-}
-
-impl Broker {
-    /// Starts one and waits until it accepts connections.
-    pub fn start() -> Broker {
-        let tansu = std::env::var_os("TANSU")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                let home = std::env::var_os("CARGO_HOME")
-                    .map(std::path::PathBuf::from)
-                    .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
-                Some(home.join("bin/tansu")).filter(|p| p.exists())
-            })
-            .unwrap_or_else(|| "tansu".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{addr}");
-        let child = Command::new(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start tansu ({}): {e}; install it with scripts/kafka install",
-                    tansu.display()
-                )
-            });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "tansu never listened on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Broker { child, addr }
-    }
-}
-
-impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

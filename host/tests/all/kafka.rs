@@ -3,7 +3,7 @@
 //! partitions with one killed mid-stream, changelog restore of durable state, and the
 //! error when the brokers cannot be reached.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,6 +1,6 @@
 //! Poison messages, dead letters and replay through the real binary, and module pinning.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! `<version> r<replica> b<batch> c<count> <payload>`: which module, replica and batch of
 //! that instance processed each message, and the store counter of that version after it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,0 +1,12 @@
+//! The host's integration tests: one binary (as wasmtime's tests/all), a module per
+//! area. They drive the real `flowhost` binary with real wasm; the Kafka ones start a
+//! real broker each (`scripts/kafka install` puts tansu in place).
+
+mod admin;
+mod cli;
+mod common;
+mod durability;
+mod fuzz_regressions;
+mod kafka;
+mod reliability;
+mod swap;
