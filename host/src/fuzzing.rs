@@ -1,5 +1,5 @@
 //! Entry points for the fuzz targets in `fuzz/` and for the regression test that replays
-//! what they found (`host/tests/fuzz_regressions.rs`). Each takes arbitrary bytes and
+//! what they found (`host/tests/all/fuzz_regressions.rs`). Each takes arbitrary bytes and
 //! must return normally: an error is fine, a panic is a bug.
 
 use std::path::Path;

@@ -192,6 +192,34 @@ fn replay_keeps_other_nodes_dead_letters_and_names_bad_arguments() {
 }
 
 #[test]
+fn replay_of_a_kafka_graph_runs_in_this_process() {
+    // A dead-letter file of a graph that runs over Kafka: replay reads it and runs the
+    // node here, never asking the brokers (these ones do not exist).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "").unwrap();
+    let crate_line = format!("crate = \"{}/faulty\"", functions().display());
+    let path = poison_graph(dir.path(), &crate_line);
+    let manifest = std::fs::read_to_string(&path).unwrap().replacen(
+        "name = \"poison\"\n",
+        "name = \"poison\"\ntransport = \"kafka\"\n",
+        1,
+    ) + "[kafka]\nbrokers = \"127.0.0.1:1\"\n";
+    std::fs::write(&path, manifest).unwrap();
+    let ours = r#"{"headers":{"flowhost-error":"x","flowhost-error-node":"faulty"},"key":"k","payload":"ok","timestamp":7}"#;
+    std::fs::write(dir.path().join("dlq.jsonl"), format!("{ours}\n")).unwrap();
+
+    let replay = flowhost(dir.path(), &["replay", "graph.toml", "dlq", "--into", "faulty"]);
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert!(
+        text(&replay).contains("replayed 1: 1 succeeded, 0 failed again"),
+        "{}",
+        text(&replay)
+    );
+    assert_eq!(lines(&dir.path().join("out.txt")), ["ok"]);
+    assert!(lines(&dir.path().join("dlq.jsonl")).is_empty());
+}
+
+#[test]
 fn a_pinned_module_that_does_not_match_is_refused_before_loading() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("in.txt"), "a\nb\n").unwrap();
