@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -59,20 +58,41 @@ struct TailQuery {
     after: u64,
 }
 
+/// Why the admin endpoint did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// It only listens on loopback.
+    #[error("the admin endpoint has no authentication and listens on loopback only; {0} is not")]
+    NotLoopback(SocketAddr),
+    /// Listening or starting its runtime failed.
+    #[error("admin endpoint: cannot {what}: {error}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        error: std::io::Error,
+    },
+}
+
 /// Starts serving `status` on `addr`, which must be a loopback address.
-pub fn serve(addr: SocketAddr, status: Arc<Status>) -> anyhow::Result<AdminServer> {
-    anyhow::ensure!(
-        addr.ip().is_loopback(),
-        "the admin endpoint has no authentication and listens on loopback only; {addr} is not"
-    );
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("admin endpoint: cannot listen on {addr}"))?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
+pub fn serve(addr: SocketAddr, status: Arc<Status>) -> Result<AdminServer, AdminError> {
+    if !addr.ip().is_loopback() {
+        return Err(AdminError::NotLoopback(addr));
+    }
+    let failed = |what: String| move |error| AdminError::Io { what, error };
+    let listener = std::net::TcpListener::bind(addr).map_err(failed(format!("listen on {addr}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(failed(format!("listen on {addr}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(failed(format!("listen on {addr}")))?;
+    // Timers too: a swapped-in module's `init` may sleep (through WASI), on this runtime.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
-        .context("admin endpoint: starting its runtime")?;
+        .map_err(failed("start its runtime".into()))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = axum::Router::new()
         .route("/", get(index))
@@ -97,7 +117,8 @@ pub fn serve(addr: SocketAddr, status: Arc<Status>) -> anyhow::Result<AdminServe
         if let Err(e) = served {
             tracing::error!("admin endpoint failed: {e}");
         }
-    })?;
+    });
+    let thread = thread.map_err(failed("start its thread".into()))?;
     tracing::info!(
         "admin endpoint on http://{addr} (/status, /metrics, /sinks/<id>/tail, POST /nodes/<id>/swap)"
     );
@@ -142,7 +163,7 @@ async fn swap(
     };
     let name = q.name.unwrap_or_else(|| String::from("posted module"));
     on_node(&status, &id, move |versions| {
-        versions.swap(|engine| engine.load_bytes(&module, name.as_ref()), trial)
+        versions.swap(|engine| Ok(engine.load_bytes(&module, name.as_ref())?), trial)
     })
     .await
 }

@@ -20,18 +20,57 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
-
 use crate::engine::Engine;
+use crate::io::NotAMessage;
 use crate::io::sink::{as_json, from_json};
 use crate::manifest::{
     Connection, Durability, Edge, ErrorPolicy, Graph, ModuleRef, SinkKind, SourceKind, SourceSpec, Transport,
     Vertex,
 };
 use crate::message::Msg;
-use crate::plan::Plan;
+use crate::plan::{Plan, PlanError};
 use crate::shutdown::Shutdown;
-use crate::topology::{RunOptions, RunReport, headers};
+use crate::topology::{RunError, RunOptions, RunReport, headers};
+
+/// Why a replay did not run, or did not finish. Once the replayed messages have moved
+/// out of the dead-letter file, the error says where they are kept.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The request does not fit the graph (no such sink or node, a sink it cannot read).
+    #[error("{0}")]
+    Refused(String),
+    /// A file could not be read or written.
+    #[error("{what} {}: {error}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// A line of the dead-letter file is not a message.
+    #[error("{}:{line}: {error}", path.display())]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong.
+        error: NotAMessage,
+    },
+    /// The replayed part of the graph cannot be planned (its modules).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The replay run failed or was interrupted.
+    #[error("{why}; {kept}")]
+    Run {
+        /// What happened.
+        why: String,
+        /// Where the messages being replayed are kept.
+        kept: String,
+    },
+}
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -78,29 +117,29 @@ pub fn replay(
     engine: &Engine,
     opts: &RunOptions,
     shutdown: &Arc<Shutdown>,
-) -> anyhow::Result<ReplayReport> {
+) -> Result<ReplayReport, ReplayError> {
     let ids = |names: Vec<&str>| names.join(", ");
     let Some(sink) = graph.sinks.iter().find(|s| s.id == req.from) else {
-        bail!(
+        return Err(ReplayError::Refused(format!(
             "no sink `{}` in {} (sinks: {})",
             req.from,
             graph.path.display(),
             ids(graph.sinks.iter().map(|s| s.id.as_str()).collect())
-        );
+        )));
     };
     let SinkKind::File(path) = &sink.kind else {
-        bail!(
+        return Err(ReplayError::Refused(format!(
             "sink `{}` does not write a file; only a file sink can be replayed",
             req.from
-        );
+        )));
     };
     let Some(node) = graph.nodes.iter().position(|n| n.id == req.into) else {
-        bail!(
+        return Err(ReplayError::Refused(format!(
             "no node `{}` in {} (nodes: {})",
             req.into,
             graph.path.display(),
             ids(graph.nodes.iter().map(|n| n.id.as_str()).collect())
-        );
+        )));
     };
     let pending = with_suffix(path, ".replaying");
 
@@ -182,14 +221,18 @@ pub fn replay(
     for (file, _) in &feeds {
         let _ = std::fs::remove_file(file);
     }
-    let run = run.with_context(|| keep_note(&pending))?;
+    let stopped = |why: String| ReplayError::Run {
+        why,
+        kept: keep_note(&pending),
+    };
+    let run = run.map_err(|e: RunError| stopped(e.to_string()))?;
     if let Some(failure) = &run.failure {
-        bail!("{failure}; {}", keep_note(&pending));
+        return Err(stopped(failure.clone()));
     }
     if shutdown.was_interrupted() {
-        bail!("interrupted; {}", keep_note(&pending));
+        return Err(stopped("interrupted".into()));
     }
-    std::fs::remove_file(&pending).with_context(|| format!("removing {}", pending.display()))?;
+    std::fs::remove_file(&pending).map_err(io("removing", &pending))?;
     let replayed = batch.len() as u64;
     let failed = run
         .nodes
@@ -214,7 +257,7 @@ fn keep_note(pending: &Path) -> String {
 
 /// The part of `graph` that `node` feeds (the node, everything downstream of it and its
 /// dead-letter sinks), with one `messages` source per input port in `feeds`.
-fn downstream(graph: &Graph, node: usize, feeds: &[(PathBuf, u16)]) -> anyhow::Result<Graph> {
+fn downstream(graph: &Graph, node: usize, feeds: &[(PathBuf, u16)]) -> Result<Graph, ReplayError> {
     let mut reach = BTreeSet::from([Vertex::Node(node)]);
     let mut todo = vec![Vertex::Node(node)];
     while let Some(v) = todo.pop() {
@@ -262,16 +305,16 @@ fn downstream(graph: &Graph, node: usize, feeds: &[(PathBuf, u16)]) -> anyhow::R
     // whatever transport the graph runs on; its sinks must be writable from here.
     sub.transport = Transport::InProcess;
     if let Some(sink) = sub.sinks.iter().find(|s| matches!(s.kind, SinkKind::Kafka(_))) {
-        bail!(
+        return Err(ReplayError::Refused(format!(
             "the replayed part of the graph writes Kafka sink `{}`; replay runs in this process and writes only local sinks",
             sink.id
-        );
+        )));
     }
     if let Some(durable) = sub.stores.iter().find(|s| s.durability == Durability::Durable) {
-        bail!(
+        return Err(ReplayError::Refused(format!(
             "the replayed part of the graph uses durable store `{}`; replay does not support durable stores yet",
             durable.name
-        );
+        )));
     }
     sub.edges = graph
         .edges
@@ -316,25 +359,28 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Each line of a dead-letter file with the message it holds; a missing file is empty.
-fn read_lines(path: &Path) -> anyhow::Result<Vec<(String, Msg)>> {
+fn read_lines(path: &Path) -> Result<Vec<(String, Msg)>, ReplayError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => return Err(io("reading", path)(e)),
     };
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(n, line)| {
-            let msg = from_json(line.as_bytes())
-                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?;
+            let msg = from_json(line.as_bytes()).map_err(|error| ReplayError::Line {
+                path: path.to_owned(),
+                line: n + 1,
+                error,
+            })?;
             Ok((line.to_owned(), msg))
         })
         .collect()
 }
 
 /// Replaces `path` with `lines`, durably: a crash leaves the old file or the new one.
-fn write_atomically<'a>(path: &Path, lines: impl Iterator<Item = &'a str>) -> anyhow::Result<()> {
+fn write_atomically<'a>(path: &Path, lines: impl Iterator<Item = &'a str>) -> Result<(), ReplayError> {
     let tmp = with_suffix(path, ".tmp");
     let write = || -> std::io::Result<()> {
         let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
@@ -345,5 +391,10 @@ fn write_atomically<'a>(path: &Path, lines: impl Iterator<Item = &'a str>) -> an
         file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().with_context(|| format!("writing {}", path.display()))
+    write().map_err(io("writing", path))
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ReplayError {
+    let path = path.to_owned();
+    move |error| ReplayError::Io { what, path, error }
 }

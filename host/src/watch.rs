@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 use crate::engine::NodeSetup;
@@ -18,7 +17,7 @@ use crate::manifest::{Graph, ModuleRef, NodeSpec};
 use crate::plan::ModuleSource;
 use crate::state::Stores;
 use crate::topology::Status;
-use crate::topology::swap::Outcome;
+use crate::topology::swap::{Outcome, SwapError};
 
 /// Quiet time after the last change before acting on it (editors and `cargo` write in bursts).
 const SETTLE: Duration = Duration::from_millis(200);
@@ -45,26 +44,49 @@ enum Touched {
     Node(String),
 }
 
+/// Why watching did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// A watched path cannot be resolved or watched.
+    #[error("watching {}: {why}", path.display())]
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// The watcher (or its thread) cannot be started.
+    #[error("starting the file watcher: {0}")]
+    Start(String),
+}
+
 /// Starts watching `manifest` (the graph `graph` was loaded from) and its nodes' modules.
-pub fn start(manifest: &Path, graph: &Graph, status: Arc<Status>, stores: Stores) -> anyhow::Result<Watch> {
+pub fn start(
+    manifest: &Path,
+    graph: &Graph,
+    status: Arc<Status>,
+    stores: Stores,
+) -> Result<Watch, WatchError> {
     let stop = Arc::new(AtomicBool::new(false));
     let state = Watched {
         path: manifest.to_owned(),
-        manifest: manifest
-            .canonicalize()
-            .with_context(|| format!("watching {}", manifest.display()))?,
+        manifest: manifest.canonicalize().map_err(|e| WatchError::Path {
+            path: manifest.to_owned(),
+            why: e.to_string(),
+        })?,
         specs: graph.nodes.iter().map(|n| (n.id.clone(), n.clone())).collect(),
         graph: graph.clone(),
         status,
         stores,
     };
     let (tx, events) = channel();
-    let mut watcher = notify::recommended_watcher(tx).context("starting the file watcher")?;
+    let mut watcher = notify::recommended_watcher(tx).map_err(|e| WatchError::Start(e.to_string()))?;
     state.register(&mut watcher)?;
     let stopping = stop.clone();
     let thread = std::thread::Builder::new()
         .name("watch".into())
-        .spawn(move || state.run(watcher, events, &stopping))?;
+        .spawn(move || state.run(watcher, events, &stopping))
+        .map_err(|e| WatchError::Start(e.to_string()))?;
     Ok(Watch {
         stop,
         thread: Some(thread),
@@ -86,7 +108,7 @@ struct Watched {
 impl Watched {
     /// Watches the folders of the manifest and module files (editors and `cp` replace
     /// files, which a watch on the file itself would lose) and crates' sources.
-    fn register(&self, watcher: &mut RecommendedWatcher) -> anyhow::Result<()> {
+    fn register(&self, watcher: &mut RecommendedWatcher) -> Result<(), WatchError> {
         let mut dirs = BTreeSet::new();
         dirs.insert((parent(&self.manifest), RecursiveMode::NonRecursive));
         for spec in self.specs.values() {
@@ -99,9 +121,10 @@ impl Watched {
             };
         }
         for (dir, mode) in dirs {
-            watcher
-                .watch(&dir, mode)
-                .with_context(|| format!("watching {}", dir.display()))?;
+            watcher.watch(&dir, mode).map_err(|e| WatchError::Path {
+                path: dir.clone(),
+                why: e.to_string(),
+            })?;
         }
         let watched: Vec<&str> = self.specs.keys().map(String::as_str).collect();
         tracing::info!(
@@ -163,11 +186,11 @@ impl Watched {
                     // A module moved: watch afresh.
                     let (tx, rx) = channel();
                     let fresh = notify::recommended_watcher(tx)
-                        .map_err(anyhow::Error::from)
+                        .map_err(|e| WatchError::Start(e.to_string()))
                         .and_then(|mut w| self.register(&mut w).map(|()| w));
                     match fresh {
                         Ok(w) => (watcher, events) = (w, rx),
-                        Err(e) => tracing::warn!("file watcher: {e:#}"),
+                        Err(e) => tracing::warn!("file watcher: {e}"),
                     }
                 }
             }
@@ -191,8 +214,8 @@ impl Watched {
                 continue;
             };
             let loaded = ModuleSource::resolve(&spec.module, spec.sha256.as_deref())
-                .map_err(anyhow::Error::from)
-                .and_then(|source| versions.engine().load(&source));
+                .map_err(SwapError::from)
+                .and_then(|source| Ok(versions.engine().load(&source)?));
             if let Ok(module) = &loaded
                 && module.hash == versions.current().hash()
             {
@@ -233,7 +256,7 @@ impl Watched {
             let setup = NodeSetup::from_spec(new, &self.stores);
             tracing::info!(node = %new.id, "its manifest entry changed: reconfiguring it");
             let load = module_changed.then_some(|engine: &crate::engine::Engine| {
-                engine.load(&ModuleSource::resolve(&new.module, new.sha256.as_deref())?)
+                Ok(engine.load(&ModuleSource::resolve(&new.module, new.sha256.as_deref())?)?)
             });
             if versions.reconfigure(setup, load).outcome == Outcome::Done {
                 moved |= old.module != new.module;

@@ -55,16 +55,16 @@ impl DiskCache {
         let path = self.path(digest);
         let result = component
             .serialize()
-            .map_err(anyhow::Error::from)
+            .map_err(|e| format!("{e:#}"))
             .and_then(|bytes| {
-                std::fs::create_dir_all(&self.dir)?;
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                std::fs::write(&tmp, bytes)?;
-                std::fs::rename(&tmp, &path)?;
-                Ok(())
+                std::fs::create_dir_all(&self.dir)
+                    .and_then(|()| std::fs::write(&tmp, bytes))
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .map_err(|e| e.to_string())
             });
         if let Err(e) = result {
-            tracing::warn!(dir = %self.dir.display(), "could not cache a compiled module: {e:#}");
+            tracing::warn!(dir = %self.dir.display(), "could not cache a compiled module: {e}");
         }
     }
 }

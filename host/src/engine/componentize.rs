@@ -1,9 +1,12 @@
 //! Core module → component, in-process, with the WASI preview1 *reactor* adapter.
 
-use anyhow::Context;
+use std::path::Path;
+
 use wasi_preview1_component_adapter_provider::{
     WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
 };
+
+use super::EngineError;
 
 const MAGIC: &[u8; 4] = b"\0asm";
 
@@ -14,24 +17,31 @@ pub fn is_component(bytes: &[u8]) -> bool {
 }
 
 /// Returns `bytes` as a component: components pass through, core modules built for
-/// wasm32-wasip1 are wrapped with the reactor adapter.
-pub fn componentize(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
-    anyhow::ensure!(
-        bytes.len() >= 8 && &bytes[..4] == MAGIC,
-        "not a WebAssembly module or component (no `\\0asm` header)"
-    );
+/// wasm32-wasip1 are wrapped with the reactor adapter. `path` names the module in errors.
+pub fn componentize(bytes: &[u8], path: &Path) -> Result<Vec<u8>, EngineError> {
+    if !is_wasm(bytes) {
+        return Err(EngineError::NotWasm {
+            path: path.to_owned(),
+        });
+    }
     if is_component(bytes) {
         return Ok(bytes.to_vec());
     }
-    wit_component::ComponentEncoder::default()
+    let mut encoder = wit_component::ComponentEncoder::default()
         .validate(true)
         .module(bytes)
-        .context("reading the core module")?
+        .map_err(|e| EngineError::module(path, "reading the core module", e))?
         .adapter(
             WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
             WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
         )
-        .context("adding the WASI preview1 adapter")?
+        .map_err(|e| EngineError::module(path, "adding the WASI preview1 adapter", e))?;
+    encoder
         .encode()
-        .context("encoding the component")
+        .map_err(|e| EngineError::module(path, "encoding the component", e))
+}
+
+/// Whether `bytes` starts like WebAssembly (a module or a component).
+pub fn is_wasm(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && &bytes[..4] == MAGIC
 }

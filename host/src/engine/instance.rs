@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use flowhost_sdk::{ErrorKind, NodeError};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
@@ -15,7 +14,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::flowhost::node::{log, types};
 use super::bindings::{Node, NodePre};
 use super::stdio::GuestOutput;
-use super::{EPOCH_TICK, Engine, LoadedModule};
+use super::{EPOCH_TICK, Engine, EngineError, LoadedModule};
 use crate::manifest::{NodeSpec, Sandbox};
 use crate::state::{Grant, Stores, UndoLog};
 
@@ -162,18 +161,26 @@ pub struct NodeTemplate {
 
 impl NodeTemplate {
     /// Links `module` against the host and checks it implements the `flowhost:node` world.
-    pub fn new(engine: &Engine, module: LoadedModule, setup: NodeSetup) -> anyhow::Result<Arc<NodeTemplate>> {
+    pub fn new(
+        engine: &Engine,
+        module: LoadedModule,
+        setup: NodeSetup,
+    ) -> Result<Arc<NodeTemplate>, EngineError> {
         let pre = engine
             .linker()
             .instantiate_pre(&module.component)
             .and_then(NodePre::new)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("{} does not fit the flowhost:node world", module.path.display()))?;
-        anyhow::ensure!(
-            setup.fuel.is_none() || engine.meters_fuel(),
-            "node `{}` has a fuel limit, but the engine was made without fuel metering",
-            setup.name
-        );
+            .map_err(|e| EngineError::World {
+                path: module.path.clone(),
+                why: format!("{e:#}"),
+            })?;
+        if setup.fuel.is_some() && !engine.meters_fuel() {
+            return Err(EngineError::start(
+                &setup.name,
+                "metering fuel",
+                "the node has a fuel limit, but the engine was made without fuel metering",
+            ));
+        }
         let env = setup
             .sandbox
             .env
@@ -214,15 +221,13 @@ impl NodeTemplate {
     }
 
     /// A fresh, initialised instance (the first replica).
-    pub fn instantiate(self: &Arc<Self>) -> anyhow::Result<NodeInstance> {
+    pub fn instantiate(self: &Arc<Self>) -> Result<NodeInstance, EngineError> {
         self.instantiate_replica(0)
     }
 
     /// A fresh, initialised instance of replica `replica`.
-    pub fn instantiate_replica(self: &Arc<Self>, replica: u32) -> anyhow::Result<NodeInstance> {
-        let (store, node) = self
-            .fresh(replica)
-            .with_context(|| format!("starting node `{}`", self.info.name))?;
+    pub fn instantiate_replica(self: &Arc<Self>, replica: u32) -> Result<NodeInstance, EngineError> {
+        let (store, node) = self.fresh(replica)?;
         Ok(NodeInstance {
             template: self.clone(),
             store,
@@ -231,7 +236,7 @@ impl NodeTemplate {
         })
     }
 
-    fn fresh(&self, replica: u32) -> anyhow::Result<(Store<HostState>, Node)> {
+    fn fresh(&self, replica: u32) -> Result<(Store<HostState>, Node), EngineError> {
         let name: Arc<str> = self.info.name.as_str().into();
         // Only what the manifest grants: no files, env, args, sockets (WASI's default
         // socket check denies every address) or stdin; output goes to the log.
@@ -243,9 +248,10 @@ impl NodeTemplate {
             .allow_ip_name_lookup(false)
             .envs(&self.env);
         for (guest, host) in &self.read_dirs {
-            wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("granting read-only {} as {guest}", host.display()))?;
+            wasi.preopened_dir(host, guest, FsPerms::ReadOnly).map_err(|e| {
+                let why = format!("{}: {e:#}", host.display());
+                EngineError::start(&self.info.name, "granting a read-only directory", why)
+            })?;
         }
         let wasi = wasi.build();
         let limits = StoreLimitsBuilder::new()
@@ -265,16 +271,23 @@ impl NodeTemplate {
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks());
         self.refuel(&mut store);
-        let node = self.pre.instantiate(&mut store)?;
+        let node = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| EngineError::start(&self.info.name, "instantiating", e))?;
         let info = types::NodeInfo {
             replica,
             ..self.info.clone()
         };
         let init = node.call_init(&mut store, &info);
         let panic = store.data_mut().panic.take();
-        match init.map_err(|t| describe_trap(&t, self, panic))? {
+        let init_error = |error| EngineError::Init {
+            node: self.info.name.clone(),
+            error,
+        };
+        match init.map_err(|t| init_error(describe_trap(&t, self, panic)))? {
             Ok(()) => Ok((store, node)),
-            Err(e) => Err(CallError::Node(from_wit(e)).into()),
+            Err(e) => Err(init_error(CallError::Node(from_wit(e)))),
         }
     }
 
@@ -319,7 +332,7 @@ impl NodeInstance {
     }
 
     /// Replaces this instance with a fresh one (after a trap).
-    pub fn reset(&mut self) -> anyhow::Result<()> {
+    pub fn reset(&mut self) -> Result<(), EngineError> {
         let (store, node) = self.template.fresh(self.replica)?;
         self.store = store;
         self.node = node;

@@ -4,6 +4,7 @@
 
 mod cache;
 mod componentize;
+mod error;
 mod instance;
 mod stdio;
 mod stores;
@@ -13,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use anyhow::Context;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use cache::default_dir as default_cache_dir;
-pub use componentize::{componentize, is_component};
+pub use componentize::{componentize, is_component, is_wasm};
+pub use error::EngineError;
 pub(crate) use instance::HostState;
 pub use instance::{CallError, NodeInstance, NodeSetup, NodeTemplate};
 
@@ -102,7 +103,8 @@ pub struct Engine {
 
 impl Engine {
     /// Creates the engine and starts its epoch ticker (which ends when the engine is dropped).
-    pub fn new(setup: EngineConfig) -> anyhow::Result<Engine> {
+    pub fn new(setup: EngineConfig) -> Result<Engine, EngineError> {
+        let setup_error = |e: wasmtime::Error| EngineError::Setup(format!("{e:#}"));
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -127,12 +129,12 @@ impl Engine {
                 // Some machines restrict virtual memory; the on-demand allocator still works.
                 tracing::warn!("pooling allocator unavailable ({e}); using on-demand allocation");
                 config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-                wasmtime::Engine::new(&config)?
+                wasmtime::Engine::new(&config).map_err(setup_error)?
             }
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::Node::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup_error)?;
+        bindings::Node::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(setup_error)?;
         let disk = setup.cache_dir.map(|dir| cache::DiskCache::new(dir, &engine));
         let inner = Arc::new(Inner {
             engine,
@@ -157,20 +159,24 @@ impl Engine {
 
     /// Loads a node's module (read by the plan): componentizes and compiles it, once per
     /// content hash.
-    pub fn load(&self, source: &ModuleSource) -> anyhow::Result<LoadedModule> {
+    pub fn load(&self, source: &ModuleSource) -> Result<LoadedModule, EngineError> {
         self.load_bytes(&source.bytes, &source.path)
     }
 
     /// Loads a module or component file.
-    pub fn load_file(&self, path: &Path) -> anyhow::Result<LoadedModule> {
-        self.load(&ModuleSource::read(path)?)
+    pub fn load_file(&self, path: &Path) -> Result<LoadedModule, EngineError> {
+        let bytes = std::fs::read(path).map_err(|error| EngineError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        self.load_bytes(&bytes, path)
     }
 
     /// Loads a module or component from memory; `path` names it in errors and status.
-    pub fn load_bytes(&self, bytes: &[u8], path: &Path) -> anyhow::Result<LoadedModule> {
-        let (component, digest) = self
-            .compile(bytes)
-            .with_context(|| format!("loading {}", path.display()))?;
+    /// Whatever the bytes are — truncated, hostile, a panic deep inside the component
+    /// tooling — the answer is an error naming `path`, never a panic.
+    pub fn load_bytes(&self, bytes: &[u8], path: &Path) -> Result<LoadedModule, EngineError> {
+        let (component, digest) = self.compile(bytes, path)?;
         let hash = hex(&digest);
         Ok(LoadedModule {
             component,
@@ -180,7 +186,7 @@ impl Engine {
     }
 
     /// Componentizes and compiles `bytes`, or returns the component cached in memory or on disk.
-    pub fn compile(&self, bytes: &[u8]) -> anyhow::Result<(Component, [u8; 32])> {
+    fn compile(&self, bytes: &[u8], path: &Path) -> Result<(Component, [u8; 32]), EngineError> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let cache = || self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache().get(&digest) {
@@ -190,10 +196,11 @@ impl Engine {
         let component = match disk.and_then(|d| d.load(&self.inner.engine, &digest)) {
             Some(component) => component,
             None => {
-                let component_bytes = componentize(bytes)?;
-                let component = Component::new(&self.inner.engine, &component_bytes)
-                    .map_err(anyhow::Error::from)
-                    .context("compiling the component")?;
+                let component = guarded(path, || {
+                    let component_bytes = componentize(bytes, path)?;
+                    Component::new(&self.inner.engine, &component_bytes)
+                        .map_err(|e| EngineError::module(path, "compiling the component", e))
+                })?;
                 if let Some(d) = disk {
                     d.store(&digest, &component);
                 }
@@ -209,7 +216,24 @@ impl Engine {
     }
 }
 
-fn spawn_ticker(inner: Weak<Inner>) -> anyhow::Result<()> {
+/// Runs `load`, turning a panic inside the component tooling (a malformed module has
+/// reached one in `wit-component` before) into an error naming `path`.
+fn guarded<T>(path: &Path, load: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        Err(EngineError::module(
+            path,
+            "reading the module",
+            format_args!("malformed ({why})"),
+        ))
+    })
+}
+
+fn spawn_ticker(inner: Weak<Inner>) -> Result<(), EngineError> {
     std::thread::Builder::new()
         .name("flowhost-epoch".into())
         .spawn(move || {
@@ -219,6 +243,6 @@ fn spawn_ticker(inner: Weak<Inner>) -> anyhow::Result<()> {
                 std::thread::sleep(EPOCH_TICK);
             }
         })
-        .context("starting the epoch ticker")?;
+        .map_err(|e| EngineError::Setup(format!("starting the epoch ticker: {e}")))?;
     Ok(())
 }

@@ -4,9 +4,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use anyhow::Context;
 use bytes::Bytes;
 
+use super::{IoError, NotAMessage};
 use crate::manifest::{SinkFormat, SinkKind, SinkSpec};
 use crate::message::{Headers, Msg};
 
@@ -27,27 +27,37 @@ enum Out {
 impl SinkWriter {
     /// Opens the sink's destination. A file is created or truncated, or with `resume`
     /// (the length a checkpoint recorded) cut back to that length and appended to.
-    pub fn open(spec: &SinkSpec, resume: Option<u64>) -> anyhow::Result<SinkWriter> {
-        let id = &spec.id;
+    pub fn open(spec: &SinkSpec, resume: Option<u64>) -> Result<SinkWriter, IoError> {
+        let vertex = || format!("sink `{}`", spec.id);
+        let failed = |what: String, path: &Path| {
+            let path = path.to_owned();
+            move |error| IoError::File {
+                vertex: vertex(),
+                what,
+                path,
+                error,
+            }
+        };
         let (out, len) = match &spec.kind {
             SinkKind::Stdout => (Out::Stdout(BufWriter::new(std::io::stdout())), 0),
             SinkKind::File(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("sink `{id}`: cannot create {}", dir.display()))?;
+                    std::fs::create_dir_all(dir).map_err(failed("create".into(), dir))?;
                 }
                 let file = match resume {
-                    None => File::create(path)
-                        .with_context(|| format!("sink `{id}`: cannot create {}", path.display()))?,
-                    Some(len) => resume_file(path, len).with_context(|| {
-                        format!("sink `{id}`: cannot resume {} at byte {len}", path.display())
-                    })?,
+                    None => File::create(path).map_err(failed("create".into(), path))?,
+                    Some(len) => {
+                        resume_file(path, len).map_err(failed(format!("resume at byte {len}"), path))?
+                    }
                 };
                 (Out::File(BufWriter::new(file)), resume.unwrap_or(0))
             }
             SinkKind::Null => (Out::Null, 0),
             SinkKind::Kafka(topic) => {
-                anyhow::bail!("sink `{id}` writes Kafka topic `{topic}`: run it with transport = \"kafka\"")
+                return Err(IoError::NeedsKafka {
+                    vertex: vertex(),
+                    topic: topic.clone(),
+                });
             }
         };
         Ok(SinkWriter {
@@ -140,7 +150,7 @@ fn text(b: &[u8]) -> serde_json::Value {
 
 /// A message back from a line [`as_json`] wrote. A text payload comes back as it was; a
 /// JSON payload as the same JSON value, compactly written.
-pub fn from_json(line: &[u8]) -> Result<Msg, String> {
+pub fn from_json(line: &[u8]) -> Result<Msg, NotAMessage> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Line {
@@ -152,8 +162,7 @@ pub fn from_json(line: &[u8]) -> Result<Msg, String> {
         #[serde(default)]
         headers: std::collections::BTreeMap<String, String>,
     }
-    let line: Line =
-        serde_json::from_slice(line).map_err(|e| format!("not a message written by a JSON sink: {e}"))?;
+    let line: Line = serde_json::from_slice(line).map_err(|e| NotAMessage(e.to_string()))?;
     let payload = match line.payload {
         serde_json::Value::String(s) => Bytes::from(s),
         other => Bytes::from(other.to_string()),

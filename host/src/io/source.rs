@@ -7,6 +7,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
+use super::IoError;
 use crate::clock::now_millis;
 use crate::manifest::{SourceKind, SourceSpec};
 use crate::message::{Msg, batch_from, sequence_payload};
@@ -22,49 +23,55 @@ pub fn run(
     start: Position,
     shutdown: &Shutdown,
     mut send: impl FnMut(Vec<Msg>, Position) -> bool,
-) -> Result<Position, String> {
-    let id = &spec.id;
+) -> Result<Position, IoError> {
+    let vertex = || format!("source `{}`", spec.id);
     let open = |path: &Path| {
-        let mut file =
-            File::open(path).map_err(|e| format!("source `{id}`: cannot open {}: {e}", path.display()))?;
-        file.seek(SeekFrom::Start(start.offset)).map_err(|e| {
-            format!(
-                "source `{id}`: cannot resume {} at byte {}: {e}",
-                path.display(),
-                start.offset
-            )
-        })?;
-        Ok::<_, String>(BufReader::new(file))
+        let failed = |what: String| {
+            move |error| IoError::File {
+                vertex: vertex(),
+                what,
+                path: path.to_owned(),
+                error,
+            }
+        };
+        let mut file = File::open(path).map_err(failed("open".into()))?;
+        file.seek(SeekFrom::Start(start.offset))
+            .map_err(failed(format!("resume at byte {}", start.offset)))?;
+        Ok::<_, IoError>(BufReader::new(file))
+    };
+    let named = |path: &Path| {
+        let path = path.to_owned();
+        move |fault| match fault {
+            LineFault::Read(line, error) => IoError::File {
+                vertex: vertex(),
+                what: format!("read line {line} of"),
+                path,
+                error,
+            },
+            LineFault::Bad(line, why) => IoError::Line {
+                vertex: vertex(),
+                path,
+                line,
+                why,
+            },
+        }
+    };
+    let mut read = |path: &Path, make: &mut dyn FnMut(Option<i64>, Bytes) -> Result<Msg, String>| {
+        lines(open(path)?, batch_size, start, shutdown, false, &mut send, make).map_err(named(path))
     };
     match &spec.kind {
-        SourceKind::File { path } => lines(
-            open(path)?,
-            batch_size,
-            start,
-            shutdown,
-            false,
-            &mut send,
-            text_line,
-        ),
-        SourceKind::Messages { path } => lines(
-            open(path)?,
-            batch_size,
-            start,
-            shutdown,
-            false,
-            &mut send,
-            |n, _, line| {
-                crate::io::sink::from_json(&line)
-                    .map_err(|e| format!("source `{id}`: {}:{n}: {e}", path.display()))
-            },
-        ),
+        SourceKind::File { path } => read(path, &mut text_line),
+        SourceKind::Messages { path } => read(path, &mut |_, line| {
+            crate::io::sink::from_json(&line).map_err(|e| e.to_string())
+        }),
         SourceKind::Stdin => {
             if start != Position::default() {
                 tracing::warn!("standard input cannot be resumed: what was read before the restart is gone");
             }
             let stdin = BufReader::new(std::io::stdin().lock());
             let from = Position::default();
-            lines(stdin, batch_size, from, shutdown, true, &mut send, text_line)
+            lines(stdin, batch_size, from, shutdown, true, &mut send, &mut text_line)
+                .map_err(named(Path::new("<stdin>")))
         }
         SourceKind::Jsonl {
             path,
@@ -72,26 +79,17 @@ pub fn run(
             timestamp_field,
         } => {
             let fields = (key_field.as_deref(), timestamp_field.as_deref());
-            lines(
-                open(path)?,
-                batch_size,
-                start,
-                shutdown,
-                false,
-                &mut send,
-                |n, ts, line| {
-                    json_line(&line, fields)
-                        .map_err(|e| format!("source `{id}`: {}:{n}: {e}", path.display()))
-                        .map(|mut m| {
-                            m.timestamp = m.timestamp.or(ts);
-                            m
-                        })
-                },
-            )
+            read(path, &mut |ts, line| {
+                json_line(&line, fields).map(|mut m| {
+                    m.timestamp = m.timestamp.or(ts);
+                    m
+                })
+            })
         }
-        SourceKind::Kafka { topic } => Err(format!(
-            "source `{id}` reads Kafka topic `{topic}`: run it with transport = \"kafka\""
-        )),
+        SourceKind::Kafka { topic } => Err(IoError::NeedsKafka {
+            vertex: vertex(),
+            topic: topic.clone(),
+        }),
         SourceKind::Generator {
             count,
             payload_size,
@@ -114,8 +112,14 @@ pub fn run(
     }
 }
 
+/// Why [`lines`] stopped early: at which line (from 1).
+enum LineFault {
+    Read(u64, std::io::Error),
+    Bad(u64, String),
+}
+
 /// A text line as it is: the payload of a message.
-fn text_line(_line_no: u64, _read_at: Option<i64>, line: Bytes) -> Result<Msg, String> {
+fn text_line(_read_at: Option<i64>, line: Bytes) -> Result<Msg, String> {
     Ok(Msg::new(line, None))
 }
 
@@ -129,8 +133,8 @@ fn lines<R: Read>(
     shutdown: &Shutdown,
     eager: bool,
     send: &mut dyn FnMut(Vec<Msg>, Position) -> bool,
-    mut make: impl FnMut(u64, Option<i64>, Bytes) -> Result<Msg, String>,
-) -> Result<Position, String> {
+    make: &mut dyn FnMut(Option<i64>, Bytes) -> Result<Msg, String>,
+) -> Result<Position, LineFault> {
     let mut at = start;
     let mut batch = Vec::with_capacity(batch_size);
     let mut buf = Vec::new();
@@ -141,14 +145,16 @@ fn lines<R: Read>(
         buf.clear();
         let n = reader
             .read_until(b'\n', &mut buf)
-            .map_err(|e| format!("reading line {}: {e}", at.records + 1))?;
+            .map_err(|e| LineFault::Read(at.records + 1, e))?;
         if n > 0 {
             at.offset += n as u64;
             at.records += 1;
             let end = buf.len() - buf.ends_with(b"\n") as usize;
             let end = end - buf[..end].ends_with(b"\r") as usize;
             let ts = Some(now_millis());
-            batch.push(make(at.records, ts, Bytes::copy_from_slice(&buf[..end]))?);
+            let msg = make(ts, Bytes::copy_from_slice(&buf[..end]))
+                .map_err(|why| LineFault::Bad(at.records, why))?;
+            batch.push(msg);
         }
         let flush = batch.len() >= batch_size || n == 0 || (eager && reader.buffer().is_empty());
         if flush

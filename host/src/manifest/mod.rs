@@ -16,12 +16,12 @@ pub use raw::{Access, Connection, Delivery, Durability, SinkFormat, Transport};
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// The file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         /// The manifest path.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a valid graph.
     #[error("{}", render(path, diagnostics))]
@@ -385,9 +385,9 @@ impl Graph {
     /// Reads and validates a manifest.
     pub fn load(path: impl AsRef<Path>) -> Result<Graph, ManifestError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| ManifestError::Read {
+        let bytes = std::fs::read(path).map_err(|error| ManifestError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let text = String::from_utf8(bytes).map_err(|e| {
             // Point at the first byte that is not UTF-8.

@@ -33,12 +33,12 @@ pub enum PlanError {
         why: String,
     },
     /// A module file cannot be read.
-    #[error("reading {}: {source}", path.display())]
+    #[error("reading {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A module file is not the one the manifest pins.
     #[error(
@@ -54,12 +54,12 @@ pub enum PlanError {
         actual: String,
     },
     /// A node's module, with the node named.
-    #[error("node `{node}`: {source}")]
+    #[error("node `{node}`: {error}")]
     Node {
         /// The node.
         node: String,
         /// What went wrong.
-        source: Box<PlanError>,
+        error: Box<PlanError>,
     },
     /// `--nodes` names no vertex of the graph.
     #[error("--nodes: `{name}` is not a source, node or sink of graph `{graph}`")]
@@ -105,9 +105,9 @@ impl ModuleSource {
 
     /// Reads a module or component file.
     pub fn read(path: &Path) -> Result<ModuleSource, PlanError> {
-        let bytes = std::fs::read(path).map_err(|source| PlanError::Read {
+        let bytes = std::fs::read(path).map_err(|error| PlanError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Ok(ModuleSource::from_bytes(bytes, path))
     }
@@ -209,7 +209,7 @@ impl Plan {
                 _ => {
                     let m = ModuleSource::resolve(&n.module, pinned).map_err(|e| PlanError::Node {
                         node: n.id.clone(),
-                        source: Box::new(e),
+                        error: Box::new(e),
                     })?;
                     read.entry(&n.module).or_insert(m).clone()
                 }

@@ -26,7 +26,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::{Change, Entries, Stores};
@@ -99,26 +98,58 @@ impl Recovered {
     }
 }
 
+/// A state directory that cannot be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateLogError {
+    /// A file operation failed.
+    #[error("{what} {}: {error}", path.display())]
+    Io {
+        /// What was being done (`reading`, `writing a checkpoint to`, …).
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The file is not a flowhost state log.
+    #[error("{} is not a flowhost state log", path.display())]
+    NotALog {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Another run holds the directory.
+    #[error("state directory {} is in use by another `flowhost run` of this graph", dir.display())]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A checkpoint cannot be encoded (4 GiB or more of changes).
+    #[error("encoding a checkpoint: {0}")]
+    Encode(String),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateLogError {
+    let path = path.to_owned();
+    move |error| StateLogError::Io { what, path, error }
+}
+
 /// Reads a state directory's log (read-only; a torn tail is ignored).
-pub fn read(dir: &Path) -> anyhow::Result<Recovered> {
+pub fn read(dir: &Path) -> Result<Recovered, StateLogError> {
     let path = dir.join(LOG);
     let mut bytes = Vec::new();
     match File::open(&path) {
         Ok(mut f) => {
-            f.read_to_end(&mut bytes)
-                .with_context(|| format!("reading {}", path.display()))?;
+            f.read_to_end(&mut bytes).map_err(io("reading", &path))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Recovered::default()),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        Err(e) => return Err(io("opening", &path)(e)),
     }
     if bytes.is_empty() {
         return Ok(Recovered::default());
     }
-    anyhow::ensure!(
-        bytes.starts_with(MAGIC),
-        "{} is not a flowhost state log",
-        path.display()
-    );
+    if !bytes.starts_with(MAGIC) {
+        return Err(StateLogError::NotALog { path });
+    }
     let mut recovered = Recovered::default();
     let mut at = MAGIC.len();
     while let Some((cp, next)) = record_at(&bytes, at) {
@@ -148,9 +179,11 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(Checkpoint, usize)> {
     Some((cp, at + 8 + len))
 }
 
-fn encode(cp: &Checkpoint) -> anyhow::Result<Vec<u8>> {
-    let body = bincode::serde::encode_to_vec(cp, bincode::config::standard())?;
-    let len = u32::try_from(body.len()).context("a checkpoint of 4 GiB or more")?;
+fn encode(cp: &Checkpoint) -> Result<Vec<u8>, StateLogError> {
+    let body = bincode::serde::encode_to_vec(cp, bincode::config::standard())
+        .map_err(|e| StateLogError::Encode(e.to_string()))?;
+    let len = u32::try_from(body.len())
+        .map_err(|_| StateLogError::Encode(format!("{} bytes: 4 GiB or more", body.len())))?;
     let mut out = Vec::with_capacity(body.len() + 8);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
@@ -174,21 +207,16 @@ pub struct StateLog {
 impl StateLog {
     /// Locks `dir` (one run at a time), reads its log and loads the durable stores of
     /// `stores` from it. `fresh` discards what was there.
-    pub fn open(dir: &Path, stores: &Stores, fresh: bool) -> anyhow::Result<(StateLog, Recovered)> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating state directory {}", dir.display()))?;
+    pub fn open(dir: &Path, stores: &Stores, fresh: bool) -> Result<(StateLog, Recovered), StateLogError> {
+        std::fs::create_dir_all(dir).map_err(io("creating state directory", dir))?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(dir.join(LOCK))
-            .with_context(|| format!("opening {}", dir.join(LOCK).display()))?;
-        lock.try_lock().map_err(|_| {
-            anyhow::anyhow!(
-                "state directory {} is in use by another `flowhost run` of this graph",
-                dir.display()
-            )
-        })?;
+            .map_err(io("opening", &dir.join(LOCK)))?;
+        lock.try_lock()
+            .map_err(|_| StateLogError::Locked { dir: dir.to_owned() })?;
         let recovered = if fresh { Recovered::default() } else { read(dir)? };
         for (name, entries) in &recovered.stores {
             match stores.get(name) {
@@ -227,7 +255,7 @@ impl StateLog {
 
     /// Appends a checkpoint of what changed in `stores` since the last one, with `meta`'s
     /// positions and flags, and syncs it to disk. Returns its epoch.
-    pub fn commit(&mut self, mut meta: Checkpoint, stores: &Stores) -> anyhow::Result<u64> {
+    pub fn commit(&mut self, mut meta: Checkpoint, stores: &Stores) -> Result<u64, StateLogError> {
         if self.len > 2 * self.snapshot_len + COMPACT_SLACK {
             self.epoch += 1;
             meta.epoch = self.epoch;
@@ -248,13 +276,13 @@ impl StateLog {
         self.file
             .write_all(&record)
             .and_then(|()| self.file.sync_data())
-            .with_context(|| format!("writing a checkpoint to {}", self.dir.join(LOG).display()))?;
+            .map_err(io("writing a checkpoint to", &self.dir.join(LOG)))?;
         self.len += record.len() as u64;
         Ok(self.epoch)
     }
 
     /// Replaces the log with one full record: `meta` plus every live durable entry.
-    fn rewrite(&mut self, meta: Checkpoint, stores: &Stores) -> anyhow::Result<()> {
+    fn rewrite(&mut self, meta: Checkpoint, stores: &Stores) -> Result<(), StateLogError> {
         (self.file, self.len) = write_snapshot(&self.dir, meta, stores)?;
         self.snapshot_len = self.len;
         Ok(())
@@ -264,7 +292,7 @@ impl StateLog {
 /// Writes `meta` plus every live durable entry as the whole log of `dir` (temporary file,
 /// fsync, rename, fsync of the directory); returns the log opened for appending, and the
 /// record's length.
-fn write_snapshot(dir: &Path, mut meta: Checkpoint, stores: &Stores) -> anyhow::Result<(File, u64)> {
+fn write_snapshot(dir: &Path, mut meta: Checkpoint, stores: &Stores) -> Result<(File, u64), StateLogError> {
     meta.full = true;
     meta.stores = stores
         .iter()
@@ -288,7 +316,7 @@ fn write_snapshot(dir: &Path, mut meta: Checkpoint, stores: &Stores) -> anyhow::
         File::open(dir)?.sync_all()?;
         OpenOptions::new().append(true).open(&path)
     };
-    let file = write().with_context(|| format!("writing a snapshot to {}", path.display()))?;
+    let file = write().map_err(io("writing a snapshot to", &path))?;
     Ok((file, record.len() as u64))
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 pub use replica::headers;
 pub use status::Status;
 
-use crate::engine::{Engine, NodeInstance, NodeSetup, NodeTemplate};
+use crate::engine::{Engine, EngineError, NodeInstance, NodeSetup, NodeTemplate};
 use crate::flow::{Ack, Envelope, InFlight, Mailbox, Route, Router, Sender, channel};
 use crate::io::sink::SinkWriter;
 use crate::io::source;
@@ -186,12 +186,12 @@ pub fn load(plan: &Plan, engine: &Engine, stores: &Stores) -> Result<Vec<Arc<Nod
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// A node's module cannot be loaded, linked or instantiated.
-    #[error("node `{node}`: {why:#}")]
+    #[error("node `{node}`: {why}")]
     Node {
         /// The node.
         node: String,
         /// What went wrong.
-        why: anyhow::Error,
+        why: EngineError,
     },
     /// The transport failed.
     #[error(transparent)]
@@ -199,10 +199,10 @@ pub enum RunError {
 }
 
 impl RunError {
-    fn node(id: &str, why: impl Into<anyhow::Error>) -> Self {
+    fn node(id: &str, why: EngineError) -> Self {
         RunError::Node {
             node: id.to_owned(),
-            why: why.into(),
+            why,
         }
     }
 }
@@ -252,7 +252,7 @@ impl Nodes {
     pub fn instances(&self, graph: &Graph, i: usize) -> Result<Vec<NodeInstance>, RunError> {
         (0..graph.nodes[i].replicas)
             .map(|r| self.templates[i].instantiate_replica(r))
-            .collect::<anyhow::Result<_>>()
+            .collect::<Result<_, _>>()
             .map_err(|e| RunError::node(&graph.nodes[i].id, e))
     }
 
@@ -574,7 +574,7 @@ impl<'a> Runner<'a> {
                             true
                         });
                         let end = reached.unwrap_or_else(|e| {
-                            shutdown.fail(e);
+                            shutdown.fail(e.to_string());
                             start
                         });
                         drop(router);

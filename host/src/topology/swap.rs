@@ -15,8 +15,23 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_millis;
-use crate::engine::{Engine, LoadedModule, NodeInstance, NodeSetup, NodeTemplate};
+use crate::engine::{Engine, EngineError, LoadedModule, NodeInstance, NodeSetup, NodeTemplate};
 use crate::manifest::AutoRollback;
+use crate::plan::PlanError;
+
+/// Why a swap, reconfiguration or rollback was refused (the old version keeps running).
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// A rollback with nothing to return to.
+    #[error("there is no earlier version to roll back to")]
+    NoEarlierVersion,
+    /// The new module cannot be found, read or trusted.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The new module cannot be loaded, linked or started.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
 
 /// Swaps kept in a node's history.
 const HISTORY: usize = 64;
@@ -328,7 +343,7 @@ impl NodeVersions {
     /// Swaps in the module `load` gives, judged by `trial` (or the node's `auto_rollback`).
     pub fn swap(
         &self,
-        load: impl FnOnce(&Engine) -> anyhow::Result<LoadedModule>,
+        load: impl FnOnce(&Engine) -> Result<LoadedModule, SwapError>,
         trial: Option<AutoRollback>,
     ) -> SwapRecord {
         self.replace(Action::Swap, None, load, trial.or(self.trial))
@@ -361,7 +376,7 @@ impl NodeVersions {
         let prepared = match control.previous.last() {
             // Not on trial again: it ran before.
             Some(v) => Ok(Version::new(v.number, v.template.clone(), v.setup.clone(), None)),
-            None => Err(anyhow::anyhow!("there is no earlier version to roll back to")),
+            None => Err(SwapError::NoEarlierVersion),
         };
         self.apply(&mut control, action, started, prepared, reason)
     }
@@ -370,7 +385,7 @@ impl NodeVersions {
     pub fn reconfigure(
         &self,
         setup: NodeSetup,
-        load: Option<impl FnOnce(&Engine) -> anyhow::Result<LoadedModule>>,
+        load: Option<impl FnOnce(&Engine) -> Result<LoadedModule, SwapError>>,
     ) -> SwapRecord {
         match load {
             Some(load) => self.replace(Action::Reconfigure, Some(setup), load, self.trial),
@@ -387,7 +402,7 @@ impl NodeVersions {
         &self,
         action: Action,
         setup: Option<NodeSetup>,
-        load: impl FnOnce(&Engine) -> anyhow::Result<LoadedModule>,
+        load: impl FnOnce(&Engine) -> Result<LoadedModule, SwapError>,
         trial: Option<AutoRollback>,
     ) -> SwapRecord {
         let mut control = lock(&self.control);
@@ -428,7 +443,7 @@ impl NodeVersions {
         control: &mut Control,
         action: Action,
         started: Instant,
-        prepared: anyhow::Result<Arc<Version>>,
+        prepared: Result<Arc<Version>, SwapError>,
         reason: Option<String>,
     ) -> SwapRecord {
         let from = self.current();
@@ -437,14 +452,14 @@ impl NodeVersions {
         let instances = prepared.and_then(|version| {
             let instances = (0..self.slots.len() as u32)
                 .map(|r| version.template.instantiate_replica(r))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
             Ok((version, instances))
         });
         record.prepare_ms = ms(started.elapsed());
         let (version, instances) = match instances {
             Ok(ready) => ready,
             Err(e) => {
-                record.reason = Some(format!("{e:#}"));
+                record.reason = Some(e.to_string());
                 tracing::warn!("{record}");
                 self.remember(&record);
                 return record;

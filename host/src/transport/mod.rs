@@ -34,12 +34,12 @@ use crate::state::durable::Position;
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The graph cannot be set up on this transport (what, and why).
-    #[error("{what}: {why:#}")]
+    #[error("{what}: {why}")]
     Setup {
         /// What was being done.
         what: String,
         /// Why it failed.
-        why: anyhow::Error,
+        why: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The transport refuses to run the graph (no brokers, brokers unreachable, a
     /// placement it cannot run), with the reason.
@@ -49,7 +49,7 @@ pub enum TransportError {
 
 impl TransportError {
     /// A setup step `what` that failed with `why`.
-    pub fn setup(what: impl Into<String>, why: impl Into<anyhow::Error>) -> Self {
+    pub fn setup(what: impl Into<String>, why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         TransportError::Setup {
             what: what.into(),
             why: why.into(),

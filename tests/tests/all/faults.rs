@@ -170,7 +170,7 @@ fn a_bad_config_fails_init_naming_the_node_and_field() -> Result<()> {
         "{:#}",
         run_captured(graph, dir.path()).err().expect("init must fail")
     );
-    assert!(err.contains("starting node `split`"), "{err}");
+    assert!(err.contains("node `split`: init: fatal: "), "{err}");
     assert!(
         err.contains("invalid config for node `split`: invalid type: string \"yes\", expected a boolean"),
         "{err}"

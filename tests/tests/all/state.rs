@@ -70,7 +70,7 @@ fn a_node_without_a_grant_cannot_open_the_store() -> Result<()> {
         "{:#}",
         run_captured(graph, dir.path()).err().expect("init must fail")
     );
-    assert!(err.contains("starting node `tally`"), "{err}");
+    assert!(err.contains("node `tally`: init: fatal: "), "{err}");
     assert!(
         err.contains("node `tally` is not granted store `counts`"),
         "{err}"

@@ -12,14 +12,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use super::client::{Kafka, Link, Producer, flush, send};
+use super::client::{ClientError, Doing, Kafka, Link, Producer, flush, send};
 use crate::flow::Ack;
 use crate::plan::KafkaNames;
 use crate::shutdown::Shutdown;
@@ -46,7 +45,7 @@ impl Changelog {
         names: &KafkaNames,
         stores: &Stores,
         shutdown: &Arc<Shutdown>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, ClientError> {
         Ok(Changelog {
             stores: stores
                 .iter()
@@ -67,7 +66,7 @@ impl Changelog {
 
     /// Sends what changed in stores `which` since the last call, through `via` (a
     /// transaction) or the changelog's own producer; returns how many keys.
-    pub fn write(&self, which: &[usize], via: Option<&Arc<Producer>>) -> anyhow::Result<usize> {
+    pub fn write(&self, which: &[usize], via: Option<&Arc<Producer>>) -> Result<usize, ClientError> {
         let producer = via.unwrap_or(&self.producer);
         let mut n = 0;
         for &i in which {
@@ -90,7 +89,7 @@ impl Changelog {
                 if let Some((value, _)) = &now {
                     record = record.payload(&value[..]);
                 }
-                send(producer, record).with_context(|| format!("writing changelog `{topic}`"))?;
+                send(producer, record).doing(|| format!("writing changelog `{topic}`"))?;
                 n += 1;
             }
         }
@@ -98,22 +97,22 @@ impl Changelog {
     }
 
     /// Waits until what [`Changelog::write`] sent without a transaction is acknowledged.
-    pub fn flush(&self, shutdown: &Shutdown) -> anyhow::Result<()> {
+    pub fn flush(&self, shutdown: &Shutdown) -> Result<(), ClientError> {
         flush(&self.producer, shutdown)
     }
 
     /// Reads every changelog to its end into its store, then (with `shutdown`) keeps
     /// applying, on a thread per store, what other processes write until it stops.
-    pub fn restore(&self, kafka: &Kafka, shutdown: Option<&Arc<Shutdown>>) -> anyhow::Result<()> {
+    pub fn restore(&self, kafka: &Kafka, shutdown: Option<&Arc<Shutdown>>) -> Result<(), ClientError> {
         for (store, topic) in &self.stores {
             let partitions = kafka
                 .partitions(topic)?
-                .with_context(|| format!("changelog topic `{topic}` does not exist"))?;
+                .ok_or_else(|| ClientError::Refused(format!("changelog topic `{topic}` does not exist")))?;
             let mut config = kafka.consumer_config(&format!("{topic}.{}", self.process));
             config.set("enable.partition.eof", "true");
             let consumer: BaseConsumer<Link> = config
                 .create_with_context(kafka.link.clone())
-                .with_context(|| format!("reading changelog `{topic}`"))?;
+                .doing(|| format!("reading changelog `{topic}`"))?;
             let mut tpl = TopicPartitionList::new();
             for p in 0..partitions {
                 tpl.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -124,11 +123,11 @@ impl Changelog {
             let mut keys = 0usize;
             while ended.iter().any(|e| !e) {
                 if started.elapsed() > RESTORE_TIMEOUT {
-                    bail!(
+                    return Err(ClientError::Refused(format!(
                         "restoring store `{}`: changelog `{topic}` not read to its end within {}s",
                         store.name(),
                         RESTORE_TIMEOUT.as_secs()
-                    );
+                    )));
                 }
                 match consumer.poll(Duration::from_millis(200)) {
                     Some(Ok(m)) => {
@@ -150,13 +149,18 @@ impl Changelog {
             };
             let (store, process) = (store.clone(), self.process.clone());
             let name = format!("changelog-{}", store.name());
-            std::thread::Builder::new().name(name).spawn(move || {
-                while !shutdown.is_stopping() {
-                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                        apply(&store, &m, Some(&process));
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    while !shutdown.is_stopping() {
+                        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                            apply(&store, &m, Some(&process));
+                        }
                     }
-                }
-            })?;
+                })
+                .map_err(|e| {
+                    ClientError::Refused(format!("starting the changelog reader of `{topic}`: {e}"))
+                })?;
         }
         Ok(())
     }

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
@@ -22,6 +21,38 @@ use crate::flow::{Ack, Envelope, Outlet};
 use crate::manifest::KafkaSpec;
 use crate::message::{Headers, Msg};
 use crate::shutdown::Shutdown;
+
+/// A Kafka client call that failed (what was being done, and librdkafka's error), or a
+/// state of the brokers flowhost cannot work with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A call failed while doing `what`.
+    #[error("{what}: {error}")]
+    Call {
+        /// What was being done.
+        what: String,
+        /// librdkafka's error.
+        error: KafkaError,
+    },
+    /// A call failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The brokers or the graph are not what this run needs (the reason).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Names what a failed client call was doing.
+pub trait Doing<T> {
+    /// The error, with `what` was being done.
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, ClientError>;
+}
+
+impl<T> Doing<T> for Result<T, KafkaError> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T, ClientError> {
+        self.map_err(|error| ClientError::Call { what: what(), error })
+    }
+}
 
 /// How long the first contact with the brokers may take before the run gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,9 +166,11 @@ pub struct Kafka {
 
 impl Kafka {
     /// The brokers of `spec` (`--brokers` already applied).
-    pub fn new(spec: &KafkaSpec) -> anyhow::Result<Kafka> {
+    pub fn new(spec: &KafkaSpec) -> Result<Kafka, ClientError> {
         let Some(brokers) = spec.brokers.clone() else {
-            bail!("transport = \"kafka\" needs brokers: `brokers` in [kafka], or --brokers HOST:PORT");
+            return Err(ClientError::Refused(
+                "transport = \"kafka\" needs brokers: `brokers` in [kafka], or --brokers HOST:PORT".into(),
+            ));
         };
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         let process = format!(
@@ -178,7 +211,7 @@ impl Kafka {
         name: &str,
         transactional_id: Option<&str>,
         shutdown: &Arc<Shutdown>,
-    ) -> anyhow::Result<Arc<Producer>> {
+    ) -> Result<Arc<Producer>, ClientError> {
         let mut own = vec![
             ("enable.idempotence", "true"),
             ("acks", "all"),
@@ -197,7 +230,7 @@ impl Kafka {
         let producer: Producer = self
             .config(&own)
             .create_with_context(ctx)
-            .with_context(|| format!("{name}: creating a Kafka producer"))?;
+            .doing(|| format!("{name}: creating a Kafka producer"))?;
         Ok(Arc::new(producer))
     }
 
@@ -215,35 +248,35 @@ impl Kafka {
     }
 
     /// An admin client.
-    fn admin(&self) -> anyhow::Result<AdminClient<Link>> {
+    fn admin(&self) -> Result<AdminClient<Link>, ClientError> {
         self.config(&[])
             .create_with_context(self.link.clone())
-            .context("creating a Kafka admin client")
+            .doing(|| "creating a Kafka admin client".into())
     }
 
     /// Waits (at most [`CONNECT_TIMEOUT`]) until the brokers answer.
-    pub fn connect(&self) -> anyhow::Result<()> {
+    pub fn connect(&self) -> Result<(), ClientError> {
         let admin = self.admin()?;
         admin
             .inner()
             .fetch_metadata(None, CONNECT_TIMEOUT)
             .map(drop)
             .map_err(|e| {
-                anyhow::anyhow!(
+                ClientError::Refused(format!(
                     "cannot reach the Kafka brokers {} within {}s: {e}",
                     self.brokers,
                     CONNECT_TIMEOUT.as_secs()
-                )
+                ))
             })
     }
 
     /// Partitions of `topic`, if it exists.
-    pub fn partitions(&self, topic: &str) -> anyhow::Result<Option<i32>> {
+    pub fn partitions(&self, topic: &str) -> Result<Option<i32>, ClientError> {
         let admin = self.admin()?;
         let meta = admin
             .inner()
             .fetch_metadata(Some(topic), CONNECT_TIMEOUT)
-            .with_context(|| format!("reading the metadata of topic `{topic}`"))?;
+            .doing(|| format!("reading the metadata of topic `{topic}`"))?;
         Ok(meta
             .topics()
             .iter()
@@ -253,7 +286,7 @@ impl Kafka {
 
     /// Creates the topics that are missing (`compact`: a compacted changelog), with the
     /// configured partitions and replication.
-    pub fn create_topics(&self, topics: &[(String, bool)]) -> anyhow::Result<()> {
+    pub fn create_topics(&self, topics: &[(String, bool)]) -> Result<(), ClientError> {
         let mut missing = Vec::new();
         for (t, compact) in topics {
             if self.partitions(t)?.is_none() {
@@ -282,15 +315,16 @@ impl Kafka {
         let opts = AdminOptions::new().operation_timeout(Some(CONNECT_TIMEOUT));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?;
+            .build()
+            .map_err(|e| ClientError::Refused(format!("creating topics: starting a runtime: {e}")))?;
         let results = rt
             .block_on(admin.create_topics(&new, &opts))
-            .context("creating topics")?;
+            .doing(|| "creating topics".into())?;
         for r in results {
             match r {
                 Ok(t) => tracing::info!("created topic `{t}`"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, e)) => bail!("cannot create topic `{t}`: {e}"),
+                Err((t, e)) => return Err(ClientError::Refused(format!("cannot create topic `{t}`: {e}"))),
             }
         }
         // Wait until the new topics show in the metadata every client reads.
@@ -298,7 +332,9 @@ impl Kafka {
             let mut waited = Duration::ZERO;
             while self.partitions(t)?.is_none() {
                 if waited > CONNECT_TIMEOUT {
-                    bail!("topic `{t}` was created but does not show in the brokers' metadata");
+                    return Err(ClientError::Refused(format!(
+                        "topic `{t}` was created but does not show in the brokers' metadata"
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(50));
                 waited += Duration::from_millis(50);
@@ -449,12 +485,17 @@ pub fn to_msg(m: &BorrowedMessage<'_>) -> Msg {
 }
 
 /// Waits for everything `producer` has in flight, checking for a failure every second.
-pub fn flush(producer: &Producer, shutdown: &Shutdown) -> anyhow::Result<()> {
+pub fn flush(producer: &Producer, shutdown: &Shutdown) -> Result<(), ClientError> {
     loop {
         match producer.flush(Duration::from_secs(1)) {
             Ok(()) => return Ok(()),
             Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if shutdown.failure().is_none() => {}
-            Err(e) => bail!("flushing the producer: {e}"),
+            Err(error) => {
+                return Err(ClientError::Call {
+                    what: "flushing the producer".into(),
+                    error,
+                });
+            }
         }
     }
 }

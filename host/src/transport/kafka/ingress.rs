@@ -16,14 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer as _;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::changelog::Changelog;
-use super::client::{Link, Producer, flush, to_msg};
+use super::client::{ClientError, Doing, Link, Producer, flush, to_msg};
 use crate::flow::{Ack, AckStatus, Acknowledged, Route};
 use crate::message::Msg;
 use crate::shutdown::Shutdown;
@@ -74,12 +73,12 @@ impl Committer {
         mode: Commits,
         changelog: Option<(Arc<Changelog>, Vec<usize>)>,
         shutdown: Arc<Shutdown>,
-    ) -> anyhow::Result<Committer> {
+    ) -> Result<Committer, ClientError> {
         if let Commits::ExactlyOnce(p) = &mode {
             p.init_transactions(CALL_TIMEOUT)
-                .with_context(|| format!("{name}: initialising Kafka transactions"))?;
+                .doing(|| format!("{name}: initialising Kafka transactions"))?;
             p.begin_transaction()
-                .with_context(|| format!("{name}: beginning a transaction"))?;
+                .doing(|| format!("{name}: beginning a transaction"))?;
         }
         Ok(Committer {
             name,
@@ -130,7 +129,7 @@ impl Committer {
 
     /// Commits when the interval has passed (at least once: what is done so far;
     /// exactly once: waits for everything polled, then commits the transaction).
-    fn tick<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+    fn tick<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), ClientError> {
         self.collect();
         if self.last.elapsed() < self.interval {
             return Ok(());
@@ -142,7 +141,7 @@ impl Committer {
     }
 
     /// Waits until every polled batch is done (or the graph fails), then commits.
-    pub fn settle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+    pub fn settle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), ClientError> {
         loop {
             self.collect();
             if self.pending.is_empty() || self.shutdown.failure().is_some() {
@@ -157,7 +156,7 @@ impl Committer {
         &mut self,
         consumer: &BaseConsumer<C>,
         mode: CommitMode,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ClientError> {
         self.last = Instant::now();
         let name = &self.name;
         match &self.mode {
@@ -172,7 +171,7 @@ impl Committer {
                 }
                 consumer
                     .commit(&self.offsets()?, mode)
-                    .with_context(|| format!("{name}: committing offsets"))?;
+                    .doing(|| format!("{name}: committing offsets"))?;
             }
             Commits::ExactlyOnce(producer) => {
                 if self.closed || !self.pending.is_empty() {
@@ -187,18 +186,18 @@ impl Committer {
                 }
                 let group = consumer
                     .group_metadata()
-                    .with_context(|| format!("{name}: no consumer group metadata"))?;
+                    .ok_or_else(|| ClientError::Refused(format!("{name}: no consumer group metadata")))?;
                 if !self.ready.is_empty() {
                     producer
                         .send_offsets_to_transaction(&self.offsets()?, &group, CALL_TIMEOUT)
-                        .with_context(|| format!("{name}: adding offsets to the transaction"))?;
+                        .doing(|| format!("{name}: adding offsets to the transaction"))?;
                 }
                 producer
                     .commit_transaction(CALL_TIMEOUT)
-                    .with_context(|| format!("{name}: committing the transaction"))?;
+                    .doing(|| format!("{name}: committing the transaction"))?;
                 producer
                     .begin_transaction()
-                    .with_context(|| format!("{name}: beginning a transaction"))?;
+                    .doing(|| format!("{name}: beginning a transaction"))?;
             }
         }
         self.moved = false;
@@ -207,7 +206,7 @@ impl Committer {
 
     /// After the vertex has ended: everything it produced (its `finish` outputs too)
     /// delivered, the last offsets committed.
-    pub fn close<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> anyhow::Result<()> {
+    pub fn close<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), ClientError> {
         // The last commit goes out even if nothing moved since an asynchronous one that
         // may have failed.
         self.moved = true;
@@ -225,7 +224,7 @@ impl Committer {
                 self.closed = true;
                 producer
                     .commit_transaction(CALL_TIMEOUT)
-                    .with_context(|| format!("{}: committing the last transaction", self.name))?;
+                    .doing(|| format!("{}: committing the last transaction", self.name))?;
             }
         }
         Ok(())
@@ -335,11 +334,11 @@ fn fetched_end<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, part
 impl Ingress {
     /// Reads until stopped (or drained), then settles and closes the routes; returns the
     /// consumer, whose committer still has to [`Committer::close`] once the vertex ended.
-    pub fn run(mut self) -> anyhow::Result<BaseConsumer<Rebalancing>> {
+    pub fn run(mut self) -> Result<BaseConsumer<Rebalancing>, ClientError> {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         self.consumer
             .subscribe(&topics)
-            .with_context(|| format!("{}: subscribing to {}", self.name, topics.join(", ")))?;
+            .doing(|| format!("{}: subscribing to {}", self.name, topics.join(", ")))?;
         // Caught up twice in a row, far enough apart for a fresh fetch response between
         // (fetch.wait.max.ms is 500 by default): the ends it knows are current.
         let (mut checked, mut caught_up) = (Instant::now(), false);
@@ -365,7 +364,7 @@ impl Ingress {
     }
 
     /// Polls up to a batch and hands it on; the number of messages.
-    fn poll(&mut self) -> anyhow::Result<usize> {
+    fn poll(&mut self) -> Result<usize, ClientError> {
         let mut batches: Vec<Vec<Msg>> = vec![Vec::new(); self.routes.len()];
         let mut offsets: Offsets = Vec::new();
         let mut n = 0;
@@ -412,7 +411,7 @@ impl Ingress {
     /// among them, under-report), what the last fetch response said, and what this
     /// process's own producers wrote there. A transactional topic ends in a commit
     /// marker, which is never read.
-    fn caught_up(&self) -> anyhow::Result<bool> {
+    fn caught_up(&self) -> Result<bool, ClientError> {
         let positions = self.consumer.position()?;
         for (t, topic) in self.topics.iter().enumerate() {
             let meta = self.consumer.fetch_metadata(Some(topic), CALL_TIMEOUT)?;

@@ -37,7 +37,7 @@ use crate::shutdown::Shutdown;
 use crate::state::durable::Position;
 use crate::state::{Entries, Stores};
 use changelog::Changelog;
-use client::{Kafka, Producer, TopicOut, flush};
+use client::{ClientError, Doing, Kafka, Producer, TopicOut, flush};
 use ingress::{Commits, Committer, Ingress, Rebalancing};
 
 /// The durable stores of a Kafka graph as its changelogs hold them, and the brokers.
@@ -121,13 +121,13 @@ impl<'p> KafkaTransport<'p> {
     }
 
     /// Creates the topics the graph writes; checks the ones Kafka sources read exist.
-    fn prepare_topics(&self) -> anyhow::Result<()> {
+    fn prepare_topics(&self) -> Result<(), ClientError> {
         for (source, topic) in self.plan.kafka.external() {
             if self.kafka.partitions(topic)?.is_none() {
-                anyhow::bail!(
+                return Err(ClientError::Refused(format!(
                     "source `{source}`: topic `{topic}` does not exist on the brokers {}",
                     self.kafka.brokers
-                );
+                )));
             }
         }
         self.kafka
@@ -141,7 +141,7 @@ impl<'p> KafkaTransport<'p> {
         commits: Commits,
         stores: Vec<usize>,
         shutdown: &Arc<Shutdown>,
-    ) -> anyhow::Result<rdkafka::consumer::BaseConsumer<Rebalancing>> {
+    ) -> Result<rdkafka::consumer::BaseConsumer<Rebalancing>, ClientError> {
         let graph = &self.plan.graph;
         let id = graph.id(v);
         let topics: Arc<[String]> = self
@@ -167,10 +167,10 @@ impl<'p> KafkaTransport<'p> {
             committer: Mutex::new(committer),
         };
         let group = self.plan.kafka.group(id);
-        anyhow::Context::with_context(
-            self.kafka.consumer_config(&group).create_with_context(context),
-            || format!("{v} `{id}`: creating the consumer of group `{group}`"),
-        )
+        self.kafka
+            .consumer_config(&group)
+            .create_with_context(context)
+            .doing(|| format!("{v} `{id}`: creating the consumer of group `{group}`"))
     }
 }
 

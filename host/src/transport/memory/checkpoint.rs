@@ -17,7 +17,23 @@ use crate::io::sink::SinkWriter;
 use crate::manifest::Graph;
 use crate::shutdown::Shutdown;
 use crate::state::Stores;
-use crate::state::durable::{Checkpoint, Position, StateLog};
+use crate::state::durable::{Checkpoint, Position, StateLog, StateLogError};
+
+/// A checkpoint that could not be taken: the run stops with it.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A sink's output could not be made durable.
+    #[error("sink `{sink}`: {error}")]
+    Sink {
+        /// The sink.
+        sink: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The state log could not be written.
+    #[error(transparent)]
+    Log(#[from] StateLogError),
+}
 
 /// Where sources pause for a checkpoint.
 #[derive(Debug)]
@@ -182,7 +198,7 @@ impl Checkpointer<'_> {
 
     /// Commits the state as it is now with these source positions (nothing may be in
     /// flight); `complete` when the sources ended.
-    pub fn commit(&mut self, positions: Vec<Position>, complete: bool) -> anyhow::Result<u64> {
+    pub fn commit(&mut self, positions: Vec<Position>, complete: bool) -> Result<u64, CheckpointError> {
         let Some(log) = &mut self.log else {
             return Ok(0);
         };
@@ -199,7 +215,11 @@ impl Checkpointer<'_> {
             .collect();
         for (spec, sink) in self.graph.sinks.iter().zip(&self.sinks) {
             let mut w = sink.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(len) = w.commit()? {
+            let committed = w.commit().map_err(|error| CheckpointError::Sink {
+                sink: spec.id.clone(),
+                error,
+            })?;
+            if let Some(len) = committed {
                 meta.sinks.insert(spec.id.clone(), len);
             }
         }

@@ -133,7 +133,7 @@ fn raw_loop(
             committed = Instant::now();
         }
     }
-    flush(&producer, shutdown)
+    Ok(flush(&producer, shutdown)?)
 }
 
 /// The graph `kafka source → passthrough → kafka sink`, run until stopped.

@@ -179,10 +179,9 @@ impl Fixtures {
     fn new(functions: &Path) -> anyhow::Result<Fixtures> {
         let engine = Engine::new(EngineConfig::default())?;
         let load = |name: &str| -> anyhow::Result<LoadedModule> {
-            engine.load(&flowhost::plan::ModuleSource::resolve(
-                &ModuleRef::Crate(functions.join(name)),
-                None,
-            )?)
+            let source =
+                flowhost::plan::ModuleSource::resolve(&ModuleRef::Crate(functions.join(name)), None)?;
+            Ok(engine.load(&source)?)
         };
         Ok(Fixtures {
             passthrough: load("passthrough")?,
