@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use flowhost::state::Store;
-use flowhost_tests::{graph_in, run_captured};
+use flowhost_tests::{BOTH, On, graph_in, run_captured, run_captured_on};
 
 fn tally_graph(replicas: u32, grant: &str) -> String {
     format!(
@@ -33,9 +33,16 @@ fn counter(store: &Store, key: &str) -> Option<i64> {
 
 #[test]
 fn replicas_incrementing_the_same_keys_end_with_exact_totals() -> Result<()> {
+    for on in BOTH {
+        totals_on(on)?;
+    }
+    Ok(())
+}
+
+fn totals_on(on: On) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let graph = graph_in(dir.path(), &tally_graph(4, "state = { counts = \"rw\" }"))?;
-    let out = run_captured(graph, dir.path())?;
+    let out = run_captured_on(graph, dir.path(), on)?;
     assert_eq!(out.report.failure, None);
     let counts = out.report.stores.get("counts").expect("the declared store");
     assert_eq!(counts.len(), 10);
@@ -80,9 +87,16 @@ fn a_node_without_a_grant_cannot_open_the_store() -> Result<()> {
 
 #[test]
 fn the_sales_graph_aggregates_per_country_exactly() -> Result<()> {
+    for on in BOTH {
+        sales_on(on)?;
+    }
+    Ok(())
+}
+
+fn sales_on(on: On) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let graph = flowhost::manifest::Graph::load(flowhost_tests::repo().join("graphs/sales.toml"))?;
-    let out = run_captured(graph, dir.path())?;
+    let out = run_captured_on(graph, dir.path(), on)?;
     assert_eq!(out.report.failure, None);
     let mut rows: Vec<serde_json::Value> = out
         .lines("out")
