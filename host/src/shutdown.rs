@@ -1,15 +1,21 @@
 //! The stop signal a running graph and everything it runs share: a stop request (the
-//! sources stop reading, everything in flight drains), an interrupt (Ctrl-C), and the
-//! first failure, which is what the run reports.
+//! sources stop reading, everything in flight drains), an interrupt (Ctrl-C), an abort
+//! (the drain took too long: calls in flight are cut short, what is left is abandoned
+//! unacknowledged), and the first failure, which is what the run reports.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Asks a running graph to stop, and records why it stopped.
 #[derive(Debug, Default)]
 pub struct Shutdown {
     stopping: AtomicBool,
     interrupted: AtomicBool,
+    aborting: AtomicBool,
+    /// How long an interrupted graph may drain before it is aborted.
+    grace: Mutex<Option<std::time::Duration>>,
+    /// Raised on abort (the engine's, so guest calls in flight end at once).
+    on_abort: Mutex<Vec<Arc<AtomicBool>>>,
     failure: Mutex<Option<String>>,
 }
 
@@ -19,10 +25,58 @@ impl Shutdown {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
-    /// Stop on the user's request (Ctrl-C): like [`Shutdown::request_stop`], remembered.
-    pub fn interrupt(&self) {
+    /// Stop on the user's request (Ctrl-C, SIGTERM): like [`Shutdown::request_stop`],
+    /// remembered, and if the graph has not drained within its grace period
+    /// ([`Shutdown::set_grace`]) it is aborted.
+    pub fn interrupt(self: &Arc<Self>) {
         self.interrupted.store(true, Ordering::SeqCst);
         self.request_stop();
+        let grace = *self.grace.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(grace) = grace {
+            let weak = Arc::downgrade(self);
+            let timer = std::thread::Builder::new().name("grace".into()).spawn(move || {
+                std::thread::sleep(grace);
+                if let Some(shutdown) = weak.upgrade() {
+                    tracing::warn!("the graph did not drain within {grace:?}: stopping now");
+                    shutdown.abort();
+                }
+            });
+            if let Err(e) = timer {
+                tracing::warn!("no grace timer ({e}): stopping now");
+                self.abort();
+            }
+        }
+    }
+
+    /// How long [`Shutdown::interrupt`] lets the graph drain (the runner sets its
+    /// longest call deadline: a drain that takes longer is stuck on calls).
+    pub fn set_grace(&self, grace: std::time::Duration) {
+        *self.grace.lock().unwrap_or_else(|e| e.into_inner()) = Some(grace);
+    }
+
+    /// Stop now: like [`Shutdown::request_stop`], and every flag given to
+    /// [`Shutdown::raise_on_abort`] is raised, so calls in flight are cut short; batches
+    /// not processed yet are abandoned without an acknowledgement (a Kafka or durable run
+    /// reads them again next time).
+    pub fn abort(&self) {
+        self.aborting.store(true, Ordering::SeqCst);
+        self.request_stop();
+        for flag in self.on_abort.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Raises `flag` on [`Shutdown::abort`] (at once if it was aborted already).
+    pub fn raise_on_abort(&self, flag: Arc<AtomicBool>) {
+        if self.is_aborting() {
+            flag.store(true, Ordering::SeqCst);
+        }
+        self.on_abort.lock().unwrap_or_else(|e| e.into_inner()).push(flag);
+    }
+
+    /// Whether [`Shutdown::abort`] was called.
+    pub fn is_aborting(&self) -> bool {
+        self.aborting.load(Ordering::Relaxed)
     }
 
     /// Whether [`Shutdown::interrupt`] was called.

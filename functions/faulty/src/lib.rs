@@ -1,9 +1,12 @@
 //! A node that misbehaves on command, to prove the host survives guests that fail:
 //! `panic`, `trap`, `loop` (never returns), `grow` (allocates without bound),
-//! `bad` (invalid input), `retry` (retryable error), `print` (writes to stdout/stderr).
+//! `bad` (invalid input), `retry` (retryable error), `print` (writes to stdout/stderr),
+//! `sleep` (sleeps an hour inside WASI, where epoch interruption cannot reach it),
+//! `nap` (sleeps 50 ms at a time, forever).
 //! `<command>:<anything>` acts like `<command>` (so poison messages can be told apart).
 //! Anything else passes through. With `count_in = "<store>"` in its config it first
-//! counts each payload in that store, so tests can see which writes of a failed call stay.
+//! counts each payload in that store, so tests can see which writes of a failed call stay;
+//! with `sleep_in = "init"` or `"finish"` that call sleeps an hour.
 use flowhost_sdk::prelude::*;
 use serde::Deserialize;
 
@@ -13,11 +16,14 @@ use serde::Deserialize;
 pub struct FaultyConfig {
     /// A store to count every payload in before acting on it.
     pub count_in: Option<String>,
+    /// `init` or `finish`: sleep an hour in that call.
+    pub sleep_in: Option<String>,
 }
 
 /// Misbehaves as the payload says.
 pub struct Faulty {
     counts: Option<Store>,
+    sleep_in_finish: bool,
 }
 
 #[node]
@@ -26,7 +32,13 @@ impl Node for Faulty {
 
     fn init(config: FaultyConfig) -> Result<Self, NodeError> {
         let counts = config.count_in.as_deref().map(Store::open).transpose()?;
-        Ok(Faulty { counts })
+        if config.sleep_in.as_deref() == Some("init") {
+            sleep_an_hour();
+        }
+        Ok(Faulty {
+            counts,
+            sleep_in_finish: config.sleep_in.as_deref() == Some("finish"),
+        })
     }
 
     fn process<'a>(&mut self, msg: &Message<'a>, out: &mut Output<'a>) -> Result<(), NodeError> {
@@ -38,6 +50,17 @@ impl Node for Faulty {
         out.emit(text)?;
         Ok(())
     }
+
+    fn finish(&mut self, _out: &mut Output<'_>) -> Result<(), NodeError> {
+        if self.sleep_in_finish {
+            sleep_an_hour();
+        }
+        Ok(())
+    }
+}
+
+fn sleep_an_hour() {
+    std::thread::sleep(std::time::Duration::from_secs(3600));
 }
 
 fn misbehave(text: &str) -> Result<(), NodeError> {
@@ -59,6 +82,13 @@ fn misbehave(text: &str) -> Result<(), NodeError> {
         }
         "bad" => Err(NodeError::invalid_input("asked for bad input")),
         "retry" => Err(NodeError::retryable("asked to retry")),
+        "sleep" => {
+            sleep_an_hour();
+            Ok(())
+        }
+        "nap" => loop {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        },
         "print" => {
             println!("hello from stdout");
             eprintln!("hello from stderr");

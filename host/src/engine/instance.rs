@@ -4,17 +4,18 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use flowhost_sdk::{ErrorKind, NodeError};
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::flowhost::node::{log, types};
 use super::bindings::{Node, NodePre};
 use super::stdio::GuestOutput;
-use super::{EPOCH_TICK, Engine, EngineError, LoadedModule};
+use super::{Engine, EngineError, LoadedModule};
 use crate::manifest::{NodeSpec, Sandbox};
 use crate::state::{Grant, Stores, UndoLog};
 
@@ -31,6 +32,34 @@ pub struct HostState {
     /// What the guest said when it panicked in the current call (the SDK's panic hook
     /// logs `panicked at …` just before the trap), to name the cause of the trap.
     panic: Option<String>,
+    /// When the current call must have ended (a sleeping guest wakes by then).
+    pub(super) deadline: Instant,
+    /// How long the guest asked to sleep when that would have outlasted the deadline.
+    pub(super) overslept: Option<Duration>,
+    /// The engine's cut flag ([`super::Engine::cut_flag`]), and whether it ended this call.
+    cut: Arc<AtomicBool>,
+    was_cut: bool,
+}
+
+/// What the host saw of a call that trapped, to say why.
+struct Notes {
+    panic: Option<String>,
+    overslept: Option<Duration>,
+    cut: bool,
+}
+
+impl HostState {
+    fn take_notes(&mut self) -> Notes {
+        Notes {
+            panic: self.panic.take(),
+            overslept: self.overslept.take(),
+            cut: std::mem::take(&mut self.was_cut),
+        }
+    }
+
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
 }
 
 impl WasiView for HostState {
@@ -68,6 +97,9 @@ impl log::Host for HostState {
 pub enum CallError {
     /// The node returned an error for the whole call.
     Node(NodeError),
+    /// The call was cut short because the graph must stop now; the instance must be
+    /// reset before another call, and the input was not processed.
+    Cut,
     /// The instance trapped (panic, timeout, memory limit, bad code); it must be reset.
     Trap {
         /// What happened, for people.
@@ -82,6 +114,7 @@ impl std::fmt::Display for CallError {
         match self {
             CallError::Node(e) => write!(f, "{e}"),
             CallError::Trap { reason, .. } => write!(f, "trap: {reason}"),
+            CallError::Cut => write!(f, "cut short: the graph is stopping"),
         }
     }
 }
@@ -266,11 +299,27 @@ impl NodeTemplate {
             grants: self.grants.clone(),
             undo: UndoLog::default(),
             panic: None,
+            deadline: Instant::now(),
+            overslept: None,
+            cut: self.engine.cut_flag(),
+            was_cut: false,
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
-        self.refuel(&mut store);
+        // Every tick a running call is checked against its deadline (wall clock) and the
+        // engine's cut flag; `deadline` handles calls parked in the host.
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            if state.cut.load(Ordering::Relaxed) {
+                state.was_cut = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            if state.overslept.is_some() || Instant::now() >= state.deadline {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
+        self.arm(&mut store);
         let node = self
             .pre
             .instantiate(&mut store)
@@ -280,27 +329,26 @@ impl NodeTemplate {
             ..self.info.clone()
         };
         let init = node.call_init(&mut store, &info);
-        let panic = store.data_mut().panic.take();
+        let notes = store.data_mut().take_notes();
         let init_error = |error| EngineError::Init {
             node: self.info.name.clone(),
             error,
         };
-        match init.map_err(|t| init_error(describe_trap(&t, self, panic)))? {
+        match init.map_err(|t| init_error(describe_trap(&t, self, notes)))? {
             Ok(()) => Ok((store, node)),
             Err(e) => Err(init_error(CallError::Node(from_wit(e)))),
         }
     }
 
-    /// A full tank for the next call (when fuel is metered).
-    fn refuel(&self, store: &mut Store<HostState>) {
+    /// Sets the next call's limits: its deadline (checked every epoch tick while wasm
+    /// runs, and by `deadline` for host calls that wait) and a full tank of fuel.
+    fn arm(&self, store: &mut Store<HostState>) {
+        store.set_epoch_deadline(1);
+        store.data_mut().deadline = Instant::now() + self.timeout;
         if self.engine.meters_fuel() {
             // Cannot fail: the engine meters fuel.
             let _ = store.set_fuel(self.fuel.unwrap_or(u64::MAX));
         }
-    }
-
-    fn deadline_ticks(&self) -> u64 {
-        (self.timeout.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
     }
 }
 
@@ -317,16 +365,14 @@ pub struct NodeInstance {
 impl NodeInstance {
     /// Processes one framed batch.
     pub fn process(&mut self, batch: &[u8]) -> Result<Vec<u8>, CallError> {
-        self.store.set_epoch_deadline(self.template.deadline_ticks());
-        self.template.refuel(&mut self.store);
+        self.template.arm(&mut self.store);
         let result = self.node.call_process(&mut self.store, batch);
         self.settle(result)
     }
 
     /// Runs the node's `finish` (end of input).
     pub fn finish(&mut self) -> Result<Vec<u8>, CallError> {
-        self.store.set_epoch_deadline(self.template.deadline_ticks());
-        self.template.refuel(&mut self.store);
+        self.template.arm(&mut self.store);
         let result = self.node.call_finish(&mut self.store);
         self.settle(result)
     }
@@ -350,7 +396,7 @@ impl NodeInstance {
         result: wasmtime::Result<Result<Vec<u8>, types::NodeError>>,
     ) -> Result<Vec<u8>, CallError> {
         let state = self.store.data_mut();
-        let panic = state.panic.take();
+        let notes = state.take_notes();
         if matches!(result, Ok(Ok(_))) {
             state.undo.clear();
         } else {
@@ -359,7 +405,7 @@ impl NodeInstance {
         match result {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(e)) => Err(CallError::Node(from_wit(e))),
-            Err(trap) => Err(describe_trap(&trap, &self.template, panic)),
+            Err(trap) => Err(describe_trap(&trap, &self.template, notes)),
         }
     }
 }
@@ -376,9 +422,14 @@ fn from_wit(e: types::NodeError) -> NodeError {
     }
 }
 
-fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate, panic: Option<String>) -> CallError {
+fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate, notes: Notes) -> CallError {
     let trap = err.downcast_ref::<Trap>();
     let reason = match trap {
+        Some(Trap::Interrupt) if notes.cut => return CallError::Cut,
+        Some(Trap::Interrupt) if let Some(sleep) = notes.overslept => format!(
+            "timed out: the guest asked to sleep {sleep:?}, past its timeout_ms = {}",
+            t.timeout.as_millis()
+        ),
         Some(Trap::Interrupt) => format!(
             "timed out: a call ran longer than timeout_ms = {}",
             t.timeout.as_millis()
@@ -387,7 +438,7 @@ fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate, panic: Option<String>)
             "out of fuel: a call used more than fuel = {}",
             t.fuel.unwrap_or(u64::MAX)
         ),
-        Some(Trap::UnreachableCodeReached) => match panic {
+        Some(Trap::UnreachableCodeReached) => match notes.panic {
             Some(panic) => format!("the guest {panic}"),
             None => "the guest aborted (a panic, or `unreachable`)".to_owned(),
         },

@@ -4,6 +4,7 @@
 
 mod cache;
 mod componentize;
+mod deadline;
 mod error;
 mod instance;
 mod stdio;
@@ -11,6 +12,7 @@ mod stores;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -93,6 +95,7 @@ struct Inner {
     cache: Mutex<HashMap<[u8; 32], Component>>,
     disk: Option<cache::DiskCache>,
     fuel: bool,
+    cut: Arc<AtomicBool>,
 }
 
 /// The process's wasm engine. Cheap to clone.
@@ -134,6 +137,7 @@ impl Engine {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup_error)?;
+        deadline::bound_sleeps(&mut linker).map_err(setup_error)?;
         bindings::Node::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(setup_error)?;
         let disk = setup.cache_dir.map(|dir| cache::DiskCache::new(dir, &engine));
         let inner = Arc::new(Inner {
@@ -142,6 +146,7 @@ impl Engine {
             cache: Mutex::default(),
             disk,
             fuel: setup.fuel,
+            cut: Arc::default(),
         });
         spawn_ticker(Arc::downgrade(&inner))?;
         Ok(Engine { inner })
@@ -150,6 +155,13 @@ impl Engine {
     /// The wasmtime engine.
     pub fn wasmtime(&self) -> &wasmtime::Engine {
         &self.inner.engine
+    }
+
+    /// The flag that, raised, cuts every call into this engine's instances short (and
+    /// every later one): for a graph that must stop now
+    /// ([`crate::shutdown::Shutdown::raise_on_abort`]).
+    pub fn cut_flag(&self) -> Arc<AtomicBool> {
+        self.inner.cut.clone()
     }
 
     /// Whether calls are metered with fuel.

@@ -75,6 +75,7 @@ pub struct NodeStats {
     dead_lettered: AtomicU64,
     retries: AtomicU64,
     traps: AtomicU64,
+    abandoned: AtomicU64,
 }
 
 impl NodeStats {
@@ -93,6 +94,7 @@ impl NodeStats {
             dead_lettered: get(&self.dead_lettered),
             retries: get(&self.retries),
             traps: get(&self.traps),
+            abandoned: get(&self.abandoned),
         }
     }
 }
@@ -114,6 +116,9 @@ pub struct NodeCounts {
     pub retries: u64,
     /// Instances that trapped and were replaced.
     pub traps: u64,
+    /// Messages left unprocessed because the graph had to stop at once (an abort).
+    #[serde(default)]
+    pub abandoned: u64,
 }
 
 /// What a run did.
@@ -152,6 +157,7 @@ impl fmt::Display for RunReport {
                 ("dead-lettered", c.dead_lettered),
                 ("retries", c.retries),
                 ("traps", c.traps),
+                ("abandoned", c.abandoned),
             ] {
                 if n > 0 {
                     write!(f, " {what} {n}")?;
@@ -381,6 +387,11 @@ impl<'a> Runner<'a> {
     ) -> Result<Self, RunError> {
         let started = Instant::now();
         let graph = &plan.graph;
+        // An interrupted run drains for at most its longest call deadline; then calls
+        // still running are cut short.
+        let grace = graph.nodes.iter().map(|n| n.timeout).max().unwrap_or_default();
+        shutdown.set_grace(grace.max(Duration::from_secs(1)));
+        shutdown.raise_on_abort(engine.cut_flag());
         let stores = Stores::for_graph(graph);
         let in_flight = InFlight::default();
         let starts = transport.prepare(&stores, &in_flight, shutdown)?;

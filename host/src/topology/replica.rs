@@ -98,8 +98,11 @@ impl Replica {
                 Received::Closed => break,
             };
             self.status.beat();
-            // After a stop, keep draining so producers never block on us.
-            if !stopped {
+            // After a stop, keep draining so producers never block on us; after an abort
+            // nothing more is processed: what is left is abandoned, unacknowledged.
+            if self.shutdown.is_aborting() {
+                self.abandon(env.msgs.len(), &env.ack);
+            } else if !stopped {
                 NodeStats::add(&self.stats.received, env.msgs.len());
                 let started = Instant::now();
                 self.ack = env.ack.clone();
@@ -119,7 +122,7 @@ impl Replica {
         self.status.phase.set(Phase::Draining);
         self.status.beat();
         self.finish_barrier.wait();
-        if !stopped {
+        if !stopped && !self.shutdown.is_aborting() {
             let finished = self.instance.finish().map_err(|e| format!("finish failed: {e}"));
             let output = finished.and_then(|out| self.decode_output(out, 0));
             if let Err(reason) = output.and_then(|out| self.deliver(out, &[], 0)) {
@@ -183,6 +186,10 @@ impl Replica {
                     tracing::warn!("{why}; re-running the batch one message at a time");
                     break;
                 }
+                Err(CallError::Cut) => {
+                    self.abandon(msgs.len(), &self.ack.clone());
+                    return Ok(());
+                }
                 Err(CallError::Node(e)) if e.kind == ErrorKind::Fatal => return Err(e.to_string()),
                 Err(CallError::Node(e))
                     if e.kind == ErrorKind::Retryable && attempt < self.retry.attempts =>
@@ -239,12 +246,28 @@ impl Replica {
                 CallError::Trap { reason, .. } => {
                     return self.failed(msg, port, "trap", &reason, attempt).map(|()| false);
                 }
+                CallError::Cut => {
+                    self.abandon(1, &self.ack.clone());
+                    return Ok(false);
+                }
             }
         }
     }
 
-    /// Calls `process`; a trapped instance is replaced before returning the trap.
+    /// `n` messages of the batch acknowledged by `ack` were not processed (the graph is
+    /// stopping now): the batch is never acknowledged, so a Kafka or durable run reads
+    /// them again.
+    fn abandon(&mut self, n: usize, ack: &Ack) {
+        NodeStats::add(&self.stats.abandoned, n);
+        ack.clone().fail();
+    }
+
+    /// Calls `process`; a trapped instance is replaced before returning the trap. Once
+    /// the graph aborts, no call is made.
     fn call(&mut self, input: &[u8]) -> Result<Vec<u8>, CallError> {
+        if self.shutdown.is_aborting() {
+            return Err(CallError::Cut);
+        }
         let result = self.instance.process(input);
         if let Err(CallError::Trap { reason: trap, .. }) = &result {
             NodeStats::add(&self.stats.traps, 1);

@@ -174,6 +174,60 @@ fn ctrl_c_drains_flushes_and_exits_130() {
 }
 
 #[test]
+fn one_ctrl_c_stops_a_graph_whose_guest_naps_through_every_call() {
+    use std::io::{BufRead, BufReader};
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // 500 calls of 1 s each: draining them all would take over 8 minutes.
+    std::fs::write(dir.path().join("in.txt"), "nap\n".repeat(500)).unwrap();
+    let manifest = format!(
+        "name = \"naps\"\n[sources.in]\nkind = \"file\"\npath = \"in.txt\"\n[nodes.faulty]\ncrate = \"{}\"\ntimeout_ms = 1000\non_error = \"skip\"\n[sinks.out]\nkind = \"stdout\"\n[[edges]]\nfrom = \"in\"\nto = \"faulty\"\n[[edges]]\nfrom = \"faulty\"\nto = \"out\"\n",
+        repo.join("functions/faulty").display()
+    );
+    std::fs::write(dir.path().join("graph.toml"), manifest).unwrap();
+    let mut child = spawn_run(&dir.path().join("graph.toml"), "info");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    // The first nap has run into its deadline: the graph is busy with them.
+    while !seen.contains("skipped a message") {
+        let n = stderr.read_line(&mut seen).unwrap();
+        assert!(n > 0, "flowhost ended early:\n{seen}");
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // A bounded wait for the exit (not a timing target): the run drains for at most its
+    // longest deadline, then cuts the call in flight and abandons the rest.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        let _ = tx.send(rest);
+    });
+    let rest = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("one Ctrl-C did not stop the graph:\n{seen}"));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(
+        rest.contains("the graph did not drain within 1s: stopping now"),
+        "{rest}"
+    );
+    let summary = rest
+        .lines()
+        .find(|l| l.contains("node   faulty"))
+        .unwrap_or_default();
+    let abandoned: u64 = summary
+        .split(" abandoned ")
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no abandoned count in {summary:?}"));
+    assert!(abandoned > 400, "{summary}");
+}
+
+#[test]
 fn bench_measures_every_workload_against_its_baseline() {
     let json = std::env::temp_dir().join(format!("flowhost-bench-{}.json", std::process::id()));
     let out = flowhost(&["bench", "--quick", "--json", json.to_str().unwrap()]);

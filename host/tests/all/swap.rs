@@ -328,6 +328,29 @@ fn a_module_that_cannot_run_is_refused_and_the_old_one_keeps_serving() {
 }
 
 #[test]
+fn a_module_whose_init_sleeps_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // `stamp` ignores `sleep_in`; `faulty` sleeps an hour in `init` with it.
+    let config = r#"{ count_in = "stamps", sleep_in = "init" }"#;
+    stamp_graph(dir.path(), &module("stamp").display().to_string(), config);
+    let mut run = Running::start(dir.path(), &["--heartbeat-ms", "50"]);
+    feed(&mut run, &["a\n".to_owned()]);
+    let out = swap(&run, &["stamp", module("faulty").to_str().unwrap()]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("swap refused, v1 ("), "{said}");
+    assert!(
+        said.contains("init: trap: timed out: the guest asked to sleep 3600s, past its timeout_ms = 5000"),
+        "{said}"
+    );
+    feed(&mut run, &["b\n".to_owned()]);
+    assert!(run.finish().success());
+    let out = output(dir.path());
+    assert!(out.iter().all(|s| s.version == "v1"), "{out:?}");
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
 fn a_new_module_that_fails_too_often_is_rolled_back_on_its_own() {
     let dir = tempfile::tempdir().unwrap();
     stamp_graph(dir.path(), &module("stamp").display().to_string(), "{}");

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use flowhost::engine::{Engine, EngineConfig, NodeSetup, NodeTemplate};
 use flowhost::manifest::ModuleRef;
-use flowhost_tests::{BOTH, On, chain, function, graph_in, module, run_captured, run_captured_on};
+use flowhost_tests::{BOTH, Captured, On, chain, function, graph_in, module, run_captured, run_captured_on};
 
 /// in.txt -> faulty -> out, with `policy` lines added to the node (and a `dead` JSON sink
 /// when the policy names it).
@@ -106,6 +106,51 @@ fn faults_on(on: On) -> Result<()> {
     );
     assert_eq!(counts.retries, 2);
     assert_eq!(out.report.failure, None);
+    Ok(())
+}
+
+/// Runs `graph`, failing the test if it has not ended within a minute (a guest that
+/// outsleeps its deadline would hold it for an hour).
+fn run_within_a_minute(graph: flowhost::manifest::Graph, dir: &std::path::Path) -> Result<Captured> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = dir.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(run_captured(graph, &dir));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the run did not end: a guest call outlived its deadline")
+}
+
+#[test]
+fn a_guest_sleeping_in_a_host_call_is_stopped_at_its_deadline_in_process_init_and_finish() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("in.txt"), "ok1\nsleep\nok2\n")?;
+    let policy = "on_error = \"dead-letter\"\ndead_letter = \"dead\"";
+    let graph = graph_in(dir.path(), &faulty_graph(policy))?;
+    let out = run_within_a_minute(graph, dir.path())?;
+    assert_eq!(out.lines("out"), ["ok1", "ok2"]);
+    let dead = out.json("dead");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["payload"], "sleep");
+    let error = dead[0]["headers"]["flowhost-error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("timed out: the guest asked to sleep 3600s, past its timeout_ms = 300"),
+        "{error}"
+    );
+
+    for call in ["init", "finish"] {
+        let policy = format!("config = {{ sleep_in = \"{call}\" }}");
+        let graph = graph_in(dir.path(), &faulty_graph(&policy))?;
+        let failure = match run_within_a_minute(graph, dir.path()) {
+            Ok(out) => out.report.failure.unwrap_or_default(),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            failure.contains("timed out: the guest asked to sleep 3600s, past its timeout_ms = 300"),
+            "{call}: {failure}"
+        );
+        assert!(failure.contains("node `faulty`"), "{call}: {failure}");
+    }
     Ok(())
 }
 
