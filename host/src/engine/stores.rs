@@ -51,9 +51,11 @@ impl HostState {
 }
 
 impl HostState {
-    fn set_one(&mut self, store: &Arc<Store>, key: Vec<u8>, value: Vec<u8>) {
+    fn set_one(&mut self, store: &Arc<Store>, key: Vec<u8>, value: Vec<u8>) -> Res<()> {
+        store.admit(&key, value.len()).map_err(to_wit)?;
         let previous = store.set(key.clone(), value.clone());
         self.undo.restore(store, key, Some(value), previous);
+        Ok(())
     }
 }
 
@@ -82,14 +84,13 @@ impl state::Host for HostState {
 
     fn set(&mut self, store: u32, key: Vec<u8>, value: Vec<u8>) -> Res<()> {
         let store = self.grant(store, true)?.store.clone();
-        self.set_one(&store, key, value);
-        Ok(())
+        self.set_one(&store, key, value)
     }
 
     fn set_many(&mut self, store: u32, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Res<()> {
         let store = self.grant(store, true)?.store.clone();
         for (k, v) in entries {
-            self.set_one(&store, k, v);
+            self.set_one(&store, k, v)?;
         }
         Ok(())
     }
@@ -168,6 +169,9 @@ impl state::Host for HostState {
         replacement: Option<Vec<u8>>,
     ) -> Res<bool> {
         let store = self.grant(store, true)?.store.clone();
+        if let Some(v) = &replacement {
+            store.admit(&key, v.len()).map_err(to_wit)?;
+        }
         let swapped = store.compare_and_swap(key.clone(), expected.as_deref(), replacement.clone());
         if swapped {
             self.undo.restore(&store, key, replacement, expected);

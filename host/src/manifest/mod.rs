@@ -127,15 +127,43 @@ pub struct StoreSpec {
     pub durability: Durability,
     /// Keys expire this long after their last write.
     pub ttl: Option<Duration>,
+    /// What nodes may put in it.
+    pub limits: StoreLimits,
 }
 
 impl StoreSpec {
-    /// An in-memory store without expiry.
+    /// An in-memory store without expiry, with the default limits.
     pub fn memory(name: impl Into<String>) -> Self {
         StoreSpec {
             name: name.into(),
             durability: Durability::Memory,
             ttl: None,
+            limits: StoreLimits::default(),
+        }
+    }
+}
+
+/// How much a store holds at most: a write past a limit fails the node's call (an
+/// `invalid-input` error, which goes through the node's error policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Largest key, in bytes.
+    pub max_key_bytes: u64,
+    /// Largest value, in bytes.
+    pub max_value_bytes: u64,
+    /// Most keys.
+    pub max_keys: u64,
+    /// Most bytes of keys and values together.
+    pub max_bytes: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_key_bytes: 4096,
+            max_value_bytes: 1 << 20,
+            max_keys: 10_000_000,
+            max_bytes: 1 << 30,
         }
     }
 }

@@ -202,6 +202,18 @@ pub struct RawStore {
     /// Keys expire this long after their last write.
     #[schemars(with = "Option<u64>")]
     pub ttl_ms: Option<Spanned<u64>>,
+    /// Largest key a node may write, in bytes (default 4096).
+    #[schemars(with = "Option<u64>")]
+    pub max_key_bytes: Option<Spanned<u64>>,
+    /// Largest value a node may write, in bytes (default 1 MiB).
+    #[schemars(with = "Option<u64>")]
+    pub max_value_bytes: Option<Spanned<u64>>,
+    /// Most keys the store holds (default 10,000,000).
+    #[schemars(with = "Option<u64>")]
+    pub max_keys: Option<Spanned<u64>>,
+    /// Most bytes of keys and values the store holds (default 1 GiB).
+    #[schemars(with = "Option<u64>")]
+    pub max_bytes: Option<Spanned<u64>>,
 }
 
 /// Whether a store outlives the process.

@@ -12,7 +12,7 @@ use super::edges;
 use super::raw::{self, OnError, RawAutoRollback, RawGraph, RawNode, RawRetry, RawSink, RawSource};
 use super::{
     AutoRollback, CheckpointSpec, Delivery, Diagnostic, ErrorPolicy, Graph, KafkaSpec, ModuleRef, NodeSpec,
-    RetryPolicy, Sandbox, SinkKind, SinkSpec, SourceKind, SourceSpec, StoreSpec, Vertex,
+    RetryPolicy, Sandbox, SinkKind, SinkSpec, SourceKind, SourceSpec, StoreLimits, StoreSpec, Vertex,
 };
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -114,6 +114,19 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
                     let what = format!("store `{}`: ttl_ms", name.get_ref());
                     Duration::from_millis(positive(r, &st.ttl_ms, 1, None, &what))
                 }),
+                limits: {
+                    let d = StoreLimits::default();
+                    let mut limit = |v: &Option<Spanned<u64>>, default: u64, field: &str| {
+                        let what = format!("store `{}`: {field}", name.get_ref());
+                        positive(r, v, default, None, &what)
+                    };
+                    StoreLimits {
+                        max_key_bytes: limit(&st.max_key_bytes, d.max_key_bytes, "max_key_bytes"),
+                        max_value_bytes: limit(&st.max_value_bytes, d.max_value_bytes, "max_value_bytes"),
+                        max_keys: limit(&st.max_keys, d.max_keys, "max_keys"),
+                        max_bytes: limit(&st.max_bytes, d.max_bytes, "max_bytes"),
+                    }
+                },
             })
             .collect(),
         checkpoint: checkpoint(r, dir, raw),

@@ -17,6 +17,7 @@
 pub mod durable;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -24,7 +25,7 @@ use dashmap::mapref::entry::Entry;
 use flowhost_sdk::NodeError;
 
 use crate::clock::now_millis;
-use crate::manifest::{Access, Durability, Graph, StoreSpec};
+use crate::manifest::{Access, Durability, Graph, StoreLimits, StoreSpec};
 
 /// A value with its expiry (milliseconds since the epoch; `i64::MAX`: never), and whether
 /// it changed since the last checkpoint.
@@ -53,6 +54,11 @@ pub struct Store {
     /// Durable stores: keys written since the last checkpoint (each once per checkpoint,
     /// guarded by its slot's `dirty` flag; deleted keys every time).
     changed: Option<Mutex<Vec<Vec<u8>>>>,
+    limits: StoreLimits,
+    /// Bytes of keys and values held, and keys (expired ones not yet swept included):
+    /// kept here because `DashMap::len` visits every shard.
+    bytes: AtomicI64,
+    keys: AtomicI64,
 }
 
 impl Store {
@@ -68,6 +74,74 @@ impl Store {
             map: DashMap::new(),
             ttl_ms: spec.ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64),
             changed: (spec.durability == Durability::Durable).then(Mutex::default),
+            limits: spec.limits,
+            bytes: AtomicI64::new(0),
+            keys: AtomicI64::new(0),
+        }
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    fn grew(&self, by: usize) {
+        self.bytes.fetch_add(by as i64, Ordering::Relaxed);
+    }
+
+    fn shrank(&self, by: usize) {
+        self.bytes.fetch_sub(by as i64, Ordering::Relaxed);
+    }
+
+    /// A new entry of `bytes` (key and value).
+    fn added(&self, bytes: usize) {
+        self.grew(bytes);
+        self.keys.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An entry of `bytes` gone.
+    fn removed(&self, bytes: usize) {
+        self.shrank(bytes);
+        self.keys.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether a node may write a value of `value_len` bytes at `key`: an
+    /// `invalid-input` error naming the limit if not. (Replicas checking at once may
+    /// overshoot `max_keys`/`max_bytes` by what they write together; never by more.)
+    pub fn admit(&self, key: &[u8], value_len: usize) -> Result<(), NodeError> {
+        let l = &self.limits;
+        let refuse = |what: String| Err(NodeError::invalid_input(format!("store `{}`: {what}", self.name)));
+        if key.len() as u64 > l.max_key_bytes {
+            return refuse(format!(
+                "a key of {} bytes is over max_key_bytes = {}",
+                key.len(),
+                l.max_key_bytes
+            ));
+        }
+        if value_len as u64 > l.max_value_bytes {
+            return refuse(format!(
+                "a value of {value_len} bytes is over max_value_bytes = {}",
+                l.max_value_bytes
+            ));
+        }
+        let held = self.bytes();
+        let keys = self.keys.load(Ordering::Relaxed).max(0) as u64;
+        let full_keys = keys >= l.max_keys;
+        if !full_keys && held + (key.len() + value_len) as u64 <= l.max_bytes {
+            return Ok(());
+        }
+        // Near a limit: what the write adds depends on what the key holds now.
+        match self.map.get(key).map(|s| s.value.len()) {
+            Some(old) if held + value_len as u64 <= l.max_bytes + old as u64 => Ok(()),
+            Some(_) => refuse(format!(
+                "full: it holds {held} bytes, max_bytes = {}",
+                l.max_bytes
+            )),
+            None if full_keys => refuse(format!("full: it holds {keys} keys, max_keys = {}", l.max_keys)),
+            None => refuse(format!(
+                "full: it holds {held} bytes, max_bytes = {}",
+                l.max_bytes
+            )),
         }
     }
 
@@ -149,11 +223,14 @@ impl Store {
                 let key = e.key().clone();
                 let slot = e.get_mut();
                 let live = slot.expires > now;
+                self.grew(value.len());
                 let old = std::mem::replace(&mut slot.value, value);
+                self.shrank(old.len());
                 self.touch(&key, slot, now);
                 live.then_some(old)
             }
             Entry::Vacant(e) => {
+                self.added(e.key().len() + value.len());
                 let slot = self.new_slot(e.key(), value, now);
                 e.insert(slot);
                 None
@@ -165,6 +242,7 @@ impl Store {
     pub fn delete(&self, key: &[u8]) -> Option<Vec<u8>> {
         let now = self.now();
         let (key, slot) = self.map.remove(key)?;
+        self.removed(key.len() + slot.value.len());
         self.deleted(key);
         (slot.expires > now).then_some(slot.value)
     }
@@ -181,14 +259,19 @@ impl Store {
         let mut created = false;
         let mut slot = match self.map.get_mut(key) {
             Some(slot) => slot,
-            None => self.map.entry(key.to_vec()).or_insert_with(|| {
-                created = true;
-                self.new_slot(key, 0i64.to_le_bytes().to_vec(), now)
-            }),
+            None => {
+                self.admit(key, 8)?;
+                self.map.entry(key.to_vec()).or_insert_with(|| {
+                    created = true;
+                    self.added(key.len() + 8);
+                    self.new_slot(key, 0i64.to_le_bytes().to_vec(), now)
+                })
+            }
         };
         if slot.expires <= now {
             created = true;
-            slot.value = 0i64.to_le_bytes().to_vec();
+            self.grew(8);
+            self.shrank(std::mem::replace(&mut slot.value, 0i64.to_le_bytes().to_vec()).len());
         }
         let current: [u8; 8] = slot.value.as_slice().try_into().map_err(|_| {
             NodeError::invalid_input(format!(
@@ -233,11 +316,13 @@ impl Store {
                     Some(v) => {
                         let key = e.key().clone();
                         let slot = e.get_mut();
-                        slot.value = v;
+                        self.grew(v.len());
+                        self.shrank(std::mem::replace(&mut slot.value, v).len());
                         self.touch(&key, slot, now);
                     }
                     None => {
-                        let (key, _) = e.remove_entry();
+                        let (key, slot) = e.remove_entry();
+                        self.removed(key.len() + slot.value.len());
                         self.deleted(key);
                     }
                 }
@@ -248,6 +333,7 @@ impl Store {
                     return false;
                 }
                 if let Some(v) = replacement {
+                    self.added(e.key().len() + v.len());
                     let slot = self.new_slot(e.key(), v, now);
                     e.insert(slot);
                 }
@@ -272,7 +358,13 @@ impl Store {
     pub fn sweep(&self) {
         if self.ttl_ms.is_some() {
             let now = now_millis();
-            self.map.retain(|_, s| s.expires > now);
+            self.map.retain(|k, s| {
+                let live = s.expires > now;
+                if !live {
+                    self.removed(k.len() + s.value.len());
+                }
+                live
+            });
         }
     }
 
@@ -308,19 +400,23 @@ impl Store {
 
     /// Drops `key` because another process deleted it (not a change of its own).
     pub fn forget(&self, key: &[u8]) {
-        self.map.remove(key);
+        if let Some((key, slot)) = self.map.remove(key) {
+            self.removed(key.len() + slot.value.len());
+        }
     }
 
     /// Puts back an entry from a checkpoint (not a change of its own).
     pub fn restore(&self, key: Vec<u8>, value: Vec<u8>, expires: i64) {
-        self.map.insert(
-            key,
-            Stored {
-                value,
-                expires,
-                dirty: false,
-            },
-        );
+        let key_len = key.len();
+        self.added(key_len + value.len());
+        let slot = Stored {
+            value,
+            expires,
+            dirty: false,
+        };
+        if let Some(old) = self.map.insert(key, slot) {
+            self.removed(key_len + old.value.len());
+        }
     }
 }
 
@@ -513,6 +609,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bytes_are_accounted_and_limits_refuse_what_does_not_fit() {
+        let spec = StoreSpec {
+            limits: StoreLimits {
+                max_key_bytes: 4,
+                max_value_bytes: 8,
+                max_keys: 3,
+                max_bytes: 20,
+            },
+            ..StoreSpec::memory("l")
+        };
+        let s = Store::from_spec(&spec);
+        s.set(b"ab".to_vec(), b"123".to_vec());
+        assert_eq!(s.bytes(), 5);
+        s.set(b"ab".to_vec(), b"1234567".to_vec());
+        assert_eq!(s.bytes(), 9, "a replaced value counts once");
+        s.incr(b"c", 1).unwrap();
+        assert_eq!(s.bytes(), 18);
+        let refused = |r: Result<(), NodeError>| r.unwrap_err().message;
+        assert_eq!(
+            refused(s.admit(b"toolong", 1)),
+            "store `l`: a key of 7 bytes is over max_key_bytes = 4"
+        );
+        assert_eq!(
+            refused(s.admit(b"ab", 9)),
+            "store `l`: a value of 9 bytes is over max_value_bytes = 8"
+        );
+        assert_eq!(
+            refused(s.admit(b"d", 2)),
+            "store `l`: full: it holds 18 bytes, max_bytes = 20"
+        );
+        s.admit(b"ab", 8).expect("replacing 7 bytes by 8: 19 of 20");
+        s.admit(b"d", 1).expect("exactly 20");
+        s.set(b"d".to_vec(), b"x".to_vec());
+        assert_eq!(
+            refused(s.admit(b"e", 0)),
+            "store `l`: full: it holds 3 keys, max_keys = 3"
+        );
+        assert!(s.incr(b"e", 1).unwrap_err().message.contains("max_keys = 3"));
+        assert!(s.compare_and_swap(b"c".to_vec(), Some(&1i64.to_le_bytes()), None));
+        assert_eq!(s.bytes(), 11);
+        s.delete(b"ab");
+        s.forget(b"d");
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
     fn counters_cas_and_scan() {
         let s = Store::new("t");
         assert_eq!(s.incr(b"a", 2).unwrap(), 2);
@@ -560,6 +702,7 @@ mod tests {
             name: name.into(),
             durability: Durability::Durable,
             ttl: ttl.map(std::time::Duration::from_millis),
+            ..StoreSpec::memory(name)
         }))
     }
 

@@ -332,6 +332,7 @@ impl Status {
                 .map(|s| StoreReport {
                     name: s.name().to_owned(),
                     keys: s.len() as u64,
+                    bytes: s.bytes(),
                     durable: s.is_durable(),
                 })
                 .collect(),
@@ -484,6 +485,15 @@ impl Status {
                 .map(|s| (format!(",store=\"{}\"", s.name), s.keys as f64))
                 .collect(),
         );
+        family(
+            "store_bytes",
+            "gauge",
+            "Bytes of keys and values in the store.",
+            r.stores
+                .iter()
+                .map(|s| (format!(",store=\"{}\"", s.name), s.bytes as f64))
+                .collect(),
+        );
         out
     }
 }
@@ -607,6 +617,9 @@ pub struct StoreReport {
     pub name: String,
     /// Live keys.
     pub keys: u64,
+    /// Bytes of keys and values (what `max_bytes` limits).
+    #[serde(default)]
+    pub bytes: u64,
     /// Whether it is checkpointed.
     pub durable: bool,
 }

@@ -54,6 +54,24 @@ fn totals_on(on: On) -> Result<()> {
 }
 
 #[test]
+fn a_full_store_refuses_new_keys_through_the_nodes_error_policy() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let toml = tally_graph(2, "state = { counts = \"rw\" }\non_error = \"skip\"")
+        .replace("count = 200000", "count = 100")
+        .replace("[stores.counts]", "[stores.counts]\nmax_keys = 5");
+    let graph = graph_in(dir.path(), &toml)?;
+    let out = run_captured(graph, dir.path())?;
+    assert_eq!(out.report.failure, None);
+    let counts = out.report.stores.get("counts").expect("the declared store");
+    assert_eq!(counts.len(), 5, "no key past max_keys");
+    let total: i64 = (0..10).filter_map(|k| counter(counts, &format!("k{k}"))).sum();
+    assert_eq!(total, 50, "the messages of 5 keys counted, each once");
+    let node = out.node("tally");
+    assert_eq!((node.errors, node.skipped), (50, 50), "{node:?}");
+    Ok(())
+}
+
+#[test]
 fn a_read_only_grant_cannot_write() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let graph = graph_in(dir.path(), &tally_graph(1, "state = { counts = \"r\" }"))?;
