@@ -3,7 +3,9 @@
 //! must return normally: an error is fine, a panic is a bug.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
+use crate::engine::{Engine, EngineConfig, NodeSetup, NodeTemplate};
 use crate::manifest::Graph;
 use crate::manifest::picture::{self, Format};
 use crate::message;
@@ -40,5 +42,15 @@ pub fn batch(data: &[u8]) {
             assert_eq!(again.ports[port], *msgs, "re-encoded batch differs");
         }
         std::hint::black_box(&out.errors);
+    }
+}
+
+/// Loads `data` as a node's module (componentize, compile, link against the node world):
+/// an error or a module, never a panic.
+pub fn module(data: &[u8]) {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    let engine = ENGINE.get_or_init(|| Engine::new(EngineConfig::default()).expect("an engine"));
+    if let Ok(module) = engine.load_bytes(data, Path::new("fuzz.wasm")) {
+        std::hint::black_box(NodeTemplate::new(engine, module, NodeSetup::new("fuzz")).is_ok());
     }
 }

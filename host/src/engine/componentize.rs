@@ -27,6 +27,11 @@ pub fn componentize(bytes: &[u8], path: &Path) -> Result<Vec<u8>, EngineError> {
     if is_component(bytes) {
         return Ok(bytes.to_vec());
     }
+    // Checked before the component tooling reads it: some malformed modules (a custom
+    // section cut short) make it panic rather than refuse.
+    wasmparser::Validator::new()
+        .validate_all(bytes)
+        .map_err(|e| EngineError::module(path, "reading the core module", e))?;
     let mut encoder = wit_component::ComponentEncoder::default()
         .validate(true)
         .module(bytes)

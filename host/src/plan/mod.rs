@@ -61,6 +61,12 @@ pub enum PlanError {
         /// What went wrong.
         error: Box<PlanError>,
     },
+    /// A module file is not WebAssembly at all.
+    #[error("{} is not a WebAssembly module or component (no `\\0asm` header)", path.display())]
+    NotWasm {
+        /// The file.
+        path: PathBuf,
+    },
     /// `--nodes` names no vertex of the graph.
     #[error("--nodes: `{name}` is not a source, node or sink of graph `{graph}`")]
     UnknownPlaced {
@@ -69,6 +75,40 @@ pub enum PlanError {
         /// The graph.
         graph: String,
     },
+}
+
+/// Checks, without building crates or reading whole files, that every node whose module
+/// is a file names one that starts like WebAssembly: what `flowhost validate` adds to the
+/// manifest's own checks. Every problem, each naming its node.
+pub fn check_module_files(graph: &Graph) -> Vec<PlanError> {
+    use std::io::Read;
+    let header = |path: &Path| -> Result<(), PlanError> {
+        let mut head = Vec::with_capacity(8);
+        std::fs::File::open(path)
+            .and_then(|f| f.take(8).read_to_end(&mut head))
+            .map_err(|error| PlanError::Read {
+                path: path.to_owned(),
+                error,
+            })?;
+        if crate::engine::is_wasm(&head) {
+            Ok(())
+        } else {
+            Err(PlanError::NotWasm {
+                path: path.to_owned(),
+            })
+        }
+    };
+    graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.module {
+            ModuleRef::File(path) => header(path).err().map(|e| PlanError::Node {
+                node: n.id.clone(),
+                error: Box::new(e),
+            }),
+            ModuleRef::Crate(_) => None,
+        })
+        .collect()
 }
 
 /// A node's module, read: where from, its bytes and their SHA-256.

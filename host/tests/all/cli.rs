@@ -174,6 +174,26 @@ fn ctrl_c_drains_flushes_and_exits_130() {
 }
 
 #[test]
+fn validate_refuses_a_module_file_that_is_not_webassembly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.wasm"), "just some text").unwrap();
+    std::fs::write(
+        dir.path().join("graph.toml"),
+        "name = \"g\"\n[sources.in]\nkind = \"stdin\"\n[nodes.parse]\nmodule = \"notes.wasm\"\n[sinks.out]\nkind = \"stdout\"\n[[edges]]\nfrom = \"in\"\nto = \"parse\"\n[[edges]]\nfrom = \"parse\"\nto = \"out\"\n",
+    )
+    .unwrap();
+    let manifest = dir.path().join("graph.toml");
+    let out = flowhost(&["validate", manifest.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("node `parse`: ")
+            && stderr.contains("notes.wasm is not a WebAssembly module or component"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn one_ctrl_c_stops_a_graph_whose_guest_naps_through_every_call() {
     use std::io::{BufRead, BufReader};
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();

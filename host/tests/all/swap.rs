@@ -269,8 +269,13 @@ fn a_module_that_cannot_run_is_refused_and_the_old_one_keeps_serving() {
     let garbage = dir.path().join("garbage.wasm");
     let empty = dir.path().join("empty.wasm");
     let faulty = module("faulty");
+    // A real module cut in half (it once panicked inside componentization).
+    let whole = std::fs::read(module("stamp-v2")).unwrap();
+    let truncated = dir.path().join("truncated.wasm");
+    std::fs::write(&truncated, &whole[..whole.len() / 2]).unwrap();
     for (file, cause) in [
         (&garbage, "not a WebAssembly module or component"),
+        (&truncated, "truncated.wasm: reading the core module: "),
         (&empty, "empty.wasm does not fit the flowhost:node world"),
         (&faulty, "unknown field `label`"),
     ] {
@@ -301,7 +306,7 @@ fn a_module_that_cannot_run_is_refused_and_the_old_one_keeps_serving() {
     let status = run.status();
     let node = &status.nodes[0];
     assert_eq!(node.version, 1);
-    assert_eq!(node.swaps.len(), 4);
+    assert_eq!(node.swaps.len(), 5);
     assert!(node.swaps.iter().all(|r| r.outcome == Outcome::Refused));
     let table = String::from_utf8(
         bin()

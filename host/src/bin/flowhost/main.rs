@@ -221,6 +221,13 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { manifest } => {
             let graph = Graph::load(&manifest)?;
+            let bad_modules = flowhost::plan::check_module_files(&graph);
+            if !bad_modules.is_empty() {
+                for e in &bad_modules {
+                    eprintln!("error: {}: {e}", manifest.display());
+                }
+                return Ok(ExitCode::from(2));
+            }
             println!(
                 "{}: graph `{}` is valid: {} sources, {} nodes, {} sinks, {} edges",
                 manifest.display(),
