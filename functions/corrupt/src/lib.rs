@@ -7,6 +7,8 @@
 //! - `bad-port`: a record for an output port the node was not given.
 //! - `bad-index`: an error for input message 1000.
 //! - `huge-length`: a record whose length field claims 4 GiB.
+//! - `failed-twice`: the echo, and two errors for the same input message.
+//! - `record-and-error`: the echo, and an error for the message that asked for it.
 //! - anything else: echoed, correctly framed.
 use flowhost_sdk::frame::{BatchReader, BatchWriter, Item};
 
@@ -34,21 +36,39 @@ mod export {
 /// The output batch for `input`, broken as its first breaking payload asks.
 pub fn respond(input: &[u8]) -> Vec<u8> {
     let mut echo = BatchWriter::default();
-    const BREAKERS: [&[u8]; 5] = [
+    const BREAKERS: [&[u8]; 7] = [
         b"garbage",
         b"truncated",
         b"bad-port",
         b"bad-index",
         b"huge-length",
+        b"failed-twice",
+        b"record-and-error",
     ];
-    let mut breaker: Option<Vec<u8>> = None;
-    for item in BatchReader::new(input).into_iter().flatten().flatten() {
+    let mut breaker: Option<(Vec<u8>, u32)> = None;
+    let records = BatchReader::new(input).into_iter().flatten().flatten();
+    for (index, item) in records.enumerate() {
         if let Item::Record(r) = item {
             if breaker.is_none() && BREAKERS.contains(&r.payload) {
-                breaker = Some(r.payload.to_vec());
+                breaker = Some((r.payload.to_vec(), index as u32));
             }
             echo.record(0, r.timestamp, r.key, r.payload, r.headers.raw());
         }
+    }
+    let (breaker, index) = breaker.map_or((None, 0), |(b, i)| (Some(b), i));
+    match breaker.as_deref() {
+        Some(b"failed-twice") => {
+            echo.error(flowhost_sdk::ErrorKind::InvalidInput, index, "first failure");
+            echo.error(flowhost_sdk::ErrorKind::InvalidInput, index, "second failure");
+        }
+        Some(b"record-and-error") => {
+            echo.error(
+                flowhost_sdk::ErrorKind::InvalidInput,
+                index,
+                "failed, records kept",
+            );
+        }
+        _ => {}
     }
     let good = echo.finish();
     match breaker.as_deref() {

@@ -299,6 +299,15 @@ impl Replica {
                 "returned a malformed batch: an error for message {index} of a batch of {inputs}"
             ));
         }
+        // Each input message ends one way: a second error for one message is not trusted.
+        let mut failed: Vec<u32> = out.errors.iter().map(|(i, _)| *i).collect();
+        failed.sort_unstable();
+        if let Some(w) = failed.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!(
+                "returned a malformed batch: two errors for message {} of a batch of {inputs}",
+                w[0]
+            ));
+        }
         Ok(out)
     }
 

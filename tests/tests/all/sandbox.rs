@@ -144,6 +144,32 @@ fn a_guest_breaking_the_batch_contract_fails_only_its_message() -> Result<()> {
 }
 
 #[test]
+fn each_input_message_ends_exactly_one_way_whatever_the_guest_returns() -> Result<()> {
+    // Two errors for one message, in a batch: malformed, so run alone; alone still two:
+    // dead-lettered once, as bad output.
+    let Ran { out, dead, counts } = run("corrupt", "", &["ok1", "failed-twice", "ok2"])?;
+    assert_eq!(out, ["ok1", "ok2"]);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "failed-twice");
+    assert!(
+        dead[0].1.contains("two errors for message 0 of a batch of 1"),
+        "{dead:?}"
+    );
+    assert_eq!((counts.errors, counts.dead_lettered), (1, 1));
+
+    // A record and an error for the one message of a call: the error wins.
+    let Ran { out, dead, counts } = run("corrupt", "", &["record-and-error"])?;
+    assert!(
+        out.is_empty(),
+        "the record of a failed message was delivered: {out:?}"
+    );
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].1, "failed, records kept");
+    assert_eq!((counts.errors, counts.dead_lettered, counts.emitted), (1, 1, 0));
+    Ok(())
+}
+
+#[test]
 fn fuel_stops_a_runaway_call_and_the_node_serves_the_next_message() -> Result<()> {
     // A generous timeout: fuel, not the clock, must stop the loop.
     let node = "fuel = 5_000_000\ntimeout_ms = 60_000";
