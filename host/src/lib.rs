@@ -38,6 +38,7 @@ pub mod progress;
 pub mod replay;
 pub mod shutdown;
 pub mod state;
+pub mod throttle;
 pub mod topology;
 pub mod transport;
 pub mod watch;

@@ -18,6 +18,11 @@ use super::stdio::GuestOutput;
 use super::{Engine, EngineError, LoadedModule};
 use crate::manifest::{NodeSpec, Sandbox};
 use crate::state::{Grant, Stores, UndoLog};
+use crate::throttle::Throttle;
+
+/// Log lines (`log`, stdout, stderr) a node may write per second, all replicas together;
+/// the rest are dropped and counted.
+pub const GUEST_LOG_LINES_PER_SECOND: u32 = 200;
 
 /// What a store holds for its instance.
 pub struct HostState {
@@ -36,6 +41,8 @@ pub struct HostState {
     pub(super) deadline: Instant,
     /// How long the guest asked to sleep when that would have outlasted the deadline.
     pub(super) overslept: Option<Duration>,
+    /// The node's budget of log lines (its logs and prints, all replicas together).
+    logs: Arc<Throttle>,
     /// The engine's cut flag ([`super::Engine::cut_flag`]), and whether it ended this call.
     cut: Arc<AtomicBool>,
     was_cut: bool,
@@ -82,12 +89,14 @@ impl log::Host for HostState {
             self.panic = Some(message.chars().take(1024).collect());
             return;
         }
+        let Some(dropped) = self.logs.admit() else { return };
+        let note = crate::throttle::dropped_note(dropped);
         match level {
-            log::Level::Trace => tracing::trace!(target: "flowhost::guest", node, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "flowhost::guest", node, "{message}"),
-            log::Level::Info => tracing::info!(target: "flowhost::guest", node, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "flowhost::guest", node, "{message}"),
-            log::Level::Error => tracing::error!(target: "flowhost::guest", node, "{message}"),
+            log::Level::Trace => tracing::trace!(target: "flowhost::guest", node, "{message}{note}"),
+            log::Level::Debug => tracing::debug!(target: "flowhost::guest", node, "{message}{note}"),
+            log::Level::Info => tracing::info!(target: "flowhost::guest", node, "{message}{note}"),
+            log::Level::Warn => tracing::warn!(target: "flowhost::guest", node, "{message}{note}"),
+            log::Level::Error => tracing::error!(target: "flowhost::guest", node, "{message}{note}"),
         }
     }
 }
@@ -190,6 +199,7 @@ pub struct NodeTemplate {
     fuel: Option<u64>,
     env: Vec<(String, String)>,
     read_dirs: Vec<(String, PathBuf)>,
+    logs: Arc<Throttle>,
 }
 
 impl NodeTemplate {
@@ -245,6 +255,7 @@ impl NodeTemplate {
             fuel: setup.fuel,
             env,
             read_dirs: setup.sandbox.read_dirs,
+            logs: Arc::new(Throttle::new(GUEST_LOG_LINES_PER_SECOND)),
         }))
     }
 
@@ -274,8 +285,8 @@ impl NodeTemplate {
         // Only what the manifest grants: no files, env, args, sockets (WASI's default
         // socket check denies every address) or stdin; output goes to the log.
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(GuestOutput::new(name.clone(), "stdout"))
-            .stderr(GuestOutput::new(name.clone(), "stderr"))
+        wasi.stdout(GuestOutput::new(name.clone(), "stdout", self.logs.clone()))
+            .stderr(GuestOutput::new(name.clone(), "stderr", self.logs.clone()))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -301,6 +312,7 @@ impl NodeTemplate {
             panic: None,
             deadline: Instant::now(),
             overslept: None,
+            logs: self.logs.clone(),
             cut: self.engine.cut_flag(),
             was_cut: false,
         };

@@ -24,7 +24,7 @@ pub use cache::default_dir as default_cache_dir;
 pub use componentize::{componentize, is_component, is_wasm};
 pub use error::EngineError;
 pub(crate) use instance::HostState;
-pub use instance::{CallError, NodeInstance, NodeSetup, NodeTemplate};
+pub use instance::{CallError, GUEST_LOG_LINES_PER_SECOND, NodeInstance, NodeSetup, NodeTemplate};
 
 use crate::plan::{ModuleSource, hex};
 

@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+
+use crate::throttle::Throttle;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
@@ -14,14 +16,17 @@ pub struct GuestOutput {
     node: Arc<str>,
     stream: &'static str,
     pending: Arc<Mutex<Vec<u8>>>,
+    logs: Arc<Throttle>,
 }
 
 impl GuestOutput {
-    pub fn new(node: Arc<str>, stream: &'static str) -> Self {
+    /// Lines count against `logs`, the node's budget.
+    pub fn new(node: Arc<str>, stream: &'static str, logs: Arc<Throttle>) -> Self {
         GuestOutput {
             node,
             stream,
             pending: Arc::default(),
+            logs,
         }
     }
 
@@ -48,8 +53,10 @@ impl GuestOutput {
     }
 
     fn emit(&self, line: &[u8]) {
+        let Some(dropped) = self.logs.admit() else { return };
         let line = String::from_utf8_lossy(line);
-        tracing::info!(target: "flowhost::guest", node = %self.node, stream = self.stream, "{}", line.trim_end_matches('\r'));
+        let note = crate::throttle::dropped_note(dropped);
+        tracing::info!(target: "flowhost::guest", node = %self.node, stream = self.stream, "{}{note}", line.trim_end_matches('\r'));
     }
 }
 

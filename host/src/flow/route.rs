@@ -111,18 +111,20 @@ impl Router {
     }
 
     /// Sends `msgs` from `port` along every edge, keeping their order per edge and
-    /// replica; blocks while a consumer is full. Everything sent holds `ack`.
-    pub fn send(&mut self, port: u16, msgs: Vec<Msg>, ack: &Ack) {
+    /// replica; blocks while a consumer is full. Everything sent holds `ack`. `false` if
+    /// no edge leaves `port`: the messages are dropped (the caller counts them).
+    pub fn send(&mut self, port: u16, msgs: Vec<Msg>, ack: &Ack) -> bool {
         let Some(routes) = self.ports.get_mut(port as usize) else {
-            return;
+            return false;
         };
         let Some((last, rest)) = routes.split_last_mut() else {
-            return;
+            return false;
         };
         for route in rest {
             route.send(msgs.clone(), ack);
         }
         last.send(msgs, ack);
+        true
     }
 }
 

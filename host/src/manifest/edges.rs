@@ -65,6 +65,11 @@ pub(super) fn edges(
         ports(*to, tp, false);
     }
     for n in nodes.iter_mut() {
+        // The default output is always there, connected or not: what a node writes to
+        // it unconnected reaches the host, which counts it as dropped.
+        if !n.outputs.iter().any(|p| p == DEFAULT_OUTPUT) {
+            n.outputs.push(DEFAULT_OUTPUT.to_owned());
+        }
         n.inputs.sort_by_key(|p| (p != DEFAULT_INPUT, p.clone()));
         n.outputs.sort_by_key(|p| (p != DEFAULT_OUTPUT, p.clone()));
     }
@@ -250,5 +255,33 @@ pub(super) fn check_cycles(r: &mut Report, raw: &RawGraph, edges: &[Edge]) {
                 names.join(" -> ")
             ),
         );
+    }
+}
+
+/// A node whose default output has no edge while a named one does: what it writes to
+/// `out` would be dropped — likely a typo in the edge (`parse.errors` for `parse`).
+pub(super) fn check_default_outputs(r: &mut Report, raw: &RawGraph, edges: &[Edge], nodes: &[NodeSpec]) {
+    for (i, (id, _)) in raw.nodes.iter().enumerate() {
+        let from_here: Vec<u16> = edges
+            .iter()
+            .filter(|e| e.from == Vertex::Node(i))
+            .map(|e| e.from_port)
+            .collect();
+        let outputs = &nodes[i].outputs;
+        let default = outputs.iter().position(|p| p == DEFAULT_OUTPUT).map(|p| p as u16);
+        if !from_here.is_empty() && !default.is_some_and(|d| from_here.contains(&d)) {
+            let named: Vec<String> = from_here
+                .iter()
+                .map(|&p| format!("`{}.{}`", id.get_ref(), outputs[p as usize]))
+                .collect();
+            r.warn_at(
+                id.span(),
+                format!(
+                    "node `{}`: no edge leaves its default port `{DEFAULT_OUTPUT}`, only {}: what it writes to `{DEFAULT_OUTPUT}` is dropped",
+                    id.get_ref(),
+                    named.join(", ")
+                ),
+            );
+        }
     }
 }

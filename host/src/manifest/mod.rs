@@ -2,6 +2,7 @@
 //! ([`validate`]) with every problem reported at once, each at its file:line:col.
 
 mod edges;
+mod fields;
 pub mod picture;
 mod raw;
 mod validate;
@@ -57,6 +58,8 @@ fn render(path: &Path, diagnostics: &[Diagnostic]) -> String {
 /// A validated graph, ready to build.
 #[derive(Debug, Clone)]
 pub struct Graph {
+    /// What validation found suspicious but runnable (a likely typo), with line:col.
+    pub warnings: Vec<Diagnostic>,
     /// The graph's name (used in logs, and later in topic and group names).
     pub name: String,
     /// Where the manifest was read from; relative paths in it are relative to its folder.
@@ -445,6 +448,22 @@ impl Graph {
                 diagnostics,
             }
         })
+    }
+
+    /// Each warning as `path:line:col: warning: message`.
+    pub fn warning_lines(&self) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}:{}:{}: warning: {}",
+                    self.path.display(),
+                    d.line,
+                    d.col,
+                    d.message
+                )
+            })
+            .collect()
     }
 
     /// The id of a vertex.

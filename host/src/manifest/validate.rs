@@ -12,30 +12,46 @@ use super::edges;
 use super::raw::{self, OnError, RawAutoRollback, RawGraph, RawNode, RawRetry, RawSink, RawSource};
 use super::{
     AutoRollback, CheckpointSpec, Delivery, Diagnostic, ErrorPolicy, Graph, KafkaSpec, ModuleRef, NodeSpec,
-    RetryPolicy, Sandbox, SinkKind, SinkSpec, SourceKind, SourceSpec, StoreLimits, StoreSpec, Vertex,
+    RetryPolicy, Sandbox, SinkFormat, SinkKind, SinkSpec, SourceKind, SourceSpec, StoreLimits, StoreSpec,
+    Vertex,
 };
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_MEMORY_MB: u64 = 128;
 const MAX_MEMORY_MB: u64 = 4_096;
 const DEFAULT_PAYLOAD_SIZE: usize = 16;
+/// A generated batch holds `batch_size` payloads at once.
+const MAX_PAYLOAD_SIZE: usize = 1 << 20;
 
 /// Collects diagnostics with line:col computed from byte spans.
 pub(super) struct Report<'t> {
     text: &'t str,
     diagnostics: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl Report<'_> {
+    /// An error at `span`: the manifest is refused.
     pub(super) fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let d = self.diagnostic(span, message);
+        self.diagnostics.push(d);
+    }
+
+    /// A warning at `span`: likely a mistake, but the graph can run.
+    pub(super) fn warn_at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let d = self.diagnostic(span, message);
+        self.warnings.push(d);
+    }
+
+    fn diagnostic(&self, span: Range<usize>, message: impl Into<String>) -> Diagnostic {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        self.diagnostics.push(Diagnostic {
+        Diagnostic {
             line,
             col,
             message: message.into(),
-        });
+        }
     }
 }
 
@@ -43,7 +59,13 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Graph, Vec<Diagnostic>> {
     let mut report = Report {
         text,
         diagnostics: Vec::new(),
+        warnings: Vec::new(),
     };
+    if super::fields::check(&mut report, text) {
+        // Everything else waits until every field is one flowhost knows: a typo's
+        // knock-on errors (an edge that "does not exist") would only confuse.
+        return Err(report.diagnostics);
+    }
     let raw: RawGraph = match toml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -56,6 +78,11 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Graph, Vec<Diagnostic>> {
     if report.diagnostics.is_empty() {
         Ok(Graph {
             path: path.to_owned(),
+            warnings: {
+                let mut w = report.warnings;
+                w.sort();
+                w
+            },
             ..graph
         })
     } else {
@@ -90,15 +117,18 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
         .iter()
         .map(|(id, n)| node(r, dir, id, n, &sink_index))
         .collect();
-    let sinks = raw.sinks.iter().map(|(id, s)| sink(r, dir, id, s)).collect();
+    let sinks: Vec<SinkSpec> = raw.sinks.iter().map(|(id, s)| sink(r, dir, id, s)).collect();
     check_grants(r, raw);
+    check_dead_letter_formats(r, raw, &nodes, &sinks);
     let edges = edges::edges(r, raw, &ids, &mut nodes);
     edges::check_connected(r, raw, &edges, &nodes);
     edges::check_cycles(r, raw, &edges);
+    edges::check_default_outputs(r, raw, &edges, &nodes);
 
     Graph {
         name: raw.name.get_ref().clone(),
         path: PathBuf::new(),
+        warnings: Vec::new(),
         provenance: raw.provenance,
         sources,
         nodes,
@@ -298,10 +328,18 @@ fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> So
             } else {
                 SourceKind::Generator {
                     count: s.count.as_ref().map(|c| *c.get_ref()),
-                    payload_size: s
-                        .payload_size
-                        .as_ref()
-                        .map_or(DEFAULT_PAYLOAD_SIZE, |p| *p.get_ref()),
+                    payload_size: match &s.payload_size {
+                        Some(p) if *p.get_ref() > MAX_PAYLOAD_SIZE => {
+                            let size = *p.get_ref();
+                            r.at(
+                                p.span(),
+                                format!("source `{name}`: payload_size must be at most {MAX_PAYLOAD_SIZE} (1 MiB), not {size}"),
+                            );
+                            DEFAULT_PAYLOAD_SIZE
+                        }
+                        Some(p) => *p.get_ref(),
+                        None => DEFAULT_PAYLOAD_SIZE,
+                    },
                     keys: s.keys.as_ref().map(|k| *k.get_ref()).filter(|&k| k > 0),
                 }
             }
@@ -584,9 +622,42 @@ fn sandbox(r: &mut Report, dir: &Path, name: &str, n: &RawNode) -> Sandbox {
 }
 
 /// Store names are ids too, and every store a node is granted must be declared.
+/// A dead-letter sink must keep what replay needs: the error, node and port headers.
+fn check_dead_letter_formats(r: &mut Report, raw: &RawGraph, nodes: &[NodeSpec], sinks: &[SinkSpec]) {
+    for (n, (id, raw_node)) in nodes.iter().zip(&raw.nodes) {
+        let ErrorPolicy::DeadLetter(k) = n.on_error else {
+            continue;
+        };
+        let sink = &sinks[k];
+        // (A Kafka sink keeps the headers whatever its format; a null sink keeps nothing.)
+        if sink.format == SinkFormat::Text && matches!(sink.kind, SinkKind::File(_) | SinkKind::Stdout) {
+            let span = raw_node.dead_letter.as_ref().map_or(id.span(), Spanned::span);
+            r.at(
+                span,
+                format!(
+                    "node `{}`: dead-letter sink `{}` writes format = \"text\", which keeps only the payload: the error, node and port are lost and `flowhost replay` cannot read it (set `format = \"json\"` on sink `{}`)",
+                    id.get_ref(),
+                    sink.id,
+                    sink.id
+                ),
+            );
+        }
+    }
+}
+
 fn check_grants(r: &mut Report, raw: &RawGraph) {
     for id in raw.stores.keys() {
         check_id(r, id, "store name");
+        if !raw
+            .nodes
+            .values()
+            .any(|n| n.state.keys().any(|s| s.get_ref() == id.get_ref()))
+        {
+            r.warn_at(
+                id.span(),
+                format!("store `{}` is declared but no node is granted it", id.get_ref()),
+            );
+        }
     }
     for (id, n) in &raw.nodes {
         for store in n.state.keys() {

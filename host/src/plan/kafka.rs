@@ -240,6 +240,7 @@ mod tests {
             kind = "stdout"
             [sinks.dlq]
             kind = "stdout"
+            format = "json"
             [[edges]]
             from = "in"
             to = "parse"

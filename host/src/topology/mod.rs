@@ -66,7 +66,7 @@ impl Default for RunOptions {
 }
 
 /// Live counters of one node, shared by its replicas.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NodeStats {
     received: AtomicU64,
     emitted: AtomicU64,
@@ -76,6 +76,26 @@ pub struct NodeStats {
     retries: AtomicU64,
     traps: AtomicU64,
     abandoned: AtomicU64,
+    dropped: AtomicU64,
+    /// The node's budget of per-message warnings (a skipped message each).
+    warnings: crate::throttle::Throttle,
+}
+
+impl Default for NodeStats {
+    fn default() -> Self {
+        NodeStats {
+            received: AtomicU64::default(),
+            emitted: AtomicU64::default(),
+            errors: AtomicU64::default(),
+            skipped: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            retries: AtomicU64::default(),
+            traps: AtomicU64::default(),
+            abandoned: AtomicU64::default(),
+            dropped: AtomicU64::default(),
+            warnings: crate::throttle::Throttle::new(20),
+        }
+    }
 }
 
 impl NodeStats {
@@ -95,6 +115,7 @@ impl NodeStats {
             retries: get(&self.retries),
             traps: get(&self.traps),
             abandoned: get(&self.abandoned),
+            dropped: get(&self.dropped),
         }
     }
 }
@@ -119,6 +140,9 @@ pub struct NodeCounts {
     /// Messages left unprocessed because the graph had to stop at once (an abort).
     #[serde(default)]
     pub abandoned: u64,
+    /// Records written to an output port that no edge leaves (dropped).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// What a run did.
@@ -158,6 +182,7 @@ impl fmt::Display for RunReport {
                 ("retries", c.retries),
                 ("traps", c.traps),
                 ("abandoned", c.abandoned),
+                ("dropped", c.dropped),
             ] {
                 if n > 0 {
                     write!(f, " {what} {n}")?;
@@ -284,7 +309,7 @@ impl Nodes {
                 let replica = Replica {
                     id: spec.id.as_str().into(),
                     instance,
-                    outputs: spec.outputs.len(),
+                    outputs: spec.outputs.clone().into(),
                     inputs: spec.inputs.clone().into(),
                     router: router(),
                     dead_letter: dead_letter.clone(),
@@ -303,6 +328,7 @@ impl Nodes {
                     version: self.versions[i].current(),
                     generation: 0,
                     failures: 0,
+                    warned_drop: false,
                 };
                 (ReplicaThread(replica), rx)
             })

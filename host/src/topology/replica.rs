@@ -47,7 +47,8 @@ type Stop = String;
 pub(super) struct Replica {
     pub id: Arc<str>,
     pub instance: NodeInstance,
-    pub outputs: usize,
+    /// Output port names (for counting what is written to one no edge leaves).
+    pub outputs: Arc<[String]>,
     /// Input port names (for dead letters).
     pub inputs: Arc<[String]>,
     pub router: Router,
@@ -75,6 +76,8 @@ pub(super) struct Replica {
     pub generation: u64,
     /// Messages of the current batch that failed for good.
     pub failures: u64,
+    /// Whether dropped records were reported already.
+    pub warned_drop: bool,
 }
 
 impl Replica {
@@ -292,8 +295,8 @@ impl Replica {
     /// its errors name messages of the input. A guest that breaks this is not trusted
     /// with the batch; the caller treats it as a failure.
     fn decode_output(&self, out: Vec<u8>, inputs: usize) -> Result<message::Output, String> {
-        let out =
-            message::decode(out, self.outputs).map_err(|e| format!("returned a malformed batch: {e}"))?;
+        let out = message::decode(out, self.outputs.len())
+            .map_err(|e| format!("returned a malformed batch: {e}"))?;
         if let Some((index, _)) = out.errors.iter().find(|(i, _)| *i as usize >= inputs) {
             return Err(format!(
                 "returned a malformed batch: an error for message {index} of a batch of {inputs}"
@@ -338,10 +341,24 @@ impl Replica {
             }
         }
         for (port, msgs) in ports.into_iter().enumerate() {
-            if !msgs.is_empty() {
-                self.router.send(port as u16, msgs, &self.ack);
+            let n = msgs.len();
+            if n > 0 && !self.router.send(port as u16, msgs, &self.ack) {
+                self.dropped(port, n);
             }
         }
+    }
+
+    /// `n` records written to `port`, which no edge leaves: counted, and said once.
+    fn dropped(&mut self, port: usize, n: usize) {
+        NodeStats::add(&self.stats.dropped, n);
+        if std::mem::replace(&mut self.warned_drop, true) {
+            return;
+        }
+        let name = self.outputs.get(port).map_or("?", String::as_str);
+        tracing::warn!(
+            "records written to port `{name}` are dropped: no edge leaves `{}.{name}` (counted as `dropped`; this is said once)",
+            self.id
+        );
     }
 
     /// Applies the error policy to a message that failed for good.
@@ -357,7 +374,10 @@ impl Replica {
             ErrorPolicy::Stop => Err(format!("{kind}: {error}")),
             ErrorPolicy::Skip => {
                 NodeStats::add(&self.stats.skipped, 1);
-                tracing::warn!("skipped a message after {attempts} attempt(s): {kind}: {error}");
+                if let Some(dropped) = self.stats.warnings.admit() {
+                    let note = crate::throttle::dropped_note(dropped);
+                    tracing::warn!("skipped a message after {attempts} attempt(s): {kind}: {error}{note}");
+                }
                 Ok(())
             }
             ErrorPolicy::DeadLetter(_) => {

@@ -194,6 +194,38 @@ fn validate_refuses_a_module_file_that_is_not_webassembly() {
 }
 
 #[test]
+fn a_guest_that_floods_the_log_is_held_to_its_budget() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Each `print` writes two lines (stdout and stderr): 20,000 lines asked for.
+    std::fs::write(dir.path().join("in.txt"), "print\n".repeat(10_000)).unwrap();
+    let manifest = format!(
+        "name = \"loud\"\n[sources.in]\nkind = \"file\"\npath = \"in.txt\"\n[nodes.faulty]\ncrate = \"{}\"\n[sinks.out]\nkind = \"null\"\n[[edges]]\nfrom = \"in\"\nto = \"faulty\"\n[[edges]]\nfrom = \"faulty\"\nto = \"out\"\n",
+        repo.join("functions/faulty").display()
+    );
+    std::fs::write(dir.path().join("graph.toml"), manifest).unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .args(["run", dir.path().join("graph.toml").to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let seconds = started.elapsed().as_secs();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("in 10000 out 10000"),
+        "every message still processed"
+    );
+    let logged = stderr.lines().filter(|l| l.contains("hello from std")).count() as u64;
+    let budget = flowhost::engine::GUEST_LOG_LINES_PER_SECOND as u64 * (seconds + 1);
+    assert!(
+        logged >= 1 && logged <= budget,
+        "{logged} guest lines in {seconds}s, budget {budget}"
+    );
+}
+
+#[test]
 fn one_ctrl_c_stops_a_graph_whose_guest_naps_through_every_call() {
     use std::io::{BufRead, BufReader};
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();

@@ -212,3 +212,25 @@ fn a_large_generated_stream_arrives_complete_and_in_order() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn records_written_to_a_port_no_edge_leaves_are_counted_as_dropped() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("in.txt"), "a\nb\nc\n")?;
+    // The edge leaves `copy.errors`; the node writes to `out`, which nothing reads.
+    let toml = chain(
+        "kind = \"file\"\npath = \"in.txt\"",
+        "copy",
+        "crate = \"{functions}/passthrough\"",
+        "round-robin",
+    )
+    .replace("from = \"copy\"", "from = \"copy.errors\"");
+    let graph = graph_in(dir.path(), &toml)?;
+    assert_eq!(graph.warnings.len(), 1, "{:?}", graph.warning_lines());
+    assert!(graph.warning_lines()[0].contains("no edge leaves its default port `out`, only `copy.errors`"));
+    let out = run_captured_on(graph, dir.path(), On::Memory)?;
+    let copy = out.node("copy");
+    assert_eq!((copy.emitted, copy.dropped), (3, 3), "{copy:?}");
+    assert!(out.lines("out").is_empty());
+    Ok(())
+}

@@ -1,5 +1,5 @@
-//! Manifest errors, locked in: each `tests/ui/*.toml` next to the exact `*.err` a user
-//! sees. `BLESS=1 cargo test` rewrites the `.err` files.
+//! Manifest errors and warnings, locked in: each `tests/ui/*.toml` next to the exact
+//! `*.err` a user sees. `BLESS=1 cargo test` rewrites the `.err` files.
 
 use std::path::Path;
 
@@ -19,7 +19,10 @@ fn manifest_errors_match_their_snapshots() {
     let mut failures = Vec::new();
     for case in cases {
         let actual = match Graph::load(&case) {
-            Ok(_) => String::from("(valid)\n"),
+            Ok(graph) => {
+                let warnings: String = graph.warning_lines().iter().map(|w| format!("{w}\n")).collect();
+                warnings + "(valid)\n"
+            }
             Err(e) => format!("{e}\n"),
         };
         let snapshot = case.with_extension("err");

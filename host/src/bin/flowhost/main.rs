@@ -221,6 +221,9 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { manifest } => {
             let graph = Graph::load(&manifest)?;
+            for w in graph.warning_lines() {
+                eprintln!("{w}");
+            }
             let bad_modules = flowhost::plan::check_module_files(&graph);
             if !bad_modules.is_empty() {
                 for e in &bad_modules {
@@ -348,6 +351,9 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             nodes,
         } => {
             let mut graph = Graph::load(&manifest)?;
+            for w in graph.warning_lines() {
+                tracing::warn!("{w}");
+            }
             match transport {
                 Some(TransportArg::Kafka) => graph.transport = flowhost::manifest::Transport::Kafka,
                 Some(TransportArg::InProcess) => graph.transport = flowhost::manifest::Transport::InProcess,
