@@ -94,6 +94,22 @@ pub fn serve(addr: SocketAddr, status: Arc<Status>) -> Result<AdminServer, Admin
         .build()
         .map_err(failed("start its runtime".into()))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // One upload at a time: what uploads can hold in memory is MAX_MODULE_BYTES in all.
+    let uploads = Arc::new(tokio::sync::Semaphore::new(1));
+    let one_upload = axum::middleware::from_fn(move |request, next: axum::middleware::Next| {
+        let uploads = uploads.clone();
+        async move {
+            match uploads.try_acquire_owned() {
+                Ok(_permit) => next.run(request).await,
+                Err(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, "1")],
+                    "another module upload is in progress; try again when it is done\n",
+                )
+                    .into_response(),
+            }
+        }
+    });
     let app = axum::Router::new()
         .route("/", get(index))
         .route("/status", get(status_json))
@@ -101,7 +117,9 @@ pub fn serve(addr: SocketAddr, status: Arc<Status>) -> Result<AdminServer, Admin
         .route("/sinks/{id}/tail", get(tail))
         .route(
             "/nodes/{id}/swap",
-            post(swap).layer(DefaultBodyLimit::max(MAX_MODULE_BYTES)),
+            post(swap)
+                .layer(DefaultBodyLimit::max(MAX_MODULE_BYTES))
+                .layer(one_upload),
         )
         .route("/nodes/{id}/rollback", post(rollback))
         .with_state(status);

@@ -9,6 +9,7 @@
 //! - `huge-length`: a record whose length field claims 4 GiB.
 //! - `failed-twice`: the echo, and two errors for the same input message.
 //! - `record-and-error`: the echo, and an error for the message that asked for it.
+//! - `two-mib`: the echo, and a record of 2 MiB.
 //! - anything else: echoed, correctly framed.
 use flowhost_sdk::frame::{BatchReader, BatchWriter, Item};
 
@@ -36,7 +37,7 @@ mod export {
 /// The output batch for `input`, broken as its first breaking payload asks.
 pub fn respond(input: &[u8]) -> Vec<u8> {
     let mut echo = BatchWriter::default();
-    const BREAKERS: [&[u8]; 7] = [
+    const BREAKERS: [&[u8]; 8] = [
         b"garbage",
         b"truncated",
         b"bad-port",
@@ -44,6 +45,7 @@ pub fn respond(input: &[u8]) -> Vec<u8> {
         b"huge-length",
         b"failed-twice",
         b"record-and-error",
+        b"two-mib",
     ];
     let mut breaker: Option<(Vec<u8>, u32)> = None;
     let records = BatchReader::new(input).into_iter().flatten().flatten();
@@ -68,6 +70,7 @@ pub fn respond(input: &[u8]) -> Vec<u8> {
                 "failed, records kept",
             );
         }
+        Some(b"two-mib") => echo.record(0, None, None, &vec![b'x'; 2 << 20], (0, &[])),
         _ => {}
     }
     let good = echo.finish();

@@ -245,6 +245,8 @@ pub struct NodeSpec {
     pub timeout: Duration,
     /// Linear-memory cap per instance, in MiB.
     pub memory_mb: u64,
+    /// Most output one call may return, in bytes.
+    pub max_output: usize,
     /// What happens to a message the node fails on.
     pub on_error: ErrorPolicy,
     /// Connected input ports (a record's port index points here).

@@ -136,6 +136,10 @@ pub struct RawNode {
     pub timeout_ms: Option<Spanned<u64>>,
     #[schemars(with = "Option<u64>")]
     pub memory_mb: Option<Spanned<u64>>,
+    /// Most output one call may return, in MiB (default 64); more fails its messages as
+    /// `bad-output`.
+    #[schemars(with = "Option<u64>")]
+    pub max_output_mb: Option<Spanned<u64>>,
     #[schemars(with = "Option<OnError>")]
     pub on_error: Option<Spanned<OnError>>,
     /// The sink that receives dead letters when `on_error = "dead-letter"`.

@@ -17,6 +17,7 @@ use super::{
 };
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_MAX_OUTPUT_MB: u64 = 64;
 const DEFAULT_MEMORY_MB: u64 = 128;
 const MAX_MEMORY_MB: u64 = 4_096;
 const DEFAULT_PAYLOAD_SIZE: usize = 16;
@@ -441,6 +442,13 @@ fn node(
         Some(MAX_MEMORY_MB),
         &format!("node `{name}`: memory_mb"),
     );
+    let max_output_mb = positive(
+        r,
+        &n.max_output_mb,
+        DEFAULT_MAX_OUTPUT_MB,
+        Some(MAX_MEMORY_MB),
+        &format!("node `{name}`: max_output_mb"),
+    );
     let policy = n.on_error.as_ref().map_or(OnError::Stop, |p| *p.get_ref());
     let on_error = match (policy, &n.dead_letter) {
         (OnError::DeadLetter, Some(sink)) => match sink_index(sink.get_ref()) {
@@ -485,6 +493,7 @@ fn node(
         replicas,
         timeout: Duration::from_millis(timeout_ms),
         memory_mb,
+        max_output: (max_output_mb as usize) << 20,
         on_error,
         inputs: Vec::new(),
         outputs: Vec::new(),

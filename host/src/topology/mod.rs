@@ -310,6 +310,7 @@ impl Nodes {
                     id: spec.id.as_str().into(),
                     instance,
                     outputs: spec.outputs.clone().into(),
+                    max_output: spec.max_output,
                     inputs: spec.inputs.clone().into(),
                     router: router(),
                     dead_letter: dead_letter.clone(),

@@ -49,6 +49,8 @@ pub(super) struct Replica {
     pub instance: NodeInstance,
     /// Output port names (for counting what is written to one no edge leaves).
     pub outputs: Arc<[String]>,
+    /// The most output one call may return (`max_output_mb`).
+    pub max_output: usize,
     /// Input port names (for dead letters).
     pub inputs: Arc<[String]>,
     pub router: Router,
@@ -295,6 +297,13 @@ impl Replica {
     /// its errors name messages of the input. A guest that breaks this is not trusted
     /// with the batch; the caller treats it as a failure.
     fn decode_output(&self, out: Vec<u8>, inputs: usize) -> Result<message::Output, String> {
+        if out.len() > self.max_output {
+            return Err(format!(
+                "returned {} bytes of output for a batch of {inputs}, over max_output_mb = {}",
+                out.len(),
+                self.max_output >> 20
+            ));
+        }
         let out = message::decode(out, self.outputs.len())
             .map_err(|e| format!("returned a malformed batch: {e}"))?;
         if let Some((index, _)) = out.errors.iter().find(|(i, _)| *i as usize >= inputs) {

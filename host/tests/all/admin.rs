@@ -108,3 +108,53 @@ fn the_admin_endpoint_listens_on_loopback_only_and_status_without_one_says_so() 
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn module_uploads_are_taken_one_at_a_time() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let run = start(dir.path());
+    // An upload that announces 100 MB and sends only its first bytes: it holds the slot.
+    let mut slow = std::net::TcpStream::connect(&run.addr).unwrap();
+    let head = "POST /nodes/faulty/swap HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n";
+    slow.write_all(head.as_bytes()).unwrap();
+    slow.write_all(b"\0asm").unwrap();
+    slow.flush().unwrap();
+    // A second upload meanwhile is turned away, not buffered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let mut second = std::net::TcpStream::connect(&run.addr).unwrap();
+        let req = "POST /nodes/faulty/swap HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd";
+        second.write_all(req.as_bytes()).unwrap();
+        let mut answer = String::new();
+        second.read_to_string(&mut answer).unwrap();
+        if answer.starts_with("HTTP/1.1 503") || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("another module upload is in progress"),
+        "{answer}"
+    );
+    drop(slow);
+    // The slot frees when the first upload ends: the next one is judged on its merits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut third = std::net::TcpStream::connect(&run.addr).unwrap();
+        let req = "POST /nodes/faulty/swap HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd";
+        third.write_all(req.as_bytes()).unwrap();
+        let mut answer = String::new();
+        third.read_to_string(&mut answer).unwrap();
+        if !answer.starts_with("HTTP/1.1 503") {
+            assert!(answer.contains("not a WebAssembly module"), "{answer}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload slot never freed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

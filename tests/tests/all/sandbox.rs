@@ -170,6 +170,22 @@ fn each_input_message_ends_exactly_one_way_whatever_the_guest_returns() -> Resul
 }
 
 #[test]
+fn output_past_max_output_mb_fails_only_the_message_that_made_it() -> Result<()> {
+    let Ran { out, dead, counts } = run("corrupt", "max_output_mb = 1", &["ok1", "two-mib", "ok2"])?;
+    assert_eq!(out, ["ok1", "ok2"]);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "two-mib");
+    assert!(
+        dead[0]
+            .1
+            .contains("bytes of output for a batch of 1, over max_output_mb = 1"),
+        "{dead:?}"
+    );
+    assert_eq!((counts.errors, counts.dead_lettered), (1, 1));
+    Ok(())
+}
+
+#[test]
 fn fuel_stops_a_runaway_call_and_the_node_serves_the_next_message() -> Result<()> {
     // A generous timeout: fuel, not the clock, must stop the loop.
     let node = "fuel = 5_000_000\ntimeout_ms = 60_000";
