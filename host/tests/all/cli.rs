@@ -77,7 +77,9 @@ fn a_node_that_stops_the_graph_exits_1_naming_it() {
 /// A graph reading stdin through the `faulty` node, in a fresh folder.
 fn stdin_graph(policy: &str) -> std::path::PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let dir = std::env::temp_dir().join(format!("flowhost-cli-{}-{policy}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("flowhost-cli-{}-{policy}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let manifest = format!(
         "name = \"stdin\"\n[sources.in]\nkind = \"stdin\"\n[nodes.faulty]\ncrate = \"{}\"\non_error = \"{policy}\"\n[sinks.out]\nkind = \"stdout\"\n[[edges]]\nfrom = \"in\"\nto = \"faulty\"\n[[edges]]\nfrom = \"faulty\"\nto = \"out\"\n",
@@ -136,6 +138,15 @@ fn guest_panics_and_prints_reach_the_host_log_with_the_node_name() {
 
 #[test]
 fn ctrl_c_drains_flushes_and_exits_130() {
+    stop_signal_drains_flushes_and_exits_130("-INT");
+}
+
+#[test]
+fn sigterm_drains_flushes_and_exits_130_like_ctrl_c() {
+    stop_signal_drains_flushes_and_exits_130("-TERM");
+}
+
+fn stop_signal_drains_flushes_and_exits_130(signal: &str) {
     use std::io::{BufRead, BufReader, Write};
     let manifest = stdin_graph("stop");
     let mut child = spawn_run(&manifest, "warn");
@@ -148,7 +159,7 @@ fn ctrl_c_drains_flushes_and_exits_130() {
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "first\n");
     let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());

@@ -441,7 +441,9 @@ enum TransportArg {
     Kafka,
 }
 
-/// The first Ctrl-C asks the graph to drain; a second one quits at once.
+/// The first Ctrl-C (or SIGTERM, as systemd and Kubernetes stop a process, or SIGHUP)
+/// asks the graph to drain, for at most its longest call deadline; a second one quits at
+/// once.
 fn stop_on_ctrl_c() -> anyhow::Result<Arc<Shutdown>> {
     let shutdown = Arc::new(Shutdown::default());
     let on_signal = shutdown.clone();
@@ -452,6 +454,6 @@ fn stop_on_ctrl_c() -> anyhow::Result<Arc<Shutdown>> {
         on_signal.interrupt();
         eprintln!("stopping: draining the graph (Ctrl-C again to quit at once)");
     })
-    .context("installing the Ctrl-C handler")?;
+    .context("installing the Ctrl-C and SIGTERM handler")?;
     Ok(shutdown)
 }
