@@ -10,9 +10,14 @@
 //! on its next run (so messages delivered before the interruption are delivered again:
 //! at-least-once).
 //!
-//! Not yet: graphs whose replayed part uses durable stores (their checkpoints would have to
-//! cover the replay too), and replaying while the graph is running (its dead-letter sink is
-//! still being written).
+//! Durable stores: the replay restores every durable store of the graph from its state
+//! directory (the graph must not be running: the directory is locked), applies the
+//! replayed messages' writes, and saves them back with a checkpoint of its own; it refuses
+//! while the graph has an interrupted run to resume, whose resume point that would lose.
+//!
+//! Not yet: a node that emits at `finish` (an aggregate) emits again at the end of the
+//! replay — with a durable store, the corrected totals — appended after the partial ones
+//! of the original run, not in their place; and replaying while the graph is running.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -212,8 +217,10 @@ pub fn replay(
         write_atomically(file, lines.iter().map(String::as_str))?;
     }
 
+    // Appending to the sinks; durable stores as the graph left them.
     let opts = RunOptions {
         append: true,
+        fresh: false,
         ..opts.clone()
     };
     let plan = Plan::resolve(sub, None)?;
@@ -300,7 +307,10 @@ fn downstream(graph: &Graph, node: usize, feeds: &[(PathBuf, u16)]) -> Result<Gr
         .iter()
         .flat_map(|n| n.state.iter().map(|(s, _)| s.as_str()))
         .collect();
-    sub.stores.retain(|s| used.contains(s.name.as_str()));
+    // Durable stores all stay: the replay restores them from the graph's state directory
+    // and saves them back, and a store left out would be dropped from it.
+    sub.stores
+        .retain(|s| used.contains(s.name.as_str()) || s.durability == Durability::Durable);
     // A replay reads a local dead-letter file and runs the part it feeds in this process,
     // whatever transport the graph runs on; its sinks must be writable from here.
     sub.transport = Transport::InProcess;
@@ -310,11 +320,19 @@ fn downstream(graph: &Graph, node: usize, feeds: &[(PathBuf, u16)]) -> Result<Gr
             sink.id
         )));
     }
-    if let Some(durable) = sub.stores.iter().find(|s| s.durability == Durability::Durable) {
-        return Err(ReplayError::Refused(format!(
-            "the replayed part of the graph uses durable store `{}`; replay does not support durable stores yet",
-            durable.name
-        )));
+    if sub.is_durable() {
+        // The replay's last checkpoint replaces the graph's: refuse if the graph still has
+        // a run to resume, whose resume point that would lose.
+        let dir = &sub.checkpoint.dir;
+        let recovered = crate::state::durable::read(dir).map_err(|e| ReplayError::Refused(e.to_string()))?;
+        if let Some(cp) = recovered.resumable() {
+            return Err(ReplayError::Refused(format!(
+                "the last run of graph `{}` stopped before its sources ended (checkpoint {} in {}): run it again to its end before replaying, or its resume point would be lost",
+                graph.name,
+                cp.epoch,
+                dir.display()
+            )));
+        }
     }
     sub.edges = graph
         .edges

@@ -258,3 +258,59 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[test]
+fn replay_restores_durable_stores_applies_the_fix_and_saves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = "ok1\npanic:1\nok2\npanic:2\nok3\n";
+    std::fs::write(dir.path().join("in.txt"), input).unwrap();
+    let faulty = format!("crate = \"{}/faulty\"", functions().display());
+    let manifest = format!(
+        "name = \"counted\"\n[stores.counts]\ndurability = \"durable\"\n[sources.in]\nkind = \"file\"\npath = \"in.txt\"\n\
+         [nodes.faulty]\n{faulty}\nconfig = {{ count_in = \"counts\" }}\nstate = {{ counts = \"rw\" }}\non_error = \"dead-letter\"\ndead_letter = \"dlq\"\n\
+         [sinks.out]\nkind = \"file\"\npath = \"out.txt\"\n[sinks.dlq]\nkind = \"file\"\npath = \"dlq.jsonl\"\nformat = \"json\"\n\
+         [[edges]]\nfrom = \"in\"\nto = \"faulty\"\n[[edges]]\nfrom = \"faulty\"\nto = \"out\"\n"
+    );
+    std::fs::write(dir.path().join("graph.toml"), manifest).unwrap();
+    let run = flowhost(dir.path(), &["run", "graph.toml"]);
+    assert!(run.status.success(), "{}", text(&run));
+    assert_eq!(lines(&dir.path().join("dlq.jsonl")).len(), 2);
+
+    // The fix: `stamp` passes everything and counts what it stamps under `v1`, in the
+    // same store (the node's config is kept: `count_in = "counts"`).
+    let fixed = flowhost::plan::build_crate(&functions().join("stamp")).unwrap();
+    let args = [
+        "replay",
+        "graph.toml",
+        "dlq",
+        "--into",
+        "faulty",
+        "--module",
+        fixed.to_str().unwrap(),
+    ];
+    let replay = flowhost(dir.path(), &args);
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert!(
+        text(&replay).contains("replayed 2: 2 succeeded, 0 failed again"),
+        "{}",
+        text(&replay)
+    );
+
+    let state = flowhost::state::durable::read(&dir.path().join(".flowhost/counted")).unwrap();
+    let counts = &state.stores["counts"];
+    let counter = |k: &str| {
+        counts
+            .get(k.as_bytes())
+            .map(|(v, _)| i64::from_le_bytes(v[..8].try_into().unwrap()))
+    };
+    for ok in ["ok1", "ok2", "ok3"] {
+        assert_eq!(
+            counter(ok),
+            Some(1),
+            "{ok}: restored from the run, kept by the replay"
+        );
+    }
+    assert_eq!(counter("panic:1"), None, "a trapped call's writes were undone");
+    assert_eq!(counter("v1"), Some(2), "the replay's writes were saved");
+    assert!(!state.last.expect("a checkpoint").sources.is_empty());
+}
