@@ -8,12 +8,12 @@ use wasi_preview1_component_adapter_provider::{
 
 use super::EngineError;
 
-const MAGIC: &[u8; 4] = b"\0asm";
+use crate::plan::is_wasm;
 
 /// Whether `bytes` is a component (rather than a core module), from its header.
 pub fn is_component(bytes: &[u8]) -> bool {
     // Core modules have version 1; components have layer 1 in bytes 6..8.
-    bytes.len() >= 8 && &bytes[..4] == MAGIC && bytes[6..8] == [1, 0]
+    is_wasm(bytes) && bytes[6..8] == [1, 0]
 }
 
 /// Returns `bytes` as a component: components pass through, core modules built for
@@ -44,9 +44,4 @@ pub fn componentize(bytes: &[u8], path: &Path) -> Result<Vec<u8>, EngineError> {
     encoder
         .encode()
         .map_err(|e| EngineError::module(path, "encoding the component", e))
-}
-
-/// Whether `bytes` starts like WebAssembly (a module or a component).
-pub fn is_wasm(bytes: &[u8]) -> bool {
-    bytes.len() >= 8 && &bytes[..4] == MAGIC
 }

@@ -21,7 +21,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use cache::default_dir as default_cache_dir;
-pub use componentize::{componentize, is_component, is_wasm};
+pub use componentize::{componentize, is_component};
 pub use error::EngineError;
 pub(crate) use instance::HostState;
 pub use instance::{CallError, GUEST_LOG_LINES_PER_SECOND, NodeInstance, NodeSetup, NodeTemplate};

@@ -90,7 +90,7 @@ pub fn check_module_files(graph: &Graph) -> Vec<PlanError> {
                 path: path.to_owned(),
                 error,
             })?;
-        if crate::engine::is_wasm(&head) {
+        if is_wasm(&head) {
             Ok(())
         } else {
             Err(PlanError::NotWasm {
@@ -109,6 +109,12 @@ pub fn check_module_files(graph: &Graph) -> Vec<PlanError> {
             ModuleRef::Crate(_) => None,
         })
         .collect()
+}
+
+/// Whether `bytes` starts like WebAssembly, a core module or a component (the `\0asm`
+/// magic and a version).
+pub fn is_wasm(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes.starts_with(b"\0asm")
 }
 
 /// A node's module, read: where from, its bytes and their SHA-256.
