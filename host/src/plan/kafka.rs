@@ -172,9 +172,10 @@ impl KafkaNames {
         format!("{}.{id}", self.graph)
     }
 
-    /// The transactional id of node `id`'s producer in process `process`.
-    pub fn transactional_id(&self, id: &str, process: &str) -> String {
-        format!("{}.{id}.{process}", self.graph)
+    /// The transactional id of node `id`'s producer in the process at place `instance`
+    /// (stable across restarts: see `transport::kafka::instance`).
+    pub fn transactional_id(&self, id: &str, instance: &str) -> String {
+        format!("{}.{id}.{instance}", self.graph)
     }
 
     /// The changelog topic of durable store `store`.

@@ -159,8 +159,8 @@ pub struct Kafka {
     pub spec: KafkaSpec,
     /// Link health, shared by every client.
     pub link: Link,
-    /// This process among all that run the graph (`host-pid-start`), for transactional
-    /// ids and for telling its own changelog records from others'.
+    /// This process among all that run the graph (`host-pid-start`), for telling its own
+    /// changelog records from others'.
     pub process: String,
 }
 
@@ -221,6 +221,9 @@ impl Kafka {
         ];
         if let Some(id) = transactional_id {
             own.push(("transactional.id", id));
+            // A transaction left open by a process that died on another host (its place
+            // is not taken again here) holds readers back at most this long.
+            own.push(("transaction.timeout.ms", "10000"));
         }
         let ctx = Deliveries {
             link: self.link.clone(),

@@ -18,6 +18,7 @@
 mod changelog;
 pub mod client;
 mod ingress;
+mod instance;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +70,8 @@ pub fn read_state(graph: &Graph) -> Result<(BTreeMap<String, Entries>, String), 
 pub struct KafkaTransport<'p> {
     plan: &'p Plan,
     kafka: Kafka,
+    /// This process's place (its transactional ids), claimed for exactly-once graphs.
+    instance: Option<instance::Instance>,
     batch_size: usize,
     changelog: Option<Arc<Changelog>>,
     /// Per source, then per node: its producer, once wired.
@@ -83,6 +86,19 @@ impl<'p> KafkaTransport<'p> {
     pub fn new(plan: &'p Plan, batch_size: usize) -> Result<Self, TransportError> {
         let graph = &plan.graph;
         let kafka = Kafka::new(&graph.kafka).map_err(|e| TransportError::Refused(format!("{e:#}")))?;
+        let instance = match graph.kafka.delivery {
+            Delivery::ExactlyOnce => {
+                let claimed = instance::Instance::claim(&graph.name)
+                    .map_err(|e| TransportError::Refused(e.to_string()))?;
+                tracing::info!(
+                    "transactional ids of this process: {}.<node>.{}",
+                    graph.name,
+                    claimed.name
+                );
+                Some(claimed)
+            }
+            Delivery::AtLeastOnce => None,
+        };
         let flags = || -> Vec<Arc<AtomicBool>> {
             (0..graph.nodes.len() + graph.sinks.len())
                 .map(|_| Arc::default())
@@ -91,6 +107,7 @@ impl<'p> KafkaTransport<'p> {
         Ok(KafkaTransport {
             plan,
             kafka,
+            instance,
             batch_size,
             changelog: None,
             producers: vec![None; graph.sources.len() + graph.nodes.len()],
@@ -246,7 +263,10 @@ impl Transport for KafkaTransport<'_> {
         let names = &self.plan.kafka;
         let id = graph.id(from);
         let transactional_id = match from {
-            Vertex::Node(_) if self.eos() => Some(names.transactional_id(id, &self.kafka.process)),
+            Vertex::Node(_) => self
+                .instance
+                .as_ref()
+                .map(|i| names.transactional_id(id, &i.name)),
             _ => None,
         };
         let producer = self
