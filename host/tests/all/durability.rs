@@ -183,3 +183,64 @@ fn a_second_run_on_the_same_state_directory_is_refused() {
         "{stderr}"
     );
 }
+
+/// A durable run stopped by one Ctrl-C while a guest naps through its calls: the drain
+/// gives up after the grace period and abandons what it had not processed; no checkpoint
+/// may then claim those messages, so the next run processes them, each once.
+#[test]
+fn an_aborted_drain_leaves_no_checkpoint_past_what_it_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines: Vec<String> = (0..50).map(|i| format!("ok:{i}")).collect();
+    // Five naps of a 1 s deadline each: 6 s of draining, far past the 1 s grace.
+    lines.extend((0..5).map(|_| "nap".to_owned()));
+    lines.extend((50..100).map(|i| format!("ok:{i}")));
+    std::fs::write(dir.path().join("in.txt"), lines.join("\n") + "\n").unwrap();
+    let functions = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions");
+    let manifest = format!(
+        "name = \"napping\"\n[checkpoint]\ninterval_ms = 20\n[stores.counts]\ndurability = \"durable\"\n\
+         [sources.in]\nkind = \"file\"\npath = \"in.txt\"\n\
+         [nodes.faulty]\ncrate = \"{}/faulty\"\nconfig = {{ count_in = \"counts\" }}\nstate = {{ counts = \"rw\" }}\n\
+         timeout_ms = 1000\non_error = \"skip\"\n[sinks.out]\nkind = \"null\"\n\
+         [[edges]]\nfrom = \"in\"\nto = \"faulty\"\n[[edges]]\nfrom = \"faulty\"\nto = \"out\"\n",
+        functions.display()
+    );
+    std::fs::write(dir.path().join("graph.toml"), &manifest).unwrap();
+    let first = flowhost(&["run", "graph.toml", "--batch-size", "8"])
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The nap's batch is in its call once the first batches were checkpointed.
+    std::thread::sleep(Duration::from_millis(1500));
+    let kill = Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("stopping now"),
+        "the drain was cut short: {stderr}"
+    );
+
+    let second = flowhost(&["run", "graph.toml", "--batch-size", "8"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let state = durable::read(&dir.path().join(".flowhost/napping")).unwrap();
+    let counts = &state.stores["counts"];
+    for i in 0..100 {
+        let key = format!("ok:{i}");
+        let n = counts
+            .get(key.as_bytes())
+            .map(|(v, _)| i64::from_le_bytes(v[..8].try_into().unwrap()));
+        assert_eq!(n, Some(1), "{key}: counted once over the two runs");
+    }
+}

@@ -174,11 +174,11 @@ impl Transport for Memory<'_> {
 
     fn finish(&mut self, shutdown: &Shutdown) -> Result<u64, TransportError> {
         // Everything has drained: the last checkpoint. After a failure the state may
-        // hold part of a batch that was cut short, so the previous checkpoint stays the
-        // last.
+        // hold part of a batch that was cut short, and after an abort batches were
+        // abandoned unprocessed, so the previous checkpoint stays the last.
         let positions = self.gate().positions();
         let mut checkpointer = self.checkpointer();
-        if checkpointer.log.is_some() && shutdown.failure().is_none() {
+        if checkpointer.log.is_some() && shutdown.failure().is_none() && !shutdown.is_aborting() {
             let complete = !shutdown.is_stopping();
             let epoch = checkpointer
                 .commit(positions, complete)
