@@ -177,18 +177,22 @@ to = "out"
     std::fs::write(dir.join("graph.toml"), manifest).unwrap();
 }
 
-#[test]
-fn two_processes_share_a_node_and_a_killed_one_loses_nothing() {
-    let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    pass_graph(dir.path(), &broker, "");
-    // B runs only `pass`; A runs the whole graph and ends it.
-    let b = Running::start(dir.path(), &["--nodes", "pass"]);
+/// The `share` graph with a member killed mid-stream: B runs only `pass`, A the whole
+/// graph; `total` lines are fed through A, and once B has received 5,000 it is killed
+/// (`kill -9`) and a replacement C joins. What is left of the run for the test: A (its
+/// input ended, to be finished), C, and what B had received.
+struct Replaced {
+    a: Running,
+    c: Running,
+    b_received: u64,
+}
+
+fn kill_a_member_mid_stream(dir: &Path, total: usize) -> Replaced {
+    let b = Running::start(dir, &["--nodes", "pass"]);
     b.wait_log("node `pass`: 4 partition(s) assigned");
-    let mut a = Running::start(dir.path(), &[]);
+    let mut a = Running::start(dir, &[]);
     a.wait_log("sink `out`: 4 partition(s) assigned");
     b.wait_log("partition(s) assigned");
-    let total = 60_000;
     let mut stdin = a.stdin.take().unwrap();
     let mut sent = 0;
     let feed = |stdin: &mut std::process::ChildStdin, from: usize, to: usize| {
@@ -197,7 +201,7 @@ fn two_processes_share_a_node_and_a_killed_one_loses_nothing() {
         stdin.flush().unwrap();
     };
     // Feed at a steady pace until B has processed part of the stream, then kill it
-    // mid-stream.
+    // mid-stream (inside a transaction, with exactly-once).
     while b.status().nodes[0].counts.received < 5_000 {
         assert!(sent < total / 2, "process B never got a share of the partitions");
         feed(&mut stdin, sent, sent + 500);
@@ -211,10 +215,29 @@ fn two_processes_share_a_node_and_a_killed_one_loses_nothing() {
     // A replacement process joins and takes a share. (tansu 0.6 evicts a dead member
     // when a new one joins, not when the survivors rejoin after its session timed out:
     // Apache Kafka hands the partitions to A on its own.)
-    let mut c = Running::start(dir.path(), &["--nodes", "pass"]);
+    let c = Running::start(dir, &["--nodes", "pass"]);
     c.wait_log("partition(s) assigned");
     feed(&mut stdin, sent, total);
     drop(stdin);
+    Replaced { a, c, b_received }
+}
+
+/// The lines of `out.txt`, and those lines once each, sorted.
+fn outputs(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let out = lines(&dir.join("out.txt"));
+    let mut unique = out.clone();
+    unique.sort();
+    unique.dedup();
+    (out, unique)
+}
+
+#[test]
+fn two_processes_share_a_node_and_a_killed_one_loses_nothing() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    pass_graph(dir.path(), &broker, "");
+    let total = 60_000;
+    let Replaced { a, mut c, b_received } = kill_a_member_mid_stream(dir.path(), total);
     let status = a.finish();
     assert!(status.success());
     let c_received = c.status().nodes[0].counts.received;
@@ -222,10 +245,7 @@ fn two_processes_share_a_node_and_a_killed_one_loses_nothing() {
     c.child.wait().unwrap();
     assert!(c_received > 0, "the replacement took a share");
 
-    let out = lines(&dir.path().join("out.txt"));
-    let mut unique = out.clone();
-    unique.sort();
-    unique.dedup();
+    let (out, unique) = outputs(dir.path());
     let want: Vec<String> = (0..total).map(|i| format!("m{i:06}")).collect();
     assert_eq!(unique, want, "every input's output is there");
     // At least once: the only repeats are what B processed but had not committed.
@@ -377,33 +397,8 @@ fn exactly_once_resumes_at_once_after_a_process_dies_inside_a_transaction() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     pass_graph(dir.path(), &broker, "delivery = \"exactly-once\"\n");
-    let b = Running::start(dir.path(), &["--nodes", "pass"]);
-    b.wait_log("node `pass`: 4 partition(s) assigned");
-    let mut a = Running::start(dir.path(), &[]);
-    a.wait_log("sink `out`: 4 partition(s) assigned");
-    b.wait_log("partition(s) assigned");
     let total = 40_000;
-    let mut stdin = a.stdin.take().unwrap();
-    let feed = |stdin: &mut std::process::ChildStdin, from: usize, to: usize| {
-        let chunk: String = (from..to).map(|i| format!("m{i:06}\n")).collect();
-        stdin.write_all(chunk.as_bytes()).unwrap();
-        stdin.flush().unwrap();
-    };
-    let mut sent = 0;
-    while b.status().nodes[0].counts.received < 5_000 {
-        assert!(sent < total / 2, "process B never got a share of the partitions");
-        feed(&mut stdin, sent, sent + 500);
-        sent += 500;
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // Killed while it feeds: its current transaction is open.
-    let mut b = b;
-    b.child.kill().unwrap();
-    b.child.wait().unwrap();
-    let mut c = Running::start(dir.path(), &["--nodes", "pass"]);
-    c.wait_log("partition(s) assigned");
-    feed(&mut stdin, sent, total);
-    drop(stdin);
+    let Replaced { a, mut c, .. } = kill_a_member_mid_stream(dir.path(), total);
     // A bounded wait for A's end (not a timing target): it ends only once the sink has
     // read every partition to its end, past where B's transaction was left.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -416,9 +411,7 @@ fn exactly_once_resumes_at_once_after_a_process_dies_inside_a_transaction() {
     assert!(status.success());
     c.child.kill().unwrap();
     c.child.wait().unwrap();
-    let mut unique = lines(&dir.path().join("out.txt"));
-    unique.sort();
-    unique.dedup();
+    let (_, unique) = outputs(dir.path());
     let want: Vec<String> = (0..total).map(|i| format!("m{i:06}")).collect();
     assert_eq!(unique, want, "every input's output is there");
 }
