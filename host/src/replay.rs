@@ -15,9 +15,18 @@
 //! replayed messages' writes, and saves them back with a checkpoint of its own; it refuses
 //! while the graph has an interrupted run to resume, whose resume point that would lose.
 //!
-//! Not yet: a node that emits at `finish` (an aggregate) emits again at the end of the
-//! replay — with a durable store, the corrected totals — appended after the partial ones
-//! of the original run, not in their place; and replaying while the graph is running.
+//! Aggregates: a node that emits at `finish` (an aggregate's totals) emits again at the
+//! end of the replay. The replay gives the corrected result once: the block the last
+//! run's finish phase wrote at the end of each replayed file sink (recorded by the run,
+//! see `topology::finish`) is cut off before the replay runs, and the replay's own finish
+//! phase writes the totals over the restored state plus the replayed messages in its
+//! place. That needs the aggregate's state to survive the run, so the replay is refused,
+//! with the reason, when such a node keeps no durable store, when the block also holds
+//! results of nodes the replay does not run again, or when the file changed since the
+//! run. Such a node's totals are correct after a replay only if it keeps them in its
+//! stores (as the SDK's `aggregate` does), not in guest memory.
+//!
+//! Not yet: replaying while the graph is running.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -35,6 +44,7 @@ use crate::manifest::{
 use crate::message::Msg;
 use crate::plan::{Plan, PlanError};
 use crate::shutdown::Shutdown;
+use crate::topology::finish::{Block, FinishRecord};
 use crate::topology::{RunError, RunOptions, RunReport, headers};
 
 /// Why a replay did not run, or did not finish. Once the replayed messages have moved
@@ -150,6 +160,7 @@ pub fn replay(
 
     // Everything is read and checked before any file changes.
     let earlier = read_lines(&pending)?;
+    let earlier_empty = earlier.is_empty();
     let mut selected = Vec::new();
     let mut kept = Vec::new();
     for (line, msg) in read_lines(path)? {
@@ -208,6 +219,7 @@ pub fn replay(
         n.module = ModuleRef::File(module.clone());
         n.sha256 = None;
     }
+    let cuts = finish_cuts(&sub, &req.into, !earlier_empty)?;
 
     // The replayed messages move from the dead-letter file to `<file>.replaying`.
     write_atomically(&pending, batch.iter().map(|(line, _)| line.as_str()))?;
@@ -216,6 +228,7 @@ pub fn replay(
         let lines: Vec<String> = msgs.iter().map(|m| as_json(m).to_string()).collect();
         write_atomically(file, lines.iter().map(String::as_str))?;
     }
+    cut(&sub.checkpoint.dir, cuts)?;
 
     // Appending to the sinks; durable stores as the graph left them.
     let opts = RunOptions {
@@ -253,6 +266,108 @@ pub fn replay(
         kept: kept_count,
         run: Some(run),
     })
+}
+
+/// The blocks of results that nodes of the replayed part `sub` wrote at `finish` into its
+/// file sinks in the last run, which the replay writes anew; refused if it cannot.
+/// `resuming`: an interrupted replay is being picked up (it may have cut them already).
+fn finish_cuts(sub: &Graph, into: &str, resuming: bool) -> Result<Vec<(String, Block)>, ReplayError> {
+    let refused = |why: String| ReplayError::Refused(why);
+    let record = FinishRecord::read(&sub.checkpoint.dir).map_err(|e| refused(e.to_string()))?;
+    let replayed = |id: &str| sub.nodes.iter().find(|n| n.id == id);
+    let mut cuts = Vec::new();
+    for sink in &sub.sinks {
+        let Some(block) = record.sinks.get(&sink.id) else {
+            continue;
+        };
+        let (again, others): (Vec<&String>, Vec<&String>) =
+            block.nodes.iter().partition(|n| replayed(n).is_some());
+        if again.is_empty() {
+            // Results of nodes the replay does not run: the replay appends after them.
+            continue;
+        }
+        let names = |ids: &[&String]| {
+            ids.iter()
+                .map(|i| format!("`{i}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let at = format!(
+            "sink `{}` ({}, bytes {}..{})",
+            sink.id,
+            block.path.display(),
+            block.from,
+            block.to
+        );
+        if !others.is_empty() {
+            return Err(refused(format!(
+                "{at} ends with results that {} and {} emitted at finish; a replay into `{into}` computes those of {} only, so it cannot replace them: run the graph again instead",
+                names(&again),
+                names(&others),
+                names(&again)
+            )));
+        }
+        for id in &again {
+            let node = replayed(id).expect("partitioned by it");
+            let durable = |store: &str| {
+                sub.stores
+                    .iter()
+                    .any(|s| s.name == store && s.durability == Durability::Durable)
+            };
+            if node.state.is_empty() || !node.state.iter().all(|(store, _)| durable(store)) {
+                return Err(refused(format!(
+                    "node `{id}` emitted its results at finish into {at}; its state is not durable, so a replay would emit them again from the replayed messages alone: run the graph again, or keep its state in durable stores (`durability = \"durable\"`) so a replay can correct its results"
+                )));
+            }
+        }
+        let len = sink.file_len().unwrap_or(0);
+        let cut_already = block.cut && resuming && len >= block.from;
+        if len != block.to && !cut_already {
+            return Err(refused(format!(
+                "{at} holds {len} bytes now, but the run in which {} emitted at finish left {}: the file changed since, so a replay cannot tell where those results are",
+                names(&again),
+                block.to
+            )));
+        }
+        cuts.push((sink.id.clone(), block.clone()));
+    }
+    Ok(cuts)
+}
+
+/// Cuts each sink's block of finish results off its file, noting that first in the
+/// record (so an interrupted replay cuts again on its next run, whatever it appended).
+fn cut(dir: &Path, cuts: Vec<(String, Block)>) -> Result<(), ReplayError> {
+    if cuts.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = cuts.iter().map(|(id, _)| id.as_str()).collect();
+    let noted = cuts
+        .iter()
+        .map(|(id, b)| {
+            (
+                id.clone(),
+                Block {
+                    cut: true,
+                    ..b.clone()
+                },
+            )
+        })
+        .collect();
+    FinishRecord::update(dir, &ids, noted).map_err(|e| ReplayError::Refused(e.to_string()))?;
+    for (id, block) in &cuts {
+        let truncate = || -> std::io::Result<()> {
+            let file = std::fs::OpenOptions::new().write(true).open(&block.path)?;
+            file.set_len(block.from)?;
+            file.sync_all()
+        };
+        truncate().map_err(io("cutting the finish results off", &block.path))?;
+        tracing::info!(
+            "sink `{id}`: the results its finish phase wrote last (bytes {}..{}) are replaced by the replay's",
+            block.from,
+            block.to
+        );
+    }
+    Ok(())
 }
 
 fn keep_note(pending: &Path) -> String {

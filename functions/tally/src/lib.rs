@@ -1,7 +1,9 @@
 //! Counts messages per key (the payload when there is no key) in a host store, with one
 //! `incr_many` per batch (an `IncrBatch`): the count survives traps and is shared by every replica.
+//! With `report = true` it emits `key<TAB>count` for every key of the store at `finish`
+//! (in key order; meant for one replica): the totals of an aggregate kept in a store.
 use flowhost_sdk::prelude::*;
-use flowhost_sdk::state::IncrBatch;
+use flowhost_sdk::state::{IncrBatch, counter};
 use serde::Deserialize;
 
 /// `config` of the node.
@@ -15,6 +17,9 @@ pub struct TallyConfig {
     /// `false` calls `incr` once per message (for measuring the difference).
     #[serde(default = "yes")]
     pub batched: bool,
+    /// Emit the store's counts at `finish`.
+    #[serde(default)]
+    pub report: bool,
 }
 
 fn yes() -> bool {
@@ -29,6 +34,7 @@ fn counts() -> String {
 pub struct Tally {
     store: Store,
     batched: bool,
+    report: bool,
     pending: IncrBatch,
 }
 
@@ -40,6 +46,7 @@ impl Node for Tally {
         Ok(Tally {
             store: Store::open(&config.store)?,
             batched: config.batched,
+            report: config.report,
             pending: IncrBatch::default(),
         })
     }
@@ -56,6 +63,17 @@ impl Node for Tally {
 
     fn end_batch(&mut self, _out: &mut Output<'_>) -> Result<(), NodeError> {
         self.pending.flush(&self.store)?;
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Output<'_>) -> Result<(), NodeError> {
+        if !self.report {
+            return Ok(());
+        }
+        for (key, value) in self.store.scan(b"", u32::MAX)? {
+            let n = counter(&value).unwrap_or(0);
+            out.send(Record::new(format!("{}\t{n}", String::from_utf8_lossy(&key))))?;
+        }
         Ok(())
     }
 }
@@ -82,5 +100,12 @@ mod tests {
             assert_eq!(counter(&t[&b"a"[..]]), Some(3));
             assert_eq!(counter(&t[&b"b"[..]]), Some(1));
         }
+    }
+
+    #[test]
+    fn reports_the_stores_counts_at_finish() {
+        let mut node = Harness::<Tally>::new(json!({ "store": "r", "report": true })).unwrap();
+        node.process(["b", "a", "b"]).unwrap();
+        assert_eq!(node.finish().unwrap().texts(), ["a\t1", "b\t2"]);
     }
 }

@@ -97,6 +97,11 @@ impl SinkWriter {
         self.writer().map_or(Ok(()), |w| w.flush())
     }
 
+    /// A file sink's length so far (what it held when opened, plus what was written).
+    pub fn file_len(&self) -> Option<u64> {
+        matches!(self.out, Out::File(_)).then_some(self.len)
+    }
+
     /// Makes what was written durable; returns a file sink's length (what a checkpoint
     /// records), `None` for sinks that cannot be cut back.
     pub fn commit(&mut self) -> std::io::Result<Option<u64>> {

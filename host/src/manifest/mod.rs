@@ -353,12 +353,17 @@ pub struct SinkSpec {
 }
 
 impl SinkSpec {
-    /// The length of the file a file sink writes, if it exists.
-    pub fn file_len(&self) -> Option<u64> {
+    /// The file a file sink writes.
+    pub fn file_path(&self) -> Option<&std::path::Path> {
         match &self.kind {
-            SinkKind::File(path) => std::fs::metadata(path).ok().map(|m| m.len()),
+            SinkKind::File(path) => Some(path),
             _ => None,
         }
+    }
+
+    /// The length of the file a file sink writes, if it exists.
+    pub fn file_len(&self) -> Option<u64> {
+        std::fs::metadata(self.file_path()?).ok().map(|m| m.len())
     }
 }
 

@@ -9,6 +9,7 @@
 //! the caller can start its observers (admin endpoint, watcher, progress line) from
 //! [`Runner::status`]; [`Runner::run`] then runs the graph to its end.
 
+pub mod finish;
 mod replica;
 pub mod status;
 pub mod swap;
@@ -31,6 +32,7 @@ use crate::shutdown::Shutdown;
 use crate::state::Stores;
 use crate::state::durable::Position;
 use crate::transport::{Feed, Local, Senders, Transport, TransportError};
+use finish::{FinishGate, FinishRecord};
 use replica::Replica;
 use status::{Phase, SinkStatus};
 use swap::NodeVersions;
@@ -77,6 +79,7 @@ pub struct NodeStats {
     traps: AtomicU64,
     abandoned: AtomicU64,
     dropped: AtomicU64,
+    at_finish: AtomicU64,
     /// The node's budget of per-message warnings (a skipped message each).
     warnings: crate::throttle::Throttle,
 }
@@ -93,6 +96,7 @@ impl Default for NodeStats {
             traps: AtomicU64::default(),
             abandoned: AtomicU64::default(),
             dropped: AtomicU64::default(),
+            at_finish: AtomicU64::default(),
             warnings: crate::throttle::Throttle::new(20),
         }
     }
@@ -116,6 +120,7 @@ impl NodeStats {
             traps: get(&self.traps),
             abandoned: get(&self.abandoned),
             dropped: get(&self.dropped),
+            emitted_at_finish: get(&self.at_finish),
         }
     }
 }
@@ -143,6 +148,9 @@ pub struct NodeCounts {
     /// Records written to an output port that no edge leaves (dropped).
     #[serde(default)]
     pub dropped: u64,
+    /// Of the records emitted, those its `finish` emitted.
+    #[serde(default)]
+    pub emitted_at_finish: u64,
 }
 
 /// What a run did.
@@ -297,7 +305,7 @@ impl Nodes {
         mut router: impl FnMut() -> Router,
         dead_letter: Option<Sender>,
         inputs: Vec<Mailbox>,
-        (opts, shutdown, in_flight): (&RunOptions, &Arc<Shutdown>, &InFlight),
+        (opts, shutdown, in_flight, finish_gate): (&RunOptions, &Arc<Shutdown>, &InFlight, &Arc<FinishGate>),
     ) -> Vec<(ReplicaThread, Mailbox)> {
         let spec = &graph.nodes[i];
         let finish_barrier = Arc::new(Barrier::new(spec.replicas as usize));
@@ -322,6 +330,7 @@ impl Nodes {
                     provenance: graph.provenance,
                     in_flight: in_flight.clone(),
                     finish_barrier: finish_barrier.clone(),
+                    finish_gate: finish_gate.clone(),
                     status: self.status.replica(i, r),
                     heartbeat: opts.heartbeat,
                     index: r,
@@ -392,6 +401,7 @@ pub struct Runner<'a> {
     nodes: Nodes,
     starts: Vec<Position>,
     in_flight: InFlight,
+    finish_gate: Arc<FinishGate>,
     /// Per node here: its replicas and their inputs.
     replicas: Vec<(usize, Vec<(ReplicaThread, Mailbox)>)>,
     /// Per sink here: its writer and input.
@@ -460,6 +470,20 @@ impl<'a> Runner<'a> {
             sinks.push((k, transport.open_sink(k)?, rx));
         }
 
+        let finish_gate = Arc::new(if transport.has_finish_phase() {
+            let files = sinks
+                .iter()
+                .filter(|(k, _, _)| graph.sinks[*k].file_path().is_some())
+                .map(|(k, w, _)| (*k, w.clone()))
+                .collect();
+            let sources_here = (0..graph.sources.len())
+                .filter(|&i| here(Vertex::Source(i)))
+                .count();
+            FinishGate::after(sources_here, in_flight.clone(), files)
+        } else {
+            FinishGate::open()
+        });
+
         // Every producer's routes, then every consumer's feed.
         let router = |senders: &Senders, ports: usize| {
             let mut r = Router::new(ports);
@@ -483,7 +507,7 @@ impl<'a> Runner<'a> {
             let spec = &graph.nodes[i];
             let senders = transport.senders(Vertex::Node(i), &local, shutdown)?;
             let instances = nodes.instances(graph, i)?;
-            let context = (opts, shutdown, &in_flight);
+            let context = (opts, shutdown, &in_flight, &finish_gate);
             let dead_letter = senders.dead_letter.clone();
             let make_router = || router(&senders, spec.outputs.len());
             replicas.push((
@@ -513,6 +537,7 @@ impl<'a> Runner<'a> {
             nodes,
             starts,
             in_flight,
+            finish_gate,
             replicas,
             sinks,
             sources,
@@ -543,6 +568,7 @@ impl<'a> Runner<'a> {
             nodes,
             starts,
             in_flight,
+            finish_gate,
             replicas,
             sinks,
             sources,
@@ -563,6 +589,7 @@ impl<'a> Runner<'a> {
             .map(|_| mpsc::channel::<()>())
             .unzip();
         let transport_ref = &*transport;
+        let gate = &*finish_gate;
         let (sources, sinks) = std::thread::scope(|s| {
             let sinks: Vec<_> = sinks
                 .into_iter()
@@ -616,6 +643,7 @@ impl<'a> Runner<'a> {
                             start
                         });
                         drop(router);
+                        gate.source_ended();
                         if let Err(e) = transport_ref.source_ended(i, end, shutdown) {
                             shutdown.fail(format!("{e}"));
                         }
@@ -633,10 +661,32 @@ impl<'a> Runner<'a> {
             (sources, sinks)
         });
         let checkpoints = transport.finish(shutdown)?;
+        record_finish(graph, &finish_gate, &nodes.stats);
         let mut report = nodes.ended(graph, shutdown, (sources, sinks), stores);
         report.elapsed = started.elapsed();
         report.checkpoints = checkpoints;
         Ok(report)
+    }
+}
+
+/// Records where the finish phase wrote in each file sink (see [`finish`]). A record that
+/// cannot be written is said, not fatal: the run's outputs are complete; a replay into
+/// its aggregates then cannot replace their results.
+fn record_finish(graph: &Graph, gate: &FinishGate, stats: &[Arc<NodeStats>]) {
+    let emitted: Vec<bool> = stats
+        .iter()
+        .map(|s| s.at_finish.load(Ordering::Relaxed) > 0)
+        .collect();
+    let Some(blocks) = gate.blocks(graph, &emitted) else {
+        return;
+    };
+    let blocks = blocks
+        .into_iter()
+        .map(|(k, b)| (graph.sinks[k].id.clone(), b))
+        .collect();
+    let sinks: Vec<&str> = graph.sinks.iter().map(|s| s.id.as_str()).collect();
+    if let Err(e) = FinishRecord::update(&graph.checkpoint.dir, &sinks, blocks) {
+        tracing::warn!("{e}: a replay into the nodes that emitted at finish will not replace their results");
     }
 }
 

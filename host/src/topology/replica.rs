@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use flowhost_sdk::{ErrorKind, NodeError};
 
 use super::NodeStats;
+use super::finish::FinishGate;
 use super::status::{Phase, ReplicaStatus};
 use super::swap::{NodeVersions, Version};
 use crate::clock::now_millis;
@@ -66,6 +67,8 @@ pub(super) struct Replica {
     /// Every replica of the node waits here before `finish`: a replica's `finish` sees
     /// the state writes of all of them.
     pub finish_barrier: Arc<Barrier>,
+    /// Where every node waits before `finish` for the sources' messages to be through.
+    pub finish_gate: Arc<FinishGate>,
     pub status: Arc<ReplicaStatus>,
     pub heartbeat: Duration,
     /// This replica's index among the node's.
@@ -127,9 +130,13 @@ impl Replica {
         self.status.phase.set(Phase::Draining);
         self.status.beat();
         self.finish_barrier.wait();
+        self.finish_gate.wait(&self.shutdown);
         if !stopped && !self.shutdown.is_aborting() {
             let finished = self.instance.finish().map_err(|e| format!("finish failed: {e}"));
             let output = finished.and_then(|out| self.decode_output(out, 0));
+            if let Ok(out) = &output {
+                NodeStats::add(&self.stats.at_finish, out.ports.iter().map(Vec::len).sum());
+            }
             if let Err(reason) = output.and_then(|out| self.deliver(out, &[], 0)) {
                 stopped = self.stop(reason);
             }

@@ -127,6 +127,12 @@ pub trait Transport: Send + Sync {
         true
     }
 
+    /// Whether every message between vertices passes through this process's channels
+    /// (counted in `in_flight`), so a run has one finish phase (see `topology::finish`).
+    fn has_finish_phase(&self) -> bool {
+        false
+    }
+
     /// The sources have ended: let the vertices drain, in whatever order the transport
     /// needs, until every one has ended (or the run stops).
     fn drain(&self, _shutdown: &Shutdown) {}

@@ -314,3 +314,98 @@ fn replay_restores_durable_stores_applies_the_fix_and_saves_them() {
     assert_eq!(counter("v1"), Some(2), "the replay's writes were saved");
     assert!(!state.last.expect("a checkpoint").sources.is_empty());
 }
+
+/// `in → faulty → tally (report) → totals`, with `faulty`'s output also in `seen`: the
+/// totals are emitted at finish, the rest message by message.
+fn totals_graph(dir: &Path, durability: &str) {
+    let faulty = format!("crate = \"{}/faulty\"", functions().display());
+    let tally = format!("crate = \"{}/tally\"", functions().display());
+    let manifest = format!(
+        "name = \"totals\"\n[stores.counts]\ndurability = \"{durability}\"\n[sources.in]\nkind = \"file\"\npath = \"in.txt\"\n\
+         [nodes.faulty]\n{faulty}\non_error = \"dead-letter\"\ndead_letter = \"dlq\"\n\
+         [nodes.tally]\n{tally}\nconfig = {{ report = true }}\nstate = {{ counts = \"rw\" }}\n\
+         [sinks.totals]\nkind = \"file\"\npath = \"totals.txt\"\n[sinks.seen]\nkind = \"file\"\npath = \"seen.txt\"\n\
+         [sinks.dlq]\nkind = \"file\"\npath = \"dlq.jsonl\"\nformat = \"json\"\n\
+         [[edges]]\nfrom = \"in\"\nto = \"faulty\"\n[[edges]]\nfrom = \"faulty\"\nto = \"tally\"\n\
+         [[edges]]\nfrom = \"faulty\"\nto = \"seen\"\n[[edges]]\nfrom = \"tally\"\nto = \"totals\"\n"
+    );
+    std::fs::write(dir.join("graph.toml"), manifest).unwrap();
+    std::fs::write(dir.join("in.txt"), "a\nb\npanic:1\na\npanic:2\n").unwrap();
+}
+
+#[test]
+fn replay_into_an_aggregate_writes_its_corrected_totals_once() {
+    let dir = tempfile::tempdir().unwrap();
+    totals_graph(dir.path(), "durable");
+    let run = flowhost(dir.path(), &["run", "graph.toml"]);
+    assert!(run.status.success(), "{}", text(&run));
+    let totals = dir.path().join("totals.txt");
+    assert_eq!(lines(&totals), ["a\t2", "b\t1"]);
+    assert_eq!(lines(&dir.path().join("dlq.jsonl")).len(), 2);
+
+    let fixed = flowhost::plan::build_crate(&functions().join("passthrough")).unwrap();
+    let replay_args = [
+        "replay",
+        "graph.toml",
+        "dlq",
+        "--into",
+        "faulty",
+        "--module",
+        fixed.to_str().unwrap(),
+    ];
+    // A totals file changed since the run: the replay cannot tell where the totals are.
+    let before = std::fs::read(&totals).unwrap();
+    std::fs::write(&totals, [&before[..], b"edited\n"].concat()).unwrap();
+    let refused = flowhost(dir.path(), &replay_args);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("the file changed since"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(lines(&dir.path().join("dlq.jsonl")).len(), 2, "nothing moved");
+    std::fs::write(&totals, &before).unwrap();
+
+    let replay = flowhost(dir.path(), &replay_args);
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert!(
+        text(&replay).contains("replayed 2: 2 succeeded"),
+        "{}",
+        text(&replay)
+    );
+    // The totals over everything, once, in place of the partial ones.
+    assert_eq!(lines(&totals), ["a\t2", "b\t1", "panic:1\t1", "panic:2\t1"]);
+    // What went out message by message is kept, and the replayed messages follow it.
+    assert_eq!(
+        lines(&dir.path().join("seen.txt")),
+        ["a", "b", "a", "panic:1", "panic:2"]
+    );
+    assert!(lines(&dir.path().join("dlq.jsonl")).is_empty());
+
+    // A replay with nothing to replay changes nothing.
+    let replay = flowhost(dir.path(), &replay_args);
+    assert!(replay.status.success(), "{}", text(&replay));
+    assert_eq!(lines(&totals), ["a\t2", "b\t1", "panic:1\t1", "panic:2\t1"]);
+}
+
+#[test]
+fn replay_into_an_aggregate_without_durable_state_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    totals_graph(dir.path(), "memory");
+    let run = flowhost(dir.path(), &["run", "graph.toml"]);
+    assert!(run.status.success(), "{}", text(&run));
+    let refused = flowhost(dir.path(), &["replay", "graph.toml", "dlq", "--into", "faulty"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let said = text(&refused);
+    assert!(
+        said.contains("node `tally` emitted its results at finish into sink `totals`")
+            && said.contains("its state is not durable"),
+        "{said}"
+    );
+    assert_eq!(
+        lines(&dir.path().join("totals.txt")),
+        ["a\t2", "b\t1"],
+        "untouched"
+    );
+    assert_eq!(lines(&dir.path().join("dlq.jsonl")).len(), 2, "nothing moved");
+}

@@ -108,6 +108,10 @@ impl Transport for Memory<'_> {
         true
     }
 
+    fn has_finish_phase(&self) -> bool {
+        true
+    }
+
     fn open_sink(&mut self, k: usize) -> Result<Arc<Mutex<SinkWriter>>, TransportError> {
         let spec = &self.plan.graph.sinks[k];
         let checkpointed = self
