@@ -100,7 +100,7 @@ impl Captured {
             .nodes
             .iter()
             .find(|(n, _, _)| n == id)
-            .map(|(_, _, c)| *c)
+            .map(|(_, _, c)| c.clone())
             .expect("a node of the graph")
     }
 }

@@ -79,6 +79,8 @@ pub struct NodeStats {
     traps: AtomicU64,
     abandoned: AtomicU64,
     dropped: AtomicU64,
+    /// Of those, per output port (touched only when something is dropped).
+    dropped_by_port: Mutex<std::collections::BTreeMap<String, u64>>,
     at_finish: AtomicU64,
     /// The node's budget of per-message warnings (a skipped message each).
     warnings: crate::throttle::Throttle,
@@ -96,6 +98,7 @@ impl Default for NodeStats {
             traps: AtomicU64::default(),
             abandoned: AtomicU64::default(),
             dropped: AtomicU64::default(),
+            dropped_by_port: Mutex::default(),
             at_finish: AtomicU64::default(),
             warnings: crate::throttle::Throttle::new(20),
         }
@@ -105,6 +108,12 @@ impl Default for NodeStats {
 impl NodeStats {
     fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// `n` records dropped on output port `port`.
+    fn dropped_at(&self, port: &str, n: usize) {
+        let mut by_port = self.dropped_by_port.lock().unwrap_or_else(|e| e.into_inner());
+        *by_port.entry(port.to_owned()).or_default() += n as u64;
     }
 
     /// A snapshot.
@@ -120,13 +129,14 @@ impl NodeStats {
             traps: get(&self.traps),
             abandoned: get(&self.abandoned),
             dropped: get(&self.dropped),
+            dropped_by_port: self.dropped_by_port.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             emitted_at_finish: get(&self.at_finish),
         }
     }
 }
 
 /// Counts of one node.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeCounts {
     /// Messages delivered to the node.
     pub received: u64,
@@ -148,6 +158,9 @@ pub struct NodeCounts {
     /// Records written to an output port that no edge leaves (dropped).
     #[serde(default)]
     pub dropped: u64,
+    /// Of those, per output port.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dropped_by_port: std::collections::BTreeMap<String, u64>,
     /// Of the records emitted, those its `finish` emitted.
     #[serde(default)]
     pub emitted_at_finish: u64,
@@ -190,11 +203,14 @@ impl fmt::Display for RunReport {
                 ("retries", c.retries),
                 ("traps", c.traps),
                 ("abandoned", c.abandoned),
-                ("dropped", c.dropped),
             ] {
                 if n > 0 {
                     write!(f, " {what} {n}")?;
                 }
+            }
+            if c.dropped > 0 {
+                let ports: Vec<String> = c.dropped_by_port.iter().map(|(p, n)| format!("`{p}` {n}")).collect();
+                write!(f, " dropped {} (port {})", c.dropped, ports.join(", "))?;
             }
             writeln!(f)?;
         }

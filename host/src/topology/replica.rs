@@ -367,10 +367,11 @@ impl Replica {
     /// `n` records written to `port`, which no edge leaves: counted, and said once.
     fn dropped(&mut self, port: usize, n: usize) {
         NodeStats::add(&self.stats.dropped, n);
+        let name = self.outputs.get(port).map_or("?", String::as_str);
+        self.stats.dropped_at(name, n);
         if std::mem::replace(&mut self.warned_drop, true) {
             return;
         }
-        let name = self.outputs.get(port).map_or("?", String::as_str);
         tracing::warn!(
             "records written to port `{name}` are dropped: no edge leaves `{}.{name}` (counted as `dropped`; this is said once)",
             self.id

@@ -231,6 +231,9 @@ fn records_written_to_a_port_no_edge_leaves_are_counted_as_dropped() -> Result<(
     let out = run_captured_on(graph, dir.path(), On::Memory)?;
     let copy = out.node("copy");
     assert_eq!((copy.emitted, copy.dropped), (3, 3), "{copy:?}");
+    assert_eq!(copy.dropped_by_port, [("out".to_owned(), 3)].into(), "per port");
+    let summary = out.report.to_string();
+    assert!(summary.contains("dropped 3 (port `out` 3)"), "{summary}");
     assert!(out.lines("out").is_empty());
     Ok(())
 }
