@@ -17,6 +17,8 @@ pub struct Shutdown {
     /// Raised on abort (the engine's, so guest calls in flight end at once).
     on_abort: Mutex<Vec<Arc<AtomicBool>>>,
     failure: Mutex<Option<String>>,
+    /// Failures reported after the first (usually its consequences).
+    later: std::sync::atomic::AtomicU64,
 }
 
 impl Shutdown {
@@ -85,13 +87,26 @@ impl Shutdown {
     }
 
     /// Stop because of `reason`; the first failure is the one reported.
+    ///
+    /// The first failure is logged as an error; later ones (a message each of thousands
+    /// queued behind the same cause) are counted and logged at debug level only.
     pub fn fail(&self, reason: String) {
-        tracing::error!("{reason}");
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(reason);
+        {
+            let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+            if failure.is_none() {
+                tracing::error!("{reason}");
+                *failure = Some(reason);
+            } else {
+                self.later.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("also failed: {reason}");
+            }
+        }
         self.request_stop();
+    }
+
+    /// Failures reported after the first.
+    pub fn later_failures(&self) -> u64 {
+        self.later.load(Ordering::Relaxed)
     }
 
     /// Whether a stop was requested.

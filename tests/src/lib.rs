@@ -178,6 +178,30 @@ pub struct Broker {
 impl Broker {
     /// Starts one and waits until it accepts connections.
     pub fn start() -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        Broker {
+            child: Broker::spawn(&addr),
+            addr,
+        }
+    }
+
+    /// Stops it (kill -9), which loses everything it held (it keeps data in memory).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same address, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Broker::spawn(&self.addr);
+    }
+
+    fn spawn(addr: &str) -> Child {
         let tansu = std::env::var_os("TANSU")
             .map(std::path::PathBuf::from)
             .or_else(|| {
@@ -187,11 +211,6 @@ impl Broker {
                 Some(home.join("bin/tansu")).filter(|p| p.exists())
             })
             .unwrap_or_else(|| "tansu".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
         let url = format!("tcp://{addr}");
         let child = Command::new(&tansu)
             .args([
@@ -212,11 +231,11 @@ impl Broker {
                 )
             });
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&addr).is_err() {
+        while std::net::TcpStream::connect(addr).is_err() {
             assert!(Instant::now() < deadline, "tansu never listened on {addr}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Broker { child, addr }
+        child
     }
 }
 

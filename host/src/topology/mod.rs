@@ -129,7 +129,11 @@ impl NodeStats {
             traps: get(&self.traps),
             abandoned: get(&self.abandoned),
             dropped: get(&self.dropped),
-            dropped_by_port: self.dropped_by_port.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            dropped_by_port: self
+                .dropped_by_port
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             emitted_at_finish: get(&self.at_finish),
         }
     }
@@ -209,7 +213,11 @@ impl fmt::Display for RunReport {
                 }
             }
             if c.dropped > 0 {
-                let ports: Vec<String> = c.dropped_by_port.iter().map(|(p, n)| format!("`{p}` {n}")).collect();
+                let ports: Vec<String> = c
+                    .dropped_by_port
+                    .iter()
+                    .map(|(p, n)| format!("`{p}` {n}"))
+                    .collect();
                 write!(f, " dropped {} (port {})", c.dropped, ports.join(", "))?;
             }
             writeln!(f)?;

@@ -14,10 +14,11 @@ use super::swap::{NodeVersions, SwapRecord};
 use super::{NodeCounts, NodeStats};
 use crate::clock::now_millis;
 use crate::io::sink::as_json;
-use crate::manifest::Graph;
+use crate::manifest::{Graph, SinkKind, SourceKind};
 use crate::message::Msg;
 use crate::state::Stores;
 use crate::transport::LinkHealth;
+use crate::transport::kafka::progress::{GroupReport, PartitionReport};
 
 /// Messages a sink keeps for `flowhost tail`.
 pub const RECENT: usize = 100;
@@ -167,6 +168,8 @@ pub struct Status {
     nodes: Vec<NodeEntry>,
     sources: Vec<(String, Arc<AtomicU64>)>,
     sinks: Vec<(String, Arc<SinkStatus>)>,
+    /// The topic of each Kafka source and sink (by index), whose counts the link keeps.
+    topics: (Vec<Option<String>>, Vec<Option<String>>),
     stores: Stores,
     link: std::sync::OnceLock<Arc<dyn LinkHealth>>,
 }
@@ -222,6 +225,24 @@ impl Status {
                     (s.id.clone(), Arc::new(sink))
                 })
                 .collect(),
+            topics: (
+                graph
+                    .sources
+                    .iter()
+                    .map(|s| match &s.kind {
+                        SourceKind::Kafka { topic } => Some(topic.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                graph
+                    .sinks
+                    .iter()
+                    .map(|s| match &s.kind {
+                        SinkKind::Kafka(topic) => Some(topic.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
             stores,
             link: std::sync::OnceLock::new(),
         }
@@ -256,6 +277,29 @@ impl Status {
     pub fn report(&self) -> StatusReport {
         let now = now_millis();
         let stale_after = 3 * self.heartbeat.as_millis() as i64;
+        let link = self.link.get();
+        let kafka = link.map(|link| {
+            let r = link.report();
+            KafkaReport {
+                brokers: r.brokers,
+                connected: r.connected,
+                errors: r.errors,
+                last_error: r.last_error,
+                lag: r.inputs.iter().map(|g| g.lag).sum(),
+                inputs: r.inputs,
+            }
+        });
+        // A Kafka source is read by the groups of the vertices it feeds (each reads all
+        // of it), a Kafka sink written by this process's producers.
+        let read_from = |topic: &str| {
+            let inputs = kafka.iter().flat_map(|k| &k.inputs);
+            inputs
+                .filter_map(|g| g.read.get(topic))
+                .max()
+                .copied()
+                .unwrap_or(0)
+        };
+        let (source_topics, sink_topics) = &self.topics;
         StatusReport {
             graph: self.graph.clone(),
             state: self.phase.get(),
@@ -264,9 +308,13 @@ impl Status {
             sources: self
                 .sources
                 .iter()
-                .map(|(id, n)| SourceReport {
+                .zip(source_topics)
+                .map(|((id, n), topic)| SourceReport {
                     id: id.clone(),
-                    read: n.load(Ordering::Relaxed),
+                    read: match topic {
+                        Some(t) => read_from(t),
+                        None => n.load(Ordering::Relaxed),
+                    },
                 })
                 .collect(),
             nodes: self
@@ -320,9 +368,13 @@ impl Status {
             sinks: self
                 .sinks
                 .iter()
-                .map(|(id, s)| SinkReport {
+                .zip(sink_topics)
+                .map(|((id, s), topic)| SinkReport {
                     id: id.clone(),
-                    written: s.written.load(Ordering::Relaxed),
+                    written: match (topic, link) {
+                        (Some(t), Some(link)) => link.written_to(t),
+                        _ => s.written.load(Ordering::Relaxed),
+                    },
                     queue_depth: s.queue.load(Ordering::Relaxed),
                 })
                 .collect(),
@@ -336,15 +388,7 @@ impl Status {
                     durable: s.is_durable(),
                 })
                 .collect(),
-            kafka: self.link.get().map(|link| {
-                let r = link.report();
-                KafkaReport {
-                    brokers: r.brokers,
-                    connected: r.connected,
-                    errors: r.errors,
-                    last_error: r.last_error,
-                }
-            }),
+            kafka,
         }
     }
 
@@ -476,6 +520,62 @@ impl Status {
                 .map(|s| (format!(",sink=\"{}\"", s.id), s.written as f64))
                 .collect(),
         );
+        if let Some(k) = &r.kafka {
+            family(
+                "kafka_connected",
+                "gauge",
+                "1 while a Kafka broker is reachable.",
+                vec![(String::new(), f64::from(u8::from(k.connected)))],
+            );
+            let partitions = |f: &dyn Fn(&PartitionReport) -> i64| -> Vec<(String, f64)> {
+                k.inputs
+                    .iter()
+                    .flat_map(|g| {
+                        g.partitions.iter().map(move |p| {
+                            let labels = format!(
+                                ",vertex=\"{}\",topic=\"{}\",partition=\"{}\"",
+                                g.vertex.replace(['`', '"'], ""),
+                                p.topic,
+                                p.partition
+                            );
+                            (labels, f(p) as f64)
+                        })
+                    })
+                    .collect()
+            };
+            family(
+                "kafka_lag",
+                "gauge",
+                "Records of the partition after the group's committed offset.",
+                partitions(&|p| p.lag),
+            );
+            family(
+                "kafka_committed_offset",
+                "gauge",
+                "The group's committed offset.",
+                partitions(&|p| p.committed),
+            );
+            family(
+                "kafka_end_offset",
+                "gauge",
+                "The partition's end offset.",
+                partitions(&|p| p.end),
+            );
+            let stuck = k
+                .inputs
+                .iter()
+                .map(|g| {
+                    let labels = format!(",vertex=\"{}\"", g.vertex.replace(['`', '"'], ""));
+                    (labels, g.uncommitted_ms.unwrap_or(0) as f64 / 1e3)
+                })
+                .collect();
+            family(
+                "kafka_uncommitted_seconds",
+                "gauge",
+                "How long work has waited to be committed (0: all committed).",
+                stuck,
+            );
+        }
         family(
             "store_keys",
             "gauge",
@@ -533,6 +633,13 @@ pub struct KafkaReport {
     pub errors: u64,
     /// The last of them.
     pub last_error: Option<String>,
+    /// The input lag of every group in this process, in records.
+    #[serde(default)]
+    pub lag: i64,
+    /// This process's consumer groups (one per vertex fed from topics): partitions held,
+    /// committed and fetched offsets, ends, lag, records read; work waiting to commit.
+    #[serde(default)]
+    pub inputs: Vec<GroupReport>,
 }
 
 /// A source in [`StatusReport`].

@@ -183,6 +183,9 @@ pub trait Feed: Send {
 pub trait LinkHealth: Send + Sync {
     /// As status shows it.
     fn report(&self) -> LinkReport;
+
+    /// Records this process delivered to `topic`.
+    fn written_to(&self, topic: &str) -> u64;
 }
 
 /// A link's health in status.
@@ -196,6 +199,8 @@ pub struct LinkReport {
     pub errors: u64,
     /// The last error.
     pub last_error: Option<String>,
+    /// This process's consumer groups: partitions, offsets, lag.
+    pub inputs: Vec<kafka::progress::GroupReport>,
 }
 
 /// The transport `plan` asks for.

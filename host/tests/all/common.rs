@@ -80,7 +80,13 @@ impl Running {
         let body = ureq::get(&url)
             .call()
             .and_then(|mut r| r.body_mut().read_to_string())
-            .unwrap_or_else(|e| panic!("{url}: {e}"));
+            .unwrap_or_else(|e| {
+                let log: Vec<String> = self.log.try_iter().collect();
+                panic!(
+                    "{url}: {e}; the process's last log lines:\n{}",
+                    log[log.len().saturating_sub(30)..].join("\n")
+                )
+            });
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url} answered no status: {e}: {body}"))
     }
 

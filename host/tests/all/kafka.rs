@@ -415,3 +415,82 @@ fn exactly_once_resumes_at_once_after_a_process_dies_inside_a_transaction() {
     let want: Vec<String> = (0..total).map(|i| format!("m{i:06}")).collect();
     assert_eq!(unique, want, "every input's output is there");
 }
+
+/// Feeds lines `m<from>`..`m<to>` into a running graph's stdin.
+fn feed(stdin: &mut std::process::ChildStdin, from: usize, to: usize) {
+    let chunk: String = (from..to).map(|i| format!("m{i:06}\n")).collect();
+    stdin.write_all(chunk.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+}
+
+#[test]
+fn status_shows_the_partitions_offsets_and_lag_the_broker_holds() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    pass_graph(dir.path(), &broker, "");
+    let mut a = Running::start(dir.path(), &[]);
+    a.wait_log("sink `out`: 4 partition(s) assigned");
+    let mut stdin = a.stdin.take().unwrap();
+    feed(&mut stdin, 0, 1000);
+
+    // What the broker holds: 1,000 records over the 4 partitions of the edge into
+    // `pass`, and as many on the edge out of it, all read and committed.
+    let caught_up = |s: &flowhost::topology::status::StatusReport| {
+        let k = s.kafka.as_ref().expect("a Kafka graph reports its link");
+        ["node `pass`", "sink `out`"].iter().all(|v| {
+            k.inputs.iter().find(|g| g.vertex == *v).is_some_and(|g| {
+                g.partitions.len() == 4
+                    && g.partitions.iter().map(|p| p.end).sum::<i64>() == 1000
+                    && g.partitions
+                        .iter()
+                        .all(|p| p.lag == 0 && (p.committed == p.end || p.end == 0))
+            })
+        }) && k.lag == 0
+    };
+    let s = a.wait_for("every partition committed to its end", caught_up);
+    let k = s.kafka.unwrap();
+    assert!(k.connected);
+    for g in &k.inputs {
+        assert_eq!(g.read.values().sum::<u64>(), 1000, "{g:?}");
+        assert!(
+            g.partitions.iter().all(|p| p.fetched == p.end || p.end == 0),
+            "{g:?}"
+        );
+        assert!(!g.stuck && g.uncommitted_ms.is_none(), "{g:?}");
+    }
+    let metrics = ureq::get(&format!("http://{}/metrics", a.addr))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("flowhost_kafka_lag{graph=\"share\",vertex=\"node pass\",topic=\"share.in.pass\",partition=\"0\"} 0")
+            && metrics.contains("flowhost_kafka_connected{graph=\"share\"} 1"),
+        "{metrics}"
+    );
+    drop(stdin);
+    assert!(a.finish().success());
+}
+
+#[test]
+fn health_follows_the_broker_down_and_back_without_a_record_read() {
+    let mut broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    pass_graph(dir.path(), &broker, "");
+    let mut a = Running::start(dir.path(), &[]);
+    a.wait_log("sink `out`: 4 partition(s) assigned");
+    let stdin = a.stdin.take().unwrap();
+
+    // The broker goes away: status says so.
+    broker.stop();
+    let down = a.wait_for("the link down", |s| !s.kafka.as_ref().unwrap().connected);
+    assert!(down.kafka.unwrap().errors > 0);
+    // It comes back (empty: tansu keeps nothing): health is current again although no
+    // record is read, from the clients' own view of their connections.
+    let back = std::time::Instant::now();
+    broker.restart();
+    a.wait_for("the link up", |s| s.kafka.as_ref().unwrap().connected);
+    eprintln!("connected again {:?} after the broker's return", back.elapsed());
+    drop(stdin);
+}

@@ -148,5 +148,27 @@ pub fn table(r: &StatusReport) -> String {
         let durable = if s.durable { "durable" } else { "memory" };
         let _ = writeln!(out, "  store  {:<16} {} keys ({durable})", s.name, s.keys);
     }
+    if let Some(k) = &r.kafka {
+        let link = if k.connected { "connected" } else { "NOT CONNECTED" };
+        let _ = writeln!(
+            out,
+            "  kafka  {} {link}, {} error(s), lag {}",
+            k.brokers, k.errors, k.lag
+        );
+        for g in &k.inputs {
+            let waiting = match (g.stuck, g.uncommitted_ms) {
+                (true, Some(ms)) => format!(", STUCK: nothing committed for {}s", ms / 1000),
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "  group  {} lag {}{waiting}", g.vertex, g.lag);
+            for p in &g.partitions {
+                let _ = writeln!(
+                    out,
+                    "         {}/{} committed {} fetched {} end {} lag {}",
+                    p.topic, p.partition, p.committed, p.fetched, p.end, p.lag
+                );
+            }
+        }
+    }
     out
 }

@@ -395,6 +395,10 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(match report.failure {
                 Some(failure) => {
                     eprintln!("error: {failure}");
+                    match shutdown.later_failures() {
+                        0 => {}
+                        n => eprintln!("  ({n} more failure(s) after it, logged at debug level)"),
+                    }
                     ExitCode::FAILURE
                 }
                 None if shutdown.was_interrupted() => ExitCode::from(130),

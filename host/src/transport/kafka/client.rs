@@ -66,6 +66,8 @@ pub struct Health {
     /// Per topic and partition: the offset after the last record this process's
     /// producers had acknowledged.
     produced: Mutex<std::collections::HashMap<String, Vec<i64>>>,
+    /// Where the groups of this process are, what it read and wrote.
+    pub progress: super::progress::Progress,
 }
 
 impl Health {
@@ -106,11 +108,30 @@ impl Health {
         }
     }
 
+    /// A client's statistics (once a second): a broker it is connected to means the
+    /// link works, whether or not records flow.
+    fn seen(&self, stats: &rdkafka::Statistics) {
+        if stats.brokers.values().any(|b| b.state == "UP") {
+            self.ok();
+        }
+    }
+
     /// A broker answered: the link works.
     pub fn ok(&self) {
         if self.down.swap(false, Ordering::Relaxed) {
             tracing::info!("Kafka brokers reachable again; resuming");
         }
+    }
+
+    /// Whether every broker is unreachable.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Notes a fault for status (and the log, once per fault).
+    pub fn fault(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
     }
 
     /// For status: whether the brokers are down, errors seen, the last one.
@@ -133,6 +154,10 @@ pub struct Link {
 impl ClientContext for Link {
     fn error(&self, error: KafkaError, reason: &str) {
         self.health.failed(&error, reason);
+    }
+
+    fn stats(&self, stats: rdkafka::Statistics) {
+        self.health.seen(&stats);
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -194,6 +219,10 @@ impl Kafka {
     fn config(&self, own: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        // Health, offsets and lag for status (see `progress`).
+        c.set("statistics.interval.ms", "1000");
+        // flowhost creates the topics it writes, with their partitions.
+        c.set("allow.auto.create.topics", "false");
         for (k, v) in own {
             c.set(*k, *v);
         }
@@ -271,6 +300,30 @@ impl Kafka {
                     CONNECT_TIMEOUT.as_secs()
                 ))
             })
+    }
+
+    /// Which of `topics` the brokers have (with partitions). Asked topic by topic: a
+    /// listing of all topics is not complete on every broker (tansu).
+    pub fn existing<'t>(
+        &self,
+        topics: impl IntoIterator<Item = &'t str>,
+    ) -> Result<Vec<&'t str>, ClientError> {
+        let admin = self.admin()?;
+        let mut have = Vec::new();
+        for topic in topics {
+            let meta = admin
+                .inner()
+                .fetch_metadata(Some(topic), CONNECT_TIMEOUT)
+                .doing(|| format!("reading the metadata of topic `{topic}`"))?;
+            let found = meta
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+            if found {
+                have.push(topic);
+            }
+        }
+        Ok(have)
     }
 
     /// Partitions of `topic`, if it exists.
@@ -372,6 +425,10 @@ impl ClientContext for Deliveries {
         self.link.error(error, reason);
     }
 
+    fn stats(&self, stats: rdkafka::Statistics) {
+        self.link.stats(stats);
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         self.link.log(level, fac, log_message);
     }
@@ -384,6 +441,7 @@ impl ProducerContext for Deliveries {
         match result {
             Ok(m) => {
                 self.link.health.delivered(m.topic(), m.partition(), m.offset());
+                self.link.health.progress.written(m.topic());
                 drop(ack)
             }
             Err((e, m)) => {

@@ -22,7 +22,7 @@ use rdkafka::producer::Producer as _;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::changelog::Changelog;
-use super::client::{ClientError, Doing, Link, Producer, flush, to_msg};
+use super::client::{ClientError, Doing, Health, Link, Producer, flush, to_msg};
 use crate::flow::{Ack, AckStatus, Acknowledged, Route};
 use crate::message::Msg;
 use crate::shutdown::Shutdown;
@@ -57,6 +57,8 @@ pub struct Committer {
     last: Instant,
     interval: Duration,
     mode: Commits,
+    /// Where status learns how long work has waited to be committed.
+    health: Arc<Health>,
     /// Durable stores this vertex writes, and their changelog.
     changelog: Option<(Arc<Changelog>, Vec<usize>)>,
     /// No transaction is begun after the last one.
@@ -72,8 +74,11 @@ impl Committer {
         interval: Duration,
         mode: Commits,
         changelog: Option<(Arc<Changelog>, Vec<usize>)>,
-        shutdown: Arc<Shutdown>,
+        (health, shutdown): (Arc<Health>, Arc<Shutdown>),
     ) -> Result<Committer, ClientError> {
+        // Healthy, work waits at most an interval plus a commit; a call may take
+        // CALL_TIMEOUT before it fails.
+        health.progress.register(&name, (interval * 3).max(CALL_TIMEOUT));
         if let Commits::ExactlyOnce(p) = &mode {
             p.init_transactions(CALL_TIMEOUT)
                 .doing(|| format!("{name}: initialising Kafka transactions"))?;
@@ -89,6 +94,7 @@ impl Committer {
             last: Instant::now(),
             interval,
             mode,
+            health,
             changelog,
             closed: false,
             shutdown,
@@ -102,6 +108,12 @@ impl Committer {
 
     fn push(&mut self, acked: Arc<Acknowledged>, offsets: Offsets) {
         self.pending.push_back((acked, offsets));
+    }
+
+    /// Tells status whether work waits to be committed.
+    fn report_waiting(&self) {
+        let waiting = self.moved || !self.pending.is_empty();
+        self.health.progress.waiting(&self.name, waiting);
     }
 
     /// Moves the batches done, in poll order, into what may be committed.
@@ -131,6 +143,7 @@ impl Committer {
     /// exactly once: waits for everything polled, then commits the transaction).
     fn tick<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), ClientError> {
         self.collect();
+        self.report_waiting();
         if self.last.elapsed() < self.interval {
             return Ok(());
         }
@@ -144,6 +157,7 @@ impl Committer {
     pub fn settle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), ClientError> {
         loop {
             self.collect();
+            self.report_waiting();
             if self.pending.is_empty() || self.shutdown.failure().is_some() {
                 break;
             }
@@ -201,6 +215,7 @@ impl Committer {
             }
         }
         self.moved = false;
+        self.report_waiting();
         Ok(())
     }
 
@@ -246,6 +261,8 @@ type KafkaResultList = Result<TopicPartitionList, KafkaError>;
 pub struct Rebalancing {
     /// Link health.
     pub link: Link,
+    /// The vertex (its name in status).
+    pub vertex: String,
     /// The vertex's commits.
     pub committer: Mutex<Committer>,
 }
@@ -260,6 +277,14 @@ impl Rebalancing {
 impl ClientContext for Rebalancing {
     fn error(&self, error: KafkaError, reason: &str) {
         self.link.error(error, reason);
+    }
+
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let health = &self.link.health;
+        health
+            .progress
+            .consumer_stats(&self.vertex, &stats, |t, p| health.produced(t, p));
+        self.link.stats(stats);
     }
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -394,7 +419,13 @@ impl Ingress {
         if n == 0 {
             return Ok(0);
         }
-        self.consumer.context().link.health.ok();
+        let health = &self.consumer.context().link.health;
+        health.ok();
+        for (topic, msgs) in self.topics.iter().zip(&batches) {
+            if !msgs.is_empty() {
+                health.progress.read(&self.name, topic, msgs.len());
+            }
+        }
         let (ack, acked) = Ack::tracked();
         for (route, msgs) in self.routes.iter_mut().zip(batches) {
             if !msgs.is_empty() {

@@ -19,6 +19,7 @@ mod changelog;
 pub mod client;
 mod ingress;
 mod instance;
+pub mod progress;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +80,8 @@ pub struct KafkaTransport<'p> {
     /// Per node, then per sink: whether it has ended, and whether it may drain.
     done: Vec<Arc<AtomicBool>>,
     drains: Vec<Arc<AtomicBool>>,
+    /// Set once every vertex here has ended.
+    ended: AtomicBool,
 }
 
 impl<'p> KafkaTransport<'p> {
@@ -113,6 +116,7 @@ impl<'p> KafkaTransport<'p> {
             producers: vec![None; graph.sources.len() + graph.nodes.len()],
             done: flags(),
             drains: flags(),
+            ended: AtomicBool::new(false),
         })
     }
 
@@ -151,6 +155,50 @@ impl<'p> KafkaTransport<'p> {
             .create_topics(&self.plan.kafka.written(&self.plan.graph))
     }
 
+    /// While the graph runs, every few seconds: the topics its sources read exist; one
+    /// that is missing is said in status and the log until it is back.
+    ///
+    /// Not detected: a broker that lost the topics the graph writes (an in-memory one
+    /// restarted). tansu makes a topic again, empty, when a client asks for its
+    /// metadata, and the ends it lists trail what was written, so neither a missing
+    /// topic nor an end before acknowledged records can be told apart there.
+    fn watch_topics(&self, shutdown: &Shutdown) {
+        const EVERY: Duration = Duration::from_secs(3);
+        let health = &self.kafka.link.health;
+        let external: Vec<&str> = self
+            .plan
+            .kafka
+            .external()
+            .iter()
+            .map(|(_, t)| t.as_str())
+            .collect();
+        if external.is_empty() {
+            return;
+        }
+        let mut checked = std::time::Instant::now();
+        let mut missing_before = std::collections::BTreeSet::new();
+        while !shutdown.is_stopping() && !self.ended.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(100));
+            if checked.elapsed() < EVERY || health.is_down() {
+                continue;
+            }
+            checked = std::time::Instant::now();
+            let Ok(have) = self.kafka.existing(external.iter().copied()) else {
+                continue;
+            };
+            let missing: std::collections::BTreeSet<&str> =
+                external.iter().copied().filter(|t| !have.contains(t)).collect();
+            for topic in missing.iter().filter(|t| !missing_before.contains(**t)) {
+                let what = format!(
+                    "source topic `{topic}` is missing from the brokers: nothing is read from it until it is back"
+                );
+                tracing::warn!("{what}");
+                health.fault(what);
+            }
+            missing_before = missing.into_iter().map(str::to_owned).collect();
+        }
+    }
+
     /// The member of `v`'s group, committing as `commits` says.
     fn consumer(
         &self,
@@ -177,9 +225,10 @@ impl<'p> KafkaTransport<'p> {
                 .clone()
                 .filter(|_| !stores.is_empty())
                 .map(|c| (c, stores)),
-            shutdown.clone(),
+            (self.kafka.link.health.clone(), shutdown.clone()),
         )?;
         let context = Rebalancing {
+            vertex: format!("{v} `{id}`"),
             link: self.kafka.link.clone(),
             committer: Mutex::new(committer),
         };
@@ -393,6 +442,11 @@ impl Transport for KafkaTransport<'_> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.ended.store(true, Ordering::Release);
+    }
+
+    fn background<'t>(&'t self, shutdown: &'t Shutdown) -> Option<Box<dyn FnOnce() + Send + 't>> {
+        Some(Box::new(move || self.watch_topics(shutdown)))
     }
 
     fn finish(&mut self, _: &Shutdown) -> Result<u64, TransportError> {
@@ -439,6 +493,11 @@ impl LinkHealth for Link {
             connected: !down,
             errors,
             last_error,
+            inputs: self.health.progress.report(),
         }
+    }
+
+    fn written_to(&self, topic: &str) -> u64 {
+        self.health.progress.written_to(topic)
     }
 }
