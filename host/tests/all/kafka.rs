@@ -494,3 +494,39 @@ fn health_follows_the_broker_down_and_back_without_a_record_read() {
     eprintln!("connected again {:?} after the broker's return", back.elapsed());
     drop(stdin);
 }
+
+#[test]
+fn the_example_kafka_graph_runs_as_its_comment_says_and_matches_the_in_process_one() {
+    let broker = Broker::start();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    // Over Kafka file sinks append (the group's offsets say where they go on): this
+    // broker is new, so the files start afresh.
+    for name in ["kafka-domestic.jsonl", "kafka-rejected.jsonl"] {
+        let _ = std::fs::remove_file(repo.join("graphs/out").join(name));
+    }
+    let out = bin()
+        .args(["run", "graphs/orders-kafka.toml", "--brokers", &broker.addr])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("node   price            in 8 out 7 errors 1 dead-lettered 1"),
+        "{said}"
+    );
+    // The same orders, the same results as in one process (order aside: topics have
+    // partitions).
+    let sorted = |name: &str| {
+        let mut rows: Vec<serde_json::Value> = lines(&repo.join("graphs/out").join(name))
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"].clone())
+            .collect();
+        rows.sort_by_key(|r| r.to_string());
+        rows
+    };
+    let domestic = sorted("kafka-domestic.jsonl");
+    assert_eq!(domestic.len(), 2, "{domestic:?}");
+    assert!(domestic.iter().all(|r| r["country"] == "DE"), "{domestic:?}");
+    assert_eq!(sorted("kafka-rejected.jsonl").len(), 1);
+}
