@@ -68,7 +68,7 @@ pub fn run(
             if start != Position::default() {
                 tracing::warn!("standard input cannot be resumed: what was read before the restart is gone");
             }
-            let stdin = BufReader::new(std::io::stdin().lock());
+            let stdin = BufReader::new(Stdin::start(shutdown));
             let from = Position::default();
             lines(stdin, batch_size, from, shutdown, true, &mut send, &mut text_line)
                 .map_err(named(Path::new("<stdin>")))
@@ -108,6 +108,58 @@ pub fn run(
                 offset: 0,
                 records: end,
             })
+        }
+    }
+}
+
+/// Standard input, read on a thread of its own so that a stop is not held up by a read
+/// that waits for input which never comes: once the graph stops, reading ends (what the
+/// thread read and the graph did not take is dropped, as it would be left in the pipe).
+struct Stdin<'s> {
+    chunks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: std::io::Cursor<Vec<u8>>,
+    shutdown: &'s Shutdown,
+}
+
+impl<'s> Stdin<'s> {
+    fn start(shutdown: &'s Shutdown) -> Self {
+        let (tx, chunks) = std::sync::mpsc::sync_channel(16);
+        // Not joined: while it waits on an idle input, the process may end.
+        std::thread::spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                let mut buf = vec![0; 64 << 10];
+                let read = stdin.read(&mut buf).map(|n| {
+                    buf.truncate(n);
+                    buf
+                });
+                let end = matches!(&read, Ok(b) if b.is_empty()) || read.is_err();
+                if tx.send(read).is_err() || end {
+                    return;
+                }
+            }
+        });
+        Stdin {
+            chunks,
+            chunk: std::io::Cursor::new(Vec::new()),
+            shutdown,
+        }
+    }
+}
+
+impl Read for Stdin<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.chunk.read(out)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            match self.chunks.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok(chunk) => self.chunk = std::io::Cursor::new(chunk?),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !self.shutdown.is_stopping() => {}
+                // Stopped, or the input ended.
+                Err(_) => return Ok(0),
+            }
         }
     }
 }

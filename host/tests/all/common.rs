@@ -77,10 +77,20 @@ impl Running {
     /// The graph's status now.
     pub fn status(&self) -> StatusReport {
         let url = format!("http://{}/status", self.addr);
-        let body = ureq::get(&url)
-            .call()
-            .and_then(|mut r| r.body_mut().read_to_string())
+        let get = || {
+            ureq::get(&url)
+                .call()
+                .and_then(|mut r| r.body_mut().read_to_string())
+        };
+        // A connection can fail once on a loaded machine; a process that is gone fails
+        // every time, and its last words are in its log.
+        let body = get()
+            .or_else(|_| {
+                std::thread::sleep(Duration::from_millis(200));
+                get()
+            })
             .unwrap_or_else(|e| {
+                std::thread::sleep(Duration::from_millis(500));
                 let log: Vec<String> = self.log.try_iter().collect();
                 panic!(
                     "{url}: {e}; the process's last log lines:\n{}",
@@ -103,8 +113,8 @@ impl Running {
         }
     }
 
-    /// Waits for a log line containing `needle`.
-    pub fn wait_log(&self, needle: &str) {
+    /// Waits for a log line containing `needle`; the line.
+    pub fn wait_log(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let line = self
@@ -112,7 +122,7 @@ impl Running {
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("never logged {needle:?}"));
             if line.contains(needle) {
-                return;
+                return line;
             }
         }
     }
