@@ -33,6 +33,8 @@ pub struct Running {
     pub addr: String,
     /// Its log lines (stderr).
     log: Receiver<String>,
+    /// Every line so far, for a failure's report.
+    all: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Running {
@@ -50,9 +52,12 @@ impl Running {
             .spawn()
             .unwrap();
         let (tx, log) = channel();
+        let all = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = all.clone();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
         });
@@ -71,6 +76,7 @@ impl Running {
             stdin,
             addr,
             log,
+            all,
         }
     }
 
@@ -91,10 +97,21 @@ impl Running {
             })
             .unwrap_or_else(|e| {
                 std::thread::sleep(Duration::from_millis(500));
-                let log: Vec<String> = self.log.try_iter().collect();
+                let log = self.all.lock().unwrap().clone();
+                let exited = std::process::Command::new("sh")
+                    .args([
+                        "-c",
+                        &format!(
+                            "kill -0 {} 2>/dev/null && echo running || echo gone",
+                            self.child.id()
+                        ),
+                    ])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                    .unwrap_or_default();
                 panic!(
-                    "{url}: {e}; the process's last log lines:\n{}",
-                    log[log.len().saturating_sub(30)..].join("\n")
+                    "{url}: {e}; the process is {exited}; its last log lines:\n{}",
+                    log[log.len().saturating_sub(40)..].join("\n")
                 )
             });
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url} answered no status: {e}: {body}"))

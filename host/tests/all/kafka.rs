@@ -571,3 +571,51 @@ fn sigterm_mid_stream_commits_what_was_done_and_the_next_run_repeats_nothing() {
     assert_eq!(unique, want, "every message read comes out");
     assert_eq!(all.len(), unique.len(), "and none twice");
 }
+
+#[test]
+fn work_that_cannot_be_committed_shows_as_stuck_in_status_and_the_log() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    // `faulty` naps 50 ms at a time on `nap`, until its 60 s deadline cuts the call: the
+    // batch is not done, so nothing can be committed for that long.
+    let manifest = format!(
+        r#"name = "stuck"
+{kafka}
+[sources.in]
+kind = "stdin"
+
+[nodes.slow]
+module = "{faulty}"
+timeout_ms = 60000
+on_error = "skip"
+
+[sinks.out]
+kind = "file"
+path = "out.txt"
+
+[[edges]]
+from = "in"
+to = "slow"
+
+[[edges]]
+from = "slow"
+to = "out"
+"#,
+        kafka = kafka_table(&broker, 1),
+        faulty = module("faulty").display(),
+    );
+    std::fs::write(dir.path().join("graph.toml"), manifest).unwrap();
+    let mut a = Running::start(dir.path(), &[]);
+    a.wait_log("sink `out`: 1 partition(s) assigned");
+    let mut stdin = a.stdin.take().unwrap();
+    stdin.write_all(b"nap\n").unwrap();
+    stdin.flush().unwrap();
+    let s = a.wait_for("the group reported stuck", |s| {
+        let k = s.kafka.as_ref().unwrap();
+        k.inputs.iter().any(|g| g.vertex == "node `slow`" && g.stuck)
+    });
+    let k = s.kafka.unwrap();
+    let slow = k.inputs.iter().find(|g| g.vertex == "node `slow`").unwrap();
+    assert!(slow.uncommitted_ms.unwrap() >= 30_000, "{slow:?}");
+    a.wait_log("node `slow`: nothing committed for");
+}
