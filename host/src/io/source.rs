@@ -129,7 +129,13 @@ impl<'s> Stdin<'s> {
             let mut stdin = std::io::stdin().lock();
             loop {
                 let mut buf = vec![0; 64 << 10];
-                let read = stdin.read(&mut buf).map(|n| {
+                let read = loop {
+                    match stdin.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        read => break read,
+                    }
+                }
+                .map(|n| {
                     buf.truncate(n);
                     buf
                 });
