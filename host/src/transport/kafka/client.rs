@@ -63,9 +63,9 @@ pub struct Health {
     down: AtomicBool,
     errors: AtomicU64,
     last_error: Mutex<Option<String>>,
-    /// Per topic and partition: the offset after the last record this process's
-    /// producers had acknowledged.
-    produced: Mutex<std::collections::HashMap<String, Vec<i64>>>,
+    /// Per topic: records this process's producers had acknowledged there, and per
+    /// partition the offset after the last of them.
+    produced: Mutex<std::collections::HashMap<String, (u64, Vec<i64>)>>,
     /// Where the groups of this process are, what it read and wrote.
     pub progress: super::progress::Progress,
 }
@@ -74,10 +74,11 @@ impl Health {
     fn delivered(&self, topic: &str, partition: i32, offset: i64) {
         let Ok(p) = usize::try_from(partition) else { return };
         let mut produced = self.produced.lock().unwrap_or_else(|e| e.into_inner());
-        let ends = match produced.get_mut(topic) {
-            Some(ends) => ends,
+        let (count, ends) = match produced.get_mut(topic) {
+            Some(t) => t,
             None => produced.entry(topic.to_owned()).or_default(),
         };
+        *count += 1;
         if ends.len() <= p {
             ends.resize(p + 1, 0);
         }
@@ -87,12 +88,18 @@ impl Health {
     /// The offset after the last record this process wrote to `topic`/`partition`.
     pub fn produced(&self, topic: &str, partition: i32) -> i64 {
         let produced = self.produced.lock().unwrap_or_else(|e| e.into_inner());
-        let ends = produced.get(topic).map_or(&[][..], Vec::as_slice);
+        let ends = produced.get(topic).map_or(&[][..], |(_, ends)| ends.as_slice());
         usize::try_from(partition)
             .ok()
             .and_then(|p| ends.get(p))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Records this process's producers had acknowledged on `topic`.
+    pub fn written_to(&self, topic: &str) -> u64 {
+        let produced = self.produced.lock().unwrap_or_else(|e| e.into_inner());
+        produced.get(topic).map_or(0, |(count, _)| *count)
     }
 
     fn failed(&self, error: &KafkaError, reason: &str) {
@@ -441,7 +448,6 @@ impl ProducerContext for Deliveries {
         match result {
             Ok(m) => {
                 self.link.health.delivered(m.topic(), m.partition(), m.offset());
-                self.link.health.progress.written(m.topic());
                 drop(ack)
             }
             Err((e, m)) => {

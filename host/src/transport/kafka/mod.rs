@@ -498,6 +498,6 @@ impl LinkHealth for Link {
     }
 
     fn written_to(&self, topic: &str) -> u64 {
-        self.health.progress.written_to(topic)
+        self.health.written_to(topic)
     }
 }

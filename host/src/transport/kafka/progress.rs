@@ -1,6 +1,5 @@
 //! Where this process's consumer groups are: the partitions each holds, its committed and
-//! fetched offsets, the partitions' ends and the lag; records read per topic and written
-//! per topic; and how long work has waited to be committed (a stuck transaction shows
+//! fetched offsets, the partitions' ends and the lag; records read per topic; and how long work has waited to be committed (a stuck transaction shows
 //! there, and in the log).
 //!
 //! Offsets and ends come from librdkafka's statistics (`statistics.interval.ms`, once a
@@ -19,8 +18,6 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Default)]
 pub struct Progress {
     groups: Mutex<BTreeMap<String, Group>>,
-    /// Records delivered per topic by this process's producers.
-    written: Mutex<BTreeMap<String, u64>>,
 }
 
 #[derive(Debug)]
@@ -92,25 +89,13 @@ impl Progress {
     /// `vertex` read `n` records of `topic`.
     pub fn read(&self, vertex: &str, topic: &str, n: usize) {
         if let Some(g) = self.lock().get_mut(vertex) {
-            *g.read.entry(topic.to_owned()).or_default() += n as u64;
-        }
-    }
-
-    /// A record was delivered to `topic`.
-    pub fn written(&self, topic: &str) {
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        match written.get_mut(topic) {
-            Some(n) => *n += 1,
-            None => {
-                written.insert(topic.to_owned(), 1);
+            match g.read.get_mut(topic) {
+                Some(read) => *read += n as u64,
+                None => {
+                    g.read.insert(topic.to_owned(), n as u64);
+                }
             }
         }
-    }
-
-    /// Records delivered to `topic` by this process.
-    pub fn written_to(&self, topic: &str) -> u64 {
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        written.get(topic).copied().unwrap_or(0)
     }
 
     /// Whether `vertex` has work waiting to be committed; warns once when it has waited
