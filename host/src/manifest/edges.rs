@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use super::raw::RawGraph;
 use super::validate::Report;
-use super::{Edge, ErrorPolicy, NodeSpec, Vertex};
+use super::{BROADCAST_IN_PROCESS_ONLY, Connection, Edge, ErrorPolicy, NodeSpec, Transport, Vertex};
 use crate::DEFAULT_INPUT;
 use flowhost_sdk::DEFAULT_OUTPUT;
 
@@ -31,6 +31,11 @@ pub(super) fn edges(
         }
         if let Some(t) = &e.topic {
             check_topic(r, t, &label);
+        }
+        if e.connection == Connection::Broadcast
+            && raw.transport.as_ref().map(|t| *t.get_ref()) == Some(Transport::Kafka)
+        {
+            r.at(e.from.span(), format!("{label}: {BROADCAST_IN_PROCESS_ONLY}"));
         }
         let topic = match (&e.topic, kafka_endpoint(raw, from.0, to.0)) {
             (Some(t), Some(_)) => {

@@ -119,7 +119,27 @@ impl Graph {
     pub fn is_durable(&self) -> bool {
         self.stores.iter().any(|s| s.durability == Durability::Durable)
     }
+
+    /// Why this graph cannot run over Kafka, if it cannot: what works in-process only
+    /// (`validate` says the same with the line, for a manifest that asks for Kafka).
+    pub fn kafka_refusal(&self) -> Option<String> {
+        self.edges
+            .iter()
+            .find(|e| e.connection == Connection::Broadcast)
+            .map(|e| {
+                format!(
+                    "edge from `{}` to `{}`: {BROADCAST_IN_PROCESS_ONLY}",
+                    self.id(e.from),
+                    self.id(e.to)
+                )
+            })
+    }
 }
+
+/// Why a broadcast edge is refused over Kafka.
+pub(crate) const BROADCAST_IN_PROCESS_ONLY: &str = "`connection = \"broadcast\"` works in-process only: \
+     over Kafka the processes of a node share its input topic's partitions, so each replica \
+     would see only its process's share (use key-hash or round-robin, or run in-process)";
 
 /// A declared store.
 #[derive(Debug, Clone, PartialEq, Eq)]

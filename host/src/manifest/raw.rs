@@ -299,7 +299,8 @@ pub enum Connection {
     RoundRobin,
     /// Each message to the replica its key hashes to (order per key kept).
     KeyHash,
-    /// Every message to every replica.
+    /// Every message to every replica (in-process only: over Kafka a node's processes share
+    /// its input partitions).
     Broadcast,
 }
 

@@ -53,6 +53,40 @@ fn validate_reports_every_error_and_exits_2() {
 }
 
 #[test]
+fn a_broadcast_edge_is_refused_over_kafka_even_when_the_command_line_asks_for_it() {
+    // The manifest asks for Kafka: `validate` names the line (tests/ui/kafka_broadcast.err).
+    let out = flowhost(&["validate", "tests/ui/kafka_broadcast.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    // The in-process manifest run with `--transport kafka`: refused before any broker is tried.
+    let dir = std::env::temp_dir().join(format!("flowhost-cli-bc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let manifest = std::fs::read_to_string(repo.join("tests/ui/kafka_broadcast.toml"))
+        .unwrap()
+        .replace("transport = \"kafka\"\n", "")
+        .replace("../../functions", &repo.join("functions").display().to_string());
+    std::fs::write(dir.join("graph.toml"), manifest).unwrap();
+    let graph = dir.join("graph.toml");
+    let args = [
+        "run",
+        graph.to_str().unwrap(),
+        "--transport",
+        "kafka",
+        "--brokers",
+        "127.0.0.1:1",
+    ];
+    let out = flowhost(&args);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("error: edge from `in` to `pass`: `connection = \"broadcast\"` works in-process only"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn a_node_that_stops_the_graph_exits_1_naming_it() {
     let dir = std::env::temp_dir().join(format!("flowhost-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -88,6 +88,9 @@ impl<'p> KafkaTransport<'p> {
     /// The transport for `plan` (its brokers as the manifest or `--brokers` says).
     pub fn new(plan: &'p Plan, batch_size: usize) -> Result<Self, TransportError> {
         let graph = &plan.graph;
+        if let Some(why) = graph.kafka_refusal() {
+            return Err(TransportError::Refused(why));
+        }
         let kafka = Kafka::new(&graph.kafka).map_err(|e| TransportError::Refused(format!("{e:#}")))?;
         let instance = match graph.kafka.delivery {
             Delivery::ExactlyOnce => {
