@@ -5,13 +5,15 @@
 //!
 //! ```text
 //! batch  := count:u32 item*
-//! item   := data | error
+//! item   := data | error | timer
 //! data   := flags:u8 port:u16 [timestamp:i64] [key_len:u32 key] payload_len:u32 payload
 //!           header_count:u16 (name_len:u16 name value_len:u32 value)*
 //! error  := flags:u8(=0x80) kind:u8 input_index:u32 message_len:u32 message
+//! timer  := flags:u8(=0x40) op:u8 domain:u8 time:i64 key_len:u32 key
 //! ```
 //!
-//! `flags` bit 0: a key follows; bit 1: a timestamp follows; bit 7: an error item.
+//! `flags` bit 0: a key follows; bit 1: a timestamp follows; bit 6: a timer item; bit 7:
+//! an error item.
 //! Decoding borrows from the buffer: no payload, key or header is copied.
 
 use std::fmt;
@@ -22,6 +24,42 @@ pub const HAS_KEY: u8 = 0x01;
 pub const HAS_TIMESTAMP: u8 = 0x02;
 /// Flag: the item is a per-message error, not a data record.
 pub const ERROR: u8 = 0x80;
+/// Flag: the item is a timer: set or deleted (output batches), or fired (input batches).
+pub const TIMER: u8 = 0x40;
+
+/// Which clock a timer follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimeDomain {
+    /// Fires once the node's watermark reaches its time.
+    EventTime,
+    /// Fires once the wall clock reaches its time.
+    ProcessingTime,
+}
+
+/// What a timer item says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerOp {
+    /// Output: set this timer (a timer already set for the same domain, time and key is
+    /// not set twice).
+    Set,
+    /// Output: delete it, if set.
+    Delete,
+    /// Input: it fired.
+    Fired,
+}
+
+/// A timer item: a node's timer set, deleted or fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerRef<'a> {
+    /// Set, deleted or fired.
+    pub op: TimerOp,
+    /// Its clock.
+    pub domain: TimeDomain,
+    /// When it fires, in milliseconds since the Unix epoch.
+    pub time: i64,
+    /// What the node set it for.
+    pub key: &'a [u8],
+}
 
 /// The kind of a node error, as in the WIT `error-kind` enum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -118,6 +156,8 @@ pub enum Item<'a> {
     Record(RecordRef<'a>),
     /// A per-message error (output batches only).
     Error(ErrorRef<'a>),
+    /// A timer set or deleted (output batches), or fired (input batches).
+    Timer(TimerRef<'a>),
 }
 
 /// The header block of a record: `count` pairs, decoded lazily.
@@ -254,6 +294,39 @@ impl<'a> Cursor<'a> {
                 kind,
                 input_index,
                 message,
+            }));
+        }
+        if flags & TIMER != 0 {
+            let at = self.pos;
+            let op = match self.u8("timer op")? {
+                0 => TimerOp::Set,
+                1 => TimerOp::Delete,
+                2 => TimerOp::Fired,
+                _ => {
+                    return Err(FrameError {
+                        offset: at,
+                        what: "a known timer op",
+                    });
+                }
+            };
+            let at = self.pos;
+            let domain = match self.u8("timer domain")? {
+                0 => TimeDomain::EventTime,
+                1 => TimeDomain::ProcessingTime,
+                _ => {
+                    return Err(FrameError {
+                        offset: at,
+                        what: "a known time domain",
+                    });
+                }
+            };
+            let time = self.i64("timer time")?;
+            let key = self.bytes32("timer key")?;
+            return Ok(Item::Timer(TimerRef {
+                op,
+                domain,
+                time,
+                key,
             }));
         }
         let port = self.u16("port")?;
@@ -399,6 +472,23 @@ impl BatchWriter {
         self.buf.extend_from_slice(headers.1);
         self.count += 1;
         Ok(())
+    }
+
+    /// Appends a timer item.
+    pub fn timer(&mut self, timer: &TimerRef<'_>) {
+        self.buf.push(TIMER);
+        self.buf.push(match timer.op {
+            TimerOp::Set => 0,
+            TimerOp::Delete => 1,
+            TimerOp::Fired => 2,
+        });
+        self.buf.push(match timer.domain {
+            TimeDomain::EventTime => 0,
+            TimeDomain::ProcessingTime => 1,
+        });
+        self.buf.extend_from_slice(&timer.time.to_le_bytes());
+        put_bytes32(&mut self.buf, timer.key);
+        self.count += 1;
     }
 
     /// Appends a record with a ready payload.

@@ -66,6 +66,7 @@ mod node;
 mod output;
 pub mod state;
 pub mod testing;
+pub mod time;
 
 pub use error::{ErrorKind, NodeError};
 #[cfg(feature = "macros")]

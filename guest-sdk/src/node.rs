@@ -3,8 +3,9 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::frame::{BatchReader, Item};
+use crate::frame::{BatchReader, Item, TimeDomain, TimerOp};
 use crate::output::Ports;
+use crate::time::Timer;
 use crate::{Message, NodeError, Output};
 
 /// Config type for nodes that take none: accepts any manifest `config` table.
@@ -30,6 +31,14 @@ pub trait Node: Sized + 'static {
     /// (the host retries it, or runs its messages one at a time).
     fn end_batch(&mut self, out: &mut Output<'_>) -> Result<(), NodeError> {
         let _ = out;
+        Ok(())
+    }
+
+    /// Called when a timer the node set fires (see [`crate::time`]). Records emitted here
+    /// have the timer's time as their timestamp (for an event-time timer) unless they set
+    /// one. An error is logged and counted against the node; a fatal one stops the graph.
+    fn on_timer(&mut self, timer: &Timer<'_>, out: &mut Output<'_>) -> Result<(), NodeError> {
+        let _ = (timer, out);
         Ok(())
     }
 
@@ -97,10 +106,25 @@ impl<N: Node> Runtime<N> {
     /// Processes one input batch into one output batch.
     pub fn process(&mut self, input: &[u8]) -> Result<Vec<u8>, NodeError> {
         REPLICA.with(|r| r.set(self.replica));
+        crate::time::new_call();
         let mut out = Output::new(&self.ports, input.len() + 64);
         for (index, item) in BatchReader::new(input)?.enumerate() {
             let record = match item? {
                 Item::Record(record) => record,
+                Item::Timer(t) if t.op == TimerOp::Fired => {
+                    let timestamp = (t.domain == TimeDomain::EventTime).then_some(t.time);
+                    let mark = out.begin_timer(timestamp);
+                    let timer = Timer {
+                        domain: t.domain,
+                        time: t.time,
+                        key: t.key,
+                    };
+                    if let Err(error) = self.node.on_timer(&timer, &mut out) {
+                        out.fail(mark, index as u32, &error);
+                    }
+                    continue;
+                }
+                Item::Timer(_) => return Err(NodeError::fatal("a timer set or deleted in an input batch")),
                 Item::Error(_) => return Err(NodeError::fatal("error item in an input batch")),
             };
             let msg = Message {
@@ -120,6 +144,7 @@ impl<N: Node> Runtime<N> {
     /// Runs the node's `finish`.
     pub fn finish(&mut self) -> Result<Vec<u8>, NodeError> {
         REPLICA.with(|r| r.set(self.replica));
+        crate::time::new_call();
         let mut out = Output::new(&self.ports, 256);
         out.end_of_input();
         self.node.finish(&mut out)?;

@@ -101,6 +101,19 @@ impl<'a> Output<'a> {
         self.writer.finish()
     }
 
+    pub(crate) fn writer_mut(&mut self) -> &mut BatchWriter {
+        &mut self.writer
+    }
+
+    /// Records emitted from now on inherit `timestamp` and nothing else (a fired timer's).
+    pub(crate) fn begin_timer(&mut self, timestamp: Option<i64>) -> (usize, u32) {
+        self.inherit = Inherit {
+            timestamp,
+            ..Inherit::default()
+        };
+        self.writer.mark()
+    }
+
     /// Emits `payload` on the default port `out`.
     pub fn emit(&mut self, payload: impl IntoPayload) -> Result<(), NodeError> {
         self.emit_to(DEFAULT_OUTPUT, payload)

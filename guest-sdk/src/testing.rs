@@ -15,8 +15,9 @@
 //! assert_eq!(out.texts(), ["HI", "THERE"]);
 //! ```
 
-use crate::frame::{BatchReader, BatchWriter, Item, encode_headers};
+use crate::frame::{BatchReader, BatchWriter, Item, TimeDomain, TimerOp, TimerRef, encode_headers};
 use crate::node::{Node, Replica, Runtime};
+use crate::time::TimerTable;
 use crate::{DEFAULT_INPUT, DEFAULT_OUTPUT, NodeError};
 /// Builds the `config` for a [`Harness`]: `json!({ "top": 3 })`.
 pub use serde_json::json;
@@ -128,11 +129,25 @@ impl Outcome {
     }
 }
 
-/// A node running natively with all output ports connected.
+thread_local! {
+    static WATERMARK: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+/// The watermark a [`Harness`] of this thread gives its node.
+pub(crate) fn watermark_now() -> Option<i64> {
+    WATERMARK.with(std::cell::Cell::get)
+}
+
+/// A node running natively with all output ports connected. Like the host, it holds the
+/// node's timers and fires them as its watermark ([`Harness::advance_watermark`]) or
+/// clock ([`Harness::advance_clock`]) moves.
 pub struct Harness<N> {
     runtime: Runtime<N>,
     inputs: Vec<String>,
     outputs: Vec<String>,
+    timers: TimerTable,
+    watermark: Option<i64>,
 }
 
 impl<N: Node> Harness<N> {
@@ -169,7 +184,59 @@ impl<N: Node> Harness<N> {
             runtime,
             inputs,
             outputs,
+            timers: TimerTable::default(),
+            watermark: None,
         })
+    }
+
+    /// The node's timers now: (domain, time, key).
+    pub fn timers(&self) -> Vec<(TimeDomain, i64, Vec<u8>)> {
+        self.timers.iter().map(|(d, t, k)| (d, t, k.to_vec())).collect()
+    }
+
+    /// The node's watermark moves to `watermark` (it never moves back): every event-time
+    /// timer it reaches fires, earliest first; returns what the node emitted for them.
+    pub fn advance_watermark(&mut self, watermark: i64) -> Result<Outcome, NodeError> {
+        let watermark = self.watermark.map_or(watermark, |w| w.max(watermark));
+        self.watermark = Some(watermark);
+        self.fire(TimeDomain::EventTime, watermark)
+    }
+
+    /// The wall clock reads `now`: every processing-time timer it reaches fires.
+    pub fn advance_clock(&mut self, now: i64) -> Result<Outcome, NodeError> {
+        self.fire(TimeDomain::ProcessingTime, now)
+    }
+
+    fn fire(&mut self, domain: TimeDomain, now: i64) -> Result<Outcome, NodeError> {
+        let mut all = Outcome::default();
+        loop {
+            let due = self.timers.take_due(domain, now, 256);
+            if due.is_empty() {
+                return Ok(all);
+            }
+            let mut w = BatchWriter::default();
+            for (time, key) in &due {
+                let fired = TimerRef {
+                    op: TimerOp::Fired,
+                    domain,
+                    time: *time,
+                    key,
+                };
+                w.timer(&fired);
+            }
+            let out = self.call(|rt| rt.process(&w.finish()))?;
+            all.records.extend(out.records);
+            all.errors.extend(out.errors);
+        }
+    }
+
+    fn call(
+        &mut self,
+        f: impl FnOnce(&mut Runtime<N>) -> Result<Vec<u8>, NodeError>,
+    ) -> Result<Outcome, NodeError> {
+        WATERMARK.with(|w| w.set(self.watermark));
+        let out = f(&mut self.runtime)?;
+        self.decode(&out)
     }
 
     /// Processes one batch.
@@ -195,17 +262,21 @@ impl<N: Node> Harness<N> {
                 (headers.0, &headers.1),
             );
         }
-        let out = self.runtime.process(&w.finish())?;
-        self.decode(&out)
+        let batch = w.finish();
+        self.call(|rt| rt.process(&batch))
     }
 
-    /// Ends the input and returns what the node's `finish` emitted.
+    /// Ends the input as the host does: the watermark moves to the end of time (every
+    /// event-time timer fires), then the node's `finish` runs; returns what both emitted.
     pub fn finish(&mut self) -> Result<Outcome, NodeError> {
-        let out = self.runtime.finish()?;
-        self.decode(&out)
+        let mut all = self.advance_watermark(i64::MAX)?;
+        let out = self.call(|rt| rt.finish())?;
+        all.records.extend(out.records);
+        all.errors.extend(out.errors);
+        Ok(all)
     }
 
-    fn decode(&self, buf: &[u8]) -> Result<Outcome, NodeError> {
+    fn decode(&mut self, buf: &[u8]) -> Result<Outcome, NodeError> {
         let mut outcome = Outcome::default();
         for item in BatchReader::new(buf)? {
             match item? {
@@ -227,6 +298,9 @@ impl<N: Node> Harness<N> {
                         message: e.message.to_owned(),
                     },
                 )),
+                Item::Timer(t) => {
+                    self.timers.apply(&t);
+                }
             }
         }
         Ok(outcome)

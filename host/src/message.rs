@@ -5,7 +5,9 @@
 
 use bytes::{Bytes, BytesMut};
 use flowhost_sdk::NodeError;
-use flowhost_sdk::frame::{BatchReader, BatchWriter, FrameError, HeadersRef, Item, encode_headers};
+use flowhost_sdk::frame::{
+    BatchReader, BatchWriter, FrameError, HeadersRef, Item, TimeDomain, TimerOp, TimerRef, encode_headers,
+};
 
 /// One message moving through the graph.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -105,6 +107,46 @@ pub fn encode(msgs: &[Msg], port: u16) -> Vec<u8> {
     w.finish()
 }
 
+/// Frames fired timers of `domain` (time, key) as one input batch.
+pub fn encode_fired(domain: TimeDomain, fired: &[(i64, Vec<u8>)]) -> Vec<u8> {
+    let bytes: usize = fired.iter().map(|(_, k)| k.len() + 16).sum();
+    let mut w = BatchWriter::with_capacity(bytes);
+    for (time, key) in fired {
+        w.timer(&TimerRef {
+            op: TimerOp::Fired,
+            domain,
+            time: *time,
+            key,
+        });
+    }
+    w.finish()
+}
+
+/// A timer a node set or deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerChange {
+    /// Set or deleted.
+    pub op: TimerOp,
+    /// Its clock.
+    pub domain: TimeDomain,
+    /// When it fires.
+    pub time: i64,
+    /// Its key.
+    pub key: Vec<u8>,
+}
+
+impl TimerChange {
+    /// As a frame item.
+    pub fn as_ref(&self) -> TimerRef<'_> {
+        TimerRef {
+            op: self.op,
+            domain: self.domain,
+            time: self.time,
+            key: &self.key,
+        }
+    }
+}
+
 /// A node's output batch, decoded.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -113,6 +155,8 @@ pub struct Output {
     pub ports: Vec<Vec<Msg>>,
     /// `(input index, error)` for each message the node failed on.
     pub errors: Vec<(u32, NodeError)>,
+    /// Timers it set or deleted, in order.
+    pub timers: Vec<TimerChange>,
 }
 
 /// Decodes an output batch; `ports` is the number of connected output ports.
@@ -121,6 +165,7 @@ pub fn decode(buf: Vec<u8>, ports: usize) -> Result<Output, FrameError> {
     let mut out = Output {
         ports: (0..ports).map(|_| Vec::new()).collect(),
         errors: Vec::new(),
+        timers: Vec::new(),
     };
     for item in BatchReader::new(&buf)? {
         match item? {
@@ -149,6 +194,18 @@ pub fn decode(buf: Vec<u8>, ports: usize) -> Result<Output, FrameError> {
                     message: e.message.to_owned(),
                 },
             )),
+            Item::Timer(t) if t.op == TimerOp::Fired => {
+                return Err(FrameError {
+                    offset: 0,
+                    what: "a timer set or deleted, not fired, in an output batch",
+                });
+            }
+            Item::Timer(t) => out.timers.push(TimerChange {
+                op: t.op,
+                domain: t.domain,
+                time: t.time,
+                key: t.key.to_vec(),
+            }),
         }
     }
     Ok(out)

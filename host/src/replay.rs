@@ -471,6 +471,7 @@ fn downstream(graph: &Graph, node: usize, feeds: &[(PathBuf, u16)]) -> Result<Gr
         sub.sources.push(SourceSpec {
             id: format!("replay-{port}"),
             kind: SourceKind::Messages { path: file.clone() },
+            watermark: None,
         });
         sub.edges.push(Edge {
             from: Vertex::Source(i),

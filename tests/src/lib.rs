@@ -137,7 +137,12 @@ pub fn run_captured_on(mut graph: Graph, dir: &Path, on: On) -> anyhow::Result<C
 }
 
 /// Runs `graph` with every sink redirected to a file in `dir`, and reads them back.
-pub fn run_captured(mut graph: Graph, dir: &Path) -> anyhow::Result<Captured> {
+pub fn run_captured(graph: Graph, dir: &Path) -> anyhow::Result<Captured> {
+    run_captured_with(graph, dir, &RunOptions::default())
+}
+
+/// [`run_captured`] with these run options (a batch size, say).
+pub fn run_captured_with(mut graph: Graph, dir: &Path, opts: &RunOptions) -> anyhow::Result<Captured> {
     for sink in &mut graph.sinks {
         if !matches!(sink.kind, SinkKind::Null) {
             sink.kind = SinkKind::File(dir.join(format!("{}.out", sink.id)));
@@ -150,12 +155,7 @@ pub fn run_captured(mut graph: Graph, dir: &Path) -> anyhow::Result<Captured> {
         fuel: graph.nodes.iter().any(|n| n.fuel.is_some()),
     })?;
     let plan = Plan::resolve(graph, None)?;
-    let report = flowhost::run(
-        &plan,
-        &engine,
-        &RunOptions::default(),
-        &Arc::new(Shutdown::default()),
-    )?;
+    let report = flowhost::run(&plan, &engine, opts, &Arc::new(Shutdown::default()))?;
     let mut sinks = BTreeMap::new();
     for sink in &plan.graph.sinks {
         if let SinkKind::File(path) = &sink.kind {

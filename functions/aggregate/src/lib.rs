@@ -18,11 +18,25 @@
 //! a hash of the group, so every group is emitted once, by one replica, with its totals
 //! from all of them — also after a restart that resumed from a checkpoint, and
 //! cumulatively over runs when the store is durable.
+//!
+//! With `window` (`{ kind = "tumbling", size_ms }` or `{ kind = "hopping", size_ms,
+//! slide_ms }`), groups are split by event-time window instead, and each window's rows
+//! are emitted once the node's watermark passes the window's end, while the input still
+//! flows: one row per group, with `window_start` and `window_end` (milliseconds), its
+//! timestamp the window's last millisecond. A record for a window the watermark has
+//! passed by less than `allowed_lateness_ms` updates that window's row (the row is
+//! emitted again, with the new totals); one later than that for every window it falls in
+//! goes to the output port `late`, unchanged. A window's state is deleted once it can
+//! change no more (at its end plus the lateness). Each replica aggregates and emits what
+//! reached it, under keys of its own: route by `key-hash` on the group-by fields for one
+//! row per group and window (round-robin gives a row per replica that saw the group).
+//! Window keys: `w\0<start>\0<end>\0<replica>\0<group>…`, markers under `group\0w\0…`.
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Datelike, Timelike};
 use flowhost_sdk::prelude::*;
 use flowhost_sdk::state::{IncrBatch, counter};
+use flowhost_sdk::time::{TimeDomain, Timer, Window, Windows, watermark};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -68,6 +82,29 @@ pub struct AggregateConfig {
     /// Event-time buckets to split every group by.
     #[serde(default)]
     pub time_buckets: Vec<Bucket>,
+    /// Event-time windows to emit each group's results per, as the watermark passes them.
+    pub window: Option<WindowConfig>,
+    /// How long after a window's end a record still updates it (milliseconds).
+    #[serde(default)]
+    pub allowed_lateness_ms: i64,
+}
+
+/// `window` of the config.
+#[derive(Deserialize, Clone, Copy, Debug)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WindowConfig {
+    /// Back-to-back windows of `size_ms`.
+    Tumbling {
+        /// Length, in milliseconds.
+        size_ms: i64,
+    },
+    /// Windows of `size_ms` every `slide_ms`.
+    Hopping {
+        /// Length, in milliseconds.
+        size_ms: i64,
+        /// Distance between starts, in milliseconds.
+        slide_ms: i64,
+    },
 }
 
 /// An event-time bucket, in UTC.
@@ -115,6 +152,31 @@ pub struct Aggregator {
     increments: IncrBatch,
     extremes: BTreeMap<(String, &'static str, String), i64>,
     distinct: BTreeSet<(String, String, String)>,
+    /// With `window`: how records fall into windows.
+    windows: Option<Windows>,
+    /// Windows this instance has set a closing timer for.
+    timed: BTreeSet<Window>,
+    /// Groups of windows already emitted that this batch changed: emitted again.
+    updates: BTreeSet<(Window, String)>,
+}
+
+/// The prefix of window `w`'s keys written by this replica.
+fn window_prefix(w: Window) -> String {
+    format!("w\0{}\0{}\0{}\0", w.start, w.end, flowhost_sdk::replica().index)
+}
+
+/// Timer keys: `close\0<start>\0<end>` emits the window, `free\0…` deletes its state.
+fn window_timer(what: &str, w: Window) -> Vec<u8> {
+    format!("{what}\0{}\0{}", w.start, w.end).into_bytes()
+}
+
+fn parse_window_timer(key: &[u8]) -> Option<(&str, Window)> {
+    let text = std::str::from_utf8(key).ok()?;
+    let mut parts = text.split('\0');
+    let what = parts.next()?;
+    let start = parts.next()?.parse().ok()?;
+    let end = parts.next()?.parse().ok()?;
+    Some((what, Window { start, end }))
 }
 
 /// A hash that is the same in every replica and every build (FNV-1a, 64 bits).
@@ -159,6 +221,132 @@ impl Aggregator {
             .collect()
     }
 
+    /// With `window`: the window groups a record at `at` counts in (none: it is too late
+    /// for all of them); sets the closing timer of each new window, and notes the groups
+    /// of windows already emitted, to emit again.
+    fn window_groups(&mut self, windows: Windows, group: &str, at: i64, out: &mut Output<'_>) -> Vec<String> {
+        let wm = watermark();
+        let lateness = self.config.allowed_lateness_ms;
+        let mut groups = Vec::new();
+        for w in windows.assign(at) {
+            if wm.is_some_and(|wm| wm >= w.end.saturating_add(lateness)) {
+                continue;
+            }
+            let g = format!("{}{group}", window_prefix(w));
+            if wm.is_some_and(|wm| wm >= w.end) {
+                // Emitted already (or never opened): emitted again, freed later.
+                self.updates.insert((w, g.clone()));
+                out.set_timer(
+                    TimeDomain::EventTime,
+                    w.end.saturating_add(lateness),
+                    &window_timer("free", w),
+                );
+            } else if self.timed.insert(w) {
+                out.set_timer(TimeDomain::EventTime, w.end, &window_timer("close", w));
+            }
+            groups.push(g);
+        }
+        groups
+    }
+
+    /// The output row of `group` (as stored: a window's prefix, then the JSON values).
+    fn row(&self, group: &str) -> Result<Map<String, Value>, NodeError> {
+        let (window, json) = match group.strip_prefix("w\0") {
+            Some(rest) => {
+                let mut parts = rest.splitn(4, '\0');
+                let mut num = || parts.next().and_then(|p| p.parse::<i64>().ok());
+                let (start, end) = (num(), num());
+                let _replica = parts.next();
+                (start.zip(end), parts.next().unwrap_or("[]"))
+            }
+            None => (None, group),
+        };
+        let values: Vec<Value> = serde_json::from_str(json).map_err(|e| NodeError::fatal(e.to_string()))?;
+        let mut row: Map<String, Value> = self.group_fields().zip(values).collect();
+        if let Some((start, end)) = window {
+            row.insert("window_start".into(), Value::from(start));
+            row.insert("window_end".into(), Value::from(end));
+        }
+        let count = self.counter(&[group, "count"])?.unwrap_or(0);
+        for a in &self.config.aggregates {
+            let field = a.field.as_deref().unwrap_or("");
+            let (name, value) = match a.function {
+                Function::Count => ("count".to_owned(), Value::from(count)),
+                Function::Sum => (
+                    format!("sum_{field}"),
+                    Value::from(self.counter(&[group, "sum", field])?.unwrap_or(0)),
+                ),
+                Function::Min => (
+                    format!("min_{field}"),
+                    self.counter(&[group, "min", field])?
+                        .map_or(Value::Null, Value::from),
+                ),
+                Function::Max => (
+                    format!("max_{field}"),
+                    self.counter(&[group, "max", field])?
+                        .map_or(Value::Null, Value::from),
+                ),
+                Function::Avg => {
+                    let sum = self.counter(&[group, "sum", field])?.unwrap_or(0);
+                    let avg = if count > 0 {
+                        Value::from(sum as f64 / count as f64)
+                    } else {
+                        Value::Null
+                    };
+                    (format!("avg_{field}"), avg)
+                }
+                Function::CountDistinct => (
+                    format!("count_distinct_{field}"),
+                    Value::from(self.counter(&[group, "distinct", field])?.unwrap_or(0)),
+                ),
+            };
+            row.insert(name, value);
+        }
+        Ok(row)
+    }
+
+    /// Emits `group`'s row of window `w`.
+    fn emit_window_row(&self, w: Window, group: &str, out: &mut Output<'_>) -> Result<(), NodeError> {
+        let row = self.row(group)?;
+        let record = Record::new(Json(Value::Object(row)))
+            .key(group.as_bytes().to_vec())
+            .timestamp(w.end.saturating_sub(1));
+        out.send(record)
+    }
+
+    /// The groups this replica holds for window `w`.
+    fn window_groups_held(&self, w: Window) -> Result<Vec<String>, NodeError> {
+        let marker = format!("group\0{}", window_prefix(w));
+        Ok(self
+            .store
+            .scan(marker.as_bytes(), u32::MAX)?
+            .into_iter()
+            .filter_map(|(k, _)| String::from_utf8(k[6..].to_vec()).ok())
+            .collect())
+    }
+
+    /// Deletes everything this replica holds for window `w`.
+    fn free_window(&mut self, w: Window) -> Result<(), NodeError> {
+        let prefix = window_prefix(w);
+        let marker = format!("group\0{prefix}");
+        for p in [prefix.as_bytes(), marker.as_bytes()] {
+            for (k, _) in self.store.scan(p, u32::MAX)? {
+                self.store.delete(&k)?;
+            }
+        }
+        self.timed.remove(&w);
+        for group in self
+            .groups
+            .iter()
+            .filter(|g| g.starts_with(&prefix))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            self.groups.remove(&group);
+        }
+        Ok(())
+    }
+
     /// The names of a group's values in an output row.
     fn group_fields(&self) -> impl Iterator<Item = String> + '_ {
         let buckets = (!self.config.time_buckets.is_empty()).then_some(["bucket", "start"]);
@@ -189,7 +377,32 @@ impl Node for Aggregator {
                 a.function
             )));
         }
+        if config.window.is_some() && !config.time_buckets.is_empty() {
+            return Err(NodeError::fatal(
+                "`window` and `time_buckets` do not go together: pick one",
+            ));
+        }
+        let windows = match config.window {
+            Some(WindowConfig::Tumbling { size_ms }) if size_ms > 0 => Some(Windows::tumbling(size_ms)),
+            Some(WindowConfig::Hopping { size_ms, slide_ms })
+                if size_ms > 0 && slide_ms > 0 && slide_ms <= size_ms =>
+            {
+                Some(Windows::hopping(size_ms, slide_ms))
+            }
+            Some(w) => {
+                return Err(NodeError::fatal(format!(
+                    "window {w:?}: sizes must be positive, and a slide at most the size"
+                )));
+            }
+            None => None,
+        };
+        if config.allowed_lateness_ms < 0 {
+            return Err(NodeError::fatal("allowed_lateness_ms must not be negative"));
+        }
         Ok(Aggregator {
+            windows,
+            timed: BTreeSet::new(),
+            updates: BTreeSet::new(),
             store: Store::open(&config.store)?,
             config,
             groups: BTreeSet::new(),
@@ -200,7 +413,7 @@ impl Node for Aggregator {
         })
     }
 
-    fn process<'a>(&mut self, msg: &Message<'a>, _out: &mut Output<'a>) -> Result<(), NodeError> {
+    fn process<'a>(&mut self, msg: &Message<'a>, out: &mut Output<'a>) -> Result<(), NodeError> {
         let Value::Object(obj) = msg.json::<Value>()? else {
             return Err(NodeError::invalid_input("not a JSON object"));
         };
@@ -210,7 +423,21 @@ impl Node for Aggregator {
             .iter()
             .map(|f| Self::field(&obj, f).cloned())
             .collect::<Result<_, _>>()?;
-        let groups = self.groups_of(values, msg.timestamp())?;
+        let groups = match self.windows {
+            None => self.groups_of(values, msg.timestamp())?,
+            Some(windows) => {
+                let at = msg
+                    .timestamp()
+                    .ok_or_else(|| NodeError::invalid_input("windows need a message timestamp"))?;
+                let group = serde_json::to_string(&values).map_err(|e| NodeError::fatal(e.to_string()))?;
+                let groups = self.window_groups(windows, &group, at, out);
+                if groups.is_empty() {
+                    // Too late for every window it falls in.
+                    return out.forward_to("late", msg);
+                }
+                groups
+            }
+        };
         // Read every field before changing anything, so a bad message changes nothing.
         let mut sums = Vec::new();
         let mut extremes = Vec::new();
@@ -262,7 +489,7 @@ impl Node for Aggregator {
         Ok(())
     }
 
-    fn end_batch(&mut self, _out: &mut Output<'_>) -> Result<(), NodeError> {
+    fn end_batch(&mut self, out: &mut Output<'_>) -> Result<(), NodeError> {
         for group in std::mem::take(&mut self.new_groups) {
             self.store.set(&key(&["group", &group]), b"")?;
         }
@@ -300,55 +527,43 @@ impl Node for Aggregator {
             }
         }
         self.increments.flush(&self.store)?;
+        for (w, group) in std::mem::take(&mut self.updates) {
+            self.emit_window_row(w, &group, out)?;
+        }
         Ok(())
     }
 
+    fn on_timer(&mut self, timer: &Timer<'_>, out: &mut Output<'_>) -> Result<(), NodeError> {
+        let Some((what, w)) = parse_window_timer(timer.key) else {
+            return Ok(());
+        };
+        if what == "close" {
+            for group in self.window_groups_held(w)? {
+                self.emit_window_row(w, &group, out)?;
+            }
+            if self.config.allowed_lateness_ms > 0 {
+                let until = w.end.saturating_add(self.config.allowed_lateness_ms);
+                out.set_timer(TimeDomain::EventTime, until, &window_timer("free", w));
+                return Ok(());
+            }
+        }
+        self.free_window(w)
+    }
+
     fn finish(&mut self, out: &mut Output<'_>) -> Result<(), NodeError> {
+        if self.windows.is_some() {
+            // Every window closed when the input ended (the watermark reached its end).
+            return Ok(());
+        }
         let me = flowhost_sdk::replica();
         let mine = |group: &str| fnv1a(group.as_bytes()) % u64::from(me.count.max(1)) == u64::from(me.index);
         let marked = self.store.scan(b"group\0", u32::MAX)?;
         let groups = marked
             .iter()
-            .filter_map(|(k, _)| std::str::from_utf8(&k[6..]).ok());
+            .filter_map(|(k, _)| std::str::from_utf8(&k[6..]).ok())
+            .filter(|g| !g.starts_with("w\0"));
         for group in groups.filter(|g| mine(g)) {
-            let values: Vec<Value> =
-                serde_json::from_str(group).map_err(|e| NodeError::fatal(e.to_string()))?;
-            let mut row: Map<String, Value> = self.group_fields().zip(values).collect();
-            let count = self.counter(&[group, "count"])?.unwrap_or(0);
-            for a in &self.config.aggregates {
-                let field = a.field.as_deref().unwrap_or("");
-                let (name, value) = match a.function {
-                    Function::Count => ("count".to_owned(), Value::from(count)),
-                    Function::Sum => (
-                        format!("sum_{field}"),
-                        Value::from(self.counter(&[group, "sum", field])?.unwrap_or(0)),
-                    ),
-                    Function::Min => (
-                        format!("min_{field}"),
-                        self.counter(&[group, "min", field])?
-                            .map_or(Value::Null, Value::from),
-                    ),
-                    Function::Max => (
-                        format!("max_{field}"),
-                        self.counter(&[group, "max", field])?
-                            .map_or(Value::Null, Value::from),
-                    ),
-                    Function::Avg => {
-                        let sum = self.counter(&[group, "sum", field])?.unwrap_or(0);
-                        let avg = if count > 0 {
-                            Value::from(sum as f64 / count as f64)
-                        } else {
-                            Value::Null
-                        };
-                        (format!("avg_{field}"), avg)
-                    }
-                    Function::CountDistinct => (
-                        format!("count_distinct_{field}"),
-                        Value::from(self.counter(&[group, "distinct", field])?.unwrap_or(0)),
-                    ),
-                };
-                row.insert(name, value);
-            }
+            let row = self.row(group)?;
             out.send(Record::new(Json(Value::Object(row))).key(group.as_bytes().to_vec()))?;
         }
         Ok(())
@@ -470,6 +685,94 @@ mod tests {
             .map(|k| format!(r#"{{"count":2,"k":"{k}"}}"#))
             .collect();
         assert_eq!(all, expected);
+    }
+
+    #[test]
+    fn windows_emit_once_the_watermark_passes_update_within_lateness_and_free_their_state() {
+        let mut node = Harness::<Aggregator>::with_ports(
+            json!({
+                "store": "agg-win",
+                "group_by": ["who"],
+                "aggregates": [{ "fn": "count" }, { "fn": "sum", "field": "n" }],
+                "window": { "kind": "tumbling", "size_ms": 10 },
+                "allowed_lateness_ms": 5,
+            }),
+            &["in"],
+            &["out", "late"],
+        )
+        .unwrap();
+        let at = |who: &str, n: i64, ms: i64| {
+            TestMessage::new(format!(r#"{{"who":"{who}","n":{n}}}"#)).timestamp(ms)
+        };
+        let rows = |out: &flowhost_sdk::testing::Outcome| -> Vec<Value> {
+            out.on("out")
+                .iter()
+                .map(|r| serde_json::from_slice(&r.payload).unwrap())
+                .collect()
+        };
+        let row = |who: &str, start: i64, count: i64, sum: i64| json!({"who": who, "window_start": start, "window_end": start + 10, "count": count, "sum_n": sum});
+        let out = node
+            .process([
+                at("ann", 1, 1),
+                at("ann", 2, 3),
+                at("bob", 5, 4),
+                at("ann", 7, 12),
+            ])
+            .unwrap();
+        assert!(out.records.is_empty(), "no window has closed");
+        assert_eq!(node.timers().len(), 2, "one closing timer per window");
+
+        let closed = node.advance_watermark(10).unwrap();
+        assert_eq!(rows(&closed), [row("ann", 0, 2, 3), row("bob", 0, 1, 5)]);
+        assert!(
+            closed.records.iter().all(|r| r.timestamp == Some(9)),
+            "a row's time is its window's last ms"
+        );
+
+        // Late, within the lateness: the window's row again, updated.
+        let update = node.process([at("ann", 10, 8)]).unwrap();
+        assert_eq!(rows(&update), [row("ann", 0, 3, 13)]);
+
+        // The lateness is over: the window's state is gone, and later records go to `late`.
+        assert!(node.advance_watermark(15).unwrap().records.is_empty());
+        let leftover: Vec<String> = flowhost_sdk::testing::store("agg-win")
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .filter(|k| k.contains("w\u{0}0\u{0}10\u{0}"))
+            .collect();
+        assert!(leftover.is_empty(), "{leftover:?}");
+        let late = node.process([at("ann", 100, 9)]).unwrap();
+        assert_eq!(late.on("late").len(), 1);
+        assert!(late.on("out").is_empty());
+
+        // The end of input closes the rest.
+        assert_eq!(rows(&node.finish().unwrap()), [row("ann", 10, 1, 7)]);
+    }
+
+    #[test]
+    fn hopping_windows_count_a_record_in_each_window_it_falls_in() {
+        let mut node = Harness::<Aggregator>::new(json!({
+            "store": "agg-hop",
+            "group_by": [],
+            "aggregates": [{ "fn": "count" }],
+            "window": { "kind": "hopping", "size_ms": 10, "slide_ms": 5 },
+        }))
+        .unwrap();
+        node.process([
+            TestMessage::new("{}").timestamp(7),
+            TestMessage::new("{}").timestamp(12),
+        ])
+        .unwrap();
+        let rows: Vec<Value> = node
+            .finish()
+            .unwrap()
+            .texts()
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        let row =
+            |start: i64, count: i64| json!({"window_start": start, "window_end": start + 10, "count": count});
+        assert_eq!(rows, [row(0, 1), row(5, 2), row(10, 1)]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::flowhost::node::{log, types};
+use super::bindings::flowhost::node::{log, time, types};
 use super::bindings::{Node, NodePre};
 use super::stdio::GuestOutput;
 use super::{Engine, EngineError, LoadedModule};
@@ -46,6 +46,8 @@ pub struct HostState {
     /// The engine's cut flag ([`super::Engine::cut_flag`]), and whether it ended this call.
     cut: Arc<AtomicBool>,
     was_cut: bool,
+    /// The node's watermark for the current call (`time.watermark`).
+    pub(crate) watermark: Option<i64>,
 }
 
 /// What the host saw of a call that trapped, to say why.
@@ -79,6 +81,12 @@ impl WasiView for HostState {
 }
 
 impl types::Host for HostState {}
+
+impl time::Host for HostState {
+    fn watermark(&mut self) -> Option<i64> {
+        self.watermark
+    }
+}
 
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) {
@@ -315,6 +323,7 @@ impl NodeTemplate {
             logs: self.logs.clone(),
             cut: self.engine.cut_flag(),
             was_cut: false,
+            watermark: None,
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);
@@ -375,6 +384,11 @@ pub struct NodeInstance {
 }
 
 impl NodeInstance {
+    /// The node's watermark for the calls from now on (a reset instance starts with none).
+    pub fn set_watermark(&mut self, watermark: Option<i64>) {
+        self.store.data_mut().watermark = watermark;
+    }
+
     /// Processes one framed batch.
     pub fn process(&mut self, batch: &[u8]) -> Result<Vec<u8>, CallError> {
         self.template.arm(&mut self.store);

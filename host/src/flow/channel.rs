@@ -9,6 +9,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::Duration;
 
 use super::Ack;
+use super::watermark::Marked;
 use crate::message::Msg;
 
 /// What travels on a channel: a batch for one input port of one consumer replica.
@@ -19,6 +20,9 @@ pub struct Envelope {
     pub msgs: Vec<Msg>,
     /// The acknowledgement of the input batch it was made from.
     pub ack: Ack,
+    /// What its producer says about event time after it (see [`super::watermark`]);
+    /// an envelope with no messages carries only this.
+    pub mark: Option<Marked>,
 }
 
 impl Envelope {
@@ -28,6 +32,7 @@ impl Envelope {
             port,
             msgs,
             ack: Ack::none(),
+            mark: None,
         }
     }
 }
@@ -132,11 +137,30 @@ impl Iterator for Mailbox {
 }
 
 /// Batches sent into channels and not yet fully handled by their consumer: when it is
-/// zero, nothing is in flight between the vertices of this process.
+/// zero, nothing is in flight between the vertices of this process. Work that starts on
+/// its own (a timer the wall clock fires) counts here too, and is held off while the
+/// count is frozen for a checkpoint.
 #[derive(Debug, Clone, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight(Arc<AtomicUsize>, Arc<std::sync::atomic::AtomicBool>);
 
 impl InFlight {
+    /// Work that starts on its own may start: counted in flight until `done`; `false`
+    /// (nothing counted) while frozen.
+    pub fn start_own(&self) -> bool {
+        self.sent();
+        if self.1.load(Ordering::SeqCst) {
+            self.done();
+            return false;
+        }
+        true
+    }
+
+    /// Freezes (a checkpoint is waiting for nothing in flight) or thaws: while frozen,
+    /// `start_own` starts nothing.
+    pub fn freeze(&self, frozen: bool) {
+        self.1.store(frozen, Ordering::SeqCst);
+    }
+
     /// A batch is about to enter a channel.
     pub fn sent(&self) {
         self.0.fetch_add(1, Ordering::SeqCst);

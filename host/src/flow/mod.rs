@@ -9,6 +9,7 @@
 mod ack;
 mod channel;
 mod route;
+pub mod watermark;
 
 pub use ack::{Ack, AckStatus, Acknowledged, Token};
 pub use channel::{Envelope, InFlight, Mailbox, Outlet, Received, Sender, channel};

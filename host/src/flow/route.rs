@@ -4,6 +4,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use super::watermark::{Mark, Marked};
 use super::{Ack, Envelope, InFlight, Sender};
 use crate::manifest::Connection;
 use crate::message::Msg;
@@ -16,6 +17,8 @@ pub struct Route {
     next: usize,
     pending: Vec<Vec<Msg>>,
     in_flight: InFlight,
+    /// Per consumer replica, the mark it was sent last.
+    marked: Vec<Option<Mark>>,
 }
 
 impl Route {
@@ -23,6 +26,7 @@ impl Route {
     /// each batch sent is counted in `in_flight`.
     pub fn new(targets: Vec<Sender>, in_port: u16, connection: Connection, in_flight: InFlight) -> Self {
         let pending = targets.iter().map(|_| Vec::new()).collect();
+        let marked = targets.iter().map(|_| None).collect();
         Route {
             targets,
             in_port,
@@ -30,31 +34,47 @@ impl Route {
             next: 0,
             pending,
             in_flight,
+            marked,
         }
     }
 
-    fn send_to(&self, i: usize, msgs: Vec<Msg>, ack: &Ack) {
+    fn send_to(&mut self, i: usize, msgs: Vec<Msg>, ack: &Ack, mark: Option<Marked>) {
+        if let Some(m) = mark {
+            self.marked[i] = Some(m.mark);
+        }
         let env = Envelope {
             port: self.in_port,
             msgs,
             ack: ack.clone(),
+            mark,
         };
         self.targets[i].deliver(env, &self.in_flight);
     }
 
-    /// Sends a batch along this edge; everything sent holds `ack`.
-    pub fn send(&mut self, msgs: Vec<Msg>, ack: &Ack) {
+    /// Sends a batch along this edge, with the producer's current mark; everything sent
+    /// holds `ack`.
+    pub fn send(&mut self, msgs: Vec<Msg>, ack: &Ack, mark: Option<Marked>) {
         // One consumer replica, or round-robin: the batch goes as it is, uncopied.
         if self.targets.len() == 1 || self.connection == Connection::RoundRobin {
             let i = self.next % self.targets.len();
             self.next = self.next.wrapping_add(1);
-            self.send_to(i, msgs, ack);
+            self.send_to(i, msgs, ack, mark);
             return;
         }
         for msg in msgs {
             self.push(msg);
         }
-        self.flush(ack);
+        self.flush(ack, mark);
+    }
+
+    /// Tells every consumer replica the producer's new mark (those told it already are
+    /// not told again): watermarks reach every replica, whatever the connection.
+    pub fn mark(&mut self, mark: Marked) {
+        for i in 0..self.targets.len() {
+            if self.marked[i] != Some(mark.mark) {
+                self.send_to(i, Vec::new(), &Ack::none(), Some(mark));
+            }
+        }
     }
 
     fn push(&mut self, msg: Msg) {
@@ -80,11 +100,11 @@ impl Route {
         }
     }
 
-    fn flush(&mut self, ack: &Ack) {
+    fn flush(&mut self, ack: &Ack, mark: Option<Marked>) {
         for i in 0..self.pending.len() {
             if !self.pending[i].is_empty() {
                 let msgs = std::mem::take(&mut self.pending[i]);
-                self.send_to(i, msgs, ack);
+                self.send_to(i, msgs, ack, mark);
             }
         }
         self.next = self.next.wrapping_add(1);
@@ -95,6 +115,8 @@ impl Route {
 #[derive(Default)]
 pub struct Router {
     ports: Vec<Vec<Route>>,
+    /// The producer's current mark, sent with every batch (none before its first).
+    mark: Option<Marked>,
 }
 
 impl Router {
@@ -102,7 +124,22 @@ impl Router {
     pub fn new(ports: usize) -> Self {
         Router {
             ports: (0..ports).map(|_| Vec::new()).collect(),
+            mark: None,
         }
+    }
+
+    /// The producer says `mark` from now on: every consumer replica of every edge is
+    /// told (after what was sent before), unless it was told already.
+    pub fn mark(&mut self, mark: Marked) {
+        self.mark = Some(mark);
+        for route in self.ports.iter_mut().flatten() {
+            route.mark(mark);
+        }
+    }
+
+    /// The producer's current mark.
+    pub fn current_mark(&self) -> Option<Marked> {
+        self.mark
     }
 
     /// Adds an edge leaving `port`.
@@ -121,9 +158,9 @@ impl Router {
             return false;
         };
         for route in rest {
-            route.send(msgs.clone(), ack);
+            route.send(msgs.clone(), ack, self.mark);
         }
-        last.send(msgs, ack);
+        last.send(msgs, ack, self.mark);
         true
     }
 }

@@ -123,6 +123,9 @@ impl Graph {
     /// Why this graph cannot run over Kafka, if it cannot: what works in-process only
     /// (`validate` says the same with the line, for a manifest that asks for Kafka).
     pub fn kafka_refusal(&self) -> Option<String> {
+        if let Some(s) = self.sources.iter().find(|s| s.watermark.is_some()) {
+            return Some(format!("source `{}`: {EVENT_TIME_IN_PROCESS_ONLY}", s.id));
+        }
         self.edges
             .iter()
             .find(|e| e.connection == Connection::Broadcast)
@@ -135,6 +138,10 @@ impl Graph {
             })
     }
 }
+
+/// Why watermarks are refused over Kafka, for now.
+pub(crate) const EVENT_TIME_IN_PROCESS_ONLY: &str = "`watermark` (event time) runs in-process only for now: \
+     over Kafka, watermarks do not yet travel through topics, so no window would close";
 
 /// Why a broadcast edge is refused over Kafka.
 pub(crate) const BROADCAST_IN_PROCESS_ONLY: &str = "`connection = \"broadcast\"` works in-process only: \
@@ -207,6 +214,19 @@ pub struct SourceSpec {
     pub id: String,
     /// What it reads.
     pub kind: SourceKind,
+    /// The watermarks it produces, if it has event time.
+    pub watermark: Option<WatermarkSpec>,
+}
+
+/// How a source's watermark follows the timestamps it reads (see `flow::watermark`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatermarkSpec {
+    /// How far behind the largest timestamp seen a message may still be on time.
+    pub out_of_orderness: Duration,
+    /// After this long with no message, the source is idle.
+    pub idle: Option<Duration>,
+    /// At most one watermark per this long.
+    pub interval: Duration,
 }
 
 /// What a source reads.

@@ -107,6 +107,25 @@ pub struct RawSource {
     /// `kafka`: the topic to read.
     #[schemars(with = "Option<String>")]
     pub topic: Option<Spanned<String>>,
+    /// Event time: the watermarks this source produces from its messages' timestamps.
+    #[schemars(with = "Option<RawWatermark>")]
+    pub watermark: Option<Spanned<RawWatermark>>,
+}
+
+/// How a source's watermark follows the timestamps it reads: the largest timestamp seen,
+/// less the out-of-orderness allowed.
+#[derive(Debug, Deserialize, JsonSchema, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawWatermark {
+    /// How far behind the largest timestamp seen a message may still be on time
+    /// (milliseconds, default 0).
+    #[serde(default)]
+    pub out_of_orderness_ms: u64,
+    /// After this long with no message, the source is idle: it holds no node's
+    /// watermark back until it reads again (milliseconds; never idle if absent).
+    pub idle_ms: Option<u64>,
+    /// At most one watermark per this many milliseconds (default 200; 0: after every batch).
+    pub interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq)]

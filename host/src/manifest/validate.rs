@@ -11,9 +11,9 @@ use toml::Spanned;
 use super::edges;
 use super::raw::{self, OnError, RawAutoRollback, RawGraph, RawNode, RawRetry, RawSink, RawSource};
 use super::{
-    AutoRollback, CheckpointSpec, Delivery, Diagnostic, ErrorPolicy, Graph, KafkaSpec, ModuleRef, NodeSpec,
-    RetryPolicy, Sandbox, SinkFormat, SinkKind, SinkSpec, SourceKind, SourceSpec, StoreLimits, StoreSpec,
-    Vertex,
+    AutoRollback, CheckpointSpec, Delivery, Diagnostic, EVENT_TIME_IN_PROCESS_ONLY, ErrorPolicy, Graph,
+    KafkaSpec, ModuleRef, NodeSpec, RetryPolicy, Sandbox, SinkFormat, SinkKind, SinkSpec, SourceKind,
+    SourceSpec, StoreLimits, StoreSpec, Transport, Vertex, WatermarkSpec,
 };
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -112,7 +112,12 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
     }
 
     let sink_index = |name: &str| raw.sinks.keys().position(|k| k.get_ref() == name);
-    let sources = raw.sources.iter().map(|(id, s)| source(r, dir, id, s)).collect();
+    let transport = raw.transport.as_ref().map(|t| *t.get_ref()).unwrap_or_default();
+    let sources = raw
+        .sources
+        .iter()
+        .map(|(id, s)| source(r, dir, id, s, transport))
+        .collect();
     let mut nodes: Vec<NodeSpec> = raw
         .nodes
         .iter()
@@ -161,7 +166,7 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
             })
             .collect(),
         checkpoint: checkpoint(r, dir, raw),
-        transport: raw.transport.as_ref().map(|t| *t.get_ref()).unwrap_or_default(),
+        transport,
         kafka: kafka(r, raw),
     }
 }
@@ -276,7 +281,13 @@ fn not_for(r: &mut Report, field: Option<Range<usize>>, name: &str, what: &str) 
     }
 }
 
-fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> SourceSpec {
+fn source(
+    r: &mut Report,
+    dir: &Path,
+    id: &Spanned<String>,
+    s: &RawSource,
+    transport: Transport,
+) -> SourceSpec {
     let name = id.get_ref();
     let kind = *s.kind.get_ref();
     let what = format!("source `{name}` (kind {})", format!("{kind:?}").to_lowercase());
@@ -346,9 +357,40 @@ fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> So
             }
         }
     };
+    let watermark = s.watermark.as_ref().map(|w| {
+        let timed = match &kind {
+            SourceKind::Jsonl { timestamp_field, .. } => timestamp_field.is_some(),
+            SourceKind::Messages { .. } | SourceKind::Generator { .. } | SourceKind::Kafka { .. } => true,
+            SourceKind::File { .. } | SourceKind::Stdin => false,
+        };
+        if !timed {
+            r.at(
+                w.span(),
+                format!(
+                    "source `{name}`: `watermark` needs event time, and its messages have no timestamp{}",
+                    if matches!(kind, SourceKind::Jsonl { .. }) {
+                        " (set `timestamp_field`)"
+                    } else {
+                        " (read them as `jsonl` with a `timestamp_field`, or as `messages`)"
+                    }
+                ),
+            );
+        }
+        if transport == Transport::Kafka {
+            r.at(w.span(), format!("source `{name}`: {EVENT_TIME_IN_PROCESS_ONLY}"));
+        }
+        let w = w.get_ref();
+        let ms = Duration::from_millis;
+        WatermarkSpec {
+            out_of_orderness: ms(w.out_of_orderness_ms),
+            idle: w.idle_ms.map(ms),
+            interval: ms(w.interval_ms.unwrap_or(200)),
+        }
+    });
     SourceSpec {
         id: name.clone(),
         kind,
+        watermark,
     }
 }
 

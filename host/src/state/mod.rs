@@ -550,10 +550,37 @@ pub struct Stores {
     by_name: BTreeMap<String, Arc<Store>>,
 }
 
+/// The store that holds every node's timers (see `topology::timers`): durable when the
+/// graph is, not grantable, not listed with the manifest's stores.
+pub const TIMERS: &str = "flowhost.timers";
+
 impl Stores {
-    /// Empty stores for each `[stores.<name>]` of `graph`.
+    /// Empty stores for each `[stores.<name>]` of `graph`, and its timer store.
     pub fn for_graph(graph: &Graph) -> Self {
-        Self::from_specs(&graph.stores)
+        let timers = StoreSpec {
+            durability: if graph.is_durable() {
+                Durability::Durable
+            } else {
+                Durability::Memory
+            },
+            limits: StoreLimits {
+                max_keys: u64::MAX,
+                max_bytes: u64::MAX,
+                ..StoreLimits::default()
+            },
+            ..StoreSpec::memory(TIMERS)
+        };
+        let mut specs = graph.stores.clone();
+        specs.push(timers);
+        Self::from_specs(&specs)
+    }
+
+    /// The timer store.
+    pub fn timers(&self) -> Arc<Store> {
+        self.by_name
+            .get(TIMERS)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Store::new(TIMERS)))
     }
 
     /// Empty in-memory stores with these names.

@@ -13,6 +13,7 @@ pub mod finish;
 mod replica;
 pub mod status;
 pub mod swap;
+mod timers;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,7 @@ pub use replica::headers;
 pub use status::Status;
 
 use crate::engine::{Engine, EngineError, NodeInstance, NodeSetup, NodeTemplate};
+use crate::flow::watermark::{Generator, Mark, Marked, Time, Watermarks};
 use crate::flow::{Ack, Envelope, InFlight, Mailbox, Route, Router, Sender, channel};
 use crate::io::sink::SinkWriter;
 use crate::io::source;
@@ -36,6 +38,7 @@ use finish::{FinishGate, FinishRecord};
 use replica::Replica;
 use status::{Phase, SinkStatus};
 use swap::NodeVersions;
+use timers::NodeTimers;
 
 /// Runtime knobs (command-line flags, not manifest fields).
 #[derive(Debug, Clone)]
@@ -279,6 +282,8 @@ struct Nodes {
     pub stats: Vec<Arc<NodeStats>>,
     pub versions: Vec<Arc<NodeVersions>>,
     pub status: Arc<Status>,
+    /// Where every replica's timers are kept.
+    pub timers: Arc<crate::state::Store>,
 }
 
 impl Nodes {
@@ -308,6 +313,7 @@ impl Nodes {
             stats,
             versions,
             status,
+            timers: stores.timers(),
         })
     }
 
@@ -330,6 +336,7 @@ impl Nodes {
         dead_letter: Option<Sender>,
         inputs: Vec<Mailbox>,
         (opts, shutdown, in_flight, finish_gate): (&RunOptions, &Arc<Shutdown>, &InFlight, &Arc<FinishGate>),
+        producers: &Producers,
     ) -> Vec<(ReplicaThread, Mailbox)> {
         let spec = &graph.nodes[i];
         let finish_barrier = Arc::new(Barrier::new(spec.replicas as usize));
@@ -363,6 +370,11 @@ impl Nodes {
                     generation: 0,
                     failures: 0,
                     warned_drop: false,
+                    producer: producers.id(Vertex::Node(i), r),
+                    watermarks: Watermarks::new(producers.feeding(graph, Vertex::Node(i))),
+                    mark: None,
+                    event_time: None,
+                    timers: NodeTimers::load(self.timers.clone(), &spec.id, r),
                 };
                 (ReplicaThread(replica), rx)
             })
@@ -400,6 +412,56 @@ impl Nodes {
             stores,
             checkpoints: 0,
         }
+    }
+}
+
+/// Who produces watermarks in this process: a number per source and per node replica,
+/// and how many feed each consumer (none over a transport that carries no watermarks).
+struct Producers {
+    /// Per node, the number of its first replica.
+    first: Vec<u32>,
+    carried: bool,
+}
+
+impl Producers {
+    fn new(graph: &Graph, carried: bool) -> Self {
+        let mut next = graph.sources.len() as u32;
+        let first = graph
+            .nodes
+            .iter()
+            .map(|n| {
+                let at = next;
+                next += n.replicas;
+                at
+            })
+            .collect();
+        Producers { first, carried }
+    }
+
+    /// The number of replica `replica` of `v` (a source: 0).
+    fn id(&self, v: Vertex, replica: usize) -> u32 {
+        match v {
+            Vertex::Source(i) => i as u32,
+            Vertex::Node(i) => self.first[i] + replica as u32,
+            Vertex::Sink(_) => u32::MAX, // sinks produce nothing
+        }
+    }
+
+    /// How many producers feed each replica of `v`: every replica of every vertex with
+    /// an edge to it, each once.
+    fn feeding(&self, graph: &Graph, v: Vertex) -> usize {
+        if !self.carried {
+            return 0;
+        }
+        let mut from: Vec<Vertex> = graph.edges.iter().filter(|e| e.to == v).map(|e| e.from).collect();
+        from.sort();
+        from.dedup();
+        from.iter()
+            .map(|f| match f {
+                Vertex::Node(j) => graph.nodes[*j].replicas as usize,
+                _ => 1,
+            })
+            .sum()
     }
 }
 
@@ -518,6 +580,8 @@ impl<'a> Runner<'a> {
             }
             r
         };
+        // Watermarks travel on this process's channels in-process; over Kafka, not yet.
+        let producers = Producers::new(graph, graph.transport == crate::manifest::Transport::InProcess);
         let mut sources = Vec::new();
         for i in (0..graph.sources.len()).filter(|&i| here(Vertex::Source(i))) {
             let senders = transport.senders(Vertex::Source(i), &local, shutdown)?;
@@ -536,7 +600,16 @@ impl<'a> Runner<'a> {
             let make_router = || router(&senders, spec.outputs.len());
             replicas.push((
                 i,
-                nodes.replicas(graph, i, instances, make_router, dead_letter, rx, context),
+                nodes.replicas(
+                    graph,
+                    i,
+                    instances,
+                    make_router,
+                    dead_letter,
+                    rx,
+                    context,
+                    &producers,
+                ),
             ));
         }
         let mut feeds = Vec::new();
@@ -656,16 +729,35 @@ impl<'a> Runner<'a> {
                     let span = tracing::info_span!("source", source = %spec.id);
                     s.spawn(move || {
                         let _entered = span.enter();
+                        let mut clock = spec
+                            .watermark
+                            .map(|w| (Generator::new(w.out_of_orderness), w.idle));
+                        let marked = |mark, idle_after| Marked {
+                            from: i as u32,
+                            mark,
+                            idle_after,
+                        };
                         let reached = source::run(spec, opts.batch_size, start, shutdown, |batch, at| {
                             read.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            let watermark = clock.as_mut().and_then(|(g, idle)| {
+                                Some((g.observe(batch.iter().map(|m| m.timestamp))?, *idle))
+                            });
                             router.send(0, batch, &Ack::none());
+                            if let Some((t, idle)) = watermark {
+                                router.mark(marked(Mark::At(t), idle));
+                            }
                             transport_ref.source_batch(i, at);
                             true
                         });
+                        let ended = reached.is_ok() && !shutdown.is_stopping();
                         let end = reached.unwrap_or_else(|e| {
                             shutdown.fail(e.to_string());
                             start
                         });
+                        // Read to its end (not stopped): the end of event time.
+                        if ended {
+                            router.mark(marked(Mark::At(Time::MAX), None));
+                        }
                         drop(router);
                         gate.source_ended();
                         if let Err(e) = transport_ref.source_ended(i, end, shutdown) {
@@ -725,7 +817,8 @@ pub(crate) fn drain_sink(
     let mut written = 0;
     let mut broken = false;
     for env in rx {
-        if !broken {
+        // (A batch with no messages carries only a watermark: sinks have no use for it.)
+        if !broken && !env.msgs.is_empty() {
             broken = !write_batch(id, writer, &env, shutdown, &mut written);
             if !broken {
                 status.wrote(&env.msgs);

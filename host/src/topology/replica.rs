@@ -17,12 +17,15 @@ use super::NodeStats;
 use super::finish::FinishGate;
 use super::status::{Phase, ReplicaStatus};
 use super::swap::{NodeVersions, Version};
+use super::timers::NodeTimers;
 use crate::clock::now_millis;
 use crate::engine::{CallError, NodeInstance};
+use crate::flow::watermark::{Mark, Marked, Time, Watermarks};
 use crate::flow::{Ack, Envelope, InFlight, Mailbox, Received, Router, Sender};
 use crate::manifest::{ErrorPolicy, RetryPolicy};
 use crate::message::{self, Msg};
 use crate::shutdown::Shutdown;
+use flowhost_sdk::frame::TimeDomain;
 
 /// Header names on dead-lettered messages.
 pub mod headers {
@@ -83,6 +86,16 @@ pub(super) struct Replica {
     pub failures: u64,
     /// Whether dropped records were reported already.
     pub warned_drop: bool,
+    /// This replica as a producer of watermarks (see [`crate::flow::watermark`]).
+    pub producer: u32,
+    /// Its inputs' watermarks.
+    pub watermarks: Watermarks,
+    /// What it says about event time: its watermark (it never moves back), or idle.
+    pub mark: Option<Mark>,
+    /// Its watermark as the node sees it (stays put while the inputs are idle).
+    pub event_time: Option<Time>,
+    /// Its timers.
+    pub timers: NodeTimers,
 }
 
 impl Replica {
@@ -92,7 +105,7 @@ impl Replica {
         let beat = self.heartbeat;
         // Waiting at most a heartbeat interval, so an idle replica still beats.
         loop {
-            let received = input.recv(beat);
+            let received = input.recv(self.wait(beat));
             // Between batches: where a swapped-in version takes over.
             if self.versions.published() != self.generation {
                 self.switch();
@@ -101,6 +114,14 @@ impl Replica {
                 Received::Batch(env) => env,
                 Received::Idle => {
                     self.status.beat();
+                    // Time moves without input (idleness, the wall clock): not while a
+                    // checkpoint waits for a still graph.
+                    if !stopped && !self.shutdown.is_aborting() && self.in_flight.start_own() {
+                        if let Err(reason) = self.tick() {
+                            stopped = self.stop(reason);
+                        }
+                        self.in_flight.done();
+                    }
                     continue;
                 }
                 Received::Closed => break,
@@ -111,18 +132,26 @@ impl Replica {
             if self.shutdown.is_aborting() {
                 self.abandon(env.msgs.len(), &env.ack);
             } else if !stopped {
-                NodeStats::add(&self.stats.received, env.msgs.len());
-                let started = Instant::now();
                 self.ack = env.ack.clone();
-                if let Err(reason) = self.batch(&env) {
+                if !env.msgs.is_empty() {
+                    NodeStats::add(&self.stats.received, env.msgs.len());
+                    let started = Instant::now();
+                    if let Err(reason) = self.batch(&env) {
+                        stopped = self.stop(reason);
+                    }
+                    self.status.processed(started.elapsed());
+                    let failed = std::mem::take(&mut self.failures);
+                    if let Some(why) = self.version.processed(env.msgs.len(), failed) {
+                        self.versions.roll_back_later(self.version.number, why);
+                    }
+                }
+                if let Some(mark) = &env.mark {
+                    self.watermarks.observe(mark, Instant::now());
+                }
+                if !stopped && let Err(reason) = self.tick() {
                     stopped = self.stop(reason);
                 }
                 self.ack = Ack::none();
-                self.status.processed(started.elapsed());
-                let failed = std::mem::take(&mut self.failures);
-                if let Some(why) = self.version.processed(env.msgs.len(), failed) {
-                    self.versions.roll_back_later(self.version.number, why);
-                }
             }
             self.in_flight.done();
         }
@@ -141,9 +170,110 @@ impl Replica {
                 stopped = self.stop(reason);
             }
         }
+        // Its inputs ended: after what `finish` emitted, the end of event time.
+        if !stopped && self.mark == Some(Mark::At(Time::MAX)) {
+            self.router.mark(self.marked(Mark::At(Time::MAX)));
+        }
         self.status
             .phase
             .set(if stopped { Phase::Failed } else { Phase::Stopped });
+    }
+
+    /// How long to wait for input: a heartbeat interval, or less if a timer or an
+    /// input's idleness is due sooner.
+    fn wait(&self, beat: Duration) -> Duration {
+        let now = Instant::now();
+        let mut wait = beat;
+        if let Some(at) = self.watermarks.next_idle(now) {
+            wait = wait.min(at.saturating_duration_since(now));
+        }
+        if let Some(t) = self.timers.next(TimeDomain::ProcessingTime) {
+            let ms = t.saturating_sub(now_millis()).max(0) as u64;
+            wait = wait.min(Duration::from_millis(ms));
+        }
+        wait.max(Duration::from_millis(1))
+    }
+
+    fn marked(&self, mark: Mark) -> Marked {
+        Marked {
+            from: self.producer,
+            mark,
+            idle_after: None,
+        }
+    }
+
+    /// Time moves on: the watermark from the inputs (and the end of their idleness),
+    /// the timers it and the wall clock reach fire, and the new mark goes downstream
+    /// (the end of event time only after `finish`).
+    fn tick(&mut self) -> Result<(), Stop> {
+        let mark = match self.watermarks.current(Instant::now()) {
+            // A watermark never moves back (an idle input that reads again is behind).
+            Some(Mark::At(t)) => Some(Mark::At(t.max(self.event_time.unwrap_or(Time::MIN)))),
+            other => other,
+        };
+        if let Some(Mark::At(t)) = mark {
+            self.event_time = Some(t);
+        }
+        if let Some(t) = self.event_time {
+            self.fire(TimeDomain::EventTime, t)?;
+        }
+        self.fire(TimeDomain::ProcessingTime, now_millis())?;
+        if let Some(m) = mark
+            && mark != self.mark
+        {
+            self.mark = mark;
+            if m != Mark::At(Time::MAX) {
+                self.router.mark(self.marked(m));
+            }
+        }
+        self.status.event_time(
+            self.event_time,
+            self.mark == Some(Mark::Idle),
+            self.timers.counts(),
+        );
+        Ok(())
+    }
+
+    /// Fires the timers of `domain` due at `now`, a batch of at most 256 at a time,
+    /// until none is due (a timer may set another that is due already).
+    fn fire(&mut self, domain: TimeDomain, now: Time) -> Result<(), Stop> {
+        loop {
+            let due = self.timers.take_due(domain, now, 256);
+            if due.is_empty() {
+                return Ok(());
+            }
+            let input = message::encode_fired(domain, &due);
+            let out = match self.call(&input) {
+                Ok(out) => self.decode_output(out, due.len()),
+                Err(CallError::Cut) => return Ok(()),
+                Err(CallError::Node(e)) if e.kind == ErrorKind::Fatal => {
+                    return Err(format!("on_timer: {e}"));
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match out {
+                Ok(out) => {
+                    self.timers.apply(&out.timers);
+                    self.route(out.ports);
+                    for (_, e) in out.errors {
+                        if e.kind == ErrorKind::Fatal {
+                            return Err(format!("on_timer: {e}"));
+                        }
+                        self.timer_failed(&e.to_string());
+                    }
+                }
+                Err(why) => self.timer_failed(&why),
+            }
+        }
+    }
+
+    /// A fired timer's call failed: counted and said (rate-limited); its timers are gone.
+    fn timer_failed(&mut self, why: &str) {
+        NodeStats::add(&self.stats.errors, 1);
+        if let Some(dropped) = self.stats.warnings.admit() {
+            let note = crate::throttle::dropped_note(dropped);
+            tracing::warn!("a fired timer failed: {why}{note}");
+        }
     }
 
     /// Goes on with the version published last (its instance was started off this thread).
@@ -237,6 +367,7 @@ impl Replica {
                     }
                     Ok(out) => match out.errors.into_iter().next() {
                         None => {
+                            self.timers.apply(&out.timers);
                             self.route(out.ports);
                             return Ok(true);
                         }
@@ -280,6 +411,7 @@ impl Replica {
         if self.shutdown.is_aborting() {
             return Err(CallError::Cut);
         }
+        self.instance.set_watermark(self.event_time);
         let result = self.instance.process(input);
         if let Err(CallError::Trap { reason: trap, .. }) = &result {
             NodeStats::add(&self.stats.traps, 1);
@@ -332,6 +464,7 @@ impl Replica {
 
     /// Routes a checked output batch; per-message errors go to retry or the policy.
     fn deliver(&mut self, out: message::Output, inputs: &[Msg], port: u16) -> Result<(), Stop> {
+        self.timers.apply(&out.timers);
         self.route(out.ports);
         for (index, e) in out.errors {
             let msg = &inputs[index as usize];
@@ -413,6 +546,7 @@ impl Replica {
                         port: 0,
                         msgs: vec![dead],
                         ack: self.ack.clone(),
+                        mark: None,
                     };
                     dlq.deliver(env, &self.in_flight);
                 }

@@ -93,6 +93,12 @@ pub struct ReplicaStatus {
     /// Batches waiting in its channel.
     pub queue: Arc<AtomicUsize>,
     latency: Mutex<Histogram<u64>>,
+    /// Its watermark (`i64::MIN`: none yet).
+    watermark: AtomicI64,
+    /// Whether its inputs are all idle.
+    idle: std::sync::atomic::AtomicBool,
+    /// Timers set: event time, processing time.
+    timers: [AtomicU64; 2],
 }
 
 impl ReplicaStatus {
@@ -102,7 +108,19 @@ impl ReplicaStatus {
             heartbeat: AtomicI64::new(now_millis()),
             queue: Arc::default(),
             latency: Mutex::new(Histogram::new(3).expect("3 significant digits is valid")),
+            watermark: AtomicI64::new(i64::MIN),
+            idle: Default::default(),
+            timers: Default::default(),
         }
+    }
+
+    /// Its event time now: its watermark, whether its inputs are idle, and its timers.
+    pub fn event_time(&self, watermark: Option<i64>, idle: bool, (event, processing): (usize, usize)) {
+        self.watermark
+            .store(watermark.unwrap_or(i64::MIN), Ordering::Relaxed);
+        self.idle.store(idle, Ordering::Relaxed);
+        self.timers[0].store(event as u64, Ordering::Relaxed);
+        self.timers[1].store(processing as u64, Ordering::Relaxed);
     }
 
     /// The replica is alive.
@@ -343,6 +361,11 @@ impl Status {
                                     stale: matches!(phase, Phase::Running | Phase::Draining)
                                         && ago > stale_after,
                                     version: versions.running(index),
+                                    watermark: Some(r.watermark.load(Ordering::Relaxed))
+                                        .filter(|&w| w != i64::MIN),
+                                    idle: r.idle.load(Ordering::Relaxed),
+                                    event_timers: r.timers[0].load(Ordering::Relaxed),
+                                    processing_timers: r.timers[1].load(Ordering::Relaxed),
                                 }
                             })
                             .collect();
@@ -381,6 +404,7 @@ impl Status {
             stores: self
                 .stores
                 .iter()
+                .filter(|s| s.name() != crate::state::TIMERS)
                 .map(|s| StoreReport {
                     name: s.name().to_owned(),
                     keys: s.len() as u64,
@@ -704,6 +728,19 @@ pub struct ReplicaReport {
     /// The module version it runs (during a swap, replicas switch one by one).
     #[serde(default)]
     pub version: u32,
+    /// Its watermark (milliseconds since the epoch; `i64::MAX` once its inputs ended),
+    /// if every input has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<i64>,
+    /// Every input is idle (its watermark holds nobody back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idle: bool,
+    /// Event-time timers set (open windows, for a windowed node).
+    #[serde(default)]
+    pub event_timers: u64,
+    /// Processing-time timers set.
+    #[serde(default)]
+    pub processing_timers: u64,
 }
 
 /// A sink in [`StatusReport`].

@@ -429,7 +429,7 @@ impl Ingress {
         let (ack, acked) = Ack::tracked();
         for (route, msgs) in self.routes.iter_mut().zip(batches) {
             if !msgs.is_empty() {
-                route.send(msgs, &ack);
+                route.send(msgs, &ack, None);
             }
         }
         drop(ack);

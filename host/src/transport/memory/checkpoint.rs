@@ -120,6 +120,7 @@ impl Gate {
     /// the graph is stopping meanwhile.
     fn pause(&self, shutdown: &Shutdown) -> bool {
         self.pausing.store(true, Ordering::SeqCst);
+        self.in_flight.freeze(true);
         let mut s = self.lock();
         while s.parked + s.finished < s.positions.len() {
             if shutdown.is_stopping() {
@@ -147,6 +148,7 @@ impl Gate {
     fn resume(&self) {
         let mut s = self.lock();
         self.pausing.store(false, Ordering::SeqCst);
+        self.in_flight.freeze(false);
         s.epoch += 1;
         s.parked = 0;
         self.changed.notify_all();

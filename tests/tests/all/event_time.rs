@@ -1,0 +1,107 @@
+//! Event time in-process: watermarks from a source's timestamps, windows closed by them,
+//! late records, exact outputs on out-of-order input.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use flowhost::topology::RunOptions;
+use flowhost_tests::{function, graph_in, run_captured_with};
+use serde_json::{Value, json};
+
+/// clicks (jsonl, `ts`, 2 s out of order) -> per-who (10 s tumbling windows, 5 s
+/// lateness, 2 replicas by key) -> out, late.
+fn windows_graph(dir: &std::path::Path, clicks: &[(&str, i64)]) -> Result<flowhost::manifest::Graph> {
+    let lines: String = clicks
+        .iter()
+        .map(|(who, ts)| format!("{{\"who\":\"{who}\",\"ts\":{ts}}}\n"))
+        .collect();
+    std::fs::write(dir.join("clicks.jsonl"), lines)?;
+    graph_in(
+        dir,
+        &format!(
+            r#"name = "windows"
+[stores.win]
+[sources.clicks]
+kind = "jsonl"
+path = "clicks.jsonl"
+key_field = "who"
+timestamp_field = "ts"
+watermark = {{ out_of_orderness_ms = 2000 }}
+[nodes.per-who]
+crate = "{aggregate}"
+replicas = 2
+state = {{ win = "rw" }}
+[nodes.per-who.config]
+store = "win"
+group_by = ["who"]
+aggregates = [{{ fn = "count" }}]
+window = {{ kind = "tumbling", size_ms = 10000 }}
+allowed_lateness_ms = 5000
+[sinks.out]
+kind = "file"
+path = "out.jsonl"
+[sinks.late]
+kind = "file"
+path = "late.jsonl"
+[[edges]]
+from = "clicks"
+to = "per-who"
+connection = "key-hash"
+[[edges]]
+from = "per-who"
+to = "out"
+[[edges]]
+from = "per-who.late"
+to = "late"
+"#,
+            aggregate = function("aggregate").display()
+        ),
+    )
+}
+
+#[test]
+fn out_of_order_clicks_give_each_window_once_then_its_late_updates_and_the_late_port() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Watermark after each record (one record per batch): the largest ts so far - 2 s.
+    let clicks = [
+        ("ann", 1_000),  // wm -1 s
+        ("bob", 3_000),  // wm 1 s
+        ("ann", 12_000), // wm 10 s: [0, 10 s) closes: ann 1, bob 1
+        ("ann", 9_000),  // late by less than 5 s: [0, 10 s) again, ann 2
+        ("bob", 25_000), // wm 23 s: [10 s, 20 s) closes: ann 1; [0, 10 s) is freed
+        ("ann", 14_000), // late by less than 5 s: [10 s, 20 s) again, ann 2
+        ("bob", 8_000),  // [0, 10 s) is past its lateness: to `late`
+    ];
+    let graph = windows_graph(dir.path(), &clicks)?;
+    let opts = RunOptions {
+        batch_size: 1,
+        ..RunOptions::default()
+    };
+    let out = run_captured_with(graph, dir.path(), &opts)?;
+    assert_eq!(out.report.failure, None);
+    // Replicas write to the sink side by side: each key's rows are in order.
+    let mut by_who: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for row in out.json("out") {
+        let who = row["who"].as_str().unwrap().to_owned();
+        assert_eq!(
+            row["window_end"].as_i64().unwrap() - row["window_start"].as_i64().unwrap(),
+            10_000
+        );
+        by_who.entry(who).or_default().push((
+            row["window_start"].as_i64().unwrap(),
+            row["count"].as_i64().unwrap(),
+        ));
+    }
+    assert_eq!(
+        by_who,
+        BTreeMap::from([
+            ("ann".to_owned(), vec![(0, 1), (0, 2), (10_000, 1), (10_000, 2)]),
+            // bob's [20 s, 30 s) closes at the end of input.
+            ("bob".to_owned(), vec![(0, 1), (20_000, 1)]),
+        ])
+    );
+    let late: Vec<Value> = out.json("late");
+    assert_eq!(late, [json!({"who": "bob", "ts": 8_000})]);
+    assert_eq!(out.node("per-who").errors, 0);
+    Ok(())
+}
