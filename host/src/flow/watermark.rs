@@ -52,13 +52,29 @@ impl Generator {
         }
     }
 
+    /// Goes on from `max_seen`, the largest timestamp read before (a resumed source's).
+    pub fn resume(mut self, max_seen: Option<Time>) -> Self {
+        self.max_seen = max_seen;
+        self
+    }
+
+    /// The largest timestamp read.
+    pub fn max_seen(&self) -> Option<Time> {
+        self.max_seen
+    }
+
+    /// The watermark now.
+    pub fn current(&self) -> Option<Time> {
+        self.max_seen.map(|m| m.saturating_sub(self.out_of_orderness))
+    }
+
     /// Takes in the timestamps of a batch; the watermark after it (none before the first
     /// timestamp).
     pub fn observe(&mut self, timestamps: impl IntoIterator<Item = Option<Time>>) -> Option<Time> {
         if let Some(max) = timestamps.into_iter().flatten().max() {
             self.max_seen = Some(self.max_seen.map_or(max, |m| m.max(max)));
         }
-        self.max_seen.map(|m| m.saturating_sub(self.out_of_orderness))
+        self.current()
     }
 }
 

@@ -35,8 +35,11 @@ pub fn run(
             }
         };
         let mut file = File::open(path).map_err(failed("open".into()))?;
-        file.seek(SeekFrom::Start(start.offset))
-            .map_err(failed(format!("resume at byte {}", start.offset)))?;
+        // (From the start, no seek: a named pipe cannot seek.)
+        if start.offset > 0 {
+            file.seek(SeekFrom::Start(start.offset))
+                .map_err(failed(format!("resume at byte {}", start.offset)))?;
+        }
         Ok::<_, IoError>(BufReader::new(file))
     };
     let named = |path: &Path| {

@@ -294,7 +294,8 @@ fn source(
     let file = |r: &mut Report| match &s.path {
         Some(p) => {
             let path = resolve(dir, p);
-            if !path.is_file() {
+            // A file, or a named pipe a writer streams into (not a folder).
+            if !path.exists() || path.is_dir() {
                 r.at(
                     p.span(),
                     format!("source `{name}`: file not found: {}", path.display()),

@@ -687,6 +687,7 @@ impl<'a> Runner<'a> {
             .unzip();
         let transport_ref = &*transport;
         let gate = &*finish_gate;
+        let timers = &*nodes.timers;
         let (sources, sinks) = std::thread::scope(|s| {
             let sinks: Vec<_> = sinks
                 .into_iter()
@@ -729,18 +730,34 @@ impl<'a> Runner<'a> {
                     let span = tracing::info_span!("source", source = %spec.id);
                     s.spawn(move || {
                         let _entered = span.enter();
-                        let mut clock = spec
-                            .watermark
-                            .map(|w| (Generator::new(w.out_of_orderness), w.idle));
                         let marked = |mark, idle_after| Marked {
                             from: i as u32,
                             mark,
                             idle_after,
                         };
+                        // The largest timestamp read is kept with the graph's timers, so a
+                        // source resumed from a checkpoint goes on with its watermark.
+                        let seen_key = format!("source\0{}", spec.id).into_bytes();
+                        let seen = timers
+                            .get(&seen_key)
+                            .and_then(|v| Some(i64::from_le_bytes(v.try_into().ok()?)))
+                            .filter(|_| start != Position::default());
+                        let mut clock = spec.watermark.map(|w| {
+                            let g = Generator::new(w.out_of_orderness).resume(seen);
+                            if let Some(t) = g.current() {
+                                router.mark(marked(Mark::At(t), w.idle));
+                            }
+                            (g, w.idle)
+                        });
                         let reached = source::run(spec, opts.batch_size, start, shutdown, |batch, at| {
                             read.fetch_add(batch.len() as u64, Ordering::Relaxed);
                             let watermark = clock.as_mut().and_then(|(g, idle)| {
-                                Some((g.observe(batch.iter().map(|m| m.timestamp))?, *idle))
+                                let before = g.max_seen();
+                                let t = g.observe(batch.iter().map(|m| m.timestamp))?;
+                                if let Some(max) = g.max_seen().filter(|&m| Some(m) != before) {
+                                    timers.set(seen_key.clone(), max.to_le_bytes().to_vec());
+                                }
+                                Some((t, *idle))
                             });
                             router.send(0, batch, &Ack::none());
                             if let Some((t, idle)) = watermark {

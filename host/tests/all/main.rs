@@ -6,6 +6,7 @@ mod admin;
 mod cli;
 mod common;
 mod durability;
+mod event_time;
 mod fuzz_regressions;
 mod kafka;
 mod reliability;

@@ -170,14 +170,7 @@ to = "out"
 }
 
 #[test]
-fn broadcast_gives_every_replica_every_message() -> Result<()> {
-    for on in BOTH {
-        broadcast_on(on)?;
-    }
-    Ok(())
-}
-
-fn broadcast_on(on: On) -> Result<()> {
+fn broadcast_gives_every_replica_every_message_and_is_refused_over_kafka() -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("in.txt"), "a\nb\nc\n")?;
     let node = "crate = \"{functions}/passthrough\"\nreplicas = 3";
@@ -185,8 +178,16 @@ fn broadcast_on(on: On) -> Result<()> {
         dir.path(),
         &chain("kind = \"file\"\npath = \"in.txt\"", "copy", node, "broadcast"),
     )?;
-    let out = run_captured_on(graph, dir.path(), on)?;
+    let out = run_captured_on(graph.clone(), dir.path(), On::Memory)?;
     assert_eq!(out.sorted("out"), ["a", "a", "a", "b", "b", "b", "c", "c", "c"]);
+    // Over Kafka each process would see only its share of the partitions: refused.
+    let refused = run_captured_on(graph, dir.path(), On::Kafka)
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{refused:#}").contains("`connection = \"broadcast\"` works in-process only"),
+        "{refused:#}"
+    );
     Ok(())
 }
 

@@ -1,0 +1,341 @@
+//! Event time through the binary: windows that close while their input still flows (a
+//! named pipe stays open), an idle source that stops holding them back, a processing-time
+//! timer on a quiet stream, open windows across `kill -9` and a hot swap.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::common::Running;
+
+fn functions() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions")
+}
+
+/// A named pipe at `path`.
+fn fifo(path: &Path) {
+    let ok = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(ok.success(), "mkfifo {}", path.display());
+}
+
+/// The lines of `path` once `ok` holds for them (a bounded wait, not a timing check).
+fn wait_lines(path: &Path, what: &str, ok: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if ok(&lines) {
+            return lines;
+        }
+        assert!(Instant::now() < deadline, "never saw {what}: {lines:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn click(ts: i64) -> String {
+    format!("{{\"ts\":{ts}}}\n")
+}
+
+/// Named-pipe sources `(id, watermark)` -> per-second (1 s tumbling count) -> out.jsonl,
+/// in `dir`.
+fn streaming_windows(dir: &Path, sources: &[(&str, &str)]) {
+    let mut manifest = format!(
+        r#"name = "streaming"
+[stores.win]
+[nodes.per-second]
+crate = "{f}/aggregate"
+state = {{ win = "rw" }}
+config = {{ store = "win", group_by = [], aggregates = [{{ fn = "count" }}], window = {{ kind = "tumbling", size_ms = 1000 }} }}
+[sinks.out]
+kind = "file"
+path = "out.jsonl"
+[[edges]]
+from = "per-second"
+to = "out"
+"#,
+        f = functions().display()
+    );
+    for (id, watermark) in sources {
+        fifo(&dir.join(format!("{id}.jsonl")));
+        manifest.push_str(&format!(
+            "[sources.{id}]\nkind = \"jsonl\"\npath = \"{id}.jsonl\"\ntimestamp_field = \"ts\"\nwatermark = {watermark}\n[[edges]]\nfrom = \"{id}\"\nto = \"per-second\"\n"
+        ));
+    }
+    std::fs::write(dir.join("graph.toml"), manifest).unwrap();
+}
+
+/// Opens the pipe of source `id` for writing (waiting for the source to open it).
+fn writer(dir: &Path, id: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(format!("{id}.jsonl")))
+        .unwrap()
+}
+
+fn row(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn windows_close_while_the_input_flows_and_an_idle_source_stops_holding_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    streaming_windows(
+        dir.path(),
+        &[
+            ("busy", "{ out_of_orderness_ms = 0 }"),
+            ("quiet", "{ idle_ms = 300 }"),
+        ],
+    );
+    let run = Running::start(dir.path(), &["--batch-size", "1"]);
+    // Opening a pipe for writing waits for its reader: the sources are reading.
+    let mut busy = writer(dir.path(), "busy");
+    let mut quiet = writer(dir.path(), "quiet");
+    quiet.write_all(click(500).as_bytes()).unwrap();
+    quiet.flush().unwrap();
+    for ts in [100, 600, 1200] {
+        busy.write_all(click(ts).as_bytes()).unwrap();
+    }
+    busy.flush().unwrap();
+    // `quiet` says 500 and then nothing: once idle, it holds the watermark no longer, and
+    // [0, 1 s) closes at `busy`'s 1200, both pipes still open.
+    let out = dir.path().join("out.jsonl");
+    let lines = wait_lines(&out, "the first window", |l| !l.is_empty());
+    assert_eq!(
+        row(&lines[0]),
+        serde_json::json!({"window_start": 0, "window_end": 1000, "count": 3})
+    );
+    assert_eq!(lines.len(), 1);
+    let status = run.wait_for("the watermark at 1200", |s| {
+        s.nodes[0].replicas[0].watermark == Some(1200)
+    });
+    let replica = &status.nodes[0].replicas[0];
+    assert_eq!(replica.event_timers, 1, "[1 s, 2 s) is open: {replica:?}");
+    assert!(!replica.idle, "`busy` is not idle");
+    // The end of both inputs closes the rest.
+    drop((busy, quiet));
+    let mut run = run;
+    let status = run.child.wait().unwrap();
+    assert!(status.success());
+    let lines = wait_lines(&out, "the last window", |l| l.len() == 2);
+    assert_eq!(
+        row(&lines[1]),
+        serde_json::json!({"window_start": 1000, "window_end": 2000, "count": 1})
+    );
+}
+
+#[test]
+fn a_hot_swap_with_a_window_open_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    streaming_windows(dir.path(), &[("clicks", "{ out_of_orderness_ms = 0 }")]);
+    let run = Running::start(dir.path(), &["--batch-size", "1"]);
+    let mut clicks = writer(dir.path(), "clicks");
+    for ts in [100, 600, 1200] {
+        clicks.write_all(click(ts).as_bytes()).unwrap();
+    }
+    clicks.flush().unwrap();
+    let out = dir.path().join("out.jsonl");
+    wait_lines(&out, "the first window", |l| !l.is_empty());
+    // [1 s, 2 s) holds one click; a new instance takes over (the same module, built again).
+    let module = flowhost::plan::build_crate(&functions().join("aggregate")).unwrap();
+    let swapped = super::common::bin()
+        .args([
+            "swap",
+            "per-second",
+            module.to_str().unwrap(),
+            "--admin",
+            &run.addr,
+        ])
+        .output()
+        .unwrap();
+    assert!(swapped.status.success(), "{}", super::common::text(&swapped));
+    run.wait_for("the swap", |s| s.nodes[0].replicas[0].version == 2);
+    for ts in [1500, 2100] {
+        clicks.write_all(click(ts).as_bytes()).unwrap();
+    }
+    clicks.flush().unwrap();
+    let lines = wait_lines(&out, "the second window", |l| l.len() == 2);
+    assert_eq!(
+        row(&lines[1]),
+        serde_json::json!({"window_start": 1000, "window_end": 2000, "count": 2}),
+        "the click before the swap and the one after"
+    );
+    drop(clicks);
+    let mut run = run;
+    assert!(run.child.wait().unwrap().success());
+}
+
+#[test]
+fn a_processing_time_timer_fires_on_a_stream_with_no_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        "name = \"ticks\"\n[sources.in]\nkind = \"stdin\"\n[nodes.ticker]\ncrate = \"{}/ticker\"\nconfig = {{ every_ms = 200 }}\n[sinks.out]\nkind = \"stdout\"\n[[edges]]\nfrom = \"in\"\nto = \"ticker\"\n[[edges]]\nfrom = \"ticker\"\nto = \"out\"\n",
+        functions().display()
+    );
+    std::fs::write(dir.path().join("graph.toml"), manifest).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .args(["run", "graph.toml"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    stdin.flush().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        seen.push(rx.recv_timeout(Duration::from_secs(120)).expect("a tick"));
+    }
+    // Nothing came after `hello`, and the ticks go on.
+    assert_eq!(
+        seen,
+        [
+            "hello",
+            "tick 1 after 1 messages",
+            "tick 2 after 1 messages",
+            "tick 3 after 1 messages"
+        ]
+    );
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+const CLICKS: i64 = 300_000;
+
+/// clicks (300,000, up to 49 ms out of order) -> per-key (1 s windows, durable store, 2
+/// replicas by key) -> out, checkpointed every 20 ms.
+fn durable_windows() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for i in 0..CLICKS {
+        let ts = i * 10 - (i * 7919) % 50;
+        text.push_str(&format!("{{\"k\":\"k{}\",\"ts\":{ts}}}\n", i % 7));
+    }
+    std::fs::write(dir.path().join("clicks.jsonl"), text).unwrap();
+    let manifest = format!(
+        r#"name = "crash-windows"
+[checkpoint]
+interval_ms = 20
+[stores.win]
+durability = "durable"
+[sources.clicks]
+kind = "jsonl"
+path = "clicks.jsonl"
+key_field = "k"
+timestamp_field = "ts"
+watermark = {{ out_of_orderness_ms = 100 }}
+[nodes.per-key]
+crate = "{f}/aggregate"
+replicas = 2
+state = {{ win = "rw" }}
+config = {{ store = "win", group_by = ["k"], aggregates = [{{ fn = "count" }}], window = {{ kind = "tumbling", size_ms = 1000 }} }}
+[sinks.out]
+kind = "file"
+path = "out.jsonl"
+[[edges]]
+from = "clicks"
+to = "per-key"
+connection = "key-hash"
+[[edges]]
+from = "per-key"
+to = "out"
+"#,
+        f = functions().display()
+    );
+    let path = dir.path().join("graph.toml");
+    std::fs::write(&path, manifest).unwrap();
+    (dir, path)
+}
+
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn kill_9_with_open_windows_then_restart_emits_every_window_once_as_without_the_crash() {
+    let (dir, manifest) = durable_windows();
+    let manifest = manifest.to_str().unwrap();
+    let flowhost = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowhost"));
+        cmd.args(args).env("RUST_LOG", "info");
+        cmd
+    };
+    let run = |args: &[&str]| {
+        let out = flowhost(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    run(&["run", manifest, "--fresh"]);
+    let out = dir.path().join("out.jsonl");
+    let reference = sorted_lines(&out);
+    // 3,000 s of clicks over 7 keys: a row per key and second, every click in one.
+    assert!(reference.len() >= 3_000 * 7, "{}", reference.len());
+    let counted: i64 = reference
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["count"]
+                .as_i64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(counted, CLICKS);
+
+    let state_dir = dir.path().join(".flowhost/crash-windows");
+    let mut child = flowhost(&["run", manifest, "--fresh"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let log = flowhost::state::durable::read(&state_dir).unwrap();
+        if log.records >= 4 && log.resumable().is_some() {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint was written"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL, windows open
+    child.wait().unwrap();
+    let at = flowhost::state::durable::read(&state_dir)
+        .unwrap()
+        .resumable()
+        .unwrap()
+        .sources["clicks"];
+    assert!(
+        at.records > 0 && at.records < CLICKS as u64,
+        "killed mid-run: {at:?}"
+    );
+
+    let stderr = run(&["run", manifest]);
+    assert!(stderr.contains("resuming from the last checkpoint"), "{stderr}");
+    let after = sorted_lines(&out);
+    assert_eq!(after.len(), reference.len(), "every window once");
+    assert!(
+        after == reference,
+        "the windows differ from the run without the crash"
+    );
+}
