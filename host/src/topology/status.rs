@@ -527,6 +527,37 @@ impl Status {
             replicas(&|p| f64::from(u8::from(p.state == Phase::Running && !p.stale))),
         );
         family(
+            "replica_watermark_seconds",
+            "gauge",
+            "The replica's event-time watermark, seconds since the epoch (+Inf once its inputs ended).",
+            replicas(&|p| match p.watermark {
+                Some(i64::MAX) => f64::INFINITY,
+                Some(w) => w as f64 / 1000.0,
+                None => f64::NAN,
+            })
+            .into_iter()
+            .filter(|(_, v)| !v.is_nan())
+            .collect(),
+        );
+        family(
+            "replica_idle",
+            "gauge",
+            "1 if every input of the replica is idle.",
+            replicas(&|p| f64::from(u8::from(p.idle))),
+        );
+        family(
+            "replica_event_timers",
+            "gauge",
+            "Event-time timers set (open windows, for a windowed node).",
+            replicas(&|p| p.event_timers as f64),
+        );
+        family(
+            "replica_processing_timers",
+            "gauge",
+            "Processing-time timers set.",
+            replicas(&|p| p.processing_timers as f64),
+        );
+        family(
             "source_read_total",
             "counter",
             "Messages read by the source.",

@@ -112,6 +112,31 @@ fn windows_close_while_the_input_flows_and_an_idle_source_stops_holding_them_bac
     let replica = &status.nodes[0].replicas[0];
     assert_eq!(replica.event_timers, 1, "[1 s, 2 s) is open: {replica:?}");
     assert!(!replica.idle, "`busy` is not idle");
+    let table = super::common::bin()
+        .args(["status", "--admin", &run.addr])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains(
+            "time   per-second       #0 watermark 1970-01-01T00:00:01.200Z, timers 1 event 0 processing"
+        ),
+        "{table}"
+    );
+    let metrics = ureq::get(&format!("http://{}/metrics", run.addr))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let sample = "{graph=\"streaming\",node=\"per-second\",replica=\"0\"}";
+    for line in [
+        format!("flowhost_replica_watermark_seconds{sample} 1.2"),
+        format!("flowhost_replica_event_timers{sample} 1"),
+        format!("flowhost_replica_idle{sample} 0"),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
+    }
     // The end of both inputs closes the rest.
     drop((busy, quiet));
     let mut run = run;

@@ -85,6 +85,15 @@ pub fn fetch_tail(
     }
 }
 
+/// Milliseconds since the epoch as UTC, `2026-12-02T10:00:00.000Z`.
+fn utc(ms: i64) -> String {
+    // (humantime formats times from the epoch on.)
+    match u64::try_from(ms).map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)) {
+        Ok(t) => humantime::format_rfc3339_millis(t).to_string(),
+        Err(_) => format!("{ms} ms"),
+    }
+}
+
 /// A status as a table for people.
 pub fn table(r: &StatusReport) -> String {
     use std::fmt::Write;
@@ -130,6 +139,29 @@ pub fn table(r: &StatusReport) -> String {
             n.latency_us.p99,
             replicas.join(", ")
         );
+    }
+    for n in &r.nodes {
+        // Event time, for nodes that have any: watermark (UTC), idleness, timers.
+        let timed: Vec<String> = n
+            .replicas
+            .iter()
+            .filter(|p| p.watermark.is_some() || p.event_timers + p.processing_timers > 0)
+            .map(|p| {
+                let watermark = match p.watermark {
+                    None => "none".to_owned(),
+                    Some(i64::MAX) => "end".to_owned(),
+                    Some(ms) => utc(ms),
+                };
+                let idle = if p.idle { " idle" } else { "" };
+                format!(
+                    "#{} watermark {watermark}{idle}, timers {} event {} processing",
+                    p.index, p.event_timers, p.processing_timers
+                )
+            })
+            .collect();
+        if !timed.is_empty() {
+            let _ = writeln!(out, "  time   {:<16} {}", n.id, timed.join("; "));
+        }
     }
     for n in &r.nodes {
         // The latest swaps; the rest are in `--json`.
