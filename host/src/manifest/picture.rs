@@ -78,9 +78,13 @@ fn layout(graph: &Graph) -> (Vec<Item>, Vec<Arrow>) {
             SourceKind::Generator { .. } => "generator",
             SourceKind::Kafka { topic } => &format!("kafka {topic}"),
         };
+        let time = match s.watermark {
+            Some(w) => format!(", watermark −{} ms", w.out_of_orderness.as_millis()),
+            None => String::new(),
+        };
         push(
             vid(Vertex::Source(i)),
-            format!("{} ({kind})", s.id),
+            format!("{} ({kind}{time})", s.id),
             Shape::Source,
         );
     }

@@ -105,3 +105,57 @@ fn out_of_order_clicks_give_each_window_once_then_its_late_updates_and_the_late_
     assert_eq!(out.node("per-who").errors, 0);
     Ok(())
 }
+
+#[test]
+fn the_hourly_stream_example_counts_what_the_batch_example_counts_per_hour() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let load = |name: &str| flowhost::manifest::Graph::load(flowhost_tests::repo().join("graphs").join(name));
+    let opts = RunOptions {
+        batch_size: 1,
+        ..RunOptions::default()
+    };
+    let stream = run_captured_with(load("clicks-hourly.toml")?, dir.path(), &opts)?;
+    assert_eq!(stream.report.failure, None);
+    assert!(
+        stream.lines("late").is_empty(),
+        "nothing is later than the lateness"
+    );
+    let hours: std::collections::BTreeSet<(String, i64, i64)> = stream
+        .json("out")
+        .iter()
+        .map(|r| {
+            let start = r["window_start"].as_i64().unwrap();
+            assert_eq!(r["window_end"].as_i64().unwrap() - start, 3_600_000);
+            (
+                r["customer"].as_str().unwrap().to_owned(),
+                start,
+                r["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(hours.len(), stream.lines("out").len(), "each hour once");
+    // graphs/clicks.toml counts the same clicks per hour at the end of its input.
+    let batch_dir = tempfile::tempdir()?;
+    let batch = flowhost_tests::run_captured(load("clicks.toml")?, batch_dir.path())?;
+    let expected: std::collections::BTreeSet<(String, i64, i64)> = batch
+        .json("out")
+        .iter()
+        .filter(|r| r["bucket"] == "hour")
+        .map(|r| {
+            let start = format!("{}:00:00Z", r["start"].as_str().unwrap());
+            let start = start.parse::<humantime::Timestamp>().unwrap();
+            let ms = std::time::SystemTime::from(start)
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            (
+                r["customer"].as_str().unwrap().to_owned(),
+                ms,
+                r["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(hours, expected);
+    assert_eq!(hours.len(), 13);
+    Ok(())
+}
