@@ -7,7 +7,7 @@
 //! | passthrough | generator → wasm passthrough → counting sink | a hand-written pipeline: same threads, channels, batch size |
 //! | state | `incr` from a guest, one call per message or one `incr_many` per batch | the same store operation, natively |
 //! | wordcount | text file → split → count (wasm), or → tally (host store) | the same logic in plain Rust |
-//! | aggregation | JSON sales → aggregate (wasm, 2 replicas, host store) | the same aggregation in plain Rust; durable store vs memory |
+//! | aggregation | JSON sales → aggregate (wasm, 2 replicas, host store); the same in 1 s event-time windows | the same aggregation (and windows) in plain Rust; durable store vs memory |
 //! | poison | text → faulty (dead-letter) → null, 1% invalid input or 1% panics | the same graph with 0% poison |
 //! | start-up | `flowhost run` of a 10-node graph to its first output, cold and warm cache | — |
 //! | memory | peak RSS of a 10-node graph whose sink has stalled, over time | — |
