@@ -118,7 +118,17 @@ pub enum On {
 pub const BOTH: [On; 2] = [On::Memory, On::Kafka];
 
 /// [`run_captured`] on transport `on`; over Kafka the broker lives as long as the run.
-pub fn run_captured_on(mut graph: Graph, dir: &Path, on: On) -> anyhow::Result<Captured> {
+pub fn run_captured_on(graph: Graph, dir: &Path, on: On) -> anyhow::Result<Captured> {
+    run_captured_on_with(graph, dir, on, &RunOptions::default())
+}
+
+/// [`run_captured_on`] with these run options.
+pub fn run_captured_on_with(
+    mut graph: Graph,
+    dir: &Path,
+    on: On,
+    opts: &RunOptions,
+) -> anyhow::Result<Captured> {
     let _broker = match on {
         On::Memory => None,
         On::Kafka => {
@@ -133,7 +143,7 @@ pub fn run_captured_on(mut graph: Graph, dir: &Path, on: On) -> anyhow::Result<C
             Some(broker)
         }
     };
-    run_captured(graph, dir).with_context(|| format!("on {on:?}"))
+    run_captured_with(graph, dir, opts).with_context(|| format!("on {on:?}"))
 }
 
 /// Runs `graph` with every sink redirected to a file in `dir`, and reads them back.

@@ -68,10 +68,11 @@ impl Route {
     }
 
     /// Tells every consumer replica the producer's new mark (those told it already are
-    /// not told again): watermarks reach every replica, whatever the connection.
+    /// not told again, but an outlet is: it keeps its readers' watermark alive, see
+    /// `transport::kafka::marks`): watermarks reach every replica, whatever the connection.
     pub fn mark(&mut self, mark: Marked) {
         for i in 0..self.targets.len() {
-            if self.marked[i] != Some(mark.mark) {
+            if self.marked[i] != Some(mark.mark) || matches!(self.targets[i], Sender::Outlet(_)) {
                 self.send_to(i, Vec::new(), &Ack::none(), Some(mark));
             }
         }

@@ -115,6 +115,11 @@ impl Default for KafkaSpec {
 }
 
 impl Graph {
+    /// Whether any source makes watermarks (the graph runs on event time).
+    pub fn has_event_time(&self) -> bool {
+        self.sources.iter().any(|s| s.watermark.is_some())
+    }
+
     /// Whether any store is durable (and the run is checkpointed).
     pub fn is_durable(&self) -> bool {
         self.stores.iter().any(|s| s.durability == Durability::Durable)
@@ -123,9 +128,6 @@ impl Graph {
     /// Why this graph cannot run over Kafka, if it cannot: what works in-process only
     /// (`validate` says the same with the line, for a manifest that asks for Kafka).
     pub fn kafka_refusal(&self) -> Option<String> {
-        if let Some(s) = self.sources.iter().find(|s| s.watermark.is_some()) {
-            return Some(format!("source `{}`: {EVENT_TIME_IN_PROCESS_ONLY}", s.id));
-        }
         self.edges
             .iter()
             .find(|e| e.connection == Connection::Broadcast)
@@ -138,10 +140,6 @@ impl Graph {
             })
     }
 }
-
-/// Why watermarks are refused over Kafka, for now.
-pub(crate) const EVENT_TIME_IN_PROCESS_ONLY: &str = "`watermark` (event time) runs in-process only for now: \
-     over Kafka, watermarks do not yet travel through topics, so no window would close";
 
 /// Why a broadcast edge is refused over Kafka.
 pub(crate) const BROADCAST_IN_PROCESS_ONLY: &str = "`connection = \"broadcast\"` works in-process only: \
@@ -225,8 +223,6 @@ pub struct WatermarkSpec {
     pub out_of_orderness: Duration,
     /// After this long with no message, the source is idle.
     pub idle: Option<Duration>,
-    /// At most one watermark per this long.
-    pub interval: Duration,
 }
 
 /// What a source reads.

@@ -124,8 +124,6 @@ pub struct RawWatermark {
     /// After this long with no message, the source is idle: it holds no node's
     /// watermark back until it reads again (milliseconds; never idle if absent).
     pub idle_ms: Option<u64>,
-    /// At most one watermark per this many milliseconds (default 200; 0: after every batch).
-    pub interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,9 @@ use toml::Spanned;
 use super::edges;
 use super::raw::{self, OnError, RawAutoRollback, RawGraph, RawNode, RawRetry, RawSink, RawSource};
 use super::{
-    AutoRollback, CheckpointSpec, Delivery, Diagnostic, EVENT_TIME_IN_PROCESS_ONLY, ErrorPolicy, Graph,
-    KafkaSpec, ModuleRef, NodeSpec, RetryPolicy, Sandbox, SinkFormat, SinkKind, SinkSpec, SourceKind,
-    SourceSpec, StoreLimits, StoreSpec, Transport, Vertex, WatermarkSpec,
+    AutoRollback, CheckpointSpec, Delivery, Diagnostic, ErrorPolicy, Graph, KafkaSpec, ModuleRef, NodeSpec,
+    RetryPolicy, Sandbox, SinkFormat, SinkKind, SinkSpec, SourceKind, SourceSpec, StoreLimits, StoreSpec,
+    Vertex, WatermarkSpec,
 };
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -113,11 +113,7 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
 
     let sink_index = |name: &str| raw.sinks.keys().position(|k| k.get_ref() == name);
     let transport = raw.transport.as_ref().map(|t| *t.get_ref()).unwrap_or_default();
-    let sources = raw
-        .sources
-        .iter()
-        .map(|(id, s)| source(r, dir, id, s, transport))
-        .collect();
+    let sources = raw.sources.iter().map(|(id, s)| source(r, dir, id, s)).collect();
     let mut nodes: Vec<NodeSpec> = raw
         .nodes
         .iter()
@@ -281,13 +277,7 @@ fn not_for(r: &mut Report, field: Option<Range<usize>>, name: &str, what: &str) 
     }
 }
 
-fn source(
-    r: &mut Report,
-    dir: &Path,
-    id: &Spanned<String>,
-    s: &RawSource,
-    transport: Transport,
-) -> SourceSpec {
+fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> SourceSpec {
     let name = id.get_ref();
     let kind = *s.kind.get_ref();
     let what = format!("source `{name}` (kind {})", format!("{kind:?}").to_lowercase());
@@ -377,15 +367,11 @@ fn source(
                 ),
             );
         }
-        if transport == Transport::Kafka {
-            r.at(w.span(), format!("source `{name}`: {EVENT_TIME_IN_PROCESS_ONLY}"));
-        }
         let w = w.get_ref();
         let ms = Duration::from_millis;
         WatermarkSpec {
             out_of_orderness: ms(w.out_of_orderness_ms),
             idle: w.idle_ms.map(ms),
-            interval: ms(w.interval_ms.unwrap_or(200)),
         }
     });
     SourceSpec {

@@ -123,12 +123,19 @@ impl KafkaNames {
             .chain((0..graph.sinks.len()).map(Vertex::Sink))
             .map(inputs_of)
             .collect();
-        let changelogs = graph
+        let mut changelogs: Vec<(String, String)> = graph
             .stores
             .iter()
             .filter(|s| s.durability == Durability::Durable)
             .map(|s| (s.name.clone(), format!("{name}.{}.changelog", s.name)))
             .collect();
+        // The nodes' timers are as durable as the graph's stores.
+        if graph.is_durable() {
+            changelogs.push((
+                crate::state::TIMERS.to_owned(),
+                format!("{name}.timers.changelog"),
+            ));
+        }
         let external = graph
             .sources
             .iter()

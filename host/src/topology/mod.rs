@@ -416,15 +416,16 @@ impl Nodes {
 }
 
 /// Who produces watermarks in this process: a number per source and per node replica,
-/// and how many feed each consumer (none over a transport that carries no watermarks).
+/// and how many feed each consumer.
 struct Producers {
     /// Per node, the number of its first replica.
     first: Vec<u32>,
-    carried: bool,
+    /// Over Kafka: each consumer's producer is its reader.
+    read: bool,
 }
 
 impl Producers {
-    fn new(graph: &Graph, carried: bool) -> Self {
+    fn new(graph: &Graph, read: bool) -> Self {
         let mut next = graph.sources.len() as u32;
         let first = graph
             .nodes
@@ -435,7 +436,7 @@ impl Producers {
                 at
             })
             .collect();
-        Producers { first, carried }
+        Producers { first, read }
     }
 
     /// The number of replica `replica` of `v` (a source: 0).
@@ -448,10 +449,10 @@ impl Producers {
     }
 
     /// How many producers feed each replica of `v`: every replica of every vertex with
-    /// an edge to it, each once.
+    /// an edge to it, each once (over Kafka: the vertex's reader).
     fn feeding(&self, graph: &Graph, v: Vertex) -> usize {
-        if !self.carried {
-            return 0;
+        if self.read {
+            return 1;
         }
         let mut from: Vec<Vertex> = graph.edges.iter().filter(|e| e.to == v).map(|e| e.from).collect();
         from.sort();
@@ -580,8 +581,9 @@ impl<'a> Runner<'a> {
             }
             r
         };
-        // Watermarks travel on this process's channels in-process; over Kafka, not yet.
-        let producers = Producers::new(graph, graph.transport == crate::manifest::Transport::InProcess);
+        // In-process watermarks come from each producer on the channels; over Kafka
+        // from each consumer's reader, which takes them out of its topics.
+        let producers = Producers::new(graph, graph.transport == crate::manifest::Transport::Kafka);
         let mut sources = Vec::new();
         for i in (0..graph.sources.len()).filter(|&i| here(Vertex::Source(i))) {
             let senders = transport.senders(Vertex::Source(i), &local, shutdown)?;

@@ -225,6 +225,11 @@ impl Replica {
             if m != Mark::At(Time::MAX) {
                 self.router.mark(self.marked(m));
             }
+        } else if let Some(m) = self.mark
+            && m != Mark::At(Time::MAX)
+        {
+            // Unchanged: told again only where that keeps it alive (topics).
+            self.router.mark(self.marked(m));
         }
         self.status.event_time(
             self.event_time,

@@ -364,3 +364,169 @@ fn kill_9_with_open_windows_then_restart_emits_every_window_once_as_without_the_
         "the windows differ from the run without the crash"
     );
 }
+
+/// A Kafka graph on `broker`: a named-pipe source keyed by `k` -> per-key (1 s windows
+/// per key, store `win` of `durability`) -> out.jsonl, in `dir`.
+fn kafka_windows(dir: &Path, broker: &super::common::Broker, durability: &str) {
+    fifo(&dir.join("clicks.jsonl"));
+    let manifest = format!(
+        r#"name = "kafka-windows"
+transport = "kafka"
+[kafka]
+brokers = "{brokers}"
+partitions = 4
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 500
+[stores.win]
+durability = "{durability}"
+[sources.clicks]
+kind = "jsonl"
+path = "clicks.jsonl"
+key_field = "k"
+timestamp_field = "ts"
+watermark = {{ out_of_orderness_ms = 0 }}
+[nodes.per-key]
+crate = "{f}/aggregate"
+state = {{ win = "rw" }}
+config = {{ store = "win", group_by = ["k"], aggregates = [{{ fn = "count" }}], window = {{ kind = "tumbling", size_ms = 1000 }} }}
+[sinks.out]
+kind = "file"
+path = "out.jsonl"
+[[edges]]
+from = "clicks"
+to = "per-key"
+connection = "key-hash"
+[[edges]]
+from = "per-key"
+to = "out"
+"#,
+        brokers = broker.addr,
+        durability = durability,
+        f = functions().display()
+    );
+    std::fs::write(dir.join("graph.toml"), manifest).unwrap();
+}
+
+fn keyed(k: &str, ts: i64) -> String {
+    format!("{{\"k\":\"{k}\",\"ts\":{ts}}}\n")
+}
+
+#[test]
+fn over_kafka_two_processes_close_each_window_once_while_the_input_flows() {
+    let broker = super::common::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    kafka_windows(dir.path(), &broker, "memory");
+    // B runs only the node; A the whole graph: the node's partitions are shared.
+    let b = Running::start(dir.path(), &["--nodes", "per-key", "--batch-size", "1"]);
+    b.wait_log("node `per-key`: 4 partition(s) assigned");
+    let a = Running::start(dir.path(), &["--batch-size", "1"]);
+    a.wait_log("sink `out`: 4 partition(s) assigned");
+    b.wait_log("partition(s) assigned");
+    let mut clicks = writer(dir.path(), "clicks");
+    let keys = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"];
+    for ts in [100, 600, 1200] {
+        for k in keys {
+            clicks.write_all(keyed(k, ts).as_bytes()).unwrap();
+        }
+    }
+    clicks.flush().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let first = wait_lines(&out, "every key's first window", |l| l.len() >= keys.len());
+    let rows = |lines: &[String]| -> std::collections::BTreeSet<(String, i64, i64)> {
+        lines
+            .iter()
+            .map(|l| {
+                let r = row(l);
+                let k = r["k"].as_str().unwrap().to_owned();
+                (
+                    k,
+                    r["window_start"].as_i64().unwrap(),
+                    r["count"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let expect = |start: i64, count: i64| -> std::collections::BTreeSet<(String, i64, i64)> {
+        keys.iter().map(|k| (k.to_string(), start, count)).collect()
+    };
+    assert_eq!(rows(&first), expect(0, 2), "the pipe is still open");
+    let shared = [&a, &b]
+        .iter()
+        .filter(|r| {
+            r.status()
+                .nodes
+                .iter()
+                .any(|n| n.id == "per-key" && n.counts.received > 0)
+        })
+        .count();
+    assert_eq!(shared, 2, "both processes took part");
+    drop(clicks);
+    // The end of the input closes [1 s, 2 s) for every key, once. B keeps reading (its
+    // input never ends for it): A's run ends, then B is stopped.
+    let all = wait_lines(&out, "the last windows", |l| l.len() >= 2 * keys.len());
+    let mut want = expect(0, 2);
+    want.extend(expect(1000, 1));
+    assert_eq!(rows(&all), want);
+    assert_eq!(all.len(), 2 * keys.len(), "each window once: {all:?}");
+}
+
+#[test]
+fn over_kafka_an_open_window_comes_back_from_the_changelog_after_kill_9() {
+    let broker = super::common::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    kafka_windows(dir.path(), &broker, "durable");
+    let out = dir.path().join("out.jsonl");
+    let keys = ["k0", "k1", "k2", "k3"];
+    let run = Running::start(dir.path(), &["--batch-size", "1"]);
+    run.wait_log("node `per-key`: 4 partition(s) assigned");
+    let mut clicks = writer(dir.path(), "clicks");
+    for ts in [100, 600, 1200] {
+        for k in keys {
+            clicks.write_all(keyed(k, ts).as_bytes()).unwrap();
+        }
+    }
+    clicks.flush().unwrap();
+    wait_lines(&out, "the first windows", |l| l.len() >= keys.len());
+    // [1 s, 2 s) is open, its clicks and timers committed with the changelog: kill -9.
+    run.wait_for("everything committed", |s| {
+        s.nodes[0].counts.received == 12
+            && s.kafka.as_ref().is_some_and(|k| {
+                k.inputs
+                    .iter()
+                    .all(|g| g.uncommitted_ms.is_none() && g.read.values().sum::<u64>() > 0)
+            })
+    });
+    let mut run = run;
+    run.child.kill().unwrap();
+    run.child.wait().unwrap();
+    drop(clicks);
+    drop(run);
+    std::fs::remove_file(dir.path().join("clicks.jsonl")).unwrap();
+
+    // The next run reads only later clicks: [1 s, 2 s) closes from what the changelog
+    // brought back (its count and its timer), once.
+    fifo(&dir.path().join("clicks.jsonl"));
+    let run = Running::start(dir.path(), &["--batch-size", "1"]);
+    let mut clicks = writer(dir.path(), "clicks");
+    for k in keys {
+        clicks.write_all(keyed(k, 2600).as_bytes()).unwrap();
+    }
+    clicks.flush().unwrap();
+    let lines = wait_lines(&out, "the windows left open", |l| l.len() >= 2 * keys.len());
+    let second: std::collections::BTreeSet<(String, i64, i64)> = lines[keys.len()..]
+        .iter()
+        .map(|l| {
+            let r = row(l);
+            (
+                r["k"].as_str().unwrap().to_owned(),
+                r["window_start"].as_i64().unwrap(),
+                r["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let want: std::collections::BTreeSet<(String, i64, i64)> =
+        keys.iter().map(|k| (k.to_string(), 1000, 1)).collect();
+    assert_eq!(second, want);
+    drop(clicks);
+    drop(run);
+}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use flowhost::topology::RunOptions;
 use flowhost_tests::{function, graph_in, run_captured_with};
 use serde_json::{Value, json};
@@ -108,13 +108,20 @@ fn out_of_order_clicks_give_each_window_once_then_its_late_updates_and_the_late_
 
 #[test]
 fn the_hourly_stream_example_counts_what_the_batch_example_counts_per_hour() -> Result<()> {
+    for on in flowhost_tests::BOTH {
+        hourly_on(on).with_context(|| format!("on {on:?}"))?;
+    }
+    Ok(())
+}
+
+fn hourly_on(on: flowhost_tests::On) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let load = |name: &str| flowhost::manifest::Graph::load(flowhost_tests::repo().join("graphs").join(name));
     let opts = RunOptions {
         batch_size: 1,
         ..RunOptions::default()
     };
-    let stream = run_captured_with(load("clicks-hourly.toml")?, dir.path(), &opts)?;
+    let stream = flowhost_tests::run_captured_on_with(load("clicks-hourly.toml")?, dir.path(), on, &opts)?;
     assert_eq!(stream.report.failure, None);
     assert!(
         stream.lines("late").is_empty(),

@@ -520,6 +520,8 @@ pub struct TopicOut {
     pub producer: Arc<Producer>,
     /// Told when a message cannot be sent.
     pub shutdown: Arc<Shutdown>,
+    /// Where the producers' watermarks go, for a topic into a node of an event-time graph.
+    pub marks: Option<super::marks::MarkOut>,
 }
 
 impl Outlet for TopicOut {
@@ -531,6 +533,12 @@ impl Outlet for TopicOut {
                 env.ack.fail();
                 return;
             }
+        }
+        if let Some(marks) = &self.marks
+            && let Err(e) = marks.send(&self.producer, &self.topic, &env)
+        {
+            self.shutdown
+                .fail(format!("cannot send a watermark to topic `{}`: {e}", self.topic));
         }
     }
 }

@@ -18,11 +18,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Headers as _;
 use rdkafka::producer::Producer as _;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::changelog::Changelog;
 use super::client::{ClientError, Doing, Health, Link, Producer, flush, to_msg};
+use super::marks::{Marker, ReaderMarks};
 use crate::flow::{Ack, AckStatus, Acknowledged, Route};
 use crate::message::Msg;
 use crate::shutdown::Shutdown;
@@ -330,7 +332,14 @@ pub struct Ingress {
     pub shutdown: Arc<Shutdown>,
     /// Set once everything upstream has ended: end when caught up with every input.
     pub drain: Arc<AtomicBool>,
+    /// In an event-time graph: the watermarks of the partitions read (see `marks`).
+    pub marks: Option<ReaderMarks>,
+    /// The partitions assigned when last looked (for watermarks).
+    pub assigned: Vec<(usize, i32)>,
 }
+
+/// The reader, as a producer of watermarks for its vertex's replicas (their only one).
+pub const READER: u32 = u32::MAX - 1;
 
 /// The end of a partition as the last fetch response said (librdkafka keeps it per
 /// partition it fetches; rdkafka does not wrap the call).
@@ -388,7 +397,8 @@ impl Ingress {
         Ok(self.consumer)
     }
 
-    /// Polls up to a batch and hands it on; the number of messages.
+    /// Polls up to a batch and hands it on (markers kept out of it, for the watermark);
+    /// the number of messages.
     fn poll(&mut self) -> Result<usize, ClientError> {
         let mut batches: Vec<Vec<Msg>> = vec![Vec::new(); self.routes.len()];
         let mut offsets: Offsets = Vec::new();
@@ -401,14 +411,27 @@ impl Ingress {
                     let Some(t) = self.topics.iter().position(|t| t == m.topic()) else {
                         continue;
                     };
-                    batches[t].push(to_msg(&m));
                     let (p, next) = (m.partition(), m.offset() + 1);
                     match offsets.iter_mut().find(|(ot, op, _)| *ot == t && *op == p) {
                         Some(o) => o.2 = next,
                         None => offsets.push((t, p, next)),
                     }
-                    n += 1;
                     wait = Duration::ZERO;
+                    if let Some(marks) = &mut self.marks {
+                        let headers = m
+                            .headers()
+                            .map(|h| Marker::parse(h.iter().map(|h| (h.key, h.value.unwrap_or_default()))));
+                        if let Some(Some(marker)) = headers {
+                            marks.marker(t, p, marker);
+                            continue;
+                        }
+                        let msg = to_msg(&m);
+                        marks.record(t, p, msg.timestamp);
+                        batches[t].push(msg);
+                    } else {
+                        batches[t].push(to_msg(&m));
+                    }
+                    n += 1;
                 }
                 Some(Err(e)) => {
                     tracing::debug!("{}: poll: {e}", self.name);
@@ -416,7 +439,8 @@ impl Ingress {
                 }
             }
         }
-        if n == 0 {
+        if offsets.is_empty() {
+            self.tell_marks()?;
             return Ok(0);
         }
         let health = &self.consumer.context().link.health;
@@ -434,7 +458,38 @@ impl Ingress {
         }
         drop(ack);
         self.consumer.context().committer().push(acked, offsets);
+        self.tell_marks()?;
         Ok(n)
+    }
+
+    /// Tells the vertex the watermark over the partitions assigned now, if it moved.
+    fn tell_marks(&mut self) -> Result<(), ClientError> {
+        let Some(marks) = &mut self.marks else {
+            return Ok(());
+        };
+        let assigned: Vec<(usize, i32)> = self
+            .consumer
+            .assignment()?
+            .elements()
+            .iter()
+            .filter_map(|e| Some((self.topics.iter().position(|t| t == e.topic())?, e.partition())))
+            .collect();
+        if assigned != self.assigned {
+            let gone: Vec<(usize, i32)> = self
+                .assigned
+                .iter()
+                .filter(|p| !assigned.contains(p))
+                .copied()
+                .collect();
+            marks.revoked(&gone);
+            self.assigned = assigned;
+        }
+        if let Some(mark) = marks.changed(&self.assigned, READER) {
+            for route in &mut self.routes {
+                route.mark(mark);
+            }
+        }
+        Ok(())
     }
 
     /// Whether this vertex's group has read and committed every input partition to its

@@ -19,6 +19,7 @@ mod changelog;
 pub mod client;
 mod ingress;
 mod instance;
+mod marks;
 pub mod progress;
 
 use std::collections::BTreeMap;
@@ -92,18 +93,22 @@ impl<'p> KafkaTransport<'p> {
             return Err(TransportError::Refused(why));
         }
         let kafka = Kafka::new(&graph.kafka).map_err(|e| TransportError::Refused(format!("{e:#}")))?;
-        let instance = match graph.kafka.delivery {
-            Delivery::ExactlyOnce => {
-                let claimed = instance::Instance::claim(&graph.name)
-                    .map_err(|e| TransportError::Refused(e.to_string()))?;
+        // This process's stable place: its transactional ids, and the name of its
+        // watermarks' producers.
+        let eos = graph.kafka.delivery == Delivery::ExactlyOnce;
+        let instance = if eos || graph.has_event_time() {
+            let claimed =
+                instance::Instance::claim(&graph.name).map_err(|e| TransportError::Refused(e.to_string()))?;
+            if eos {
                 tracing::info!(
                     "transactional ids of this process: {}.<node>.{}",
                     graph.name,
                     claimed.name
                 );
-                Some(claimed)
             }
-            Delivery::AtLeastOnce => None,
+            Some(claimed)
+        } else {
+            None
         };
         let flags = || -> Vec<Arc<AtomicBool>> {
             (0..graph.nodes.len() + graph.sinks.len())
@@ -315,7 +320,7 @@ impl Transport for KafkaTransport<'_> {
         let names = &self.plan.kafka;
         let id = graph.id(from);
         let transactional_id = match from {
-            Vertex::Node(_) => self
+            Vertex::Node(_) if self.eos() => self
                 .instance
                 .as_ref()
                 .map(|i| names.transactional_id(id, &i.name)),
@@ -327,22 +332,34 @@ impl Transport for KafkaTransport<'_> {
             .map_err(|e| TransportError::setup(format!("{from} `{id}`"), e))?;
         let slot = self.producer_slot(from);
         self.producers[slot] = Some(producer.clone());
-        let to_topic = |topic: &str| {
+        let to_topic = |topic: &str, marks: Option<marks::MarkOut>| {
             Sender::Outlet(Arc::new(TopicOut {
                 topic: topic.to_owned(),
                 producer: producer.clone(),
                 shutdown: shutdown.clone(),
+                marks,
             }))
         };
-        let edges = graph
-            .edges
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.from == from)
-            .map(|(e, _)| (e, vec![to_topic(names.edge(e))]))
-            .collect();
+        let mut edges = Vec::new();
+        for (e, edge) in graph.edges.iter().enumerate().filter(|(_, e)| e.from == from) {
+            let topic = names.edge(e);
+            // Watermarks go where a node reads: not to sinks, not to Kafka sinks' topics.
+            let marks = match (&self.instance, edge.to) {
+                (Some(place), Vertex::Node(_)) if graph.has_event_time() => Some(marks::MarkOut {
+                    process: place.name.clone(),
+                    partitions: self
+                        .kafka
+                        .partitions(topic)
+                        .map_err(|e| TransportError::setup(format!("topic `{topic}`"), e))?
+                        .unwrap_or(graph.kafka.partitions),
+                    written: Default::default(),
+                }),
+                _ => None,
+            };
+            edges.push((e, vec![to_topic(topic, marks)]));
+        }
         let dead_letter = match from {
-            Vertex::Node(i) => names.dead_letter(i).map(to_topic),
+            Vertex::Node(i) => names.dead_letter(i).map(|t| to_topic(t, None)),
             _ => None,
         };
         Ok(Senders { edges, dead_letter })
@@ -361,11 +378,13 @@ impl Transport for KafkaTransport<'_> {
                 let producer = self.producers[self.producer_slot(v)]
                     .clone()
                     .expect("a node's senders are wired before its feed");
+                // The stores it may write, and the timers every node may set.
                 let writes = graph.nodes[i]
                     .state
                     .iter()
                     .filter(|(_, a)| *a == Access::ReadWrite)
-                    .map(|(s, _)| s.as_str());
+                    .map(|(s, _)| s.as_str())
+                    .chain([crate::state::TIMERS]);
                 let written = self
                     .changelog
                     .as_ref()
@@ -398,6 +417,21 @@ impl Transport for KafkaTransport<'_> {
             batch_size: self.batch_size,
             shutdown: shutdown.clone(),
             drain: self.drains[self.slot(v)].clone(),
+            // Only nodes use watermarks.
+            marks: (graph.has_event_time() && matches!(v, Vertex::Node(_))).then(|| {
+                marks::ReaderMarks::new(
+                    topics
+                        .iter()
+                        .map(|i| match i.from {
+                            Vertex::Source(s) => graph.sources[s]
+                                .watermark
+                                .filter(|_| matches!(graph.sources[s].kind, SourceKind::Kafka { .. })),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            }),
+            assigned: Vec::new(),
         };
         Ok(Some(Box::new(Reader {
             ingress,
