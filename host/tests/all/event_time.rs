@@ -39,9 +39,10 @@ fn click(ts: i64) -> String {
 
 /// Named-pipe sources `(id, watermark)` -> per-second (1 s tumbling count) -> out.jsonl,
 /// in `dir`.
-fn streaming_windows(dir: &Path, sources: &[(&str, &str)]) {
+fn streaming_windows(dir: &Path, sources: &[(&str, &str)], head: &str) {
     let mut manifest = format!(
         r#"name = "streaming"
+{head}
 [stores.win]
 [nodes.per-second]
 crate = "{f}/aggregate"
@@ -86,6 +87,7 @@ fn windows_close_while_the_input_flows_and_an_idle_source_stops_holding_them_bac
             ("busy", "{ out_of_orderness_ms = 0 }"),
             ("quiet", "{ idle_ms = 300 }"),
         ],
+        "",
     );
     let run = Running::start(dir.path(), &["--batch-size", "1"]);
     // Opening a pipe for writing waits for its reader: the sources are reading.
@@ -152,7 +154,7 @@ fn windows_close_while_the_input_flows_and_an_idle_source_stops_holding_them_bac
 #[test]
 fn a_hot_swap_with_a_window_open_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
-    streaming_windows(dir.path(), &[("clicks", "{ out_of_orderness_ms = 0 }")]);
+    streaming_windows(dir.path(), &[("clicks", "{ out_of_orderness_ms = 0 }")], "");
     let run = Running::start(dir.path(), &["--batch-size", "1"]);
     let mut clicks = writer(dir.path(), "clicks");
     for ts in [100, 600, 1200] {
@@ -388,10 +390,13 @@ watermark = {{ out_of_orderness_ms = 0 }}
 [nodes.per-key]
 crate = "{f}/aggregate"
 state = {{ win = "rw" }}
-config = {{ store = "win", group_by = ["k"], aggregates = [{{ fn = "count" }}], window = {{ kind = "tumbling", size_ms = 1000 }} }}
+config = {{ store = "win", group_by = ["k"], aggregates = [{{ fn = "count" }}], window = {{ kind = "tumbling", size_ms = 1000 }}, allowed_lateness_ms = 1000 }}
 [sinks.out]
 kind = "file"
 path = "out.jsonl"
+[sinks.late]
+kind = "file"
+path = "late.jsonl"
 [[edges]]
 from = "clicks"
 to = "per-key"
@@ -399,12 +404,58 @@ connection = "key-hash"
 [[edges]]
 from = "per-key"
 to = "out"
+[[edges]]
+from = "per-key.late"
+to = "late"
 "#,
         brokers = broker.addr,
         durability = durability,
         f = functions().display()
     );
     std::fs::write(dir.join("graph.toml"), manifest).unwrap();
+}
+
+#[test]
+fn over_kafka_an_idle_source_stops_holding_windows_back_after_its_timeout() {
+    let broker = super::common::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = format!(
+        "transport = \"kafka\"\n[kafka]\nbrokers = \"{}\"\npartitions = 4\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500",
+        broker.addr
+    );
+    streaming_windows(
+        dir.path(),
+        &[
+            ("busy", "{ out_of_orderness_ms = 0 }"),
+            ("quiet", "{ idle_ms = 300 }"),
+        ],
+        &kafka,
+    );
+    let run = Running::start(dir.path(), &["--batch-size", "1"]);
+    run.wait_log("node `per-second`: 8 partition(s) assigned"); // two topics of 4
+    let mut busy = writer(dir.path(), "busy");
+    let mut quiet = writer(dir.path(), "quiet");
+    quiet.write_all(click(500).as_bytes()).unwrap();
+    quiet.flush().unwrap();
+    for ts in [100, 600, 1200] {
+        busy.write_all(click(ts).as_bytes()).unwrap();
+    }
+    busy.flush().unwrap();
+    // `quiet`'s markers said 500 with a 300 ms timeout, then nothing: it stops counting,
+    // and [0, 1 s) closes at `busy`'s 1200 with both pipes open.
+    let out = dir.path().join("out.jsonl");
+    let lines = wait_lines(&out, "the first window", |l| !l.is_empty());
+    assert_eq!(
+        row(&lines[0]),
+        serde_json::json!({"window_start": 0, "window_end": 1000, "count": 3})
+    );
+    drop((busy, quiet));
+    let lines = wait_lines(&out, "the last window", |l| l.len() == 2);
+    assert_eq!(
+        row(&lines[1]),
+        serde_json::json!({"window_start": 1000, "window_end": 2000, "count": 1})
+    );
+    drop(run);
 }
 
 fn keyed(k: &str, ts: i64) -> String {
@@ -460,14 +511,36 @@ fn over_kafka_two_processes_close_each_window_once_while_the_input_flows() {
         })
         .count();
     assert_eq!(shared, 2, "both processes took part");
+    let send = |clicks: &mut std::fs::File, ts: i64| {
+        for k in keys {
+            clicks.write_all(keyed(k, ts).as_bytes()).unwrap();
+        }
+        clicks.flush().unwrap();
+    };
+    // Every replica's watermark has passed 1 s (each key's row is out): a click at 0.5 s
+    // is late by less than the lateness: each key's [0, 1 s) again, with 3.
+    send(&mut clicks, 500);
+    let lines = wait_lines(&out, "the late updates", |l| l.len() >= 2 * keys.len());
+    assert_eq!(rows(&lines[keys.len()..]), expect(0, 3));
+    // 2.1 s closes [1 s, 2 s) everywhere; then a click at 0.7 s is past the lateness.
+    send(&mut clicks, 2100);
+    let lines = wait_lines(&out, "the second windows", |l| l.len() >= 3 * keys.len());
+    assert_eq!(rows(&lines[2 * keys.len()..]), expect(1000, 1));
+    send(&mut clicks, 700);
+    let late = wait_lines(&dir.path().join("late.jsonl"), "the late clicks", |l| {
+        l.len() >= keys.len()
+    });
+    assert!(late.iter().all(|l| row(l)["ts"] == 700), "{late:?}");
     drop(clicks);
-    // The end of the input closes [1 s, 2 s) for every key, once. B keeps reading (its
-    // input never ends for it): A's run ends, then B is stopped.
-    let all = wait_lines(&out, "the last windows", |l| l.len() >= 2 * keys.len());
-    let mut want = expect(0, 2);
-    want.extend(expect(1000, 1));
-    assert_eq!(rows(&all), want);
-    assert_eq!(all.len(), 2 * keys.len(), "each window once: {all:?}");
+    // The end of the input closes [2 s, 3 s) for every key, once.
+    let all = wait_lines(&out, "the last windows", |l| l.len() >= 4 * keys.len());
+    assert_eq!(rows(&all[3 * keys.len()..]), expect(2000, 1));
+    assert_eq!(
+        all.len(),
+        4 * keys.len(),
+        "each window once, and once per update: {all:?}"
+    );
+    assert_eq!(late.len(), keys.len());
 }
 
 #[test]
@@ -491,9 +564,10 @@ fn over_kafka_an_open_window_comes_back_from_the_changelog_after_kill_9() {
     run.wait_for("everything committed", |s| {
         s.nodes[0].counts.received == 12
             && s.kafka.as_ref().is_some_and(|k| {
-                k.inputs
-                    .iter()
-                    .all(|g| g.uncommitted_ms.is_none() && g.read.values().sum::<u64>() > 0)
+                k.inputs.iter().all(|g| g.uncommitted_ms.is_none())
+                    && k.inputs
+                        .iter()
+                        .any(|g| g.vertex == "node `per-key`" && g.read.values().sum::<u64>() == 12)
             })
     });
     let mut run = run;
