@@ -19,8 +19,9 @@
 //! from all of them — also after a restart that resumed from a checkpoint, and
 //! cumulatively over runs when the store is durable.
 //!
-//! With `window` (`{ kind = "tumbling", size_ms }` or `{ kind = "hopping", size_ms,
-//! slide_ms }`), groups are split by event-time window instead, and each window's rows
+//! With `window` (`{ kind = "tumbling", size_ms }`, `{ kind = "hopping", size_ms,
+//! slide_ms }` or `{ kind = "session", gap_ms }`), groups are split by event-time window
+//! instead, and each window's rows
 //! are emitted once the node's watermark passes the window's end, while the input still
 //! flows: one row per group, with `window_start` and `window_end` (milliseconds), its
 //! timestamp the window's last millisecond. A record for a window the watermark has
@@ -31,6 +32,13 @@
 //! reached it, under keys of its own: route by `key-hash` on the group-by fields for one
 //! row per group and window (round-robin gives a row per replica that saw the group).
 //! Window keys: `w\0<start>\0<end>\0<replica>\0<group>…`, markers under `group\0w\0…`.
+//!
+//! A session is one group's: a record at `t` opens `[t, t + gap_ms)`, and sessions it
+//! overlaps merge into one (their state moves into it: counts and sums add, minima and
+//! maxima combine, distinct values are counted once); a session closes when the
+//! watermark passes its end, i.e. `gap_ms` after its last record. A late record within
+//! the lateness that extends an emitted session reopens it: it is emitted again when the
+//! watermark passes its new end. Each group's open sessions: `sessions\0<replica>\0<group>`.
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Datelike, Timelike};
@@ -105,6 +113,11 @@ pub enum WindowConfig {
         /// Distance between starts, in milliseconds.
         slide_ms: i64,
     },
+    /// A window per group and burst of records less than `gap_ms` apart.
+    Session {
+        /// The quiet time that ends a session, in milliseconds.
+        gap_ms: i64,
+    },
 }
 
 /// An event-time bucket, in UTC.
@@ -158,6 +171,13 @@ pub struct Aggregator {
     timed: BTreeSet<Window>,
     /// Groups of windows already emitted that this batch changed: emitted again.
     updates: BTreeSet<(Window, String)>,
+    /// Session windows: each group's open sessions, as read from and written back to
+    /// the store (`sessions\0<replica>\0<group>`), and those this batch changed.
+    sessions: BTreeMap<String, Vec<Window>>,
+    touched: BTreeSet<String>,
+    /// Sessions merged into others this batch (old group, new group), moved in order
+    /// once the batch's writes are flushed.
+    moves: Vec<(String, String)>,
 }
 
 /// The prefix of window `w`'s keys written by this replica.
@@ -165,18 +185,27 @@ fn window_prefix(w: Window) -> String {
     format!("w\0{}\0{}\0{}\0", w.start, w.end, flowhost_sdk::replica().index)
 }
 
-/// Timer keys: `close\0<start>\0<end>` emits the window, `free\0…` deletes its state.
+/// Timer keys: `close\0<start>\0<end>` emits the window, `free\0…` deletes its state;
+/// a session's add `\0<group>` (a session is one group's).
 fn window_timer(what: &str, w: Window) -> Vec<u8> {
     format!("{what}\0{}\0{}", w.start, w.end).into_bytes()
 }
 
-fn parse_window_timer(key: &[u8]) -> Option<(&str, Window)> {
+fn session_timer(what: &str, w: Window, group: &str) -> Vec<u8> {
+    format!("{what}\0{}\0{}\0{group}", w.start, w.end).into_bytes()
+}
+
+fn parse_window_timer(key: &[u8]) -> Option<(&str, Window, Option<&str>)> {
     let text = std::str::from_utf8(key).ok()?;
-    let mut parts = text.split('\0');
+    let mut parts = text.splitn(4, '\0');
     let what = parts.next()?;
     let start = parts.next()?.parse().ok()?;
     let end = parts.next()?.parse().ok()?;
-    Some((what, Window { start, end }))
+    Some((what, Window { start, end }, parts.next()))
+}
+
+fn sessions_key(group: &str) -> Vec<u8> {
+    format!("sessions\0{}\0{group}", flowhost_sdk::replica().index).into_bytes()
 }
 
 /// A hash that is the same in every replica and every build (FNV-1a, 64 bits).
@@ -219,6 +248,148 @@ impl Aggregator {
                 json(&v)
             })
             .collect()
+    }
+
+    /// With session windows: the session group a record of `group` at `at` counts in
+    /// (none: too late), merging the sessions it bridges. The merged session's close
+    /// timer replaces theirs; their state moves into it at the end of the batch.
+    fn session_group(
+        &mut self,
+        gap: i64,
+        group: &str,
+        at: i64,
+        out: &mut Output<'_>,
+    ) -> Result<Option<String>, NodeError> {
+        let wm = watermark();
+        let lateness = self.config.allowed_lateness_ms;
+        if !self.sessions.contains_key(group) {
+            let held: Vec<(i64, i64)> = match self.store.get(&sessions_key(group))? {
+                Some(v) => serde_json::from_slice(&v).map_err(|e| NodeError::fatal(e.to_string()))?,
+                None => Vec::new(),
+            };
+            let held = held
+                .into_iter()
+                .map(|(start, end)| Window { start, end })
+                .collect();
+            self.sessions.insert(group.to_owned(), held);
+        }
+        let open = self.sessions.get_mut(group).expect("loaded");
+        let mine = Window {
+            start: at,
+            end: at.saturating_add(gap),
+        };
+        let (bridged, rest): (Vec<Window>, Vec<Window>) = open
+            .iter()
+            .partition(|s| mine.start < s.end && s.start < mine.end);
+        let merged = bridged.iter().fold(mine, |m, s| Window {
+            start: m.start.min(s.start),
+            end: m.end.max(s.end),
+        });
+        if wm.is_some_and(|wm| wm >= merged.end.saturating_add(lateness)) {
+            return Ok(None);
+        }
+        let name = |w: Window| format!("{}{group}", window_prefix(w));
+        for old in &bridged {
+            out.delete_timer(
+                TimeDomain::EventTime,
+                old.end,
+                &session_timer("close", *old, group),
+            );
+            out.delete_timer(
+                TimeDomain::EventTime,
+                old.end.saturating_add(lateness),
+                &session_timer("free", *old, group),
+            );
+            if *old != merged {
+                self.moves.push((name(*old), name(merged)));
+            }
+        }
+        if wm.is_some_and(|wm| wm >= merged.end) {
+            // Emitted already: emitted again, freed later.
+            self.updates.insert((merged, name(merged)));
+            let until = merged.end.saturating_add(lateness);
+            out.set_timer(
+                TimeDomain::EventTime,
+                until,
+                &session_timer("free", merged, group),
+            );
+        } else {
+            out.set_timer(
+                TimeDomain::EventTime,
+                merged.end,
+                &session_timer("close", merged, group),
+            );
+        }
+        *open = rest;
+        open.push(merged);
+        open.sort();
+        self.touched.insert(group.to_owned());
+        Ok(Some(name(merged)))
+    }
+
+    /// Moves session `from`'s state into session `to` (both full group names).
+    fn move_session(&mut self, from: &str, to: &str) -> Result<(), NodeError> {
+        let prefix = format!("{from}\0");
+        for (k, v) in self.store.scan(prefix.as_bytes(), u32::MAX)? {
+            let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let target = key(&[to, &rest]);
+            let value = counter(&v);
+            match rest.split('\0').next() {
+                Some("count" | "sum") => {
+                    self.store.incr(&target, value.unwrap_or(0))?;
+                }
+                Some(which @ ("min" | "max")) => {
+                    let mine = self.store.get(&target)?.as_deref().and_then(counter);
+                    let best = match (mine, value) {
+                        (Some(a), Some(b)) if which == "min" => a.min(b),
+                        (Some(a), Some(b)) => a.max(b),
+                        (a, b) => a.or(b).unwrap_or(0),
+                    };
+                    self.store.set(&target, &best.to_le_bytes())?;
+                }
+                // A distinct value new to the target counts there once.
+                Some("seen") if self.store.compare_and_swap(&target, None, Some(b"1"))? => {
+                    let field = rest.split('\0').nth(1).unwrap_or("");
+                    self.store.incr(&key(&[to, "distinct", field]), 1)?;
+                }
+                // `distinct` counts are recounted from the markers; a marker the target
+                // had already adds nothing.
+                _ => {}
+            }
+            self.store.delete(&k)?;
+        }
+        self.store.delete(&key(&["group", from]))?;
+        self.store.set(&key(&["group", to]), b"")?;
+        self.groups.remove(from);
+        self.groups.insert(to.to_owned());
+        Ok(())
+    }
+
+    /// Deletes session `w` of `group`: its state and its place in the group's sessions.
+    fn free_session(&mut self, w: Window, group: &str) -> Result<(), NodeError> {
+        let name = format!("{}{group}", window_prefix(w));
+        let prefix = format!("{name}\0");
+        for (k, _) in self.store.scan(prefix.as_bytes(), u32::MAX)? {
+            self.store.delete(&k)?;
+        }
+        self.store.delete(&key(&["group", &name]))?;
+        self.groups.remove(&name);
+        let held: Vec<(i64, i64)> = match self.store.get(&sessions_key(group))? {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| NodeError::fatal(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let left: Vec<(i64, i64)> = held
+            .into_iter()
+            .filter(|&(s, e)| (s, e) != (w.start, w.end))
+            .collect();
+        if left.is_empty() {
+            self.store.delete(&sessions_key(group))?;
+        } else {
+            let json = serde_json::to_vec(&left).map_err(|e| NodeError::fatal(e.to_string()))?;
+            self.store.set(&sessions_key(group), &json)?;
+        }
+        self.sessions.remove(group);
+        Ok(())
     }
 
     /// With `window`: the window groups a record at `at` counts in (none: it is too late
@@ -389,6 +560,7 @@ impl Node for Aggregator {
             {
                 Some(Windows::hopping(size_ms, slide_ms))
             }
+            Some(WindowConfig::Session { gap_ms }) if gap_ms > 0 => Some(Windows::session(gap_ms)),
             Some(w) => {
                 return Err(NodeError::fatal(format!(
                     "window {w:?}: sizes must be positive, and a slide at most the size"
@@ -403,6 +575,9 @@ impl Node for Aggregator {
             windows,
             timed: BTreeSet::new(),
             updates: BTreeSet::new(),
+            sessions: BTreeMap::new(),
+            touched: BTreeSet::new(),
+            moves: Vec::new(),
             store: Store::open(&config.store)?,
             config,
             groups: BTreeSet::new(),
@@ -423,20 +598,12 @@ impl Node for Aggregator {
             .iter()
             .map(|f| Self::field(&obj, f).cloned())
             .collect::<Result<_, _>>()?;
-        let groups = match self.windows {
-            None => self.groups_of(values, msg.timestamp())?,
-            Some(windows) => {
-                let at = msg
-                    .timestamp()
-                    .ok_or_else(|| NodeError::invalid_input("windows need a message timestamp"))?;
-                let group = serde_json::to_string(&values).map_err(|e| NodeError::fatal(e.to_string()))?;
-                let groups = self.window_groups(windows, &group, at, out);
-                if groups.is_empty() {
-                    // Too late for every window it falls in.
-                    return out.forward_to("late", msg);
-                }
-                groups
-            }
+        let at = match self.windows {
+            Some(_) => Some(
+                msg.timestamp()
+                    .ok_or_else(|| NodeError::invalid_input("windows need a message timestamp"))?,
+            ),
+            None => None,
         };
         // Read every field before changing anything, so a bad message changes nothing.
         let mut sums = Vec::new();
@@ -452,6 +619,23 @@ impl Node for Aggregator {
                 Function::CountDistinct => distinct.push((Self::field(&obj, &field)?.to_string(), field)),
             }
         }
+        let groups = match (self.windows, at) {
+            (Some(windows), Some(at)) => {
+                let group = serde_json::to_string(&values).map_err(|e| NodeError::fatal(e.to_string()))?;
+                let groups = match windows {
+                    Windows::Session { gap } => {
+                        self.session_group(gap, &group, at, out)?.into_iter().collect()
+                    }
+                    _ => self.window_groups(windows, &group, at, out),
+                };
+                if groups.is_empty() {
+                    // Too late for every window it falls in.
+                    return out.forward_to("late", msg);
+                }
+                groups
+            }
+            _ => self.groups_of(values, msg.timestamp())?,
+        };
         // `sum` and `avg` of one field share one sum; `avg` needs the count.
         sums.sort_by(|a, b| a.1.cmp(&b.1));
         sums.dedup_by(|a, b| a.1 == b.1);
@@ -527,16 +711,41 @@ impl Node for Aggregator {
             }
         }
         self.increments.flush(&self.store)?;
+        // Sessions merged this batch: their state moves into the merged one, in order.
+        for (from, to) in std::mem::take(&mut self.moves) {
+            self.move_session(&from, &to)?;
+        }
+        for group in std::mem::take(&mut self.touched) {
+            let held: Vec<(i64, i64)> = self.sessions[&group].iter().map(|w| (w.start, w.end)).collect();
+            let json = serde_json::to_vec(&held).map_err(|e| NodeError::fatal(e.to_string()))?;
+            self.store.set(&sessions_key(&group), &json)?;
+        }
         for (w, group) in std::mem::take(&mut self.updates) {
-            self.emit_window_row(w, &group, out)?;
+            // (A session merged into a later one later in the batch is emitted as that.)
+            let merged_away = matches!(self.windows, Some(Windows::Session { .. }))
+                && !self.sessions.values().flatten().any(|s| *s == w);
+            if !merged_away {
+                self.emit_window_row(w, &group, out)?;
+            }
         }
         Ok(())
     }
 
     fn on_timer(&mut self, timer: &Timer<'_>, out: &mut Output<'_>) -> Result<(), NodeError> {
-        let Some((what, w)) = parse_window_timer(timer.key) else {
+        let Some((what, w, session)) = parse_window_timer(timer.key) else {
             return Ok(());
         };
+        if let Some(group) = session {
+            if what == "close" {
+                self.emit_window_row(w, &format!("{}{group}", window_prefix(w)), out)?;
+                if self.config.allowed_lateness_ms > 0 {
+                    let until = w.end.saturating_add(self.config.allowed_lateness_ms);
+                    out.set_timer(TimeDomain::EventTime, until, &session_timer("free", w, group));
+                    return Ok(());
+                }
+            }
+            return self.free_session(w, group);
+        }
         if what == "close" {
             for group in self.window_groups_held(w)? {
                 self.emit_window_row(w, &group, out)?;
@@ -773,6 +982,67 @@ mod tests {
         let row =
             |start: i64, count: i64| json!({"window_start": start, "window_end": start + 10, "count": count});
         assert_eq!(rows, [row(0, 1), row(5, 2), row(10, 1)]);
+    }
+
+    #[test]
+    fn session_windows_grow_merge_close_after_the_gap_and_take_late_records_within_the_lateness() {
+        let mut node = Harness::<Aggregator>::with_ports(
+            json!({
+                "store": "agg-sess",
+                "group_by": ["who"],
+                "aggregates": [{ "fn": "count" }, { "fn": "max", "field": "n" }, { "fn": "count_distinct", "field": "n" }],
+                "window": { "kind": "session", "gap_ms": 10 },
+                "allowed_lateness_ms": 5,
+            }),
+            &["in"],
+            &["out", "late"],
+        )
+        .unwrap();
+        let at = |who: &str, n: i64, ms: i64| {
+            TestMessage::new(format!(r#"{{"who":"{who}","n":{n}}}"#)).timestamp(ms)
+        };
+        let rows = |out: &flowhost_sdk::testing::Outcome| -> Vec<Value> {
+            out.on("out")
+                .iter()
+                .map(|r| serde_json::from_slice(&r.payload).unwrap())
+                .collect()
+        };
+        let row = |who: &str, start: i64, end: i64, count: i64, max: i64, distinct: i64| json!({"who": who, "window_start": start, "window_end": end, "count": count, "max_n": max, "count_distinct_n": distinct});
+        // ann: [0, 10) and [25, 35); 8 grows the first to [0, 18); 16 bridges both into
+        // [0, 35). bob: one session.
+        node.process([at("ann", 1, 0), at("ann", 2, 25), at("bob", 7, 3)])
+            .unwrap();
+        assert_eq!(node.timers().len(), 3, "a closing timer per session");
+        node.process([at("ann", 2, 8)]).unwrap();
+        node.process([at("ann", 3, 16)]).unwrap();
+        assert_eq!(
+            node.timers().len(),
+            2,
+            "ann's sessions merged into one, one timer"
+        );
+        let closed = node.advance_watermark(20).unwrap();
+        assert_eq!(rows(&closed), [row("bob", 3, 13, 1, 7, 1)]);
+        let closed = node.advance_watermark(35).unwrap();
+        assert_eq!(
+            rows(&closed),
+            [row("ann", 0, 35, 4, 3, 3)],
+            "merged state: count 4, n in {{1, 2, 3}}"
+        );
+        // Late by less than the lateness, it extends the emitted session to [0, 40),
+        // which is emitted again when the watermark gets there.
+        assert!(node.process([at("ann", 9, 30)]).unwrap().records.is_empty());
+        let again = node.advance_watermark(40).unwrap();
+        assert_eq!(rows(&again), [row("ann", 0, 40, 5, 9, 4)]);
+        // Past the lateness: to `late`; and the sessions' state is gone once they are done.
+        node.advance_watermark(100).unwrap();
+        let late = node.process([at("ann", 1, 20)]).unwrap();
+        assert_eq!(late.on("late").len(), 1);
+        let left: Vec<String> = flowhost_sdk::testing::store("agg-sess")
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(node.finish().unwrap().records.is_empty());
     }
 
     #[test]

@@ -10,7 +10,11 @@ use serde_json::{Value, json};
 
 /// clicks (jsonl, `ts`, 2 s out of order) -> per-who (10 s tumbling windows, 5 s
 /// lateness, 2 replicas by key) -> out, late.
-fn windows_graph(dir: &std::path::Path, clicks: &[(&str, i64)]) -> Result<flowhost::manifest::Graph> {
+fn windows_graph(
+    dir: &std::path::Path,
+    clicks: &[(&str, i64)],
+    window: &str,
+) -> Result<flowhost::manifest::Graph> {
     let lines: String = clicks
         .iter()
         .map(|(who, ts)| format!("{{\"who\":\"{who}\",\"ts\":{ts}}}\n"))
@@ -35,7 +39,7 @@ state = {{ win = "rw" }}
 store = "win"
 group_by = ["who"]
 aggregates = [{{ fn = "count" }}]
-window = {{ kind = "tumbling", size_ms = 10000 }}
+window = {window}
 allowed_lateness_ms = 5000
 [sinks.out]
 kind = "file"
@@ -72,7 +76,7 @@ fn out_of_order_clicks_give_each_window_once_then_its_late_updates_and_the_late_
         ("ann", 14_000), // late by less than 5 s: [10 s, 20 s) again, ann 2
         ("bob", 8_000),  // [0, 10 s) is past its lateness: to `late`
     ];
-    let graph = windows_graph(dir.path(), &clicks)?;
+    let graph = windows_graph(dir.path(), &clicks, r#"{ kind = "tumbling", size_ms = 10000 }"#)?;
     let opts = RunOptions {
         batch_size: 1,
         ..RunOptions::default()
@@ -164,5 +168,46 @@ fn hourly_on(on: flowhost_tests::On) -> Result<()> {
         .collect();
     assert_eq!(hours, expected);
     assert_eq!(hours.len(), 13);
+    Ok(())
+}
+
+#[test]
+fn sessions_merge_across_out_of_order_clicks_and_close_a_gap_after_their_last() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // 3 s gaps; the watermark trails the largest ts by 2 s.
+    let clicks = [
+        ("ann", 1_000),
+        ("ann", 2_500),  // ann [1 s, 5.5 s)
+        ("bob", 3_000),  // bob [3 s, 6 s)
+        ("ann", 9_000),  // wm 7 s: ann [1 s, 5.5 s) and bob close; ann [9 s, 12 s) opens
+        ("ann", 7_000),  // on time (wm 7 s): [7 s, 10 s) merges with [9 s, 12 s) into [7 s, 12 s)
+        ("bob", 20_000), // wm 18 s: ann [7 s, 12 s) closes
+    ];
+    let graph = windows_graph(dir.path(), &clicks, r#"{ kind = "session", gap_ms = 3000 }"#)?;
+    let opts = RunOptions {
+        batch_size: 1,
+        ..RunOptions::default()
+    };
+    let out = run_captured_with(graph, dir.path(), &opts)?;
+    assert_eq!(out.report.failure, None);
+    let mut by_who: BTreeMap<String, Vec<(i64, i64, i64)>> = BTreeMap::new();
+    for row in out.json("out") {
+        by_who
+            .entry(row["who"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                row["window_start"].as_i64().unwrap(),
+                row["window_end"].as_i64().unwrap(),
+                row["count"].as_i64().unwrap(),
+            ));
+    }
+    assert_eq!(
+        by_who,
+        BTreeMap::from([
+            ("ann".to_owned(), vec![(1_000, 5_500, 2), (7_000, 12_000, 2)]),
+            ("bob".to_owned(), vec![(3_000, 6_000, 1), (20_000, 23_000, 1)]),
+        ])
+    );
+    assert!(out.lines("late").is_empty());
     Ok(())
 }
