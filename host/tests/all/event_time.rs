@@ -604,3 +604,63 @@ fn over_kafka_an_open_window_comes_back_from_the_changelog_after_kill_9() {
     drop(clicks);
     drop(run);
 }
+
+#[test]
+fn over_kafka_a_kafka_source_makes_watermarks_from_its_record_timestamps() {
+    let broker = super::common::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = format!(
+        "transport = \"kafka\"\n[kafka]\nbrokers = \"{}\"\npartitions = 4\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n",
+        broker.addr
+    );
+    // One graph writes timestamped clicks to a topic (40 keys: every partition gets some)...
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    let mut text = String::new();
+    for ts in [100, 600, 1200] {
+        for k in &keys {
+            text.push_str(&keyed(k, ts));
+        }
+    }
+    std::fs::write(dir.path().join("clicks.jsonl"), text).unwrap();
+    let feeder = format!(
+        "name = \"feeder\"\n{kafka}[sources.file]\nkind = \"jsonl\"\npath = \"clicks.jsonl\"\nkey_field = \"k\"\ntimestamp_field = \"ts\"\n[nodes.pass]\ncrate = \"{f}/passthrough\"\n[sinks.topic]\nkind = \"kafka\"\ntopic = \"raw-clicks\"\n[[edges]]\nfrom = \"file\"\nto = \"pass\"\n[[edges]]\nfrom = \"pass\"\nto = \"topic\"\n",
+        f = functions().display()
+    );
+    std::fs::write(dir.path().join("feeder.toml"), feeder).unwrap();
+    let fed = super::common::bin()
+        .args(["run", "feeder.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(fed.status.success(), "{}", super::common::text(&fed));
+    // ... and a graph reading that topic closes windows by its records' timestamps.
+    let reader = format!(
+        "name = \"reader\"\n{kafka}[stores.win]\n[sources.clicks]\nkind = \"kafka\"\ntopic = \"raw-clicks\"\nwatermark = {{ out_of_orderness_ms = 0 }}\n[nodes.per-key]\ncrate = \"{f}/aggregate\"\nstate = {{ win = \"rw\" }}\nconfig = {{ store = \"win\", group_by = [\"k\"], aggregates = [{{ fn = \"count\" }}], window = {{ kind = \"tumbling\", size_ms = 1000 }} }}\n[sinks.out]\nkind = \"file\"\npath = \"out.jsonl\"\n[[edges]]\nfrom = \"clicks\"\nto = \"per-key\"\n[[edges]]\nfrom = \"per-key\"\nto = \"out\"\n",
+        f = functions().display()
+    );
+    std::fs::write(dir.path().join("graph.toml"), reader).unwrap();
+    let run = Running::start(dir.path(), &[]);
+    let lines = wait_lines(&dir.path().join("out.jsonl"), "the first windows", |l| {
+        l.len() >= keys.len()
+    });
+    let rows: std::collections::BTreeSet<(String, i64, i64)> = lines
+        .iter()
+        .map(|l| {
+            let r = row(l);
+            (
+                r["k"].as_str().unwrap().to_owned(),
+                r["window_start"].as_i64().unwrap(),
+                r["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let want: std::collections::BTreeSet<(String, i64, i64)> =
+        keys.iter().map(|k| (k.clone(), 0, 2)).collect();
+    assert_eq!(
+        rows, want,
+        "[0, 1 s) closed by the 1.2 s records; [1 s, 2 s) stays open"
+    );
+    let status = run.status();
+    assert_eq!(status.nodes[0].replicas[0].watermark, Some(1200));
+    drop(run);
+}

@@ -481,7 +481,13 @@ impl Ingress {
                 .filter(|p| !assigned.contains(p))
                 .copied()
                 .collect();
+            let added: Vec<(usize, i32)> = assigned
+                .iter()
+                .filter(|p| !self.assigned.contains(p))
+                .copied()
+                .collect();
             marks.revoked(&gone);
+            marks.assigned(&added);
             self.assigned = assigned;
         }
         if let Some(mark) = marks.changed(&self.assigned, READER) {

@@ -237,6 +237,21 @@ impl ReaderMarks {
         }
     }
 
+    /// Partitions newly assigned: a Kafka source's that has no record yet counts as
+    /// heard now (so its idleness timeout can pass); others wait for a marker.
+    pub fn assigned(&mut self, added: &[(usize, i32)]) {
+        let now = Instant::now();
+        for &(t, p) in added {
+            if let Some(Some(spec)) = self.sources.get(t) {
+                self.partitions.entry((t, p)).or_insert_with(|| Partition::Timed {
+                    generator: Generator::new(spec.out_of_orderness),
+                    heard: now,
+                    idle: spec.idle,
+                });
+            }
+        }
+    }
+
     /// Partitions no longer assigned are forgotten.
     pub fn revoked(&mut self, gone: &[(usize, i32)]) {
         for p in gone {
