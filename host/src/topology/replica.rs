@@ -45,6 +45,9 @@ pub mod headers {
     pub const PATH: &str = "flowhost-path";
 }
 
+/// Batches of fired timers one tick runs at most.
+const FIRINGS_PER_TICK: usize = 64;
+
 /// Why a replica stops the graph.
 type Stop = String;
 
@@ -155,6 +158,20 @@ impl Replica {
             }
             self.in_flight.done();
         }
+        // The end of event time: every event-time timer fires before `finish` (a tick at
+        // a time, so a node that keeps setting due ones is cut off, not waited on).
+        let mut ticks = 0;
+        while !stopped
+            && !self.shutdown.is_aborting()
+            && self.mark == Some(Mark::At(Time::MAX))
+            && self.timers.next(TimeDomain::EventTime).is_some()
+            && ticks < 1_000
+        {
+            ticks += 1;
+            if let Err(reason) = self.fire(TimeDomain::EventTime, Time::MAX) {
+                stopped = self.stop(reason);
+            }
+        }
         self.versions.ended(self.index);
         self.status.phase.set(Phase::Draining);
         self.status.beat();
@@ -190,6 +207,12 @@ impl Replica {
         if let Some(t) = self.timers.next(TimeDomain::ProcessingTime) {
             let ms = t.saturating_sub(now_millis()).max(0) as u64;
             wait = wait.min(Duration::from_millis(ms));
+        }
+        // Timers left due by the last tick: at once.
+        if let (Some(t), Some(now)) = (self.timers.next(TimeDomain::EventTime), self.event_time)
+            && t <= now
+        {
+            wait = Duration::ZERO;
         }
         wait.max(Duration::from_millis(1))
     }
@@ -240,9 +263,11 @@ impl Replica {
     }
 
     /// Fires the timers of `domain` due at `now`, a batch of at most 256 at a time,
-    /// until none is due (a timer may set another that is due already).
+    /// until none is due (a timer may set another that is due already) — at most
+    /// [`FIRINGS_PER_TICK`] batches: a node that keeps setting due timers does not hold
+    /// its replica here; the rest fire at the next tick.
     fn fire(&mut self, domain: TimeDomain, now: Time) -> Result<(), Stop> {
-        loop {
+        for _ in 0..FIRINGS_PER_TICK {
             let due = self.timers.take_due(domain, now, 256);
             if due.is_empty() {
                 return Ok(());
@@ -270,6 +295,7 @@ impl Replica {
                 Err(why) => self.timer_failed(&why),
             }
         }
+        Ok(())
     }
 
     /// A fired timer's call failed: counted and said (rate-limited); its timers are gone.
