@@ -74,6 +74,37 @@ fn writer(dir: &Path, id: &str) -> std::fs::File {
         .unwrap()
 }
 
+/// Feeds the `busy` and `quiet` pipes of [`streaming_windows`]: `quiet` says 500 and
+/// then nothing; once it is idle it holds the watermark no longer, and [0, 1 s) closes at
+/// `busy`'s 1200 — checked, both pipes still open. The pipes, to close.
+fn feed_busy_and_quiet(dir: &Path) -> (std::fs::File, std::fs::File) {
+    // Opening a pipe for writing waits for its reader: the sources are reading.
+    let mut busy = writer(dir, "busy");
+    let mut quiet = writer(dir, "quiet");
+    quiet.write_all(click(500).as_bytes()).unwrap();
+    quiet.flush().unwrap();
+    for ts in [100, 600, 1200] {
+        busy.write_all(click(ts).as_bytes()).unwrap();
+    }
+    busy.flush().unwrap();
+    let lines = wait_lines(&dir.join("out.jsonl"), "the first window", |l| !l.is_empty());
+    assert_eq!(
+        row(&lines[0]),
+        serde_json::json!({"window_start": 0, "window_end": 1000, "count": 3})
+    );
+    assert_eq!(lines.len(), 1);
+    (busy, quiet)
+}
+
+/// Once both pipes are closed, the end of input closes [1 s, 2 s).
+fn the_end_closes_the_last_window(dir: &Path) {
+    let lines = wait_lines(&dir.join("out.jsonl"), "the last window", |l| l.len() == 2);
+    assert_eq!(
+        row(&lines[1]),
+        serde_json::json!({"window_start": 1000, "window_end": 2000, "count": 1})
+    );
+}
+
 fn row(line: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap()
 }
@@ -90,24 +121,7 @@ fn windows_close_while_the_input_flows_and_an_idle_source_stops_holding_them_bac
         "",
     );
     let run = Running::start(dir.path(), &["--batch-size", "1"]);
-    // Opening a pipe for writing waits for its reader: the sources are reading.
-    let mut busy = writer(dir.path(), "busy");
-    let mut quiet = writer(dir.path(), "quiet");
-    quiet.write_all(click(500).as_bytes()).unwrap();
-    quiet.flush().unwrap();
-    for ts in [100, 600, 1200] {
-        busy.write_all(click(ts).as_bytes()).unwrap();
-    }
-    busy.flush().unwrap();
-    // `quiet` says 500 and then nothing: once idle, it holds the watermark no longer, and
-    // [0, 1 s) closes at `busy`'s 1200, both pipes still open.
-    let out = dir.path().join("out.jsonl");
-    let lines = wait_lines(&out, "the first window", |l| !l.is_empty());
-    assert_eq!(
-        row(&lines[0]),
-        serde_json::json!({"window_start": 0, "window_end": 1000, "count": 3})
-    );
-    assert_eq!(lines.len(), 1);
+    let pipes = feed_busy_and_quiet(dir.path());
     let status = run.wait_for("the watermark at 1200", |s| {
         s.nodes[0].replicas[0].watermark == Some(1200)
     });
@@ -139,16 +153,10 @@ fn windows_close_while_the_input_flows_and_an_idle_source_stops_holding_them_bac
     ] {
         assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
     }
-    // The end of both inputs closes the rest.
-    drop((busy, quiet));
+    drop(pipes);
     let mut run = run;
-    let status = run.child.wait().unwrap();
-    assert!(status.success());
-    let lines = wait_lines(&out, "the last window", |l| l.len() == 2);
-    assert_eq!(
-        row(&lines[1]),
-        serde_json::json!({"window_start": 1000, "window_end": 2000, "count": 1})
-    );
+    assert!(run.child.wait().unwrap().success());
+    the_end_closes_the_last_window(dir.path());
 }
 
 #[test]
@@ -433,28 +441,9 @@ fn over_kafka_an_idle_source_stops_holding_windows_back_after_its_timeout() {
     );
     let run = Running::start(dir.path(), &["--batch-size", "1"]);
     run.wait_log("node `per-second`: 8 partition(s) assigned"); // two topics of 4
-    let mut busy = writer(dir.path(), "busy");
-    let mut quiet = writer(dir.path(), "quiet");
-    quiet.write_all(click(500).as_bytes()).unwrap();
-    quiet.flush().unwrap();
-    for ts in [100, 600, 1200] {
-        busy.write_all(click(ts).as_bytes()).unwrap();
-    }
-    busy.flush().unwrap();
-    // `quiet`'s markers said 500 with a 300 ms timeout, then nothing: it stops counting,
-    // and [0, 1 s) closes at `busy`'s 1200 with both pipes open.
-    let out = dir.path().join("out.jsonl");
-    let lines = wait_lines(&out, "the first window", |l| !l.is_empty());
-    assert_eq!(
-        row(&lines[0]),
-        serde_json::json!({"window_start": 0, "window_end": 1000, "count": 3})
-    );
-    drop((busy, quiet));
-    let lines = wait_lines(&out, "the last window", |l| l.len() == 2);
-    assert_eq!(
-        row(&lines[1]),
-        serde_json::json!({"window_start": 1000, "window_end": 2000, "count": 1})
-    );
+    // (Over Kafka `quiet`'s markers carry its 300 ms timeout.)
+    drop(feed_busy_and_quiet(dir.path()));
+    the_end_closes_the_last_window(dir.path());
     drop(run);
 }
 

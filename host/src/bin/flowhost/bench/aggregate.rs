@@ -74,6 +74,20 @@ const WINDOW_MS: i64 = 1000;
 /// The watermark trails the largest timestamp by this much.
 const OUT_OF_ORDERNESS_MS: i64 = 100;
 
+/// Runs `manifest` (in `dir`, 1,024 messages a batch, afresh); its report, if it did not fail.
+fn run_graph(fx: &Fixtures, dir: &Path, manifest: &str) -> anyhow::Result<flowhost::topology::RunReport> {
+    let graph = Graph::parse(&dir.join("graph.toml"), manifest)?;
+    let opts = RunOptions {
+        batch_size: 1024,
+        fresh: true,
+        ..RunOptions::default()
+    };
+    let plan = flowhost::plan::Plan::resolve(graph, None)?;
+    let report = flowhost::run(&plan, &fx.engine, &opts, &Arc::new(Shutdown::default()))?;
+    anyhow::ensure!(report.failure.is_none(), "{:?}", report.failure);
+    Ok(report)
+}
+
 /// Seconds to run the windowed graph; checks it emitted a row per country and window.
 fn flowhost_windowed(fx: &Fixtures, dir: &Path, messages: u64) -> anyhow::Result<f64> {
     let manifest = format!(
@@ -106,15 +120,7 @@ to = "null"
 "#,
         module = fx.aggregate.path.display()
     );
-    let graph = Graph::parse(&dir.join("graph.toml"), &manifest)?;
-    let opts = RunOptions {
-        batch_size: 1024,
-        fresh: true,
-        ..RunOptions::default()
-    };
-    let plan = flowhost::plan::Plan::resolve(graph, None)?;
-    let report = flowhost::run(&plan, &fx.engine, &opts, &Arc::new(Shutdown::default()))?;
-    anyhow::ensure!(report.failure.is_none(), "{:?}", report.failure);
+    let report = run_graph(fx, dir, &manifest)?;
     let windows = (event_time(messages - 1) / WINDOW_MS + 1) as u64;
     anyhow::ensure!(
         report.sinks[0].1 >= windows * COUNTRIES * 9 / 10 && report.sinks[0].1 <= windows * COUNTRIES,
@@ -216,15 +222,7 @@ to = "null"
 "#,
         module = fx.aggregate.path.display()
     );
-    let graph = Graph::parse(&dir.join("graph.toml"), &manifest)?;
-    let opts = RunOptions {
-        batch_size: 1024,
-        fresh: true,
-        ..RunOptions::default()
-    };
-    let plan = flowhost::plan::Plan::resolve(graph, None)?;
-    let report = flowhost::run(&plan, &fx.engine, &opts, &Arc::new(Shutdown::default()))?;
-    anyhow::ensure!(report.failure.is_none(), "{:?}", report.failure);
+    let report = run_graph(fx, dir, &manifest)?;
     anyhow::ensure!(
         report.sinks[0].1 == COUNTRIES,
         "{} rows for {COUNTRIES} countries",
