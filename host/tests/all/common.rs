@@ -41,11 +41,17 @@ impl Running {
     /// `flowhost run graph.toml --admin 127.0.0.1:0 <args>` in `dir`, stdin piped; waits
     /// for the endpoint's address in the log.
     pub fn start(dir: &Path, args: &[&str]) -> Running {
+        Running::start_with(dir, args, &[])
+    }
+
+    /// [`Running::start`] with environment variables `env` set.
+    pub fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
         let mut child = bin()
             .args(["run", "graph.toml", "--admin", "127.0.0.1:0"])
             .args(args)
             .current_dir(dir)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -142,6 +148,11 @@ impl Running {
                 return line;
             }
         }
+    }
+
+    /// Every log line so far, one per line.
+    pub fn log_so_far(&self) -> String {
+        self.all.lock().unwrap().join("\n")
     }
 
     /// Ends the input and waits for the graph to finish; its exit status.

@@ -34,6 +34,19 @@ pub enum ClientError {
         /// librdkafka's error.
         error: KafkaError,
     },
+    /// A transactional call was refused because a newer producer took this process's
+    /// transactional ids: this process is a zombie (it was frozen or cut off while its
+    /// replacement started) and must stop writing.
+    #[error(
+        "{what}: fenced: a newer process took this process's place (its transactional ids), \
+         so this one stops without writing more ({error})"
+    )]
+    Fenced {
+        /// What was being done.
+        what: String,
+        /// librdkafka's error.
+        error: KafkaError,
+    },
     /// A call failed.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
@@ -50,7 +63,22 @@ pub trait Doing<T> {
 
 impl<T> Doing<T> for Result<T, KafkaError> {
     fn doing(self, what: impl FnOnce() -> String) -> Result<T, ClientError> {
-        self.map_err(|error| ClientError::Call { what: what(), error })
+        self.map_err(|error| {
+            let fenced = matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::Fenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                )
+            );
+            let what = what();
+            if fenced {
+                ClientError::Fenced { what, error }
+            } else {
+                ClientError::Call { what, error }
+            }
+        })
     }
 }
 
