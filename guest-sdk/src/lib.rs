@@ -58,6 +58,7 @@
 //! The batch framing is specified in [`frame`] and `FRAMING.md`.
 #![deny(missing_docs)]
 
+pub mod combine;
 mod error;
 pub mod frame;
 pub mod log;
@@ -74,6 +75,15 @@ pub use flowhost_macros::node;
 pub use message::{Bincode, FromMessage, Json, Message};
 pub use node::{NoConfig, Node, Replica, replica};
 pub use output::{Completion, DEFAULT_OUTPUT, Emit, IntoPayload, Output, Record, Verdict};
+
+/// Hash maps and sets with a fast hash (foldhash) in place of std's SipHash, which is
+/// built to resist keys chosen by an attacker and costs several times more per key.
+/// Inside a node that cost buys little: a node is sandboxed and time-limited, so a
+/// flood of colliding keys slows only that node. Create them with `HashMap::default()`
+/// or `HashMapExt::new()`.
+pub mod collections {
+    pub use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+}
 
 /// The default input port.
 pub const DEFAULT_INPUT: &str = "in";

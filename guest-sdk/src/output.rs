@@ -133,6 +133,32 @@ impl<'a> Output<'a> {
             .record_with(port, timestamp, key, headers, |buf| payload.write_payload(buf))
     }
 
+    /// Emits `payload` on the default port under `key`, both borrowed: nothing is
+    /// allocated per record (a [`Record`] owns its key). Timestamp and headers are
+    /// inherited.
+    pub fn emit_keyed(&mut self, key: &[u8], payload: impl IntoPayload) -> Result<(), NodeError> {
+        self.emit_keyed_to(DEFAULT_OUTPUT, key, payload)
+    }
+
+    /// [`Output::emit_keyed`] on the named output port.
+    pub fn emit_keyed_to(
+        &mut self,
+        port: &str,
+        key: &[u8],
+        payload: impl IntoPayload,
+    ) -> Result<(), NodeError> {
+        let Some(port) = self.ports.output_index(port) else {
+            return Ok(());
+        };
+        let Inherit {
+            timestamp, headers, ..
+        } = self.inherit;
+        self.writer
+            .record_with(port, timestamp, Some(key), headers, |buf| {
+                payload.write_payload(buf)
+            })
+    }
+
     /// Passes the input message on unchanged to the default port.
     pub fn forward(&mut self, msg: &Message<'_>) -> Result<(), NodeError> {
         self.forward_to(DEFAULT_OUTPUT, msg)

@@ -28,7 +28,7 @@ fn run_prints_results_on_stdout_and_a_summary_on_stderr() {
     );
     assert_eq!(stdout.lines().count(), 10);
     assert!(
-        stderr.contains("node   count            in 252 out 10 errors 0"),
+        stderr.contains("node   count            in 126 out 10 errors 0"),
         "{stderr}"
     );
 }

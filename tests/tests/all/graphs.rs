@@ -38,7 +38,14 @@ fn wordcount_on(on: On) -> Result<()> {
         22,
         "every line of the text reaches split"
     );
-    assert_eq!(out.node("count").received, 252, "every word reaches count");
+    // `split` is a combiner: per batch, one partial count per distinct word. The 22 lines
+    // are one batch in-process (126 distinct words of 252); over Kafka polls may cut
+    // them into several.
+    let partials = out.node("count").received;
+    match on {
+        On::Memory => assert_eq!(partials, 126, "one partial per distinct word"),
+        On::Kafka => assert!((126..252).contains(&partials), "{partials} partials"),
+    }
     assert_eq!(out.report.failure, None);
     Ok(())
 }

@@ -44,6 +44,10 @@ pub struct BenchArgs {
     /// How long each boundary variant is measured.
     #[arg(long, default_value = "1", value_parser = parse_secs)]
     pub seconds: Duration,
+    /// Interleaved rounds (after a warm-up) of each throughput workload against its
+    /// baseline; the table gives the median ratio and its min–max.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Small sizes, to check the benchmark itself works (figures are not meaningful).
     #[arg(long)]
     pub quick: bool,
@@ -92,8 +96,12 @@ pub struct Row {
     pub unit: &'static str,
     /// Which way is better.
     pub better: Better,
-    /// flowhost / baseline.
+    /// flowhost / baseline (with rounds: the median of the rounds' ratios).
     pub ratio: Option<f64>,
+    /// With rounds: the least and the greatest of the rounds' ratios.
+    pub spread: Option<[f64; 2]>,
+    /// Interleaved rounds measured (after one warm-up); 1 for a single measurement.
+    pub rounds: usize,
     /// The target, as text.
     pub target: String,
     /// Whether the target was met (`None`: no target).
@@ -116,8 +124,21 @@ impl Row {
             unit,
             better,
             ratio,
+            spread: None,
+            rounds: 1,
             target: String::new(),
             met: None,
+        }
+    }
+
+    /// A row from interleaved rounds: medians of both figures, the median ratio and its
+    /// spread.
+    fn rounds(workload: impl Into<String>, r: &Rounds, unit: &'static str, better: Better) -> Row {
+        Row {
+            ratio: Some(r.ratio),
+            spread: Some(r.spread),
+            rounds: r.n,
+            ..Row::new(workload, r.ours, Some(r.base), unit, better)
         }
     }
 
@@ -147,6 +168,56 @@ impl Row {
         self.met = Some(met);
         self
     }
+}
+
+/// flowhost and its baseline measured in turns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rounds {
+    /// Median of flowhost's figures.
+    ours: f64,
+    /// Median of the baseline's figures.
+    base: f64,
+    /// Median of the per-round ratios.
+    ratio: f64,
+    /// Least and greatest per-round ratio.
+    spread: [f64; 2],
+    n: usize,
+}
+
+/// Measures `ours` and `base` in turns — a warm-up pair, then `rounds` pairs, A B A B …
+/// — so that the machine's drifting load falls on both alike; ratios are per round.
+pub(crate) fn interleaved(
+    rounds: usize,
+    mut ours: impl FnMut() -> anyhow::Result<f64>,
+    mut base: impl FnMut() -> anyhow::Result<f64>,
+) -> anyhow::Result<Rounds> {
+    ours()?;
+    base()?;
+    let rounds = rounds.max(1);
+    let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (x, y) = (ours()?, base()?);
+        a.push(x);
+        b.push(y);
+        ratios.push(x / y);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let ratio = median(&mut ratios);
+    Ok(Rounds {
+        ours: median(&mut a),
+        base: median(&mut b),
+        ratio,
+        spread: [ratios[0], ratios[ratios.len() - 1]],
+        n: rounds,
+    })
 }
 
 /// The whole report, as written to JSON.
@@ -201,10 +272,10 @@ impl Fixtures {
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let fx = Fixtures::new(&args.functions)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (messages, mb, seconds) = if args.quick {
-        (20_000, 1, Duration::from_millis(100))
+    let (messages, mb, seconds, rounds) = if args.quick {
+        (20_000, 1, Duration::from_millis(100), 1)
     } else {
-        (args.messages, args.wordcount_mb, args.seconds)
+        (args.messages, args.wordcount_mb, args.seconds, args.rounds)
     };
     let mut rows = Vec::new();
     let mut step = |name: &str, run: &dyn Fn() -> anyhow::Result<Vec<Row>>| -> anyhow::Result<()> {
@@ -220,11 +291,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     eprintln!("flowhost bench on {cores} cores");
     step("boundary", &|| boundary::run(&fx, seconds))?;
-    step("passthrough", &|| pipeline::run(&fx, messages))?;
+    step("passthrough", &|| pipeline::run(&fx, messages, rounds))?;
     step("state", &|| state::run(&fx, seconds))?;
-    step("wordcount", &|| wordcount::run(&fx, mb))?;
+    step("wordcount", &|| wordcount::run(&fx, mb, rounds))?;
     step("aggregation", &|| aggregate::run(&fx, messages / 4))?;
-    step("poison", &|| poison::run(&fx, messages / 4))?;
+    step("poison", &|| poison::run(&fx, messages / 4, rounds))?;
     step("start-up", &|| process::startup(&fx))?;
     step("memory", &|| process::memory(&fx, if args.quick { 1 } else { 3 }))?;
     step("swap", &|| swap::run(&fx, if args.quick { 4 } else { 20 }))?;
@@ -262,14 +333,18 @@ fn fmt_figure(x: f64) -> String {
 
 fn line(r: &Row) -> String {
     let baseline = r.baseline.map_or("-".into(), fmt_figure);
-    let ratio = r.ratio.map_or("-".into(), |x| format!("{x:.2}x"));
+    let ratio = match (r.ratio, r.spread) {
+        (Some(x), Some([lo, hi])) => format!("{x:.2}x ({lo:.2}–{hi:.2})"),
+        (Some(x), None) => format!("{x:.2}x"),
+        _ => "-".into(),
+    };
     let met = match r.met {
         Some(true) => "yes",
         Some(false) => "MISSED",
         None => "",
     };
     format!(
-        "| {:<36} | {:>10} | {:>10} | {:<8} | {:>6} | {:<16} | {:<6} |",
+        "| {:<36} | {:>10} | {:>10} | {:<8} | {:>18} | {:<16} | {:<6} |",
         r.workload,
         fmt_figure(r.flowhost),
         baseline,
@@ -284,11 +359,11 @@ fn line(r: &Row) -> String {
 pub fn table(report: &Report) -> String {
     let mut out = format!("flowhost {} bench, {} cores\n\n", report.version, report.cores);
     out += &format!(
-        "| {:<36} | {:>10} | {:>10} | {:<8} | {:>6} | {:<16} | {:<6} |\n",
-        "workload", "flowhost", "baseline", "unit", "ratio", "target", "met"
+        "| {:<36} | {:>10} | {:>10} | {:<8} | {:>18} | {:<16} | {:<6} |\n",
+        "workload", "flowhost", "baseline", "unit", "ratio (min–max)", "target", "met"
     );
     out += &format!(
-        "|{:-<38}|{:->12}|{:->12}|{:-<10}|{:->8}|{:-<18}|{:-<8}|\n",
+        "|{:-<38}|{:->12}|{:->12}|{:-<10}|{:->20}|{:-<18}|{:-<8}|\n",
         "", "", "", "", "", "", ""
     );
     for r in &report.rows {

@@ -7,38 +7,34 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Better, Fixtures, Row};
+use super::{Better, Fixtures, Row, interleaved};
 use flowhost::manifest::Graph;
 use flowhost::shutdown::Shutdown;
 use flowhost::topology::RunOptions;
 
-pub(super) fn run(fx: &Fixtures, messages: u64) -> anyhow::Result<Vec<Row>> {
+pub(super) fn run(fx: &Fixtures, messages: u64, rounds: usize) -> anyhow::Result<Vec<Row>> {
     let dir = std::env::temp_dir().join(format!("flowhost-bench-poison-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = (|| {
+        for poison in [None, Some("bad"), Some("panic")] {
+            let name = poison.unwrap_or("clean");
+            generate(&dir.join(format!("{name}.txt")), messages, poison)?;
+        }
         let rate = |poison: Option<&str>| -> anyhow::Result<f64> {
-            generate(&dir.join("in.txt"), messages, poison)?;
-            let secs = flowhost(fx, &dir, messages, poison.map_or(0, |_| messages / 100))?;
+            let input = format!("{}.txt", poison.unwrap_or("clean"));
+            let secs = flowhost(fx, &dir, &input, messages, poison.map_or(0, |_| messages / 100))?;
             Ok(messages as f64 / secs)
         };
-        let clean = rate(None)?;
-        let invalid = rate(Some("bad"))?;
-        let panics = rate(Some("panic"))?;
+        let invalid = interleaved(rounds, || rate(Some("bad")), || rate(None))?;
+        let panics = interleaved(rounds, || rate(Some("panic")), || rate(None))?;
         Ok(vec![
-            Row::new(
+            Row::rounds(
                 "poison 1%, invalid input, vs 0%",
-                invalid,
-                Some(clean),
+                &invalid,
                 "msg/s",
                 Better::Higher,
             ),
-            Row::new(
-                "poison 1%, guest panics, vs 0%",
-                panics,
-                Some(clean),
-                "msg/s",
-                Better::Higher,
-            ),
+            Row::rounds("poison 1%, guest panics, vs 0%", &panics, "msg/s", Better::Higher).ratio_target(0.3),
         ])
     })();
     let _ = std::fs::remove_dir_all(&dir);
@@ -58,12 +54,12 @@ fn generate(path: &Path, messages: u64, poison: Option<&str>) -> std::io::Result
 }
 
 /// Seconds to run the graph; checks every message was delivered or dead-lettered.
-fn flowhost(fx: &Fixtures, dir: &Path, messages: u64, poisoned: u64) -> anyhow::Result<f64> {
+fn flowhost(fx: &Fixtures, dir: &Path, input: &str, messages: u64, poisoned: u64) -> anyhow::Result<f64> {
     let manifest = format!(
         r#"name = "poison-bench"
 [sources.in]
 kind = "file"
-path = "in.txt"
+path = "{input}"
 [nodes.faulty]
 module = "{module}"
 replicas = 2
