@@ -6,7 +6,8 @@
 use bytes::{Bytes, BytesMut};
 use flowhost_sdk::NodeError;
 use flowhost_sdk::frame::{
-    BatchReader, BatchWriter, FrameError, HeadersRef, Item, TimeDomain, TimerOp, TimerRef, encode_headers,
+    BatchReader, BatchWriter, FrameError, HeadersRef, Item, RecordRef, TimeDomain, TimerOp, TimerRef,
+    encode_headers,
 };
 
 /// One message moving through the graph.
@@ -147,26 +148,136 @@ impl TimerChange {
     }
 }
 
-/// A node's output batch, decoded.
+/// Messages on their way between vertices: decoded, or still the frame a guest wrote.
+///
+/// A guest's output whose items are all records of one port travels as that frame: a
+/// consumer node whose input port is the same takes it as its input batch whole (no
+/// decode into messages, no re-encode, one reference count for the batch); whoever needs
+/// the messages themselves (a sink, a topic, key-hash routing over several replicas, a
+/// failed call run message by message) decodes them then, zero-copy.
+#[derive(Clone, Debug)]
+pub enum Batch {
+    /// Decoded messages.
+    Msgs(Vec<Msg>),
+    /// A checked output frame of `count` records, all on port `port` (see [`decode`]).
+    Frame {
+        /// The frame: a valid input batch of records on port `port`.
+        bytes: Bytes,
+        /// Its records.
+        count: usize,
+        /// The port in its records.
+        port: u16,
+    },
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch::Msgs(Vec::new())
+    }
+}
+
+impl From<Vec<Msg>> for Batch {
+    fn from(msgs: Vec<Msg>) -> Self {
+        Batch::Msgs(msgs)
+    }
+}
+
+impl Batch {
+    /// Messages in the batch.
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Msgs(m) => m.len(),
+            Batch::Frame { count, .. } => *count,
+        }
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The messages, decoded here if they were still a frame.
+    pub fn msgs(&mut self) -> &mut Vec<Msg> {
+        if let Batch::Frame { bytes, .. } = self {
+            *self = Batch::Msgs(records(bytes));
+        }
+        match self {
+            Batch::Msgs(m) => m,
+            Batch::Frame { .. } => unreachable!("decoded just above"),
+        }
+    }
+
+    /// The messages, decoded if they were still a frame.
+    pub fn into_msgs(mut self) -> Vec<Msg> {
+        std::mem::take(self.msgs())
+    }
+
+    /// The batch as an input frame for input port `port`, if it is one already.
+    pub fn framed(&self, port: u16) -> Option<&Bytes> {
+        match self {
+            Batch::Frame { bytes, port: p, .. } if *p == port => Some(bytes),
+            _ => None,
+        }
+    }
+}
+
+/// The records of a frame [`decode`] checked, as messages slicing it.
+fn records(buf: &Bytes) -> Vec<Msg> {
+    let mut msgs = Vec::new();
+    // Checked once already: nothing here fails.
+    for item in BatchReader::new(buf).into_iter().flatten().flatten() {
+        if let Item::Record(r) = item {
+            msgs.push(record_msg(buf, &r));
+        }
+    }
+    msgs
+}
+
+fn record_msg(buf: &Bytes, r: &RecordRef<'_>) -> Msg {
+    let (count, raw) = r.headers.raw();
+    Msg {
+        key: r.key.map(|k| buf.slice_ref(k)),
+        payload: buf.slice_ref(r.payload),
+        timestamp: r.timestamp,
+        headers: Headers {
+            count,
+            raw: buf.slice_ref(raw),
+        },
+    }
+}
+
+/// A node's output batch, checked.
 #[derive(Debug, Default)]
 pub struct Output {
     /// The messages of each output port, in emission order (order across ports does not
     /// matter: each port feeds its own edges).
-    pub ports: Vec<Vec<Msg>>,
+    pub ports: Vec<Batch>,
     /// `(input index, error)` for each message the node failed on.
     pub errors: Vec<(u32, NodeError)>,
     /// Timers it set or deleted, in order.
     pub timers: Vec<TimerChange>,
 }
 
-/// Decodes an output batch; `ports` is the number of connected output ports.
+impl Output {
+    /// Records on all ports.
+    pub fn records(&self) -> usize {
+        self.ports.iter().map(Batch::len).sum()
+    }
+}
+
+/// Checks an output batch whole; `ports` is the number of connected output ports. A
+/// batch of records on one port only stays a frame ([`Batch::Frame`]); otherwise its
+/// records are decoded per port, zero-copy.
 pub fn decode(buf: Vec<u8>, ports: usize) -> Result<Output, FrameError> {
     let buf = Bytes::from(buf);
     let mut out = Output {
-        ports: (0..ports).map(|_| Vec::new()).collect(),
+        ports: vec![Batch::default(); ports],
         errors: Vec::new(),
         timers: Vec::new(),
     };
+    // The port of every record so far, while there is one; `mixed` once there is not
+    // (two ports, or items other than records).
+    let (mut only, mut mixed, mut records) = (None, false, 0);
     for item in BatchReader::new(&buf)? {
         match item? {
             Item::Record(r) => {
@@ -176,36 +287,52 @@ pub fn decode(buf: Vec<u8>, ports: usize) -> Result<Output, FrameError> {
                         what: "an output port the node was given",
                     });
                 }
-                let (count, raw) = r.headers.raw();
-                out.ports[r.port as usize].push(Msg {
-                    key: r.key.map(|k| buf.slice_ref(k)),
-                    payload: buf.slice_ref(r.payload),
-                    timestamp: r.timestamp,
-                    headers: Headers {
-                        count,
-                        raw: buf.slice_ref(raw),
-                    },
-                });
+                records += 1;
+                mixed |= only.is_some_and(|p| p != r.port);
+                only = Some(r.port);
             }
-            Item::Error(e) => out.errors.push((
-                e.input_index,
-                NodeError {
-                    kind: e.kind,
-                    message: e.message.to_owned(),
-                },
-            )),
+            Item::Error(e) => {
+                mixed = true;
+                out.errors.push((
+                    e.input_index,
+                    NodeError {
+                        kind: e.kind,
+                        message: e.message.to_owned(),
+                    },
+                ));
+            }
             Item::Timer(t) if t.op == TimerOp::Fired => {
                 return Err(FrameError {
                     offset: 0,
                     what: "a timer set or deleted, not fired, in an output batch",
                 });
             }
-            Item::Timer(t) => out.timers.push(TimerChange {
-                op: t.op,
-                domain: t.domain,
-                time: t.time,
-                key: t.key.to_vec(),
-            }),
+            Item::Timer(t) => {
+                mixed = true;
+                out.timers.push(TimerChange {
+                    op: t.op,
+                    domain: t.domain,
+                    time: t.time,
+                    key: t.key.to_vec(),
+                });
+            }
+        }
+    }
+    match only {
+        None => {}
+        Some(port) if !mixed => {
+            out.ports[port as usize] = Batch::Frame {
+                bytes: buf,
+                count: records,
+                port,
+            };
+        }
+        Some(_) => {
+            for item in BatchReader::new(&buf)? {
+                if let Item::Record(r) = item? {
+                    out.ports[r.port as usize].msgs().push(record_msg(&buf, &r));
+                }
+            }
         }
     }
     Ok(out)
@@ -263,7 +390,35 @@ mod tests {
             [("b", &b"2"[..]), ("a", &b"3"[..])]
         );
         let out = decode(encode(&[m.clone(), Msg::default()], 1), 2).unwrap();
-        assert_eq!(out.ports, [vec![], vec![m, Msg::default()]]);
+        let ports: Vec<Vec<Msg>> = out.ports.into_iter().map(Batch::into_msgs).collect();
+        assert_eq!(ports, [vec![], vec![m, Msg::default()]]);
+    }
+
+    #[test]
+    fn records_of_one_port_stay_a_frame_that_is_an_input_batch_as_it_is() {
+        let msgs = [Msg::new(&b"a"[..], Some(1)), Msg::new(&b"b"[..], None)];
+        let frame = encode(&msgs, 1);
+        let out = decode(frame.clone(), 2).unwrap();
+        let batch = &out.ports[1];
+        assert_eq!(batch.framed(1).map(|b| &b[..]), Some(&frame[..]));
+        assert_eq!(
+            batch.framed(0),
+            None,
+            "records of port 1 are not an input for port 0"
+        );
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch.clone().into_msgs(), msgs);
+        // Records on two ports, or an error with them: decoded per port.
+        let mut two = BatchWriter::default();
+        two.record(0, None, None, b"x", (0, &[]));
+        two.record(1, None, None, b"y", (0, &[]));
+        let out = decode(two.finish(), 2).unwrap();
+        assert!(
+            out.ports
+                .iter()
+                .all(|b| b.framed(0).is_none() && b.framed(1).is_none())
+        );
+        assert_eq!(out.records(), 2);
     }
 
     #[test]

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use super::Ack;
 use super::watermark::Marked;
-use crate::message::Msg;
+use crate::message::{Batch, Msg};
 
 /// What travels on a channel: a batch for one input port of one consumer replica.
 pub struct Envelope {
     /// The consumer's input port index.
     pub port: u16,
     /// The messages, in order.
-    pub msgs: Vec<Msg>,
+    pub batch: Batch,
     /// The acknowledgement of the input batch it was made from.
     pub ack: Ack,
     /// What its producer says about event time after it (see [`super::watermark`]);
@@ -30,7 +30,7 @@ impl Envelope {
     pub fn new(port: u16, msgs: Vec<Msg>) -> Self {
         Envelope {
             port,
-            msgs,
+            batch: msgs.into(),
             ack: Ack::none(),
             mark: None,
         }

@@ -2,12 +2,19 @@
 //! fan-out copies (reference counts) to every edge; an edge spreads messages over its
 //! consumer's replicas round-robin (per batch), by key hash, or to all (broadcast).
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use super::watermark::{Mark, Marked};
 use super::{Ack, Envelope, InFlight, Sender};
 use crate::manifest::Connection;
-use crate::message::Msg;
+use crate::message::{Batch, Msg};
+
+/// The hash that picks a key's replica: foldhash with a fixed seed, so a key goes to the
+/// same replica in every run (replicas' state is keyed by index), several times cheaper
+/// than std's SipHash. Over Kafka, Kafka's partitioner decides instead.
+fn replica_of(key: &[u8], replicas: usize) -> usize {
+    (foldhash::fast::FixedState::with_seed(0x666c_6f77_686f_7374).hash_one(key) % replicas as u64) as usize
+}
 
 /// One edge, as seen by a producer.
 pub struct Route {
@@ -38,13 +45,13 @@ impl Route {
         }
     }
 
-    fn send_to(&mut self, i: usize, msgs: Vec<Msg>, ack: &Ack, mark: Option<Marked>) {
+    fn send_to(&mut self, i: usize, batch: Batch, ack: &Ack, mark: Option<Marked>) {
         if let Some(m) = mark {
             self.marked[i] = Some(m.mark);
         }
         let env = Envelope {
             port: self.in_port,
-            msgs,
+            batch,
             ack: ack.clone(),
             mark,
         };
@@ -53,15 +60,17 @@ impl Route {
 
     /// Sends a batch along this edge, with the producer's current mark; everything sent
     /// holds `ack`.
-    pub fn send(&mut self, msgs: Vec<Msg>, ack: &Ack, mark: Option<Marked>) {
-        // One consumer replica, or round-robin: the batch goes as it is, uncopied.
+    pub fn send(&mut self, batch: impl Into<Batch>, ack: &Ack, mark: Option<Marked>) {
+        let batch = batch.into();
+        // One consumer replica, or round-robin: the batch goes as it is (a frame stays
+        // a frame), uncopied.
         if self.targets.len() == 1 || self.connection == Connection::RoundRobin {
             let i = self.next % self.targets.len();
             self.next = self.next.wrapping_add(1);
-            self.send_to(i, msgs, ack, mark);
+            self.send_to(i, batch, ack, mark);
             return;
         }
-        for msg in msgs {
+        for msg in batch.into_msgs() {
             self.push(msg);
         }
         self.flush(ack, mark);
@@ -73,7 +82,7 @@ impl Route {
     pub fn mark(&mut self, mark: Marked) {
         for i in 0..self.targets.len() {
             if self.marked[i] != Some(mark.mark) || matches!(self.targets[i], Sender::Outlet(_)) {
-                self.send_to(i, Vec::new(), &Ack::none(), Some(mark));
+                self.send_to(i, Batch::default(), &Ack::none(), Some(mark));
             }
         }
     }
@@ -83,11 +92,7 @@ impl Route {
         match self.connection {
             Connection::KeyHash => {
                 let i = match &msg.key {
-                    Some(key) => {
-                        let mut h = DefaultHasher::new();
-                        key.hash(&mut h);
-                        (h.finish() % n as u64) as usize
-                    }
+                    Some(key) => replica_of(key, n),
                     None => self.next % n,
                 };
                 self.pending[i].push(msg);
@@ -105,7 +110,7 @@ impl Route {
         for i in 0..self.pending.len() {
             if !self.pending[i].is_empty() {
                 let msgs = std::mem::take(&mut self.pending[i]);
-                self.send_to(i, msgs, ack, mark);
+                self.send_to(i, msgs.into(), ack, mark);
             }
         }
         self.next = self.next.wrapping_add(1);
@@ -151,7 +156,8 @@ impl Router {
     /// Sends `msgs` from `port` along every edge, keeping their order per edge and
     /// replica; blocks while a consumer is full. Everything sent holds `ack`. `false` if
     /// no edge leaves `port`: the messages are dropped (the caller counts them).
-    pub fn send(&mut self, port: u16, msgs: Vec<Msg>, ack: &Ack) -> bool {
+    pub fn send(&mut self, port: u16, msgs: impl Into<Batch>, ack: &Ack) -> bool {
+        let msgs = msgs.into();
         let Some(routes) = self.ports.get_mut(port as usize) else {
             return false;
         };
@@ -179,7 +185,7 @@ mod tests {
 
     fn drain(rx: &Mailbox) -> Vec<String> {
         rx.drain_now()
-            .flat_map(|e| e.msgs)
+            .flat_map(|e| e.batch.into_msgs())
             .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
             .collect()
     }
@@ -201,7 +207,7 @@ mod tests {
                 0,
                 (0..10)
                     .map(|k| keyed(&format!("k{k}"), &format!("k{k}-{round}")))
-                    .collect(),
+                    .collect::<Vec<_>>(),
                 &Ack::none(),
             );
         }
@@ -249,9 +255,9 @@ mod tests {
             let envs: Vec<Envelope> = rx.drain_now().collect();
             assert!(envs.iter().all(|e| e.port == 1));
             assert_eq!(
-                envs.iter()
-                    .flat_map(|e| &e.msgs)
-                    .map(|m| &m.payload[..])
+                envs.into_iter()
+                    .flat_map(|e| e.batch.into_msgs())
+                    .map(|m| m.payload)
                     .collect::<Vec<_>>(),
                 [&b"a"[..], b"b"]
             );

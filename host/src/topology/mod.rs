@@ -25,10 +25,11 @@ pub use status::Status;
 
 use crate::engine::{Engine, EngineError, NodeInstance, NodeSetup, NodeTemplate};
 use crate::flow::watermark::{Generator, Mark, Marked, Time, Watermarks};
-use crate::flow::{Ack, Envelope, InFlight, Mailbox, Route, Router, Sender, channel};
+use crate::flow::{Ack, InFlight, Mailbox, Route, Router, Sender, channel};
 use crate::io::sink::SinkWriter;
 use crate::io::source;
 use crate::manifest::{Graph, Vertex};
+use crate::message::Msg;
 use crate::plan::Plan;
 use crate::shutdown::Shutdown;
 use crate::state::Stores;
@@ -837,10 +838,11 @@ pub(crate) fn drain_sink(
     let mut broken = false;
     for env in rx {
         // (A batch with no messages carries only a watermark: sinks have no use for it.)
-        if !broken && !env.msgs.is_empty() {
-            broken = !write_batch(id, writer, &env, shutdown, &mut written);
+        if !broken && !env.batch.is_empty() {
+            let msgs = env.batch.into_msgs();
+            broken = !write_batch(id, writer, &msgs, shutdown, &mut written);
             if !broken {
-                status.wrote(&env.msgs);
+                status.wrote(&msgs);
             }
         }
         in_flight.done();
@@ -852,14 +854,14 @@ pub(crate) fn drain_sink(
 fn write_batch(
     id: &str,
     writer: &Mutex<SinkWriter>,
-    env: &Envelope,
+    msgs: &[Msg],
     shutdown: &Shutdown,
     written: &mut u64,
 ) -> bool {
-    let result = writer.lock().unwrap_or_else(|e| e.into_inner()).write(&env.msgs);
+    let result = writer.lock().unwrap_or_else(|e| e.into_inner()).write(msgs);
     match result {
         Ok(()) => {
-            *written += env.msgs.len() as u64;
+            *written += msgs.len() as u64;
             true
         }
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {

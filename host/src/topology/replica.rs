@@ -23,7 +23,7 @@ use crate::engine::{CallError, NodeInstance};
 use crate::flow::watermark::{Mark, Marked, Time, Watermarks};
 use crate::flow::{Ack, Envelope, InFlight, Mailbox, Received, Router, Sender};
 use crate::manifest::{ErrorPolicy, RetryPolicy};
-use crate::message::{self, Msg};
+use crate::message::{self, Batch, Msg};
 use crate::shutdown::Shutdown;
 use flowhost_sdk::frame::TimeDomain;
 
@@ -113,7 +113,7 @@ impl Replica {
             if self.versions.published() != self.generation {
                 self.switch();
             }
-            let env = match received {
+            let mut env = match received {
                 Received::Batch(env) => env,
                 Received::Idle => {
                     self.status.beat();
@@ -133,18 +133,19 @@ impl Replica {
             // After a stop, keep draining so producers never block on us; after an abort
             // nothing more is processed: what is left is abandoned, unacknowledged.
             if self.shutdown.is_aborting() {
-                self.abandon(env.msgs.len(), &env.ack);
+                self.abandon(env.batch.len(), &env.ack);
             } else if !stopped {
                 self.ack = env.ack.clone();
-                if !env.msgs.is_empty() {
-                    NodeStats::add(&self.stats.received, env.msgs.len());
+                let received = env.batch.len();
+                if received > 0 {
+                    NodeStats::add(&self.stats.received, received);
                     let started = Instant::now();
-                    if let Err(reason) = self.batch(&env) {
+                    if let Err(reason) = self.batch(&mut env) {
                         stopped = self.stop(reason);
                     }
                     self.status.processed(started.elapsed());
                     let failed = std::mem::take(&mut self.failures);
-                    if let Some(why) = self.version.processed(env.msgs.len(), failed) {
+                    if let Some(why) = self.version.processed(received, failed) {
                         self.versions.roll_back_later(self.version.number, why);
                     }
                 }
@@ -181,9 +182,10 @@ impl Replica {
             let finished = self.instance.finish().map_err(|e| format!("finish failed: {e}"));
             let output = finished.and_then(|out| self.decode_output(out, 0));
             if let Ok(out) = &output {
-                NodeStats::add(&self.stats.at_finish, out.ports.iter().map(Vec::len).sum());
+                NodeStats::add(&self.stats.at_finish, out.records());
             }
-            if let Err(reason) = output.and_then(|out| self.deliver(out, &[], 0)) {
+            let mut none = Batch::default();
+            if let Err(reason) = output.and_then(|out| self.deliver(out, &mut none, 0)) {
                 stopped = self.stop(reason);
             }
         }
@@ -333,12 +335,8 @@ impl Replica {
         true
     }
 
-    fn batch(&mut self, env: &Envelope) -> Result<(), Stop> {
-        if let [msg] = env.msgs.as_slice() {
-            // Its own culprit: a trap is not worth running again alone.
-            return self.single(msg, env.port, 1).map(drop);
-        }
-        self.part(&env.msgs, env.port)
+    fn batch(&mut self, env: &mut Envelope) -> Result<(), Stop> {
+        self.part(&mut env.batch, env.port)
     }
 
     /// Runs `msgs` as one call. If the call fails as a whole (a trap, a malformed output
@@ -346,21 +344,29 @@ impl Replica {
     /// fails; that is taken as the culprit and the rest goes back to running as a batch.
     /// One poison message in a batch of 256 then costs about half the batch in single
     /// calls and one instance reset; a runaway message costs its time limit twice.
-    fn part(&mut self, msgs: &[Msg], port: u16) -> Result<(), Stop> {
-        if let [msg] = msgs {
-            return self.single(msg, port, 1).map(drop);
+    ///
+    /// A batch that is still its producer's frame for this port is the input as it is.
+    fn part(&mut self, batch: &mut Batch, port: u16) -> Result<(), Stop> {
+        if batch.len() == 1 {
+            // Its own culprit: a trap is not worth running again alone.
+            let msgs = batch.msgs();
+            return self.single(&msgs[0], port, 1).map(drop);
         }
-        let input = message::encode(msgs, port);
+        let input = match batch.framed(port) {
+            Some(frame) => frame.clone(),
+            None => message::encode(batch.msgs(), port).into(),
+        };
+        let inputs = batch.len();
         let mut attempt = 1;
         loop {
-            match self.call(&input).map(|out| self.decode_output(out, msgs.len())) {
-                Ok(Ok(out)) => return self.deliver(out, msgs, port),
+            match self.call(&input).map(|out| self.decode_output(out, inputs)) {
+                Ok(Ok(out)) => return self.deliver(out, batch, port),
                 Ok(Err(why)) => {
                     tracing::warn!("{why}; re-running the batch one message at a time");
                     break;
                 }
                 Err(CallError::Cut) => {
-                    self.abandon(msgs.len(), &self.ack.clone());
+                    self.abandon(inputs, &self.ack.clone());
                     return Ok(());
                 }
                 Err(CallError::Node(e)) if e.kind == ErrorKind::Fatal => return Err(e.to_string()),
@@ -373,11 +379,12 @@ impl Replica {
                 Err(_) => break,
             }
         }
+        let msgs = std::mem::take(batch.msgs());
         for (i, msg) in msgs.iter().enumerate() {
             if !self.single(msg, port, 1)? {
                 return match &msgs[i + 1..] {
                     [] => Ok(()),
-                    rest => self.part(rest, port),
+                    rest => self.part(&mut rest.to_vec().into(), port),
                 };
             }
         }
@@ -494,9 +501,13 @@ impl Replica {
     }
 
     /// Routes a checked output batch; per-message errors go to retry or the policy.
-    fn deliver(&mut self, out: message::Output, inputs: &[Msg], port: u16) -> Result<(), Stop> {
+    fn deliver(&mut self, out: message::Output, inputs: &mut Batch, port: u16) -> Result<(), Stop> {
         self.timers.apply(&out.timers);
         self.route(out.ports);
+        if out.errors.is_empty() {
+            return Ok(());
+        }
+        let inputs = std::mem::take(inputs.msgs());
         for (index, e) in out.errors {
             let msg = &inputs[index as usize];
             if e.kind == ErrorKind::Retryable && self.retry.attempts > 1 {
@@ -509,10 +520,10 @@ impl Replica {
         Ok(())
     }
 
-    fn route(&mut self, mut ports: Vec<Vec<Msg>>) {
-        NodeStats::add(&self.stats.emitted, ports.iter().map(Vec::len).sum());
+    fn route(&mut self, mut ports: Vec<Batch>) {
+        NodeStats::add(&self.stats.emitted, ports.iter().map(Batch::len).sum());
         if self.provenance {
-            for m in ports.iter_mut().flatten() {
+            for m in ports.iter_mut().flat_map(Batch::msgs) {
                 let path = match m.headers.get(headers::PATH) {
                     Some(p) => format!("{},{}", String::from_utf8_lossy(p), self.id),
                     None => self.id.to_string(),
@@ -575,7 +586,7 @@ impl Replica {
                 if let Some(dlq) = &self.dead_letter {
                     let env = Envelope {
                         port: 0,
-                        msgs: vec![dead],
+                        batch: vec![dead].into(),
                         ack: self.ack.clone(),
                         mark: None,
                     };

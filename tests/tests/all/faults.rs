@@ -283,7 +283,9 @@ fn the_disk_cache_serves_a_fresh_engine_and_survives_corruption() -> Result<()> 
         let out = template
             .instantiate()?
             .process(&flowhost::message::encode(&msgs, 0))?;
-        Ok(flowhost::message::decode(out, 1)?.ports[0][0].payload.to_vec())
+        Ok(flowhost::message::decode(out, 1)?.ports[0].msgs()[0]
+            .payload
+            .to_vec())
     };
     assert_eq!(run(&Engine::new(config())?)?, b"cached");
 

@@ -37,10 +37,7 @@ pub enum ClientError {
     /// A transactional call was refused because a newer producer took this process's
     /// transactional ids: this process is a zombie (it was frozen or cut off while its
     /// replacement started) and must stop writing.
-    #[error(
-        "{what}: fenced: a newer process took this process's place (its transactional ids), \
-         so this one stops without writing more ({error})"
-    )]
+    #[error("{what}: {FENCED} ({error})")]
     Fenced {
         /// What was being done.
         what: String,
@@ -55,6 +52,22 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// What a zombie is told.
+const FENCED: &str = "fenced: a newer process took this process's place (its transactional \
+                      ids), so this one stops without writing more";
+
+/// Whether `error` says a newer producer with this producer's transactional id exists.
+fn fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
+}
+
 /// Names what a failed client call was doing.
 pub trait Doing<T> {
     /// The error, with `what` was being done.
@@ -64,16 +77,8 @@ pub trait Doing<T> {
 impl<T> Doing<T> for Result<T, KafkaError> {
     fn doing(self, what: impl FnOnce() -> String) -> Result<T, ClientError> {
         self.map_err(|error| {
-            let fenced = matches!(
-                error.rdkafka_error_code(),
-                Some(
-                    RDKafkaErrorCode::ProducerFenced
-                        | RDKafkaErrorCode::Fenced
-                        | RDKafkaErrorCode::InvalidProducerEpoch
-                )
-            );
             let what = what();
-            if fenced {
+            if fenced(&error) {
                 ClientError::Fenced { what, error }
             } else {
                 ClientError::Call { what, error }
@@ -479,11 +484,12 @@ impl ProducerContext for Deliveries {
                 drop(ack)
             }
             Err((e, m)) => {
-                self.shutdown.fail(format!(
-                    "{}: a message to topic `{}` could not be delivered: {e}",
-                    self.name,
-                    m.topic()
-                ));
+                let what = format!("{}: a message to topic `{}`", self.name, m.topic());
+                self.shutdown.fail(if fenced(e) {
+                    format!("{what}: {FENCED} ({e})")
+                } else {
+                    format!("{what} could not be delivered: {e}")
+                });
                 ack.fail();
             }
         }
@@ -553,8 +559,8 @@ pub struct TopicOut {
 }
 
 impl Outlet for TopicOut {
-    fn send(&self, env: Envelope) {
-        for m in &env.msgs {
+    fn send(&self, mut env: Envelope) {
+        for m in env.batch.msgs().iter() {
             if let Err(e) = produce(&self.producer, &self.topic, m, env.ack.clone()) {
                 self.shutdown
                     .fail(format!("cannot send a message to topic `{}`: {e}", self.topic));
