@@ -371,6 +371,7 @@ impl Nodes {
                     generation: 0,
                     failures: 0,
                     warned_drop: false,
+                    held: None,
                     producer: producers.id(Vertex::Node(i), r),
                     watermarks: Watermarks::new(producers.feeding(graph, Vertex::Node(i))),
                     mark: None,

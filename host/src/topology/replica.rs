@@ -45,6 +45,10 @@ pub mod headers {
     pub const PATH: &str = "flowhost-path";
 }
 
+/// Messages per call when a failed batch runs again in parts (about the square root of
+/// a usual batch: as many chunk calls as single calls in the failed chunk).
+const CHUNK: usize = 16;
+
 /// Batches of fired timers one tick runs at most.
 const FIRINGS_PER_TICK: usize = 64;
 
@@ -89,6 +93,9 @@ pub(super) struct Replica {
     pub failures: u64,
     /// Whether dropped records were reported already.
     pub warned_drop: bool,
+    /// While a failed batch runs message by message: its outputs per port so far, sent
+    /// together after it (one envelope per port, not one per message).
+    pub held: Option<Vec<Vec<Msg>>>,
     /// This replica as a producer of watermarks (see [`crate::flow::watermark`]).
     pub producer: u32,
     /// Its inputs' watermarks.
@@ -340,10 +347,14 @@ impl Replica {
     }
 
     /// Runs `msgs` as one call. If the call fails as a whole (a trap, a malformed output
-    /// batch, an error for the whole batch), its messages run one at a time until one
-    /// fails; that is taken as the culprit and the rest goes back to running as a batch.
-    /// One poison message in a batch of 256 then costs about half the batch in single
-    /// calls and one instance reset; a runaway message costs its time limit twice.
+    /// batch, an error for the whole batch), it runs again in chunks of [`CHUNK`]; a
+    /// chunk that fails runs one message at a time until one fails, which is taken as
+    /// the culprit, and the rest of the chunk goes back to running as a batch. One poison
+    /// message in a batch of 256 then costs 16 chunk calls, about half a chunk in single
+    /// calls and three instance resets (cheap: see the engine's pooling). A runaway
+    /// message (its call ran into the time or fuel limit) skips the chunks and costs its
+    /// limit twice, not three times. The outputs of the calls after the first failure are
+    /// sent together at the end (one envelope per port, not one per message).
     ///
     /// A batch that is still its producer's frame for this port is the input as it is.
     fn part(&mut self, batch: &mut Batch, port: u16) -> Result<(), Stop> {
@@ -357,7 +368,7 @@ impl Replica {
             None => message::encode(batch.msgs(), port).into(),
         };
         let inputs = batch.len();
-        let mut attempt = 1;
+        let (mut attempt, mut costly) = (1, false);
         loop {
             match self.call(&input).map(|out| self.decode_output(out, inputs)) {
                 Ok(Ok(out)) => return self.deliver(out, batch, port),
@@ -376,10 +387,34 @@ impl Replica {
                     attempt += 1;
                     self.backoff(attempt, &e);
                 }
+                Err(CallError::Trap { costly: true, .. }) => {
+                    costly = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
         let msgs = std::mem::take(batch.msgs());
+        let outermost = self.held.is_none();
+        if outermost {
+            self.held = Some(vec![Vec::new(); self.outputs.len()]);
+        }
+        let result = if !costly && msgs.len() > CHUNK {
+            msgs.chunks(CHUNK)
+                .try_for_each(|chunk| self.part(&mut chunk.to_vec().into(), port))
+        } else {
+            self.one_by_one(&msgs, port)
+        };
+        if outermost && let Some(held) = self.held.take() {
+            for (port, msgs) in held.into_iter().enumerate() {
+                self.send(port, msgs);
+            }
+        }
+        result
+    }
+
+    /// Runs messages one at a time until one fails; the rest go back to [`Self::part`].
+    fn one_by_one(&mut self, msgs: &[Msg], port: u16) -> Result<(), Stop> {
         for (i, msg) in msgs.iter().enumerate() {
             if !self.single(msg, port, 1)? {
                 return match &msgs[i + 1..] {
@@ -531,11 +566,27 @@ impl Replica {
                 m.headers.set(headers::PATH, path.as_bytes());
             }
         }
-        for (port, msgs) in ports.into_iter().enumerate() {
-            let n = msgs.len();
-            if n > 0 && !self.router.send(port as u16, msgs, &self.ack) {
-                self.dropped(port, n);
+        match &mut self.held {
+            Some(held) => {
+                for (port, batch) in ports.into_iter().enumerate() {
+                    if !batch.is_empty() {
+                        held[port].append(&mut batch.into_msgs());
+                    }
+                }
             }
+            None => {
+                for (port, batch) in ports.into_iter().enumerate() {
+                    self.send(port, batch);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, port: usize, batch: impl Into<Batch>) {
+        let batch = batch.into();
+        let n = batch.len();
+        if n > 0 && !self.router.send(port as u16, batch, &self.ack) {
+            self.dropped(port, n);
         }
     }
 
