@@ -49,6 +49,9 @@
 //! checks that a payload is a partial (a malformed one fails that message as invalid
 //! input).
 //!
+//! The same folding serves before a host store: [`Combiner::drain`] gives one partial per
+//! key for one `incr_many` per batch (`functions/aggregate` adds its counts and sums so).
+//!
 //! What a combiner costs: one hash lookup per record and, per batch, one allocation per
 //! distinct key; what it saves is a record per repeat of a key within a batch, crossing
 //! the edge (framing, routing, the consumer's call). Larger batches combine more.
@@ -133,6 +136,12 @@ impl<A: Partial> Combiner<A> {
     /// Whether nothing was gathered.
     pub fn is_empty(&self) -> bool {
         self.partials.is_empty()
+    }
+
+    /// Takes every `(key, partial)` gathered and starts over: to fold them somewhere else
+    /// than into records (e.g. one `incr_many` per batch, as `functions/aggregate` does).
+    pub fn drain(&mut self) -> impl Iterator<Item = (Box<[u8]>, A)> + '_ {
+        self.partials.drain()
     }
 
     /// Emits one record per key on the default port (key = the key, payload = its

@@ -116,12 +116,16 @@ impl<'a> Output<'a> {
 
     /// Emits `payload` on the default port `out`.
     pub fn emit(&mut self, payload: impl IntoPayload) -> Result<(), NodeError> {
-        self.emit_to(DEFAULT_OUTPUT, payload)
+        self.emit_at(self.ports.default_output, payload)
     }
 
     /// Emits `payload` on the named output port.
     pub fn emit_to(&mut self, port: &str, payload: impl IntoPayload) -> Result<(), NodeError> {
-        let Some(port) = self.ports.output_index(port) else {
+        self.emit_at(self.ports.output_index(port), payload)
+    }
+
+    fn emit_at(&mut self, port: Option<u16>, payload: impl IntoPayload) -> Result<(), NodeError> {
+        let Some(port) = port else {
             return Ok(());
         };
         let Inherit {
@@ -137,7 +141,7 @@ impl<'a> Output<'a> {
     /// allocated per record (a [`Record`] owns its key). Timestamp and headers are
     /// inherited.
     pub fn emit_keyed(&mut self, key: &[u8], payload: impl IntoPayload) -> Result<(), NodeError> {
-        self.emit_keyed_to(DEFAULT_OUTPUT, key, payload)
+        self.emit_keyed_at(self.ports.default_output, key, payload)
     }
 
     /// [`Output::emit_keyed`] on the named output port.
@@ -147,7 +151,16 @@ impl<'a> Output<'a> {
         key: &[u8],
         payload: impl IntoPayload,
     ) -> Result<(), NodeError> {
-        let Some(port) = self.ports.output_index(port) else {
+        self.emit_keyed_at(self.ports.output_index(port), key, payload)
+    }
+
+    fn emit_keyed_at(
+        &mut self,
+        port: Option<u16>,
+        key: &[u8],
+        payload: impl IntoPayload,
+    ) -> Result<(), NodeError> {
+        let Some(port) = port else {
             return Ok(());
         };
         let Inherit {

@@ -42,6 +42,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Datelike, Timelike};
+use flowhost_sdk::combine::Combiner;
 use flowhost_sdk::prelude::*;
 use flowhost_sdk::state::{IncrBatch, counter};
 use flowhost_sdk::time::{TimeDomain, Timer, Window, Windows, watermark};
@@ -163,6 +164,9 @@ pub struct Aggregator {
     /// Groups to record at the end of the batch.
     new_groups: Vec<String>,
     increments: IncrBatch,
+    /// This batch's counts and sums per store key, folded before they reach the store
+    /// (one increment per key and batch, however many records share it).
+    partials: Combiner<i64>,
     extremes: BTreeMap<(String, &'static str, String), i64>,
     distinct: BTreeSet<(String, String, String)>,
     /// With `window`: how records fall into windows.
@@ -583,6 +587,7 @@ impl Node for Aggregator {
             groups: BTreeSet::new(),
             new_groups: Vec::new(),
             increments: IncrBatch::default(),
+            partials: Combiner::new(),
             extremes: BTreeMap::new(),
             distinct: BTreeSet::new(),
         })
@@ -646,10 +651,10 @@ impl Node for Aggregator {
             .any(|a| matches!(a.function, Function::Count | Function::Avg));
         for group in groups {
             if counts {
-                self.increments.add(&key(&[&group, "count"]), 1);
+                self.partials.add(&key(&[&group, "count"]), 1);
             }
             for (value, field) in &sums {
-                self.increments.add(&key(&[&group, "sum", field]), *value);
+                self.partials.add(&key(&[&group, "sum", field]), *value);
             }
             for (which, value, field) in &extremes {
                 let slot = self
@@ -676,6 +681,9 @@ impl Node for Aggregator {
     fn end_batch(&mut self, out: &mut Output<'_>) -> Result<(), NodeError> {
         for group in std::mem::take(&mut self.new_groups) {
             self.store.set(&key(&["group", &group]), b"")?;
+        }
+        for (k, delta) in self.partials.drain() {
+            self.increments.add(&k, delta);
         }
         self.increments.flush(&self.store)?;
         for ((group, which, field), value) in std::mem::take(&mut self.extremes) {
