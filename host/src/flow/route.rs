@@ -4,6 +4,9 @@
 
 use std::hash::BuildHasher;
 
+use bytes::Bytes;
+use flowhost_sdk::frame::{BatchReader, BatchWriter, Item};
+
 use super::watermark::{Mark, Marked};
 use super::{Ack, Envelope, InFlight, Sender};
 use crate::manifest::Connection;
@@ -70,10 +73,47 @@ impl Route {
             self.send_to(i, batch, ack, mark);
             return;
         }
+        if self.connection == Connection::KeyHash
+            && let Batch::Frame { bytes, .. } = &batch
+        {
+            self.split_frame(bytes, ack, mark);
+            return;
+        }
         for msg in batch.into_msgs() {
             self.push(msg);
         }
         self.flush(ack, mark);
+    }
+
+    /// A frame by key hash over several replicas: each record is copied once, straight
+    /// into its replica's frame (with this edge's input port), and each replica gets a
+    /// frame; no message is made of it. Records without a key go where `push` would
+    /// send them.
+    fn split_frame(&mut self, bytes: &Bytes, ack: &Ack, mark: Option<Marked>) {
+        let n = self.targets.len();
+        let mut frames: Vec<(BatchWriter, usize)> = (0..n)
+            .map(|_| (BatchWriter::with_capacity(bytes.len() / n + 64), 0))
+            .collect();
+        // The frame was checked whole when it was made: nothing here fails.
+        for item in BatchReader::new(bytes).into_iter().flatten().flatten() {
+            if let Item::Record(r) = item {
+                let i = r.key.map_or(self.next % n, |key| replica_of(key, n));
+                let (frame, count) = &mut frames[i];
+                frame.record(self.in_port, r.timestamp, r.key, r.payload, r.headers.raw());
+                *count += 1;
+            }
+        }
+        for (i, (frame, count)) in frames.into_iter().enumerate() {
+            if count > 0 {
+                let batch = Batch::Frame {
+                    bytes: frame.finish().into(),
+                    count,
+                    port: self.in_port,
+                };
+                self.send_to(i, batch, ack, mark);
+            }
+        }
+        self.next = self.next.wrapping_add(1);
     }
 
     /// Tells every consumer replica the producer's new mark (those told it already are
@@ -176,7 +216,6 @@ impl Router {
 mod tests {
     use super::*;
     use crate::flow::{Mailbox, channel};
-    use bytes::Bytes;
     use std::sync::Arc;
 
     fn replicas(n: usize) -> (Vec<Sender>, Vec<Mailbox>) {
@@ -231,6 +270,39 @@ mod tests {
                     .iter()
                     .collect::<Vec<_>>()
             );
+        }
+    }
+
+    #[test]
+    fn key_hash_splits_a_frame_into_frames_as_it_splits_messages() {
+        let msgs: Vec<Msg> = (0..50)
+            .map(|i| keyed(&format!("k{}", i % 7), &format!("m{i}")))
+            .collect();
+        let spread = |batch: Batch| {
+            let (tx, rx) = replicas(3);
+            let mut router = Router::new(1);
+            router.add(0, Route::new(tx, 2, Connection::KeyHash, InFlight::default()));
+            router.send(0, batch, &Ack::none());
+            rx.iter()
+                .map(|r| r.drain_now().map(|e| (e.port, e.batch)).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        let frame = crate::message::decode(crate::message::encode(&msgs, 0), 1)
+            .unwrap()
+            .ports
+            .remove(0);
+        assert!(frame.framed(0).is_some());
+        let from_frame = spread(frame);
+        let from_msgs = spread(msgs.into());
+        assert_eq!(from_frame.len(), from_msgs.len());
+        for (framed, plain) in from_frame.into_iter().zip(from_msgs) {
+            // Each replica gets one frame, for the edge's input port, holding exactly the
+            // messages the message path gives it, in order.
+            assert!(framed.iter().all(|(port, b)| *port == 2 && b.framed(2).is_some()));
+            let got: Vec<Msg> = framed.into_iter().flat_map(|(_, b)| b.into_msgs()).collect();
+            let want: Vec<Msg> = plain.into_iter().flat_map(|(_, b)| b.into_msgs()).collect();
+            assert!(!want.is_empty());
+            assert_eq!(got, want);
         }
     }
 
