@@ -37,7 +37,7 @@ pub(super) fn run(fx: &Fixtures, messages: u64) -> anyhow::Result<Vec<Row>> {
         }
         Ok(vec![
             Row::new(
-                "windowed aggregation (1 s tumbling, event time)",
+                "windowed aggregation (1 s tumbling)",
                 rate(windowed),
                 Some(rate(native_windows)),
                 "msg/s",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use flowhost_sdk::__private::Runtime;
 use flowhost_sdk::{Message, NoConfig, Node, NodeError, Output};
 
-use super::{Better, Fixtures, Row};
+use super::{Better, Fixtures, Row, interleaved};
 use flowhost::engine::{NodeSetup, NodeTemplate};
 use flowhost::message::{self, batch_from, sequence_payload};
 
@@ -26,7 +26,7 @@ impl Node for NativePassthrough {
     }
 }
 
-pub(super) fn run(fx: &Fixtures, seconds: Duration) -> anyhow::Result<Vec<Row>> {
+pub(super) fn run(fx: &Fixtures, seconds: Duration, rounds: usize) -> anyhow::Result<Vec<Row>> {
     let setup = NodeSetup {
         timeout: Duration::from_secs(10),
         memory_mb: 256,
@@ -45,18 +45,24 @@ pub(super) fn run(fx: &Fixtures, seconds: Duration) -> anyhow::Result<Vec<Row>> 
     for batch_size in [1usize, 64, 1024] {
         let batch = batch_from(batch_size, Some(0), |i, b| sequence_payload(i as u64, 16, b));
         let input = message::encode(&batch, 0);
-        let native_ns = per_message(seconds, || {
-            let out = native.process(&input).map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(message::decode(out, 1)?.ports[0].len())
-        })?;
-        let wasm_ns = per_message(seconds, || {
-            let out = wasm.process(&input)?;
-            Ok(message::decode(out, 1)?.ports[0].len())
-        })?;
-        let row = Row::new(
+        let r = interleaved(
+            rounds,
+            || {
+                per_message(seconds, || {
+                    let out = wasm.process(&input)?;
+                    Ok(message::decode(out, 1)?.ports[0].len())
+                })
+            },
+            || {
+                per_message(seconds, || {
+                    let out = native.process(&input).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    Ok(message::decode(out, 1)?.ports[0].len())
+                })
+            },
+        )?;
+        let row = Row::rounds(
             format!("boundary, batch {batch_size}, 16 B"),
-            wasm_ns,
-            Some(native_ns),
+            &r,
             "ns/msg",
             Better::Lower,
         );

@@ -290,7 +290,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Ok(())
     };
     eprintln!("flowhost bench on {cores} cores");
-    step("boundary", &|| boundary::run(&fx, seconds))?;
+    step("boundary", &|| boundary::run(&fx, seconds, rounds))?;
     step("passthrough", &|| pipeline::run(&fx, messages, rounds))?;
     step("state", &|| state::run(&fx, seconds))?;
     step("wordcount", &|| wordcount::run(&fx, mb, rounds))?;
