@@ -373,7 +373,7 @@ impl Replica {
             match self.call(&input).map(|out| self.decode_output(out, inputs)) {
                 Ok(Ok(out)) => return self.deliver(out, batch, port),
                 Ok(Err(why)) => {
-                    tracing::warn!("{why}; re-running the batch one message at a time");
+                    tracing::warn!("{why}; re-running the batch in smaller calls");
                     break;
                 }
                 Err(CallError::Cut) => {
