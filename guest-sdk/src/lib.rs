@@ -165,7 +165,12 @@ pub mod __private {
                     .location()
                     .map(|l| format!(" at {}:{}", l.file(), l.line()))
                     .unwrap_or_default();
-                crate::log::error(&format!("panicked{at}: {msg}"));
+                // Naming the input lets the host take this message as the culprit at
+                // once, instead of re-running the batch to find it (FRAMING.md, Traps).
+                let on = crate::node::current_input()
+                    .map(|i| format!(" on input {i}"))
+                    .unwrap_or_default();
+                crate::log::error(&format!("panicked{on}{at}: {msg}"));
             }));
             let replica = crate::node::Replica {
                 index: info.replica,

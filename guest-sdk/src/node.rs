@@ -68,6 +68,15 @@ impl Default for Replica {
 
 thread_local! {
     static REPLICA: std::cell::Cell<Replica> = std::cell::Cell::new(Replica::default());
+    /// The input item being handled, for the panic hook to name (see FRAMING.md, Traps).
+    static CURRENT: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index in its input batch of the item the node is handling now, if it is handling
+/// one (not in `end_batch` or `finish`).
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+pub(crate) fn current_input() -> Option<u32> {
+    CURRENT.with(|c| c.get())
 }
 
 /// This instance's place among its node's replicas (known from before [`Node::init`]).
@@ -109,6 +118,7 @@ impl<N: Node> Runtime<N> {
         crate::time::new_call();
         let mut out = Output::new(&self.ports, input.len() + 64);
         for (index, item) in BatchReader::new(input)?.enumerate() {
+            CURRENT.with(|c| c.set(Some(index as u32)));
             let record = match item? {
                 Item::Record(record) => record,
                 Item::Timer(t) if t.op == TimerOp::Fired => {
@@ -136,6 +146,7 @@ impl<N: Node> Runtime<N> {
                 out.fail(mark, index as u32, &error);
             }
         }
+        CURRENT.with(|c| c.set(None));
         out.end_of_input();
         self.node.end_batch(&mut out)?;
         Ok(out.into_batch())

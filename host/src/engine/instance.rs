@@ -123,6 +123,9 @@ pub enum CallError {
         reason: String,
         /// The call ran into its time or fuel limit: running it again costs that much again.
         costly: bool,
+        /// The input item the guest said it trapped on (its panic message begins
+        /// `panicked on input <index>`, see FRAMING.md), if it said so.
+        culprit: Option<u32>,
     },
 }
 
@@ -450,6 +453,10 @@ fn from_wit(e: types::NodeError) -> NodeError {
 
 fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate, notes: Notes) -> CallError {
     let trap = err.downcast_ref::<Trap>();
+    let culprit = match trap {
+        Some(Trap::UnreachableCodeReached) => notes.panic.as_deref().and_then(culprit_of),
+        _ => None,
+    };
     let reason = match trap {
         Some(Trap::Interrupt) if notes.cut => return CallError::Cut,
         Some(Trap::Interrupt) if let Some(sleep) = notes.overslept => format!(
@@ -464,7 +471,7 @@ fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate, notes: Notes) -> CallE
             "out of fuel: a call used more than fuel = {}",
             t.fuel.unwrap_or(u64::MAX)
         ),
-        Some(Trap::UnreachableCodeReached) => match notes.panic {
+        Some(Trap::UnreachableCodeReached) => match &notes.panic {
             Some(panic) => format!("the guest {panic}"),
             None => "the guest aborted (a panic, or `unreachable`)".to_owned(),
         },
@@ -480,5 +487,27 @@ fn describe_trap(err: &wasmtime::Error, t: &NodeTemplate, notes: Notes) -> CallE
     CallError::Trap {
         reason,
         costly: matches!(trap, Some(Trap::Interrupt | Trap::OutOfFuel)),
+        culprit,
+    }
+}
+
+/// The input index a panic message names: `panicked on input <index>…`.
+fn culprit_of(panic: &str) -> Option<u32> {
+    let rest = panic.strip_prefix("panicked on input ")?;
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    rest[..digits].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::culprit_of;
+
+    #[test]
+    fn a_panic_names_its_input_only_in_the_sdks_words() {
+        assert_eq!(culprit_of("panicked on input 17 at src/lib.rs:3: boom"), Some(17));
+        assert_eq!(culprit_of("panicked on input 0: boom"), Some(0));
+        assert_eq!(culprit_of("panicked at src/lib.rs:3: boom"), None);
+        assert_eq!(culprit_of("panicked on input x: boom"), None);
+        assert_eq!(culprit_of("panicked on input 99999999999: boom"), None);
     }
 }

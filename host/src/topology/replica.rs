@@ -346,7 +346,9 @@ impl Replica {
         self.part(&mut env.batch, env.port)
     }
 
-    /// Runs `msgs` as one call. If the call fails as a whole (a trap, a malformed output
+    /// Runs `msgs` as one call. A trap whose guest named the message it trapped on (the
+    /// SDK's panic hook does) settles that message at once ([`Self::named_culprit`]).
+    /// If the call fails as a whole otherwise (a trap, a malformed output
     /// batch, an error for the whole batch), it runs again in chunks of [`CHUNK`]; a
     /// chunk that fails runs one message at a time until one fails, which is taken as
     /// the culprit, and the rest of the chunk goes back to running as a batch. One poison
@@ -387,6 +389,14 @@ impl Replica {
                     attempt += 1;
                     self.backoff(attempt, &e);
                 }
+                Err(CallError::Trap {
+                    culprit: Some(i),
+                    reason,
+                    ..
+                }) if (i as usize) < inputs => {
+                    let msgs = std::mem::take(batch.msgs());
+                    return self.holding(|this| this.named_culprit(&msgs, i as usize, port, &reason));
+                }
                 Err(CallError::Trap { costly: true, .. }) => {
                     costly = true;
                     break;
@@ -395,22 +405,45 @@ impl Replica {
             }
         }
         let msgs = std::mem::take(batch.msgs());
+        self.holding(|this| {
+            if !costly && msgs.len() > CHUNK {
+                msgs.chunks(CHUNK)
+                    .try_for_each(|chunk| this.part(&mut chunk.to_vec().into(), port))
+            } else {
+                this.one_by_one(&msgs, port)
+            }
+        })
+    }
+
+    /// Runs `work` with the outputs it routes held back, then sends them together (one
+    /// envelope per port); nested, the outermost sends.
+    fn holding(&mut self, work: impl FnOnce(&mut Self) -> Result<(), Stop>) -> Result<(), Stop> {
         let outermost = self.held.is_none();
         if outermost {
             self.held = Some(vec![Vec::new(); self.outputs.len()]);
         }
-        let result = if !costly && msgs.len() > CHUNK {
-            msgs.chunks(CHUNK)
-                .try_for_each(|chunk| self.part(&mut chunk.to_vec().into(), port))
-        } else {
-            self.one_by_one(&msgs, port)
-        };
+        let result = work(self);
         if outermost && let Some(held) = self.held.take() {
             for (port, msgs) in held.into_iter().enumerate() {
                 self.send(port, msgs);
             }
         }
         result
+    }
+
+    /// The guest trapped on message `i` and said so (its panic named the input): the
+    /// messages before it run again as a batch (their outputs went with the trap), it
+    /// goes through the error policy without running again, the rest runs as a batch.
+    /// A poison message then costs one trap and a call more, not a search.
+    fn named_culprit(&mut self, msgs: &[Msg], i: usize, port: u16, reason: &str) -> Result<(), Stop> {
+        if i > 0 {
+            self.part(&mut msgs[..i].to_vec().into(), port)?;
+        }
+        self.failed(&msgs[i], port, "trap", reason, 1)?;
+        match &msgs[i + 1..] {
+            [] => Ok(()),
+            rest => self.part(&mut rest.to_vec().into(), port),
+        }
     }
 
     /// Runs messages one at a time until one fails; the rest go back to [`Self::part`].

@@ -160,7 +160,7 @@ fn guest_panics_and_prints_reach_the_host_log_with_the_node_name() {
     // The panic message travels with the trap: it is in the line that reports the failure.
     assert!(line("asked to panic").contains("node=faulty"), "{stderr}");
     assert!(
-        line("panicked at").contains("skipped a message after 1 attempt(s): trap"),
+        line("the guest panicked").contains("skipped a message after 1 attempt(s): trap"),
         "{stderr}"
     );
     assert!(

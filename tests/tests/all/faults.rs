@@ -69,7 +69,9 @@ fn faults_on(on: On) -> Result<()> {
     assert_eq!(dead.len(), 6, "{dead:?}");
     assert_eq!(find("panic").1, "trap");
     assert!(
-        find("panic").2.contains("panicked at") && find("panic").2.contains("asked to panic"),
+        find("panic").2.contains("panicked on input ")
+            && find("panic").2.contains(" at faulty/src/lib.rs:")
+            && find("panic").2.contains("asked to panic"),
         "the guest's panic message: {:?}",
         find("panic")
     );
