@@ -239,9 +239,10 @@ fn writes_of_a_call_that_traps_are_undone_so_each_message_counts_once() -> Resul
     assert_eq!(out.report.failure, None);
     assert_eq!(out.lines("out"), ["a", "b", "c", "a"]);
     let counts = out.report.stores.get("counts").unwrap();
-    // The batch trapped at `trap` and was re-run message by message up to it, then the
-    // rest as a batch, which trapped at `panic`: `a` and `b` were counted before the
-    // first trap and again in the re-run, `c` in the second batch and alone, yet each
+    // The batch trapped at `trap` (an abort: it names no culprit) and was re-run message
+    // by message up to it, then the rest as a batch, which panicked naming `panic` as its
+    // culprit: `c` before it ran again as a batch, `bad` and `a` after it. `a` and `b`
+    // were counted before the first trap and again in the re-run, `c` twice, yet each
     // message counts once.
     assert_eq!(counter(counts, "a"), Some(2));
     assert_eq!(counter(counts, "b"), Some(1));
@@ -253,8 +254,8 @@ fn writes_of_a_call_that_traps_are_undone_so_each_message_counts_once() -> Resul
     assert_eq!(counter(counts, "bad"), Some(1));
     assert_eq!(
         out.node("faulty").traps,
-        4,
-        "the batch, `trap` alone, the rest of the batch, `panic` alone"
+        3,
+        "the batch, `trap` alone, the rest of the batch (`panic` named itself: not run alone)"
     );
     Ok(())
 }
