@@ -61,6 +61,7 @@
 pub mod combine;
 mod error;
 pub mod frame;
+pub mod http;
 pub mod log;
 mod message;
 mod node;

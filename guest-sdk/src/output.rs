@@ -273,6 +273,18 @@ impl<P: IntoPayload> Record<P> {
         self
     }
 
+    /// The HTTP status this record answers with when it reaches a `reply` sink (default
+    /// 200): the header [`crate::http::STATUS`].
+    pub fn status(self, status: u16) -> Self {
+        self.header(crate::http::STATUS, status.to_string())
+    }
+
+    /// The content type this record answers with when it reaches a `reply` sink: the
+    /// header [`crate::http::CONTENT_TYPE`].
+    pub fn content_type(self, content_type: &str) -> Self {
+        self.header(crate::http::CONTENT_TYPE, content_type)
+    }
+
     /// Adds a header (after the inherited ones; a later header with the same name wins).
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.push((name.into(), value.into()));

@@ -1,5 +1,6 @@
 //! Where messages enter and leave a graph: [`source`] readers and [`sink`] writers.
 
+pub mod http;
 pub mod sink;
 pub mod source;
 
@@ -32,6 +33,22 @@ pub enum IoError {
         line: u64,
         /// What is wrong with it.
         why: String,
+    },
+    /// A server socket cannot be opened.
+    #[error("{vertex}: cannot {what}: {error}")]
+    Listen {
+        /// `source \`id\``.
+        vertex: String,
+        /// What was being done (`listen on 127.0.0.1:8080`).
+        what: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// A sink only the runner can open (a `reply` sink answers through the run's exchange).
+    #[error("{vertex} is opened by the runner")]
+    Unopened {
+        /// `sink \`id\``.
+        vertex: String,
     },
     /// A Kafka source or sink, in a run without the Kafka transport.
     #[error("{vertex} uses Kafka topic `{topic}`: run it with transport = \"kafka\"")]

@@ -3,9 +3,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::http::{self, Answer, Answers};
 use super::{IoError, NotAMessage};
 use crate::manifest::{SinkFormat, SinkKind, SinkSpec};
 use crate::message::{Headers, Msg};
@@ -16,12 +18,15 @@ pub struct SinkWriter {
     format: SinkFormat,
     /// Bytes in the file so far (file sinks).
     len: u64,
+    /// Whether a reply sink said it dropped a message without a return address.
+    warned: bool,
 }
 
 enum Out {
     Stdout(BufWriter<std::io::Stdout>),
     File(BufWriter<File>),
     Null,
+    Reply(Arc<dyn Answers>),
 }
 
 impl SinkWriter {
@@ -53,6 +58,8 @@ impl SinkWriter {
                 (Out::File(BufWriter::new(file)), resume.unwrap_or(0))
             }
             SinkKind::Null => (Out::Null, 0),
+            // (The runner makes it, with this process's answers: `SinkWriter::reply`.)
+            SinkKind::Reply => return Err(IoError::Unopened { vertex: vertex() }),
             SinkKind::Kafka(topic) => {
                 return Err(IoError::NeedsKafka {
                     vertex: vertex(),
@@ -64,19 +71,43 @@ impl SinkWriter {
             out,
             format: spec.format,
             len,
+            warned: false,
         })
+    }
+
+    /// A `reply` sink: each message answers the request whose return address it carries.
+    pub fn reply(answers: Arc<dyn Answers>) -> SinkWriter {
+        SinkWriter {
+            out: Out::Reply(answers),
+            format: SinkFormat::Text,
+            len: 0,
+            warned: false,
+        }
     }
 
     fn writer(&mut self) -> Option<&mut dyn Write> {
         match &mut self.out {
             Out::Stdout(w) => Some(w),
             Out::File(w) => Some(w),
-            Out::Null => None,
+            Out::Null | Out::Reply(_) => None,
         }
     }
 
     /// Writes a batch and flushes it, so results show as they arrive.
     pub fn write(&mut self, msgs: &[Msg]) -> std::io::Result<()> {
+        if let Out::Reply(answers) = &self.out {
+            for m in msgs {
+                match m.headers.get(http::REPLY_TO) {
+                    Some(to) => answers.answer(to, Answer::reply(m)),
+                    None if !std::mem::replace(&mut self.warned, true) => tracing::warn!(
+                        "a message reached a reply sink without a return address (`{}` header): it answers nothing and is dropped (said once)",
+                        http::REPLY_TO
+                    ),
+                    None => {}
+                }
+            }
+            return Ok(());
+        }
         let format = self.format;
         let Some(out) = self.writer() else { return Ok(()) };
         let mut counted = Counted { inner: out, n: 0 };
@@ -112,7 +143,7 @@ impl SinkWriter {
                 Ok(Some(self.len))
             }
             Out::Stdout(w) => w.flush().map(|()| None),
-            Out::Null => Ok(None),
+            Out::Null | Out::Reply(_) => Ok(None),
         }
     }
 }

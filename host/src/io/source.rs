@@ -93,6 +93,8 @@ pub fn run(
             vertex: vertex(),
             topic: topic.clone(),
         }),
+        // (Run by its `http::HttpServer`, which the runner binds before anything runs.)
+        SourceKind::Http(_) => Ok(start),
         SourceKind::Generator {
             count,
             payload_size,
@@ -237,11 +239,7 @@ fn json_line(line: &Bytes, (key_field, ts_field): (Option<&str>, Option<&str>)) 
     let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let mut msg = Msg::new(line.clone(), None);
     if let Some(field) = key_field {
-        msg.key = match value.get(field) {
-            Some(serde_json::Value::String(s)) => Some(Bytes::copy_from_slice(s.as_bytes())),
-            Some(serde_json::Value::Null) | None => None,
-            Some(other) => Some(Bytes::from(other.to_string())),
-        };
+        msg.key = json_key(&value, field);
     }
     if let Some((field, v)) = ts_field.and_then(|f| Some((f, value.get(f)?))) {
         let millis = v
@@ -250,6 +248,16 @@ fn json_line(line: &Bytes, (key_field, ts_field): (Option<&str>, Option<&str>)) 
         msg.timestamp = Some(millis);
     }
     Ok(msg)
+}
+
+/// The key a JSON object's top-level `field` gives: a string as it is, any other value
+/// as JSON text, none if absent or null.
+pub(super) fn json_key(value: &serde_json::Value, field: &str) -> Option<Bytes> {
+    match value.get(field)? {
+        serde_json::Value::String(s) => Some(Bytes::copy_from_slice(s.as_bytes())),
+        serde_json::Value::Null => None,
+        other => Some(Bytes::from(other.to_string())),
+    }
 }
 
 /// Zero-padded sequence numbers from `first` as payloads (cut or padded to

@@ -264,6 +264,31 @@ pub enum SourceKind {
         /// The topic.
         topic: String,
     },
+    /// HTTP requests (see `io::http`).
+    Http(HttpSpec),
+}
+
+/// An HTTP source: where it listens and what a request becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSpec {
+    /// Where it listens.
+    pub listen: std::net::SocketAddr,
+    /// The URL path it serves.
+    pub path: String,
+    /// A request header whose value becomes the key.
+    pub key_header: Option<String>,
+    /// A top-level field of a JSON body whose value becomes the key.
+    pub key_field: Option<String>,
+    /// Request headers copied into the message (lower case).
+    pub headers: Vec<String>,
+    /// The largest body.
+    pub max_body: usize,
+    /// Most requests open at once.
+    pub max_in_flight: usize,
+    /// How long a request waits for its reply.
+    pub timeout: Duration,
+    /// Whether 5xx answers carry the node's error text.
+    pub expose_errors: bool,
 }
 
 /// A wasm node.
@@ -414,6 +439,8 @@ pub enum SinkKind {
     Null,
     /// A Kafka topic (Kafka transport only).
     Kafka(String),
+    /// Answers the HTTP request each message carries the return address of.
+    Reply,
 }
 
 /// A vertex of the graph, by kind and index.

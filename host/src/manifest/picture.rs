@@ -77,6 +77,7 @@ fn layout(graph: &Graph) -> (Vec<Item>, Vec<Arrow>) {
             SourceKind::Stdin => "stdin",
             SourceKind::Generator { .. } => "generator",
             SourceKind::Kafka { topic } => &format!("kafka {topic}"),
+            SourceKind::Http(h) => &format!("http {}{}", h.listen, h.path),
         };
         let time = match s.watermark {
             Some(w) => format!(", watermark −{} ms", w.out_of_orderness.as_millis()),
@@ -106,6 +107,7 @@ fn layout(graph: &Graph) -> (Vec<Item>, Vec<Arrow>) {
             SinkKind::File(_) => "file",
             SinkKind::Null => "null",
             SinkKind::Kafka(topic) => &format!("kafka {topic}"),
+            SinkKind::Reply => "reply",
         };
         push(vid(Vertex::Sink(i)), format!("{} ({kind})", s.id), Shape::Sink);
     }

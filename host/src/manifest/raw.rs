@@ -79,6 +79,8 @@ pub enum SourceKind {
     Generator,
     /// An existing Kafka topic (with `transport = "kafka"`).
     Kafka,
+    /// HTTP requests, each answered by the message that reaches a `reply` sink.
+    Http,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -86,10 +88,12 @@ pub enum SourceKind {
 pub struct RawSource {
     #[schemars(with = "SourceKind")]
     pub kind: Spanned<SourceKind>,
-    /// `file`, `jsonl`: the file to read, relative to the manifest.
+    /// `file`, `jsonl`: the file to read, relative to the manifest. `http`: the URL path
+    /// served (default `/`).
     #[schemars(with = "Option<String>")]
     pub path: Option<Spanned<String>>,
-    /// `jsonl`: a top-level field whose value becomes the message key.
+    /// `jsonl`, `http`: a top-level field (of the JSON body) whose value becomes the
+    /// message key.
     #[schemars(with = "Option<String>")]
     pub key_field: Option<Spanned<String>>,
     /// `jsonl`: a top-level field holding the event time (milliseconds since the epoch).
@@ -110,6 +114,29 @@ pub struct RawSource {
     /// Event time: the watermarks this source produces from its messages' timestamps.
     #[schemars(with = "Option<RawWatermark>")]
     pub watermark: Option<Spanned<RawWatermark>>,
+    /// `http`: where to listen (default `127.0.0.1:8080`).
+    #[schemars(with = "Option<String>")]
+    pub listen: Option<Spanned<String>>,
+    /// `http`: a request header whose value becomes the message key.
+    #[schemars(with = "Option<String>")]
+    pub key_header: Option<Spanned<String>>,
+    /// `http`: request headers copied into the message (as `http-header-<name>`).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub headers: Vec<Spanned<String>>,
+    /// `http`: the largest request body, in bytes (default 1 MiB); larger is answered 413.
+    #[schemars(with = "Option<u64>")]
+    pub max_body_bytes: Option<Spanned<u64>>,
+    /// `http`: most requests open at once (default 1024); more are answered 503.
+    #[schemars(with = "Option<u64>")]
+    pub max_in_flight: Option<Spanned<u64>>,
+    /// `http`: how long a request waits for its reply (default 5000 ms); then 504.
+    #[schemars(with = "Option<u64>")]
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// `http`: whether a failed message's answer carries the node's error text (default
+    /// true; false answers 5xx with a generic text, and still 4xx with the reason).
+    #[schemars(with = "Option<bool>")]
+    pub expose_errors: Option<Spanned<bool>>,
 }
 
 /// How a source's watermark follows the timestamps it reads: the largest timestamp seen,
@@ -279,6 +306,8 @@ pub enum SinkKind {
     Null,
     /// A Kafka topic (with `transport = "kafka"`), created if missing.
     Kafka,
+    /// Answers the HTTP request each message carries the return address of.
+    Reply,
 }
 
 /// How a sink writes each message.

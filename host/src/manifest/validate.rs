@@ -11,9 +11,9 @@ use toml::Spanned;
 use super::edges;
 use super::raw::{self, OnError, RawAutoRollback, RawGraph, RawNode, RawRetry, RawSink, RawSource};
 use super::{
-    AutoRollback, CheckpointSpec, Delivery, Diagnostic, ErrorPolicy, Graph, KafkaSpec, ModuleRef, NodeSpec,
-    RetryPolicy, Sandbox, SinkFormat, SinkKind, SinkSpec, SourceKind, SourceSpec, StoreLimits, StoreSpec,
-    Vertex, WatermarkSpec,
+    AutoRollback, CheckpointSpec, Delivery, Diagnostic, ErrorPolicy, Graph, HttpSpec, KafkaSpec, ModuleRef,
+    NodeSpec, RetryPolicy, Sandbox, SinkFormat, SinkKind, SinkSpec, SourceKind, SourceSpec, StoreLimits,
+    StoreSpec, Vertex, WatermarkSpec,
 };
 
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -113,7 +113,7 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
 
     let sink_index = |name: &str| raw.sinks.keys().position(|k| k.get_ref() == name);
     let transport = raw.transport.as_ref().map(|t| *t.get_ref()).unwrap_or_default();
-    let sources = raw.sources.iter().map(|(id, s)| source(r, dir, id, s)).collect();
+    let sources: Vec<SourceSpec> = raw.sources.iter().map(|(id, s)| source(r, dir, id, s)).collect();
     let mut nodes: Vec<NodeSpec> = raw
         .nodes
         .iter()
@@ -122,6 +122,7 @@ fn check(raw: &RawGraph, dir: &Path, r: &mut Report) -> Graph {
     let sinks: Vec<SinkSpec> = raw.sinks.iter().map(|(id, s)| sink(r, dir, id, s)).collect();
     check_grants(r, raw);
     check_dead_letter_formats(r, raw, &nodes, &sinks);
+    check_replies(r, raw, &sources, &sinks);
     let edges = edges::edges(r, raw, &ids, &mut nodes);
     edges::check_connected(r, raw, &edges, &nodes);
     edges::check_cycles(r, raw, &edges);
@@ -277,6 +278,107 @@ fn not_for(r: &mut Report, field: Option<Range<usize>>, name: &str, what: &str) 
     }
 }
 
+/// A `reply` sink answers requests, so the graph has an `http` source, and an `http`
+/// source's requests are answered, so the graph has a `reply` sink.
+fn check_replies(r: &mut Report, raw: &RawGraph, sources: &[SourceSpec], sinks: &[SinkSpec]) {
+    let http = sources.iter().position(|s| matches!(s.kind, SourceKind::Http(_)));
+    let reply = sinks.iter().position(|s| matches!(s.kind, SinkKind::Reply));
+    match (http, reply) {
+        (None, Some(k)) => {
+            let (id, sink) = raw.sinks.iter().nth(k).expect("one raw sink per sink");
+            r.at(
+                sink.kind.span(),
+                format!(
+                    "sink `{}` (kind reply) answers HTTP requests, and no source has kind = \"http\"",
+                    id.get_ref()
+                ),
+            );
+        }
+        (Some(i), None) => {
+            let (id, source) = raw.sources.iter().nth(i).expect("one raw source per source");
+            r.at(
+                source.kind.span(),
+                format!(
+                    "source `{}` (kind http) needs a sink with kind = \"reply\" to answer its requests",
+                    id.get_ref()
+                ),
+            );
+        }
+        _ => {}
+    }
+}
+
+/// An `http` source's settings, with their defaults.
+fn http(r: &mut Report, name: &str, s: &RawSource) -> HttpSpec {
+    let listen = match &s.listen {
+        Some(l) => {
+            match l.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(addr) => addr,
+                Err(e) => {
+                    r.at(
+                    l.span(),
+                    format!("source `{name}`: `listen` must be an address and port such as 127.0.0.1:8080: {e}"),
+                );
+                    DEFAULT_HTTP_LISTEN
+                }
+            }
+        }
+        None => DEFAULT_HTTP_LISTEN,
+    };
+    let path = match &s.path {
+        Some(p) if !p.get_ref().starts_with('/') => {
+            r.at(
+                p.span(),
+                format!("source `{name}`: `path` is the URL path served and starts with `/`"),
+            );
+            "/".to_owned()
+        }
+        Some(p) => p.get_ref().clone(),
+        None => "/".to_owned(),
+    };
+    let positive = |r: &mut Report, field: &Option<Spanned<u64>>, what: &str, default: u64| match field {
+        Some(v) if *v.get_ref() == 0 => {
+            r.at(v.span(), format!("source `{name}`: `{what}` must be at least 1"));
+            default
+        }
+        Some(v) => *v.get_ref(),
+        None => default,
+    };
+    let mut headers = Vec::new();
+    for h in &s.headers {
+        let lower = h.get_ref().to_ascii_lowercase();
+        if axum::http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            r.at(
+                h.span(),
+                format!("source `{name}`: `{}` is not an HTTP header name", h.get_ref()),
+            );
+        }
+        headers.push(lower);
+    }
+    if let (Some(h), Some(f)) = (&s.key_header, &s.key_field) {
+        let both = h.span().start.min(f.span().start)..h.span().end.max(f.span().end);
+        r.at(
+            both,
+            format!("source `{name}`: the key comes from `key_header` or `key_field`, not both"),
+        );
+    }
+    HttpSpec {
+        listen,
+        path,
+        key_header: s.key_header.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
+        key_field: s.key_field.as_ref().map(|f| f.get_ref().clone()),
+        headers,
+        max_body: positive(r, &s.max_body_bytes, "max_body_bytes", 1 << 20) as usize,
+        max_in_flight: positive(r, &s.max_in_flight, "max_in_flight", 1024) as usize,
+        timeout: Duration::from_millis(positive(r, &s.timeout_ms, "timeout_ms", 5000)),
+        expose_errors: s.expose_errors.as_ref().is_none_or(|e| *e.get_ref()),
+    }
+}
+
+/// Where an `http` source listens when the manifest does not say.
+const DEFAULT_HTTP_LISTEN: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
 fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> SourceSpec {
     let name = id.get_ref();
     let kind = *s.kind.get_ref();
@@ -299,8 +401,19 @@ fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> So
         }
     };
     if kind != raw::SourceKind::Jsonl {
-        not_for(r, span(&s.key_field), "key_field", &what);
+        if kind != raw::SourceKind::Http {
+            not_for(r, span(&s.key_field), "key_field", &what);
+        }
         not_for(r, span(&s.timestamp_field), "timestamp_field", &what);
+    }
+    if kind != raw::SourceKind::Http {
+        not_for(r, span(&s.listen), "listen", &what);
+        not_for(r, span(&s.key_header), "key_header", &what);
+        not_for(r, s.headers.first().map(|h| h.span()), "headers", &what);
+        not_for(r, span(&s.max_body_bytes), "max_body_bytes", &what);
+        not_for(r, span(&s.max_in_flight), "max_in_flight", &what);
+        not_for(r, span(&s.timeout_ms), "timeout_ms", &what);
+        not_for(r, span(&s.expose_errors), "expose_errors", &what);
     }
     if kind != raw::SourceKind::Generator {
         not_for(r, span(&s.count), "count", &what);
@@ -324,6 +437,7 @@ fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> So
                 topic: kafka_topic(r, &s.kind, &s.topic, &format!("source `{name}`")),
             }
         }
+        raw::SourceKind::Http => SourceKind::Http(http(r, name, s)),
         raw::SourceKind::Stdin | raw::SourceKind::Generator => {
             not_for(r, span(&s.path), "path", &what);
             if kind == raw::SourceKind::Stdin {
@@ -352,6 +466,7 @@ fn source(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSource) -> So
         let timed = match &kind {
             SourceKind::Jsonl { timestamp_field, .. } => timestamp_field.is_some(),
             SourceKind::Messages { .. } | SourceKind::Generator { .. } | SourceKind::Kafka { .. } => true,
+            SourceKind::Http(_) => true,
             SourceKind::File { .. } | SourceKind::Stdin => false,
         };
         if !timed {
@@ -741,6 +856,7 @@ fn sink(r: &mut Report, dir: &Path, id: &Spanned<String>, s: &RawSink) -> SinkSp
             SinkKind::Null
         }
         (raw::SinkKind::Stdout, None) => SinkKind::Stdout,
+        (raw::SinkKind::Reply, None) => SinkKind::Reply,
         (raw::SinkKind::Null, None) => SinkKind::Null,
     };
     SinkSpec {

@@ -26,9 +26,10 @@ pub use status::Status;
 use crate::engine::{Engine, EngineError, NodeInstance, NodeSetup, NodeTemplate};
 use crate::flow::watermark::{Generator, Mark, Marked, Time, Watermarks};
 use crate::flow::{Ack, InFlight, Mailbox, Route, Router, Sender, channel};
+use crate::io::http::{Answers, Exchange, HttpServer};
 use crate::io::sink::SinkWriter;
 use crate::io::source;
-use crate::manifest::{Graph, Vertex};
+use crate::manifest::{Graph, SinkKind, SourceKind, Vertex};
 use crate::message::Msg;
 use crate::plan::Plan;
 use crate::shutdown::Shutdown;
@@ -334,7 +335,7 @@ impl Nodes {
         i: usize,
         instances: Vec<NodeInstance>,
         mut router: impl FnMut() -> Router,
-        dead_letter: Option<Sender>,
+        (dead_letter, answers): (Option<Sender>, Option<Arc<dyn Answers>>),
         inputs: Vec<Mailbox>,
         (opts, shutdown, in_flight, finish_gate): (&RunOptions, &Arc<Shutdown>, &InFlight, &Arc<FinishGate>),
         producers: &Producers,
@@ -354,6 +355,7 @@ impl Nodes {
                     inputs: spec.inputs.clone().into(),
                     router: router(),
                     dead_letter: dead_letter.clone(),
+                    answers: answers.clone(),
                     ack: Ack::none(),
                     policy: spec.on_error,
                     retry: spec.retry,
@@ -499,6 +501,9 @@ pub struct Runner<'a> {
     sources: Vec<(usize, Router)>,
     /// What feeds consumers from outside the process.
     feeds: Vec<(Vertex, Box<dyn Feed>)>,
+    /// This process's open HTTP requests, and its listening `http` sources by index.
+    exchange: Arc<Exchange>,
+    http: Vec<Option<HttpServer>>,
 }
 
 impl<'a> Runner<'a> {
@@ -523,6 +528,14 @@ impl<'a> Runner<'a> {
         let starts = transport.prepare(&stores, &in_flight, shutdown)?;
         let nodes = Nodes::load(plan, engine, opts, &stores)?;
         let status = nodes.status.clone();
+        let exchange = Exchange::new(transport.instance());
+        let serves = graph
+            .sources
+            .iter()
+            .any(|s| matches!(s.kind, SourceKind::Http(_)));
+        let answers = serves
+            .then(|| transport.answers(&exchange, shutdown))
+            .transpose()?;
         if let Some(link) = transport.link() {
             status.set_link(link);
         }
@@ -556,7 +569,24 @@ impl<'a> Runner<'a> {
             }
             let (tx, rx) = channel(opts.channel_capacity, status.sink(k).queue.clone());
             local.sinks.push(Some(tx));
-            sinks.push((k, transport.open_sink(k)?, rx));
+            let writer = match (&graph.sinks[k].kind, &answers) {
+                (SinkKind::Reply, Some(answers)) => Arc::new(Mutex::new(SinkWriter::reply(answers.clone()))),
+                _ => transport.open_sink(k)?,
+            };
+            sinks.push((k, writer, rx));
+        }
+        // Listening before anything runs: a port in use fails the start.
+        let mut http = Vec::new();
+        for (i, s) in graph.sources.iter().enumerate() {
+            http.push(match &s.kind {
+                SourceKind::Http(spec) if here(Vertex::Source(i)) => {
+                    let server = HttpServer::bind(&s.id, spec, exchange.clone())
+                        .map_err(|e| TransportError::setup(format!("source `{}`", s.id), e))?;
+                    status.set_http(i, server.stats(), exchange.clone());
+                    Some(server)
+                }
+                _ => None,
+            });
         }
 
         let finish_gate = Arc::new(if transport.has_finish_phase() {
@@ -609,7 +639,7 @@ impl<'a> Runner<'a> {
                     i,
                     instances,
                     make_router,
-                    dead_letter,
+                    (dead_letter, answers.clone()),
                     rx,
                     context,
                     &producers,
@@ -643,6 +673,8 @@ impl<'a> Runner<'a> {
             sinks,
             sources,
             feeds,
+            exchange,
+            http,
         })
     }
 
@@ -674,6 +706,8 @@ impl<'a> Runner<'a> {
             sinks,
             sources,
             feeds,
+            exchange,
+            http,
         } = self;
         let graph = &plan.graph;
         let shutdown = &shutdown;
@@ -731,6 +765,7 @@ impl<'a> Runner<'a> {
                 .into_iter()
                 .map(|(i, mut router)| {
                     let (spec, start, read) = (&graph.sources[i], starts[i], status.source(i));
+                    let server = http[i].as_ref();
                     let span = tracing::info_span!("source", source = %spec.id);
                     s.spawn(move || {
                         let _entered = span.enter();
@@ -753,7 +788,7 @@ impl<'a> Runner<'a> {
                             }
                             (g, w.idle)
                         });
-                        let reached = source::run(spec, opts.batch_size, start, shutdown, |batch, at| {
+                        let send = |batch: Vec<Msg>, at| {
                             read.fetch_add(batch.len() as u64, Ordering::Relaxed);
                             let watermark = clock.as_mut().and_then(|(g, idle)| {
                                 let before = g.max_seen();
@@ -769,7 +804,11 @@ impl<'a> Runner<'a> {
                             }
                             transport_ref.source_batch(i, at);
                             true
-                        });
+                        };
+                        let reached = match server {
+                            Some(server) => Ok(server.run(opts.batch_size, shutdown, send)),
+                            None => source::run(spec, opts.batch_size, start, shutdown, send),
+                        };
                         let ended = reached.is_ok() && !shutdown.is_stopping();
                         let end = reached.unwrap_or_else(|e| {
                             shutdown.fail(e.to_string());
@@ -797,6 +836,9 @@ impl<'a> Runner<'a> {
             let sinks: Vec<(String, u64)> = sinks.into_iter().filter_map(join).collect();
             (sources, sinks)
         });
+        // Every vertex has stopped: what is still open is answered, then the servers go.
+        exchange.close();
+        drop(http);
         let checkpoints = transport.finish(shutdown)?;
         record_finish(graph, &finish_gate, &nodes.stats);
         let mut report = nodes.ended(graph, shutdown, (sources, sinks), stores);

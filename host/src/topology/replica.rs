@@ -22,6 +22,7 @@ use crate::clock::now_millis;
 use crate::engine::{CallError, NodeInstance};
 use crate::flow::watermark::{Mark, Marked, Time, Watermarks};
 use crate::flow::{Ack, Envelope, InFlight, Mailbox, Received, Router, Sender};
+use crate::io::http::{self, Answer, Answers};
 use crate::manifest::{ErrorPolicy, RetryPolicy};
 use crate::message::{self, Batch, Msg};
 use crate::shutdown::Shutdown;
@@ -66,6 +67,8 @@ pub(super) struct Replica {
     pub inputs: Arc<[String]>,
     pub router: Router,
     pub dead_letter: Option<Sender>,
+    /// Where a failed request's answer goes (graphs with an `http` source).
+    pub answers: Option<Arc<dyn Answers>>,
     /// The acknowledgement of the batch being processed: what it sends holds it.
     pub ack: Ack,
     pub policy: ErrorPolicy,
@@ -641,6 +644,16 @@ impl Replica {
     fn failed(&mut self, msg: &Msg, port: u16, kind: &str, error: &str, attempts: u32) -> Result<(), Stop> {
         NodeStats::add(&self.stats.errors, 1);
         self.failures += 1;
+        // A request's message that fails for good answers its request, whatever else
+        // the policy does with it: its caller is not left to time out.
+        if let (Some(answers), Some(to)) = (&self.answers, msg.headers.get(http::REPLY_TO)) {
+            let answer = Answer::Failed {
+                node: self.id.to_string(),
+                kind: kind.to_owned(),
+                error: error.to_owned(),
+            };
+            answers.answer(to, answer);
+        }
         let policy = if kind == ErrorKind::Fatal.as_str() {
             ErrorPolicy::Stop
         } else {

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+use crate::io::http::{Exchange, HttpStats};
 use serde::{Deserialize, Serialize};
 
 use super::swap::{NodeVersions, SwapRecord};
@@ -190,9 +192,16 @@ pub struct Status {
     topics: (Vec<Option<String>>, Vec<Option<String>>),
     stores: Stores,
     link: std::sync::OnceLock<Arc<dyn LinkHealth>>,
+    /// Per source, its HTTP counters (an `http` source here) and the process's exchange.
+    http: Vec<std::sync::OnceLock<(Arc<HttpStats>, Arc<Exchange>)>>,
 }
 
 impl Status {
+    /// Reports `http` source `i`'s counters.
+    pub fn set_http(&self, i: usize, stats: Arc<HttpStats>, exchange: Arc<Exchange>) {
+        let _ = self.http[i].set((stats, exchange));
+    }
+
     /// Reports the transport's link to its services (the Kafka brokers).
     pub fn set_link(&self, link: Arc<dyn LinkHealth>) {
         let _ = self.link.set(link);
@@ -263,6 +272,7 @@ impl Status {
             ),
             stores,
             link: std::sync::OnceLock::new(),
+            http: graph.sources.iter().map(|_| std::sync::OnceLock::new()).collect(),
         }
     }
 
@@ -327,12 +337,29 @@ impl Status {
                 .sources
                 .iter()
                 .zip(source_topics)
-                .map(|((id, n), topic)| SourceReport {
+                .zip(&self.http)
+                .map(|(((id, n), topic), http)| SourceReport {
                     id: id.clone(),
                     read: match topic {
                         Some(t) => read_from(t),
                         None => n.load(Ordering::Relaxed),
                     },
+                    http: http.get().map(|(h, exchange)| {
+                        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                        let latency = h.latency.lock().unwrap_or_else(|e| e.into_inner());
+                        HttpReport {
+                            listen: h.listen.to_string(),
+                            in_flight: get(&h.in_flight),
+                            requests: get(&h.requests),
+                            answered: get(&h.answered),
+                            errors: get(&h.errors),
+                            timed_out: get(&h.timed_out),
+                            rejected: get(&h.rejected),
+                            too_large: get(&h.too_large),
+                            unmatched: exchange.unmatched(),
+                            latency_us: Latency::of(&latency),
+                        }
+                    }),
                 })
                 .collect(),
             nodes: self
@@ -376,13 +403,7 @@ impl Status {
                             version: current.number,
                             swaps: versions.history(),
                             counts: stats.counts(),
-                            latency_us: Latency {
-                                p50: all.value_at_quantile(0.5),
-                                p90: all.value_at_quantile(0.9),
-                                p99: all.value_at_quantile(0.99),
-                                max: all.max(),
-                                batches: all.len(),
-                            },
+                            latency_us: Latency::of(&all),
                             replicas,
                         }
                     },
@@ -704,6 +725,35 @@ pub struct SourceReport {
     pub id: String,
     /// Messages read.
     pub read: u64,
+    /// An `http` source's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpReport>,
+}
+
+/// An `http` source's requests in [`SourceReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpReport {
+    /// Where it listens.
+    pub listen: String,
+    /// Open now (waiting for their answer).
+    pub in_flight: u64,
+    /// Taken into the graph.
+    pub requests: u64,
+    /// Answered by the graph: a reply, or the error of their message.
+    pub answered: u64,
+    /// Of those, with a status of 400 or more.
+    pub errors: u64,
+    /// Answered 504: no answer within `timeout_ms`.
+    pub timed_out: u64,
+    /// Answered 503: `max_in_flight` open, or shutting down.
+    pub rejected: u64,
+    /// Answered 413: body over `max_body_bytes`.
+    pub too_large: u64,
+    /// Answers (of this process) that found their request gone: a second answer, or
+    /// one after the timeout.
+    pub unmatched: u64,
+    /// Request to answer, microseconds (`batches`: requests measured).
+    pub latency_us: Latency,
 }
 
 /// A node in [`StatusReport`].
@@ -728,7 +778,7 @@ pub struct NodeReport {
     pub replicas: Vec<ReplicaReport>,
 }
 
-/// Batch latency percentiles, in microseconds.
+/// Latency percentiles, in microseconds.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Latency {
     /// Median.
@@ -741,6 +791,19 @@ pub struct Latency {
     pub max: u64,
     /// Batches measured.
     pub batches: u64,
+}
+
+impl Latency {
+    /// The percentiles of `h`.
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+            batches: h.len(),
+        }
+    }
 }
 
 /// A replica in [`NodeReport`].

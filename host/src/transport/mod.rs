@@ -23,6 +23,7 @@ pub mod memory;
 use std::sync::{Arc, Mutex};
 
 use crate::flow::{InFlight, Sender};
+use crate::io::http::{Answers, Exchange};
 use crate::io::sink::SinkWriter;
 use crate::manifest::{Transport as Kind, Vertex};
 use crate::plan::Plan;
@@ -81,6 +82,23 @@ pub trait Transport: Send + Sync {
     /// The link to services the transport depends on, for status.
     fn link(&self) -> Option<Arc<dyn LinkHealth>> {
         None
+    }
+
+    /// This process's place among the processes running the graph (it names the
+    /// process in return addresses).
+    fn instance(&self) -> &str {
+        "local"
+    }
+
+    /// Where answers to HTTP requests go: `local` holds this process's open requests;
+    /// over Kafka an answer for another process goes to its reply topic, and this
+    /// process's reply topic is read into `local`.
+    fn answers(
+        &mut self,
+        local: &Arc<Exchange>,
+        _shutdown: &Arc<Shutdown>,
+    ) -> Result<Arc<dyn Answers>, TransportError> {
+        Ok(local.clone())
     }
 
     /// Whether `v` runs as a thread in this process (a Kafka source or sink is only a

@@ -451,7 +451,7 @@ impl Transport for KafkaTransport<'_> {
     fn ends_run(&self) -> bool {
         self.plan.placement.whole()
             && self.plan.graph.sources.iter().all(|s| match s.kind {
-                SourceKind::Kafka { .. } => false,
+                SourceKind::Kafka { .. } | SourceKind::Http(_) => false,
                 SourceKind::Generator { count, .. } => count.is_some(),
                 _ => true,
             })
