@@ -3,6 +3,7 @@
 //! real broker each (`scripts/kafka install` puts tansu in place).
 
 mod admin;
+mod api;
 mod cli;
 mod common;
 mod durability;

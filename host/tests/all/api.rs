@@ -1,0 +1,322 @@
+//! A graph served as an HTTP API, through the real binary: the example price quote
+//! service (`graphs/api.toml`) answering concurrent clients, and the bounds every
+//! request has (timeout 504, body 413, busy 503, Ctrl-C answers what is open).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common::Running;
+use flowhost::topology::status::{HttpReport, StatusReport};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `graphs/api.toml` in `dir` as `graph.toml`, listening on a free port, its crate and
+/// price list where the repository has them; `edit` changes the text.
+pub fn api_graph(dir: &Path, edit: impl Fn(String) -> String) {
+    let graphs = repo().join("graphs");
+    let text = std::fs::read_to_string(graphs.join("api.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("../functions/", &format!("{}/functions/", repo().display()))
+        .replace(
+            "data/prices.jsonl",
+            &graphs.join("data/prices.jsonl").display().to_string(),
+        );
+    std::fs::write(dir.join("graph.toml"), edit(text)).unwrap();
+}
+
+/// The price list, as the test computes quotes from it natively.
+pub fn price_list() -> Vec<(String, String, u64)> {
+    let text = std::fs::read_to_string(repo().join("graphs/data/prices.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let s = |f: &str| v[f].as_str().unwrap().to_owned();
+            (s("sku"), s("name"), v["unit_cents"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// The quote the service must give, computed here.
+pub fn expected_quote((sku, name, unit): &(String, String, u64), qty: u64) -> serde_json::Value {
+    let discount = match qty {
+        100.. => 10,
+        10.. => 5,
+        _ => 0,
+    };
+    serde_json::json!({
+        "sku": sku, "name": name, "qty": qty, "unit_cents": unit,
+        "discount_pct": discount, "total_cents": unit * qty * (100 - discount) / 100,
+    })
+}
+
+/// The HTTP source's counters.
+pub fn http_of(s: &StatusReport, id: &str) -> HttpReport {
+    let source = s
+        .sources
+        .iter()
+        .find(|x| x.id == id)
+        .expect("the source is in status");
+    source.http.clone().expect("an http source reports its requests")
+}
+
+/// POSTs `body` to `url`: status and body (any status; no retries).
+pub fn post(agent: &ureq::Agent, url: &str, body: &str) -> (u16, String) {
+    let mut r = agent
+        .post(url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(body)
+        .unwrap_or_else(|e| panic!("POST {url} {body}: {e}"));
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+/// A keep-alive client with a generous bound, so nothing a test does can hang it.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// Waits until the price list is in the store; the service's URL.
+pub fn ready(run: &Running) -> String {
+    let s = run.wait_for("the price list loaded", |s| {
+        s.nodes.iter().any(|n| n.id == "load" && n.counts.received == 100)
+    });
+    format!("http://{}/quote", http_of(&s, "api").listen)
+}
+
+/// Request `i` of the load test: a valid quote, or (every tenth) an invalid one.
+pub fn request(i: usize, items: &[(String, String, u64)]) -> (String, u16, serde_json::Value) {
+    let item = &items[i % items.len()];
+    let qty = (i / items.len()) as u64 % 150 + 1;
+    match i % 10 {
+        3 => (
+            format!(r#"{{"sku":"{}","qty":0}}"#, item.0),
+            400,
+            serde_json::json!({"error": "`qty` must be a whole number from 1 to 10000, not 0", "kind": "invalid-input", "node": "validate"}),
+        ),
+        7 => (
+            format!(r#"{{"sku":"NO-{i}","qty":{qty}}}"#),
+            400,
+            serde_json::json!({"error": format!("unknown sku `NO-{i}`"), "kind": "invalid-input", "node": "enrich"}),
+        ),
+        _ => (
+            format!(r#"{{"sku":"{}","qty":{qty}}}"#, item.0),
+            200,
+            expected_quote(item, qty),
+        ),
+    }
+}
+
+/// Sends requests `0..n` from `clients` threads, each on its own keep-alive connection;
+/// panics on the first answer that is not its request's own.
+pub fn load_test(url: &str, n: usize, clients: usize) {
+    let items = Arc::new(price_list());
+    let next = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (url, items, next) = (url.to_owned(), items.clone(), next.clone());
+            std::thread::spawn(move || {
+                let agent = agent();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    let (body, status, want) = request(i, &items);
+                    let (got_status, got) = post(&agent, &url, &body);
+                    let got: serde_json::Value = serde_json::from_str(&got)
+                        .unwrap_or_else(|e| panic!("request {i} {body}: not JSON ({e}): {got}"));
+                    assert_eq!((got_status, &got), (status, &want), "request {i}: {body}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("every answer was its request's own");
+    }
+}
+
+#[test]
+fn ten_thousand_concurrent_requests_are_each_answered_once_with_their_own_quote() {
+    let dir = tempfile::tempdir().unwrap();
+    api_graph(dir.path(), |t| t);
+    let run = Running::start(dir.path(), &[]);
+    let url = ready(&run);
+    load_test(&url, 10_000, 16);
+    let s = run.status();
+    let h = http_of(&s, "api");
+    assert_eq!(
+        (
+            h.requests,
+            h.answered,
+            h.errors,
+            h.timed_out,
+            h.unmatched,
+            h.in_flight
+        ),
+        (10_000, 10_000, 2_000, 0, 0, 0),
+        "{h:?}"
+    );
+    assert_eq!(h.latency_us.batches, 10_000);
+    let reply = s.sinks.iter().find(|k| k.id == "reply").unwrap();
+    assert_eq!(reply.written, 8_000, "one reply per valid request");
+    // Other requests never enter the graph: a body over the limit, a path not served.
+    let agent = agent();
+    let (status, body) = post(&agent, &url, &"x".repeat(16_385));
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            413,
+            r#"{"error":"the body is larger than max_body_bytes = 16384"}"#
+        )
+    );
+    let (status, _) = post(&agent, &url.replace("/quote", "/other"), "{}");
+    assert_eq!(status, 404);
+    let h = http_of(&run.status(), "api");
+    assert_eq!((h.requests, h.too_large), (10_000, 1));
+}
+
+/// A graph of one `faulty` node behind an HTTP source: `nap` never returns (the node's
+/// `timeout_ms` traps it), anything else is echoed back.
+fn faulty_api(dir: &Path, source: &str, node_timeout_ms: u64) {
+    let manifest = format!(
+        r#"name = "faulty-api"
+[sources.api]
+kind = "http"
+listen = "127.0.0.1:0"
+{source}
+
+[nodes.faulty]
+crate = "{}/functions/faulty"
+on_error = "skip"
+timeout_ms = {node_timeout_ms}
+
+[sinks.reply]
+kind = "reply"
+
+[[edges]]
+from = "api"
+to = "faulty"
+
+[[edges]]
+from = "faulty"
+to = "reply"
+"#,
+        repo().display()
+    );
+    std::fs::write(dir.join("graph.toml"), manifest).unwrap();
+}
+
+fn url_of(run: &Running) -> String {
+    let s = run.wait_for("the HTTP source listening", |s| {
+        s.sources.iter().any(|x| x.http.is_some())
+    });
+    format!("http://{}/", http_of(&s, "api").listen)
+}
+
+#[test]
+fn a_request_without_a_reply_in_time_is_answered_504_and_its_late_answer_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    faulty_api(dir.path(), "timeout_ms = 300", 1500);
+    let run = Running::start(dir.path(), &[]);
+    let url = url_of(&run);
+    let agent = agent();
+    assert_eq!(post(&agent, &url, "hello"), (200, "hello".to_owned()));
+    let (status, body) = post(&agent, &url, "nap:1");
+    assert_eq!(
+        (status, body.as_str()),
+        (504, r#"{"error":"no reply within timeout_ms = 300"}"#)
+    );
+    // The trap answers the request once the node's own deadline passes: too late, counted.
+    let s = run.wait_for("the late answer", |s| http_of(s, "api").unmatched == 1);
+    let h = http_of(&s, "api");
+    assert_eq!((h.requests, h.answered, h.timed_out, h.in_flight), (2, 1, 1, 0));
+    // The node's failure answers a request in time when the request waits long enough.
+    assert_eq!(post(&agent, &url, "hello again"), (200, "hello again".to_owned()));
+}
+
+#[test]
+fn a_failed_message_answers_its_request_with_the_error_and_a_full_source_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    faulty_api(dir.path(), "timeout_ms = 10000\nmax_in_flight = 2", 600);
+    let run = Running::start(dir.path(), &[]);
+    let url = url_of(&run);
+    let agent = agent();
+    let (status, body) = post(&agent, &url, "bad:1");
+    assert_eq!(status, 400, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "asked for bad input", "kind": "invalid-input", "node": "faulty"})
+    );
+    let (status, body) = post(&agent, &url, "panic:2");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("asked to panic"), "{body}");
+    // Two requests open (napping) fill the source; a third is turned away at once.
+    let naps: Vec<_> = (0..2)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || post(&self::agent(), &url, &format!("nap:{i}")))
+        })
+        .collect();
+    run.wait_for("two requests open", |s| http_of(s, "api").in_flight == 2);
+    let (status, body) = post(&agent, &url, "hello");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("max_in_flight"), "{body}");
+    for nap in naps {
+        let (status, body) = nap.join().unwrap();
+        assert_eq!(status, 500, "the node's deadline traps the call: {body}");
+        assert!(body.contains("timed out"), "{body}");
+    }
+    assert_eq!(http_of(&run.status(), "api").rejected, 1);
+}
+
+#[test]
+fn ctrl_c_answers_every_open_request_and_takes_no_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    faulty_api(dir.path(), "timeout_ms = 60000", 3000);
+    let mut run = Running::start(dir.path(), &[]);
+    let url = url_of(&run);
+    assert_eq!(post(&agent(), &url, "before"), (200, "before".to_owned()));
+    // Eight requests that never finish on their own are open when Ctrl-C comes.
+    let open: Vec<_> = (0..8)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                (post(&agent(), &url, &format!("nap:{i}")), started.elapsed())
+            })
+        })
+        .collect();
+    run.wait_for("eight requests open", |s| http_of(s, "api").in_flight == 8);
+    let interrupt = std::process::Command::new("kill")
+        .args(["-INT", &run.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    for t in open {
+        let ((status, body), took) = t.join().unwrap();
+        // The call in flight is cut after the grace period; the rest were never run.
+        assert!(
+            status == 503 || status == 500,
+            "every open request is answered: {status} {body}"
+        );
+        assert!(
+            took < Duration::from_secs(50),
+            "answered at shutdown, not by a timeout"
+        );
+    }
+    let exit = run.child.wait().unwrap();
+    assert!(exit.code().is_some(), "the process ended by itself: {exit:?}");
+    // Nothing listens any more: a new request is refused, not left waiting.
+    let refused = agent().post(&url).send("after");
+    assert!(refused.is_err(), "{refused:?}");
+}
