@@ -185,6 +185,12 @@ impl KafkaNames {
         format!("{}.{id}.{instance}", self.graph)
     }
 
+    /// The reply topic of the process at place `instance`: answers to the HTTP requests
+    /// it holds (see `transport::kafka::replies`).
+    pub fn replies(&self, instance: &str) -> String {
+        format!("{}.replies.{instance}", self.graph)
+    }
+
     /// The changelog topic of durable store `store`.
     pub fn changelog(&self, store: &str) -> Option<&str> {
         self.changelogs

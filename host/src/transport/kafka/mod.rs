@@ -21,6 +21,7 @@ mod ingress;
 mod instance;
 mod marks;
 pub mod progress;
+mod replies;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,7 @@ pub use client::{CONNECT_TIMEOUT, Health};
 
 use super::{Feed, LinkHealth, LinkReport, Local, Senders, Transport, TransportError};
 use crate::flow::{InFlight, Route, Sender};
+use crate::io::http::{Answers, Exchange};
 use crate::io::sink::SinkWriter;
 use crate::manifest::{Access, Delivery, Graph, SinkKind, SourceKind, Vertex};
 use crate::plan::{KafkaNames, Plan};
@@ -83,6 +85,8 @@ pub struct KafkaTransport<'p> {
     drains: Vec<Arc<AtomicBool>>,
     /// Set once every vertex here has ended.
     ended: AtomicBool,
+    /// The reader of this process's reply topic (an `http` source here).
+    replies: Option<replies::ReplyReader>,
 }
 
 impl<'p> KafkaTransport<'p> {
@@ -96,7 +100,11 @@ impl<'p> KafkaTransport<'p> {
         // This process's stable place: its transactional ids, and the name of its
         // watermarks' producers.
         let eos = graph.kafka.delivery == Delivery::ExactlyOnce;
-        let instance = if eos || graph.has_event_time() {
+        // (An `http` source here names this process by its place in return addresses.)
+        let serves = (0..graph.sources.len()).any(|i| {
+            matches!(graph.sources[i].kind, SourceKind::Http(_)) && plan.placement.runs(Vertex::Source(i))
+        });
+        let instance = if eos || graph.has_event_time() || serves {
             let claimed =
                 instance::Instance::claim(&graph.name).map_err(|e| TransportError::Refused(e.to_string()))?;
             if eos {
@@ -125,6 +133,7 @@ impl<'p> KafkaTransport<'p> {
             done: flags(),
             drains: flags(),
             ended: AtomicBool::new(false),
+            replies: None,
         })
     }
 
@@ -283,6 +292,34 @@ impl Transport for KafkaTransport<'_> {
         );
         // A file source reads from its beginning every run (no source checkpoint here).
         Ok(vec![Position::default(); graph.sources.len()])
+    }
+
+    fn instance(&self) -> &str {
+        self.instance.as_ref().map_or("local", |i| i.name.as_str())
+    }
+
+    fn answers(
+        &mut self,
+        local: &Arc<Exchange>,
+        shutdown: &Arc<Shutdown>,
+    ) -> Result<Arc<dyn Answers>, TransportError> {
+        let setup = |e| TransportError::setup("answering HTTP requests over Kafka", e);
+        let graph = &self.plan.graph;
+        let serves = (0..graph.sources.len()).any(|i| {
+            matches!(graph.sources[i].kind, SourceKind::Http(_))
+                && self.plan.placement.runs(Vertex::Source(i))
+        });
+        if let Some(instance) = self.instance.as_ref().filter(|_| serves) {
+            let topic = self.plan.kafka.replies(&instance.name);
+            self.replies =
+                Some(replies::ReplyReader::start(&self.kafka, &topic, local.clone()).map_err(setup)?);
+        }
+        let producer = self.kafka.producer("replies", None, shutdown).map_err(setup)?;
+        Ok(Arc::new(replies::KafkaAnswers::new(
+            local.clone(),
+            producer,
+            self.plan.kafka.clone(),
+        )))
     }
 
     fn link(&self) -> Option<Arc<dyn LinkHealth>> {
@@ -487,6 +524,7 @@ impl Transport for KafkaTransport<'_> {
     }
 
     fn finish(&mut self, _: &Shutdown) -> Result<u64, TransportError> {
+        self.replies = None;
         Ok(0)
     }
 }
