@@ -587,6 +587,34 @@ impl Status {
                 .map(|s| (format!(",source=\"{}\"", s.id), s.read as f64))
                 .collect(),
         );
+        let per_http = |f: &dyn Fn(&HttpReport) -> f64| -> Vec<(String, f64)> {
+            r.sources
+                .iter()
+                .filter_map(|s| Some((format!(",source=\"{}\"", s.id), f(s.http.as_ref()?))))
+                .collect()
+        };
+        for (name, kind, help, get) in [
+            (
+                "http_in_flight",
+                "gauge",
+                "HTTP requests open (waiting for their answer).",
+                (|h: &HttpReport| h.in_flight) as fn(&HttpReport) -> u64,
+            ),
+            ("http_requests_total", "counter", "HTTP requests taken into the graph.", |h| h.requests),
+            ("http_answered_total", "counter", "HTTP requests answered by the graph.", |h| h.answered),
+            ("http_errors_total", "counter", "HTTP requests answered with a status of 400 or more.", |h| h.errors),
+            ("http_timed_out_total", "counter", "HTTP requests answered 504 (no answer in time).", |h| h.timed_out),
+            ("http_rejected_total", "counter", "HTTP requests answered 503 (busy or shutting down).", |h| h.rejected),
+            ("http_too_large_total", "counter", "HTTP requests answered 413 (body too large).", |h| h.too_large),
+            ("http_unmatched_total", "counter", "Answers whose request was already answered or gone.", |h| h.unmatched),
+            ("http_latency_p50_us", "gauge", "Median time from request to answer, microseconds.", |h| h.latency_us.p50),
+            ("http_latency_p99_us", "gauge", "99th percentile of request to answer, microseconds.", |h| h.latency_us.p99),
+        ] {
+            let samples = per_http(&|h| get(h) as f64);
+            if !samples.is_empty() {
+                family(name, kind, help, samples);
+            }
+        }
         family(
             "sink_written_total",
             "counter",

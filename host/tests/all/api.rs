@@ -182,6 +182,27 @@ fn ten_thousand_concurrent_requests_are_each_answered_once_with_their_own_quote(
     assert_eq!(status, 404);
     let h = http_of(&run.status(), "api");
     assert_eq!((h.requests, h.too_large), (10_000, 1));
+    // What status and metrics show of it.
+    let table = crate::common::bin().args(["status", "--admin", &run.addr]).output().unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains(&format!(
+            "http {}: 0 open, 10000 answered (2000 errors), 0 timed out, 0 rejected, 1 too large, 0 unmatched;",
+            h.listen
+        )),
+        "{table}"
+    );
+    let metrics = self::agent()
+        .get(format!("http://{}/metrics", run.addr))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("flowhost_http_answered_total{graph=\"api\",source=\"api\"} 10000\n"),
+        "{metrics}"
+    );
 }
 
 /// A graph of one `faulty` node behind an HTTP source: `nap` never returns (the node's

@@ -106,6 +106,22 @@ pub fn table(r: &StatusReport) -> String {
     );
     for s in &r.sources {
         let _ = writeln!(out, "  source {:<16} read {}", s.id, s.read);
+        if let Some(h) = &s.http {
+            let _ = writeln!(
+                out,
+                "    http {}: {} open, {} answered ({} errors), {} timed out, {} rejected, {} too large, {} unmatched; p50 {} µs p99 {} µs",
+                h.listen,
+                h.in_flight,
+                h.answered,
+                h.errors,
+                h.timed_out,
+                h.rejected,
+                h.too_large,
+                h.unmatched,
+                h.latency_us.p50,
+                h.latency_us.p99
+            );
+        }
     }
     let _ = writeln!(
         out,
