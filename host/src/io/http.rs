@@ -201,7 +201,7 @@ impl HttpStats {
             timed_out: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             too_large: AtomicU64::new(0),
-            latency: Mutex::new(Histogram::new(3).expect("3 significant digits is valid")),
+            latency: Mutex::new(crate::clock::latency_histogram()),
         }
     }
 

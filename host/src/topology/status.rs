@@ -109,7 +109,7 @@ impl ReplicaStatus {
             phase: SharedPhase::new(Phase::Starting),
             heartbeat: AtomicI64::new(now_millis()),
             queue: Arc::default(),
-            latency: Mutex::new(Histogram::new(3).expect("3 significant digits is valid")),
+            latency: Mutex::new(crate::clock::latency_histogram()),
             watermark: AtomicI64::new(i64::MIN),
             idle: Default::default(),
             timers: Default::default(),
@@ -372,7 +372,7 @@ impl Status {
                          stats,
                          replicas,
                      }| {
-                        let mut all = Histogram::<u64>::new(3).expect("valid");
+                        let mut all = crate::clock::latency_histogram();
                         let replicas = replicas
                             .iter()
                             .enumerate()
@@ -600,15 +600,60 @@ impl Status {
                 "HTTP requests open (waiting for their answer).",
                 (|h: &HttpReport| h.in_flight) as fn(&HttpReport) -> u64,
             ),
-            ("http_requests_total", "counter", "HTTP requests taken into the graph.", |h| h.requests),
-            ("http_answered_total", "counter", "HTTP requests answered by the graph.", |h| h.answered),
-            ("http_errors_total", "counter", "HTTP requests answered with a status of 400 or more.", |h| h.errors),
-            ("http_timed_out_total", "counter", "HTTP requests answered 504 (no answer in time).", |h| h.timed_out),
-            ("http_rejected_total", "counter", "HTTP requests answered 503 (busy or shutting down).", |h| h.rejected),
-            ("http_too_large_total", "counter", "HTTP requests answered 413 (body too large).", |h| h.too_large),
-            ("http_unmatched_total", "counter", "Answers whose request was already answered or gone.", |h| h.unmatched),
-            ("http_latency_p50_us", "gauge", "Median time from request to answer, microseconds.", |h| h.latency_us.p50),
-            ("http_latency_p99_us", "gauge", "99th percentile of request to answer, microseconds.", |h| h.latency_us.p99),
+            (
+                "http_requests_total",
+                "counter",
+                "HTTP requests taken into the graph.",
+                |h| h.requests,
+            ),
+            (
+                "http_answered_total",
+                "counter",
+                "HTTP requests answered by the graph.",
+                |h| h.answered,
+            ),
+            (
+                "http_errors_total",
+                "counter",
+                "HTTP requests answered with a status of 400 or more.",
+                |h| h.errors,
+            ),
+            (
+                "http_timed_out_total",
+                "counter",
+                "HTTP requests answered 504 (no answer in time).",
+                |h| h.timed_out,
+            ),
+            (
+                "http_rejected_total",
+                "counter",
+                "HTTP requests answered 503 (busy or shutting down).",
+                |h| h.rejected,
+            ),
+            (
+                "http_too_large_total",
+                "counter",
+                "HTTP requests answered 413 (body too large).",
+                |h| h.too_large,
+            ),
+            (
+                "http_unmatched_total",
+                "counter",
+                "Answers whose request was already answered or gone.",
+                |h| h.unmatched,
+            ),
+            (
+                "http_latency_p50_us",
+                "gauge",
+                "Median time from request to answer, microseconds.",
+                |h| h.latency_us.p50,
+            ),
+            (
+                "http_latency_p99_us",
+                "gauge",
+                "99th percentile of request to answer, microseconds.",
+                |h| h.latency_us.p99,
+            ),
         ] {
             let samples = per_http(&|h| get(h) as f64);
             if !samples.is_empty() {

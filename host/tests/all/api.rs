@@ -183,7 +183,10 @@ fn ten_thousand_concurrent_requests_are_each_answered_once_with_their_own_quote(
     let h = http_of(&run.status(), "api");
     assert_eq!((h.requests, h.too_large), (10_000, 1));
     // What status and metrics show of it.
-    let table = crate::common::bin().args(["status", "--admin", &run.addr]).output().unwrap();
+    let table = crate::common::bin()
+        .args(["status", "--admin", &run.addr])
+        .output()
+        .unwrap();
     let table = String::from_utf8(table.stdout).unwrap();
     assert!(
         table.contains(&format!(

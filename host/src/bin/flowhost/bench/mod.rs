@@ -9,12 +9,14 @@
 //! | wordcount | text file → split → count (wasm), or → tally (host store) | the same logic in plain Rust |
 //! | aggregation | JSON sales → aggregate (wasm, 2 replicas, host store); the same in 1 s event-time windows | the same aggregation (and windows) in plain Rust; durable store vs memory |
 //! | poison | text → faulty (dead-letter) → null, 1% invalid input or 1% panics | the same graph with 0% poison |
+//! | api | HTTP requests through `graphs/api.toml` (validate → enrich → price, wasm), 64 clients | the same work in a plain axum handler |
 //! | start-up | `flowhost run` of a 10-node graph to its first output, cold and warm cache | — |
 //! | memory | peak RSS of a 10-node graph whose sink has stalled, over time | — |
 //! | swap | output gaps of a running graph while its node is hot-swapped | gaps while no swap runs |
 //! | kafka | topic → wasm passthrough → topic over the Kafka transport (`--brokers`) | a raw rdkafka consume → produce loop, same broker |
 
 mod aggregate;
+mod api;
 mod boundary;
 mod kafka;
 mod pipeline;
@@ -55,7 +57,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "functions")]
     pub functions: PathBuf,
     /// Run only these workloads (comma-separated: boundary, passthrough, state, wordcount,
-    /// aggregation, poison, start-up, memory, swap, kafka).
+    /// aggregation, poison, api, start-up, memory, swap, kafka).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Kafka brokers for the kafka workload (e.g. from `scripts/kafka start`); without
@@ -244,6 +246,7 @@ pub(crate) struct Fixtures {
     faulty: LoadedModule,
     stamp: LoadedModule,
     stamp_v2: LoadedModule,
+    quoting: LoadedModule,
 }
 
 impl Fixtures {
@@ -263,6 +266,7 @@ impl Fixtures {
             faulty: load("faulty")?,
             stamp: load("stamp")?,
             stamp_v2: load("stamp-v2")?,
+            quoting: load("quoting")?,
             engine: engine.clone(),
         })
     }
@@ -296,6 +300,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     step("wordcount", &|| wordcount::run(&fx, mb, rounds))?;
     step("aggregation", &|| aggregate::run(&fx, messages / 4))?;
     step("poison", &|| poison::run(&fx, messages / 4, rounds))?;
+    step("api", &|| {
+        api::run(&fx, if args.quick { 2_000 } else { 20_000 }, rounds)
+    })?;
     step("start-up", &|| process::startup(&fx))?;
     step("memory", &|| process::memory(&fx, if args.quick { 1 } else { 3 }))?;
     step("swap", &|| swap::run(&fx, if args.quick { 4 } else { 20 }))?;
