@@ -58,6 +58,7 @@
 //! The batch framing is specified in [`frame`] and `FRAMING.md`.
 #![deny(missing_docs)]
 
+pub mod call;
 pub mod combine;
 mod error;
 pub mod frame;

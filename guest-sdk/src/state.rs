@@ -96,7 +96,8 @@ mod imp {
     use crate::__private::bindings::flowhost::node::{state as wit, types};
     use crate::NodeError;
 
-    fn err(e: types::NodeError) -> NodeError {
+    /// A host's error as the SDK's.
+    pub(crate) fn err(e: types::NodeError) -> NodeError {
         let kind = match e.kind {
             types::ErrorKind::InvalidInput => crate::ErrorKind::InvalidInput,
             types::ErrorKind::Retryable => crate::ErrorKind::Retryable,
@@ -285,6 +286,8 @@ mod imp {
     }
 }
 
+#[cfg(target_arch = "wasm32")]
+pub(crate) use imp::err as from_wit;
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) use imp::{clear as clear_native, with as with_native};
 

@@ -7,6 +7,9 @@
 //! - `enrich`: the request with its price-list row from the store (an unknown sku is
 //!   invalid input too).
 //! - `price`: the quote, with a volume discount, as the JSON reply.
+//! - `ask`: the other side, in another graph: each request sent to the service (the
+//!   endpoint `quotes` granted in `calls`), its quote going on as this node's output; a
+//!   request the service refuses fails as invalid input with the service's reason.
 use flowhost_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +25,8 @@ pub enum Step {
     Enrich,
     /// Quotes made.
     Price,
+    /// Quotes asked of the service, from another graph.
+    Ask,
 }
 
 /// `config` of the node.
@@ -168,6 +173,25 @@ impl Node for QuoteNode {
                     .map_err(|e| NodeError::fatal(format!("price list row of `{}`: {e}", request.sku)))?;
                 out.emit(Json(Enriched { request, item }))
             }
+            Step::Ask => {
+                let answer = flowhost_sdk::call::post("quotes", msg.payload())?;
+                match answer.status {
+                    200 => out.emit(answer.body),
+                    400..500 => {
+                        #[derive(Deserialize)]
+                        struct Refusal {
+                            error: String,
+                        }
+                        let why = answer.json::<Refusal>().map(|r| r.error);
+                        Err(NodeError::invalid_input(why.unwrap_or_else(|_| {
+                            format!("the quote service answered {}", answer.status)
+                        })))
+                    }
+                    status => Err(NodeError::retryable(format!(
+                        "the quote service answered {status}"
+                    ))),
+                }
+            }
             Step::Price => {
                 let Enriched { request, item } = msg.json()?;
                 out.send(
@@ -210,6 +234,35 @@ mod tests {
                 e.message
             );
         }
+    }
+
+    #[test]
+    fn ask_passes_a_quote_on_and_a_refusal_as_invalid_input() {
+        use flowhost_sdk::call::{Response, respond_with};
+        use flowhost_sdk::testing::Harness;
+        respond_with(|endpoint, body| {
+            assert_eq!(endpoint, "quotes");
+            let (status, body) = if body.starts_with(b"{\"sku\":\"A\"") {
+                (200, br#"{"total_cents":1}"#.to_vec())
+            } else {
+                (400, br#"{"error":"unknown sku `B`"}"#.to_vec())
+            };
+            Ok(Response {
+                status,
+                content_type: None,
+                body,
+            })
+        });
+        let mut h = Harness::<QuoteNode>::new(serde_json::json!({"step": "ask"})).unwrap();
+        let out = h
+            .process([r#"{"sku":"A","qty":1}"#, r#"{"sku":"B","qty":1}"#])
+            .unwrap();
+        assert_eq!(out.texts(), [r#"{"total_cents":1}"#]);
+        let (index, e) = &out.errors[0];
+        assert_eq!(
+            (*index, e.kind, e.message.as_str()),
+            (1, ErrorKind::InvalidInput, "unknown sku `B`")
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::flowhost::node::{log, time, types};
+use super::bindings::flowhost::node::{call, log, time, types};
 use super::bindings::{Node, NodePre};
 use super::stdio::GuestOutput;
 use super::{Engine, EngineError, LoadedModule};
@@ -48,6 +48,9 @@ pub struct HostState {
     was_cut: bool,
     /// The node's watermark for the current call (`time.watermark`).
     pub(crate) watermark: Option<i64>,
+    /// The endpoints it may call, and the client that calls them (made on first use).
+    calls: Arc<[(String, String)]>,
+    agent: Option<ureq::Agent>,
 }
 
 /// What the host saw of a call that trapped, to say why.
@@ -85,6 +88,76 @@ impl types::Host for HostState {}
 impl time::Host for HostState {
     fn watermark(&mut self) -> Option<i64> {
         self.watermark
+    }
+}
+
+impl call::Host for HostState {
+    fn post(
+        &mut self,
+        endpoint: String,
+        body: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<call::Response, types::NodeError> {
+        let fail = |kind, message: String| types::NodeError { kind, message };
+        let Some((_, url)) = self.calls.iter().find(|(name, _)| *name == endpoint) else {
+            return Err(fail(
+                types::ErrorKind::Fatal,
+                format!(
+                    "endpoint `{endpoint}` is not granted to node `{}` (add it to `calls`)",
+                    self.node
+                ),
+            ));
+        };
+        // Within the call's deadline: what is left of it bounds the whole request.
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(fail(
+                types::ErrorKind::Retryable,
+                format!("calling `{endpoint}`: no time left in this call"),
+            ));
+        }
+        let agent = self.agent.get_or_insert_with(|| {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into()
+        });
+        let mut request = agent
+            .post(url.as_str())
+            .config()
+            .timeout_global(Some(left))
+            .build();
+        for (k, v) in &headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let mut answer = request.send(&body[..]).map_err(|e| {
+            fail(
+                types::ErrorKind::Retryable,
+                format!("calling `{endpoint}` ({url}): {e}"),
+            )
+        })?;
+        let status = answer.status().as_u16();
+        let content_type = answer
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = answer
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_vec()
+            .map_err(|e| {
+                fail(
+                    types::ErrorKind::Retryable,
+                    format!("calling `{endpoint}` ({url}): reading the answer: {e}"),
+                )
+            })?;
+        Ok(call::Response {
+            status,
+            content_type,
+            body,
+        })
     }
 }
 
@@ -210,6 +283,7 @@ pub struct NodeTemplate {
     fuel: Option<u64>,
     env: Vec<(String, String)>,
     read_dirs: Vec<(String, PathBuf)>,
+    calls: Arc<[(String, String)]>,
     logs: Arc<Throttle>,
 }
 
@@ -266,6 +340,7 @@ impl NodeTemplate {
             fuel: setup.fuel,
             env,
             read_dirs: setup.sandbox.read_dirs,
+            calls: setup.sandbox.calls.into(),
             logs: Arc::new(Throttle::new(GUEST_LOG_LINES_PER_SECOND)),
         }))
     }
@@ -327,6 +402,8 @@ impl NodeTemplate {
             cut: self.engine.cut_flag(),
             was_cut: false,
             watermark: None,
+            calls: self.calls.clone(),
+            agent: None,
         };
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limits);

@@ -379,6 +379,8 @@ pub struct Sandbox {
     pub env: Vec<String>,
     /// Read-only directories: (guest path, host directory).
     pub read_dirs: Vec<(String, PathBuf)>,
+    /// HTTP endpoints it may POST to: (name, `http://` URL).
+    pub calls: Vec<(String, String)>,
 }
 
 /// Where a node's code comes from.

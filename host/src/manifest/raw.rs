@@ -209,6 +209,11 @@ pub struct RawNode {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub read_dirs: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// HTTP endpoints the guest may POST to, by name (`flowhost_sdk::call`): `{ quotes =
+    /// "http://127.0.0.1:8080/quote" }`, such as another graph's API.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub calls: BTreeMap<Spanned<String>, Spanned<String>>,
     /// Swap back to the previous module when a newly swapped-in one fails too often.
     pub auto_rollback: Option<RawAutoRollback>,
 }

@@ -771,7 +771,26 @@ fn sandbox(r: &mut Report, dir: &Path, name: &str, n: &RawNode) -> Sandbox {
         }
         read_dirs.push((g.clone(), path));
     }
-    Sandbox { env, read_dirs }
+    let mut calls = Vec::new();
+    for (endpoint, url) in &n.calls {
+        let (e, u) = (endpoint.get_ref(), url.get_ref());
+        let ok = u
+            .parse::<axum::http::Uri>()
+            .ok()
+            .filter(|uri| uri.scheme_str() == Some("http") && uri.authority().is_some());
+        if ok.is_none() {
+            r.at(
+                url.span(),
+                format!("node `{name}`: calls `{e}`: `{u}` is not an http:// URL with a host (such as http://127.0.0.1:8080/quote)"),
+            );
+        }
+        calls.push((e.clone(), u.clone()));
+    }
+    Sandbox {
+        env,
+        read_dirs,
+        calls,
+    }
 }
 
 /// Store names are ids too, and every store a node is granted must be declared.

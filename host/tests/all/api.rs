@@ -443,3 +443,118 @@ fn over_kafka_the_request_enters_one_process_and_is_answered_from_another() {
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!((status, body), (200, expected_quote(&items[1], 20)));
 }
+
+/// `graphs/api-client.toml` asking the running `graphs/api.toml` for quotes: each
+/// request's quote is the calling node's output, in order; a refused request is
+/// dead-lettered with the service's reason.
+#[test]
+fn a_graph_calls_a_graph_and_its_answers_go_on_as_the_nodes_output() {
+    let server_dir = tempfile::tempdir().unwrap();
+    api_graph(server_dir.path(), |t| t);
+    let server = Running::start(server_dir.path(), &[]);
+    let url = ready(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let graphs = repo().join("graphs");
+    let client = std::fs::read_to_string(graphs.join("api-client.toml"))
+        .unwrap()
+        .replace("http://127.0.0.1:8080/quote", &url)
+        .replace("../functions/", &format!("{}/functions/", repo().display()))
+        .replace(
+            "data/quote-requests.jsonl",
+            &graphs.join("data/quote-requests.jsonl").display().to_string(),
+        );
+    std::fs::write(dir.path().join("graph.toml"), client).unwrap();
+    let out = crate::common::bin()
+        .args(["run", "graph.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", crate::common::text(&out));
+
+    let items = price_list();
+    let requests = std::fs::read_to_string(graphs.join("data/quote-requests.jsonl")).unwrap();
+    let (mut quotes, mut refused) = (Vec::new(), Vec::new());
+    for line in requests.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (sku, qty) = (r["sku"].as_str().unwrap(), r["qty"].as_u64().unwrap());
+        match items.iter().find(|i| i.0 == sku) {
+            Some(item) => quotes.push(expected_quote(item, qty)),
+            None => refused.push((r.clone(), format!("unknown sku `{sku}`"))),
+        }
+    }
+    let read = |name: &str| std::fs::read_to_string(dir.path().join("out").join(name)).unwrap();
+    let got: Vec<serde_json::Value> = read("quotes.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got, quotes, "one quote per request, in order");
+    let dead: Vec<(serde_json::Value, String)> = read("refused.jsonl")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let payload = v["payload"].clone();
+            (
+                payload,
+                v["headers"]["flowhost-error"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(dead, refused);
+    assert!(!refused.is_empty() && quotes.len() > refused.len());
+}
+
+#[test]
+fn a_node_may_call_only_the_endpoints_it_is_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "{\"sku\":\"P-001\",\"qty\":1}\n").unwrap();
+    let manifest = |calls: &str| {
+        format!(
+            r#"name = "ungranted"
+[sources.in]
+kind = "file"
+path = "in.txt"
+[nodes.ask]
+crate = "{}/functions/quoting"
+config = {{ step = "ask" }}
+{calls}
+[sinks.out]
+kind = "stdout"
+[[edges]]
+from = "in"
+to = "ask"
+[[edges]]
+from = "ask"
+to = "out"
+"#,
+            repo().display()
+        )
+    };
+    std::fs::write(dir.path().join("graph.toml"), manifest("")).unwrap();
+    let run = |dir: &Path| {
+        crate::common::bin()
+            .args(["run", "graph.toml"])
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    let out = run(dir.path());
+    assert!(!out.status.success());
+    let said = crate::common::text(&out);
+    assert!(
+        said.contains("endpoint `quotes` is not granted to node `ask` (add it to `calls`)"),
+        "{said}"
+    );
+    // Not a URL flowhost can call: refused before anything runs, with where.
+    std::fs::write(
+        dir.path().join("graph.toml"),
+        manifest(r#"calls = { quotes = "https://example.com/quote" }"#),
+    )
+    .unwrap();
+    let out = run(dir.path());
+    let said = crate::common::text(&out);
+    assert!(
+        said.contains("graph.toml:8:20:")
+            && said.contains("calls `quotes`: `https://example.com/quote` is not an http:// URL"),
+        "{said}"
+    );
+}
