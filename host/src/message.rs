@@ -10,6 +10,24 @@ use flowhost_sdk::frame::{
     encode_headers,
 };
 
+/// Header names on dead-lettered messages.
+pub mod headers {
+    /// The node that failed.
+    pub const NODE: &str = "flowhost-error-node";
+    /// `invalid-input`, `retryable`, `fatal` or `trap`.
+    pub const KIND: &str = "flowhost-error-kind";
+    /// The node's input port the message arrived on.
+    pub const PORT: &str = "flowhost-error-port";
+    /// The error text.
+    pub const ERROR: &str = "flowhost-error";
+    /// How many times the message was tried.
+    pub const ATTEMPTS: &str = "flowhost-error-attempts";
+    /// When it was given up on, milliseconds since the epoch.
+    pub const TIME: &str = "flowhost-error-time";
+    /// The nodes a message passed, comma-separated (with `provenance = true`).
+    pub const PATH: &str = "flowhost-path";
+}
+
 /// One message moving through the graph.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Msg {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-pub use replica::headers;
+pub use crate::message::headers;
 pub use status::Status;
 
 use crate::engine::{Engine, EngineError, NodeInstance, NodeSetup, NodeTemplate};

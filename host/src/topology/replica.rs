@@ -24,27 +24,9 @@ use crate::flow::watermark::{Mark, Marked, Time, Watermarks};
 use crate::flow::{Ack, Envelope, InFlight, Mailbox, Received, Router, Sender};
 use crate::io::http::{self, Answer, Answers};
 use crate::manifest::{ErrorPolicy, RetryPolicy};
-use crate::message::{self, Batch, Msg};
+use crate::message::{self, Batch, Msg, headers};
 use crate::shutdown::Shutdown;
 use flowhost_sdk::frame::TimeDomain;
-
-/// Header names on dead-lettered messages.
-pub mod headers {
-    /// The node that failed.
-    pub const NODE: &str = "flowhost-error-node";
-    /// `invalid-input`, `retryable`, `fatal` or `trap`.
-    pub const KIND: &str = "flowhost-error-kind";
-    /// The node's input port the message arrived on.
-    pub const PORT: &str = "flowhost-error-port";
-    /// The error text.
-    pub const ERROR: &str = "flowhost-error";
-    /// How many times the message was tried.
-    pub const ATTEMPTS: &str = "flowhost-error-attempts";
-    /// When it was given up on, milliseconds since the epoch.
-    pub const TIME: &str = "flowhost-error-time";
-    /// The nodes a message passed, comma-separated (with `provenance = true`).
-    pub const PATH: &str = "flowhost-path";
-}
 
 /// Messages per call when a failed batch runs again in parts (about the square root of
 /// a usual batch: as many chunk calls as single calls in the failed chunk).

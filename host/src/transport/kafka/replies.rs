@@ -24,8 +24,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::client::{ClientError, Doing, Kafka, Producer, send, to_msg};
 use crate::flow::Ack;
 use crate::io::http::{self, Address, Answer, Answers, Exchange};
+use crate::message::headers;
 use crate::plan::KafkaNames;
-use crate::topology::headers;
 
 /// Answers through Kafka for requests of other processes, locally for this one's.
 pub struct KafkaAnswers {
