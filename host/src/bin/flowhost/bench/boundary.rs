@@ -66,11 +66,13 @@ pub(super) fn run(fx: &Fixtures, seconds: Duration, rounds: usize) -> anyhow::Re
             "ns/msg",
             Better::Lower,
         );
-        // The target is for batches of 64 and more; a batch of one shows the fixed cost of a call.
-        rows.push(if batch_size >= 64 {
-            row.ratio_target(1.5)
-        } else {
-            row
+        // A batch of one shows the fixed cost of a call (three crossings of the canonical
+        // ABI: the guest's realloc for the input, `process`, the post-return free); the
+        // target is the performance issue's for batches of 64, and 1.5x beyond.
+        rows.push(match batch_size {
+            1 => row,
+            64 => row.ratio_target(1.2),
+            _ => row.ratio_target(1.5),
         });
     }
     Ok(rows)
