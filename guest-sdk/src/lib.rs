@@ -74,7 +74,7 @@ pub mod time;
 pub use error::{ErrorKind, NodeError};
 #[cfg(feature = "macros")]
 pub use flowhost_macros::node;
-pub use message::{Bincode, FromMessage, Json, Message};
+pub use message::{Bincode, FromMessage, ITERATION, Json, Message};
 pub use node::{NoConfig, Node, Replica, replica};
 pub use output::{Completion, DEFAULT_OUTPUT, Emit, IntoPayload, Output, Record, Verdict};
 

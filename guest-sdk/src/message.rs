@@ -75,11 +75,24 @@ impl<'a> Message<'a> {
         self.record.headers
     }
 
+    /// How many times the message went around a loop (feedback edges; 0 before its
+    /// first time around): the header [`ITERATION`].
+    pub fn iteration(&self) -> u32 {
+        self.record
+            .headers
+            .get(ITERATION)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The name of the input port the message arrived on (`"in"` unless the graph names one).
     pub fn input(&self) -> &'a str {
         self.input
     }
 }
+
+/// The header counting a message's times around a loop (set by the host).
+pub const ITERATION: &str = "flowhost-iteration";
 
 /// Typed access to a message: what a `#[node]` function's first parameter may be.
 ///

@@ -474,6 +474,7 @@ fn downstream(graph: &Graph, node: usize, feeds: &[(PathBuf, u16)]) -> Result<Gr
             watermark: None,
         });
         sub.edges.push(Edge {
+            feedback: None,
             from: Vertex::Source(i),
             from_port: 0,
             to: into,

@@ -4,8 +4,9 @@
 //! process or an [`Outlet`] such as a Kafka topic.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use super::Ack;
@@ -55,12 +56,61 @@ pub enum Sender {
     },
     /// Another place (a topic).
     Outlet(Arc<dyn Outlet>),
+    /// A loop node's channel ([`looped_channel`]): a feedback edge's sender never waits.
+    Looped {
+        /// The channel (unbounded: `room` bounds the senders that wait).
+        tx: std::sync::mpsc::Sender<Envelope>,
+        /// Batches waiting in it.
+        depth: Arc<AtomicUsize>,
+        /// Room left for the senders that wait.
+        room: Arc<Room>,
+        /// Whether this sender waits for room (every input but a feedback edge).
+        waits: bool,
+    },
+}
+
+/// The room in a loop node's channel: its capacity, for the senders that wait.
+pub struct Room {
+    capacity: usize,
+    lock: Mutex<()>,
+    freed: Condvar,
+    /// The consumer is gone: nobody waits any more.
+    closed: AtomicBool,
+}
+
+impl Room {
+    fn wait_below(&self, depth: &AtomicUsize) {
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while depth.load(Ordering::SeqCst) >= self.capacity && !self.closed.load(Ordering::SeqCst) {
+            guard = self
+                .freed
+                .wait_timeout(guard, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn free(&self) {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.freed.notify_all();
+    }
 }
 
 /// The receiving side of a consumer's channel.
 pub struct Mailbox {
     rx: Receiver<Envelope>,
     depth: Arc<AtomicUsize>,
+    /// A loop node's room, freed as it takes batches.
+    room: Option<Arc<Room>>,
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        if let Some(room) = &self.room {
+            room.closed.store(true, Ordering::SeqCst);
+            room.free();
+        }
+    }
 }
 
 /// A bounded channel of `capacity` batches whose depth is counted in `depth`.
@@ -70,7 +120,41 @@ pub fn channel(capacity: usize, depth: Arc<AtomicUsize>) -> (Sender, Mailbox) {
         tx,
         depth: depth.clone(),
     };
-    (sender, Mailbox { rx, depth })
+    (
+        sender,
+        Mailbox {
+            rx,
+            depth,
+            room: None,
+        },
+    )
+}
+
+/// A loop node's channel of `capacity` batches: the first sender waits for room like a
+/// [`channel`]'s, the second (for feedback edges) never waits (see `feedback`).
+pub fn looped_channel(capacity: usize, depth: Arc<AtomicUsize>) -> (Sender, Sender, Mailbox) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let room = Arc::new(Room {
+        capacity: capacity.max(1),
+        lock: Mutex::new(()),
+        freed: Condvar::new(),
+        closed: AtomicBool::new(false),
+    });
+    let sender = |waits| Sender::Looped {
+        tx: tx.clone(),
+        depth: depth.clone(),
+        room: room.clone(),
+        waits,
+    };
+    (
+        sender(true),
+        sender(false),
+        Mailbox {
+            rx,
+            depth,
+            room: Some(room),
+        },
+    )
 }
 
 impl Sender {
@@ -88,6 +172,22 @@ impl Sender {
                 }
             }
             Sender::Outlet(out) => out.send(env),
+            Sender::Looped {
+                tx,
+                depth,
+                room,
+                waits,
+            } => {
+                in_flight.sent();
+                if *waits {
+                    room.wait_below(depth);
+                }
+                depth.fetch_add(1, Ordering::SeqCst);
+                if tx.send(env).is_err() {
+                    depth.fetch_sub(1, Ordering::SeqCst);
+                    in_flight.done();
+                }
+            }
         }
     }
 }
@@ -107,7 +207,7 @@ impl Mailbox {
     pub fn recv(&self, timeout: Duration) -> Received {
         match self.rx.recv_timeout(timeout) {
             Ok(env) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
+                self.took();
                 Received::Batch(env)
             }
             Err(RecvTimeoutError::Timeout) => Received::Idle,
@@ -117,12 +217,18 @@ impl Mailbox {
 }
 
 impl Mailbox {
+    /// A batch was taken out: one less waiting, room for a sender that waits.
+    fn took(&self) {
+        self.depth.fetch_sub(1, Ordering::SeqCst);
+        if let Some(room) = &self.room {
+            room.free();
+        }
+    }
+
     /// What the channel holds now, without waiting (for tests).
     #[cfg(test)]
     pub fn drain_now(&self) -> impl Iterator<Item = Envelope> + '_ {
-        self.rx.try_iter().inspect(|_| {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
-        })
+        self.rx.try_iter().inspect(|_| self.took())
     }
 }
 
@@ -131,7 +237,7 @@ impl Iterator for Mailbox {
 
     fn next(&mut self) -> Option<Envelope> {
         let env = self.rx.recv().ok()?;
-        self.depth.fetch_sub(1, Ordering::Relaxed);
+        self.took();
         Some(env)
     }
 }

@@ -8,6 +8,7 @@
 
 mod ack;
 mod channel;
+pub mod feedback;
 mod route;
 pub mod watermark;
 

@@ -7,6 +7,9 @@ use std::hash::BuildHasher;
 use bytes::Bytes;
 use flowhost_sdk::frame::{BatchReader, BatchWriter, Item};
 
+use std::sync::Arc;
+
+use super::feedback::{LoopGate, Looping};
 use super::watermark::{Mark, Marked};
 use super::{Ack, Envelope, InFlight, Sender};
 use crate::manifest::Connection;
@@ -29,6 +32,16 @@ pub struct Route {
     in_flight: InFlight,
     /// Per consumer replica, the mark it was sent last.
     marked: Vec<Option<Mark>>,
+    /// Its part in a loop, if any.
+    looping: Option<Looping>,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        if let Some(Looping::Enters(gate)) = &self.looping {
+            gate.leave();
+        }
+    }
 }
 
 impl Route {
@@ -45,7 +58,26 @@ impl Route {
             pending,
             in_flight,
             marked,
+            looping: None,
         }
+    }
+
+    /// This edge enters `gate`'s loop from outside: the loop cannot end while it lives.
+    pub fn entering(mut self, gate: Arc<LoopGate>) -> Self {
+        gate.enter();
+        self.looping = Some(Looping::Enters(gate));
+        self
+    }
+
+    /// This edge is a feedback edge of `gate`'s loop, letting messages around at most
+    /// `max` times.
+    pub fn feeding(mut self, gate: Arc<LoopGate>, max: Option<u32>) -> Self {
+        self.looping = Some(Looping::Feeds(gate, max));
+        self
+    }
+
+    fn feeds(&self) -> bool {
+        matches!(self.looping, Some(Looping::Feeds(..)))
     }
 
     fn send_to(&mut self, i: usize, batch: Batch, ack: &Ack, mark: Option<Marked>) {
@@ -64,7 +96,14 @@ impl Route {
     /// Sends a batch along this edge, with the producer's current mark; everything sent
     /// holds `ack`.
     pub fn send(&mut self, batch: impl Into<Batch>, ack: &Ack, mark: Option<Marked>) {
-        let batch = batch.into();
+        let mut batch = batch.into();
+        if let Some(Looping::Feeds(gate, max)) = &self.looping {
+            let around = gate.around(batch.into_msgs(), *max);
+            if around.is_empty() {
+                return;
+            }
+            batch = around.into();
+        }
         // One consumer replica, or round-robin: the batch goes as it is (a frame stays
         // a frame), uncopied.
         if self.targets.len() == 1 || self.connection == Connection::RoundRobin {
@@ -120,6 +159,10 @@ impl Route {
     /// not told again, but an outlet is: it keeps its readers' watermark alive, see
     /// `transport::kafka::marks`): watermarks reach every replica, whatever the connection.
     pub fn mark(&mut self, mark: Marked) {
+        // (A loop's watermark is its inputs' from outside: none travels around it.)
+        if self.feeds() {
+            return;
+        }
         for i in 0..self.targets.len() {
             if self.marked[i] != Some(mark.mark) || matches!(self.targets[i], Sender::Outlet(_)) {
                 self.send_to(i, Batch::default(), &Ack::none(), Some(mark));
@@ -186,6 +229,18 @@ impl Router {
     /// The producer's current mark.
     pub fn current_mark(&self) -> Option<Marked> {
         self.mark
+    }
+
+    /// Whether it holds feedback edges.
+    pub fn feeds_back(&self) -> bool {
+        self.ports.iter().flatten().any(Route::feeds)
+    }
+
+    /// Lets go of its feedback edges (their loop has ended).
+    pub fn drop_feedback(&mut self) {
+        for routes in &mut self.ports {
+            routes.retain(|r| !r.feeds());
+        }
     }
 
     /// Adds an edge leaving `port`.

@@ -6,7 +6,10 @@ use toml::Spanned;
 
 use super::raw::RawGraph;
 use super::validate::Report;
-use super::{BROADCAST_IN_PROCESS_ONLY, Connection, Edge, ErrorPolicy, NodeSpec, Transport, Vertex};
+use super::{
+    BROADCAST_IN_PROCESS_ONLY, Connection, Edge, ErrorPolicy, FEEDBACK_IN_PROCESS_ONLY, Feedback, NodeSpec,
+    Transport, Vertex,
+};
 use crate::DEFAULT_INPUT;
 use flowhost_sdk::DEFAULT_OUTPUT;
 
@@ -50,7 +53,29 @@ pub(super) fn edges(
             (Some(t), None) => Some(t.get_ref().clone()),
             (None, fixed) => fixed,
         };
-        resolved.push((from, to, e.connection, topic));
+        let feedback = if let Some(f) = e.feedback.as_ref().filter(|f| *f.get_ref()) {
+            if !matches!((from.0, to.0), (Vertex::Node(_), Vertex::Node(_))) {
+                r.at(
+                    f.span(),
+                    format!("{label}: a feedback edge runs from a node to a node"),
+                );
+            }
+            if raw.transport.as_ref().map(|t| *t.get_ref()) == Some(Transport::Kafka) {
+                r.at(f.span(), format!("{label}: {FEEDBACK_IN_PROCESS_ONLY}"));
+            }
+            Some(Feedback {
+                max_iterations: e.max_iterations.as_ref().map(|m| *m.get_ref()),
+            })
+        } else {
+            if let Some(m) = &e.max_iterations {
+                r.at(
+                    m.span(),
+                    format!("{label}: `max_iterations` applies to a feedback edge (`feedback = true`)"),
+                );
+            }
+            None
+        };
+        resolved.push((from, to, e.connection, topic, feedback));
     }
     // Port lists: the default port first, then the others by name.
     let mut ports = |v: Vertex, port: &str, outputs: bool| {
@@ -65,7 +90,7 @@ pub(super) fn edges(
             }
         }
     };
-    for ((from, fp), (to, tp), _, _) in &resolved {
+    for ((from, fp), (to, tp), _, _, _) in &resolved {
         ports(*from, fp, true);
         ports(*to, tp, false);
     }
@@ -93,11 +118,12 @@ pub(super) fn edges(
     };
     resolved
         .iter()
-        .map(|((from, fp), (to, tp), connection, topic)| Edge {
+        .map(|((from, fp), (to, tp), connection, topic, feedback)| Edge {
             from: *from,
             from_port: index(*from, fp, true),
             to: *to,
             to_port: index(*to, tp, false),
+            feedback: *feedback,
             connection: *connection,
             topic: topic.clone(),
         })
@@ -212,9 +238,10 @@ pub(super) fn check_connected(r: &mut Report, raw: &RawGraph, edges: &[Edge], no
 /// Reports each cycle among nodes once, as `a -> b -> a`.
 pub(super) fn check_cycles(r: &mut Report, raw: &RawGraph, edges: &[Edge]) {
     let ids: Vec<&Spanned<String>> = raw.nodes.keys().collect();
+    // Feedback edges close loops on purpose; every other edge must leave the graph acyclic.
     let next = |i: usize| {
         edges.iter().filter_map(move |e| match (e.from, e.to) {
-            (Vertex::Node(a), Vertex::Node(b)) if a == i => Some(b),
+            (Vertex::Node(a), Vertex::Node(b)) if a == i && e.feedback.is_none() => Some(b),
             _ => None,
         })
     };
@@ -256,10 +283,38 @@ pub(super) fn check_cycles(r: &mut Report, raw: &RawGraph, edges: &[Edge]) {
         r.at(
             ids[cycle[0]].span(),
             format!(
-                "cycle between nodes: {} -> {first} (cycles are not supported yet)",
+                "cycle between nodes: {} -> {first} (mark the edge that closes it `feedback = true` to make it a loop)",
                 names.join(" -> ")
             ),
         );
+    }
+    // A feedback edge must close a loop: from its consumer back to its producer.
+    for e in edges.iter().filter(|e| e.feedback.is_some()) {
+        let (Vertex::Node(u), Vertex::Node(v)) = (e.from, e.to) else {
+            continue;
+        };
+        let mut seen = vec![false; ids.len()];
+        let mut stack = vec![v];
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            stack.extend(next(i));
+        }
+        if !seen[u] {
+            let (from, to) = (ids[u].get_ref(), ids[v].get_ref());
+            let named = |end: &Spanned<String>, id: &str| end.get_ref().split('.').next() == Some(id);
+            let span = raw
+                .edges
+                .iter()
+                .filter_map(|re| Some((re, re.feedback.as_ref().filter(|f| *f.get_ref())?)))
+                .find(|(re, _)| named(&re.from, from) && named(&re.to, to))
+                .map_or(0..0, |(_, f)| f.span());
+            r.at(
+                span,
+                format!("edge from `{from}` to `{to}` is a feedback edge but closes no loop: nothing leads from `{to}` back to `{from}`"),
+            );
+        }
     }
 }
 

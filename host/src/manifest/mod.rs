@@ -128,16 +128,67 @@ impl Graph {
     /// Why this graph cannot run over Kafka, if it cannot: what works in-process only
     /// (`validate` says the same with the line, for a manifest that asks for Kafka).
     pub fn kafka_refusal(&self) -> Option<String> {
-        self.edges
-            .iter()
-            .find(|e| e.connection == Connection::Broadcast)
-            .map(|e| {
-                format!(
-                    "edge from `{}` to `{}`: {BROADCAST_IN_PROCESS_ONLY}",
-                    self.id(e.from),
-                    self.id(e.to)
-                )
-            })
+        self.edges.iter().find_map(|e| {
+            let why = if e.connection == Connection::Broadcast {
+                BROADCAST_IN_PROCESS_ONLY
+            } else if e.feedback.is_some() {
+                FEEDBACK_IN_PROCESS_ONLY
+            } else {
+                return None;
+            };
+            Some(format!(
+                "edge from `{}` to `{}`: {why}",
+                self.id(e.from),
+                self.id(e.to)
+            ))
+        })
+    }
+
+    /// The loops of the graph: per loop, the nodes inside it (those a feedback edge's
+    /// message can come back to), in index order. Loops that share a node are one.
+    pub fn loops(&self) -> Vec<Vec<usize>> {
+        let n = self.nodes.len();
+        let reach = |from: usize, forward: bool| {
+            let mut seen = vec![false; n];
+            let mut stack = vec![from];
+            seen[from] = true;
+            while let Some(i) = stack.pop() {
+                for e in &self.edges {
+                    let (a, b) = if forward { (e.from, e.to) } else { (e.to, e.from) };
+                    if let (Vertex::Node(a), Vertex::Node(b)) = (a, b)
+                        && a == i
+                        && !seen[b]
+                    {
+                        seen[b] = true;
+                        stack.push(b);
+                    }
+                }
+            }
+            seen
+        };
+        let mut loops: Vec<Vec<bool>> = Vec::new();
+        for e in self.edges.iter().filter(|e| e.feedback.is_some()) {
+            let (Vertex::Node(u), Vertex::Node(v)) = (e.from, e.to) else {
+                continue;
+            };
+            let (down, up) = (reach(v, true), reach(u, false));
+            let mut inside: Vec<bool> = (0..n).map(|i| down[i] && up[i]).collect();
+            // Merged with every loop it shares a node with.
+            loops.retain(|l| {
+                let shared = (0..n).any(|i| l[i] && inside[i]);
+                if shared {
+                    for i in 0..n {
+                        inside[i] |= l[i];
+                    }
+                }
+                !shared
+            });
+            loops.push(inside);
+        }
+        loops
+            .into_iter()
+            .map(|l| (0..n).filter(|&i| l[i]).collect())
+            .collect()
     }
 }
 
@@ -445,6 +496,17 @@ pub enum SinkKind {
     Reply,
 }
 
+/// A feedback edge's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Feedback {
+    /// How many times a message may go around (`None`: no limit).
+    pub max_iterations: Option<u32>,
+}
+
+/// Why a feedback edge is refused over Kafka.
+pub(crate) const FEEDBACK_IN_PROCESS_ONLY: &str = "feedback edges (iterations) work in-process only for now: \
+     a loop's end over Kafka needs termination counted across processes, which flowhost does not do yet";
+
 /// A vertex of the graph, by kind and index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Vertex {
@@ -467,6 +529,8 @@ pub struct Edge {
     pub to: Vertex,
     /// Index into the consumer's inputs (0 for a sink).
     pub to_port: u16,
+    /// It closes a loop (iterations); with the most times a message may go around.
+    pub feedback: Option<Feedback>,
     /// How messages are spread over the consumer's replicas.
     pub connection: Connection,
     /// Its topic with the Kafka transport, where the manifest names one (the edge's

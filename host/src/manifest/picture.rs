@@ -148,6 +148,12 @@ fn layout(graph: &Graph) -> (Vec<Item>, Vec<Arrow>) {
             (None, None) => {}
         }
         label.push_str(connection(e.connection));
+        if let Some(f) = e.feedback {
+            label.push_str(", feedback");
+            if let Some(max) = f.max_iterations {
+                let _ = write!(label, " ≤ {max}×");
+            }
+        }
         arrows.push(Arrow {
             from: ident(&vid(e.from)),
             to: ident(&vid(e.to)),

@@ -369,4 +369,12 @@ pub struct RawEdge {
     /// With `transport = "kafka"`: the edge's topic (default `<graph>.<from>.<to>`).
     #[schemars(with = "Option<String>")]
     pub topic: Option<Spanned<String>>,
+    /// The edge closes a loop: messages go around again (iterations) until nothing is
+    /// left inside it. Every cycle of a graph needs one (in-process only).
+    #[schemars(with = "Option<bool>")]
+    pub feedback: Option<Spanned<bool>>,
+    /// A feedback edge: how many times a message may go around; past that it is dropped
+    /// and counted (default: no limit).
+    #[schemars(with = "Option<u32>")]
+    pub max_iterations: Option<Spanned<u32>>,
 }

@@ -24,6 +24,7 @@ pub use crate::message::headers;
 pub use status::Status;
 
 use crate::engine::{Engine, EngineError, NodeInstance, NodeSetup, NodeTemplate};
+use crate::flow::feedback::{LoopGate, looped_channel};
 use crate::flow::watermark::{Generator, Mark, Marked, Time, Watermarks};
 use crate::flow::{Ack, InFlight, Mailbox, Route, Router, Sender, channel};
 use crate::io::http::{Answers, Exchange, HttpServer};
@@ -335,7 +336,7 @@ impl Nodes {
         i: usize,
         instances: Vec<NodeInstance>,
         mut router: impl FnMut() -> Router,
-        (dead_letter, answers): (Option<Sender>, Option<Arc<dyn Answers>>),
+        (dead_letter, answers, loop_gate): Outlets,
         inputs: Vec<Mailbox>,
         (opts, shutdown, in_flight, finish_gate): (&RunOptions, &Arc<Shutdown>, &InFlight, &Arc<FinishGate>),
         producers: &Producers,
@@ -379,6 +380,7 @@ impl Nodes {
                     mark: None,
                     event_time: None,
                     timers: NodeTimers::load(self.timers.clone(), &spec.id, r),
+                    loop_gate: loop_gate.clone(),
                 };
                 (ReplicaThread(replica), rx)
             })
@@ -458,7 +460,13 @@ impl Producers {
         if self.read {
             return 1;
         }
-        let mut from: Vec<Vertex> = graph.edges.iter().filter(|e| e.to == v).map(|e| e.from).collect();
+        // (Feedback edges carry no watermarks: a loop's is its inputs' from outside.)
+        let mut from: Vec<Vertex> = graph
+            .edges
+            .iter()
+            .filter(|e| e.to == v && e.feedback.is_none())
+            .map(|e| e.from)
+            .collect();
         from.sort();
         from.dedup();
         from.iter()
@@ -469,6 +477,10 @@ impl Producers {
             .sum()
     }
 }
+
+/// Where a node's replicas send besides their edges: dead letters, answers to HTTP
+/// requests, and the loop whose feedback edges they hold.
+type Outlets = (Option<Sender>, Option<Arc<dyn Answers>>, Option<Arc<LoopGate>>);
 
 /// A node replica, ready to run on a thread of its own.
 struct ReplicaThread(Replica);
@@ -550,17 +562,41 @@ impl<'a> Runner<'a> {
         // Every consumer's input channels here: per replica of a node, one per sink.
         let mut local = Local::default();
         let mut inputs: Vec<Vec<Mailbox>> = Vec::new();
+        // A node a feedback edge enters takes that edge's batches beyond its capacity
+        // (see `flow::feedback`).
+        let fed_back = |i: usize| {
+            graph
+                .edges
+                .iter()
+                .any(|e| e.feedback.is_some() && e.to == Vertex::Node(i))
+        };
         for (i, n) in graph.nodes.iter().enumerate() {
-            let (tx, rx) = if here(Vertex::Node(i)) {
-                (0..n.replicas as usize)
-                    .map(|r| channel(opts.channel_capacity, status.replica(i, r).queue.clone()))
-                    .unzip()
-            } else {
-                (Vec::new(), Vec::new())
-            };
+            let (mut tx, mut fb, mut rx) = (Vec::new(), Vec::new(), Vec::new());
+            for r in (0..n.replicas as usize).filter(|_| here(Vertex::Node(i))) {
+                let depth = status.replica(i, r).queue.clone();
+                if fed_back(i) {
+                    let (waits, never, mailbox) = looped_channel(opts.channel_capacity, depth);
+                    tx.push(waits);
+                    fb.push(never);
+                    rx.push(mailbox);
+                } else {
+                    let (waits, mailbox) = channel(opts.channel_capacity, depth);
+                    tx.push(waits);
+                    rx.push(mailbox);
+                }
+            }
             local.nodes.push(tx);
+            local.feedback.push(fb);
             inputs.push(rx);
         }
+        // Each loop's gate, and the loop each node is in.
+        let loops = graph.loops();
+        let gates: Vec<Arc<LoopGate>> = loops.iter().map(|_| Arc::default()).collect();
+        let loop_of = |v: Vertex| match v {
+            Vertex::Node(i) => loops.iter().position(|l| l.contains(&i)),
+            _ => None,
+        };
+        status.set_loops(&loops, &gates);
         let mut sinks = Vec::new();
         for k in 0..graph.sinks.len() {
             if !here(Vertex::Sink(k)) {
@@ -608,7 +644,12 @@ impl<'a> Runner<'a> {
             let mut r = Router::new(ports);
             for (e, targets) in &senders.edges {
                 let edge = &graph.edges[*e];
-                let route = Route::new(targets.clone(), edge.to_port, edge.connection, in_flight.clone());
+                let mut route = Route::new(targets.clone(), edge.to_port, edge.connection, in_flight.clone());
+                match (edge.feedback, loop_of(edge.from), loop_of(edge.to)) {
+                    (Some(f), _, Some(l)) => route = route.feeding(gates[l].clone(), f.max_iterations),
+                    (None, from, Some(l)) if from != Some(l) => route = route.entering(gates[l].clone()),
+                    _ => {}
+                }
                 r.add(edge.from_port, route);
             }
             r
@@ -632,6 +673,13 @@ impl<'a> Runner<'a> {
             let context = (opts, shutdown, &in_flight, &finish_gate);
             let dead_letter = senders.dead_letter.clone();
             let make_router = || router(&senders, spec.outputs.len());
+            let feeds = graph
+                .edges
+                .iter()
+                .any(|e| e.feedback.is_some() && e.from == Vertex::Node(i));
+            let loop_gate = loop_of(Vertex::Node(i))
+                .filter(|_| feeds)
+                .map(|l| gates[l].clone());
             replicas.push((
                 i,
                 nodes.replicas(
@@ -639,7 +687,7 @@ impl<'a> Runner<'a> {
                     i,
                     instances,
                     make_router,
-                    (dead_letter, answers.clone()),
+                    (dead_letter, answers.clone(), loop_gate),
                     rx,
                     context,
                     &producers,
@@ -836,6 +884,15 @@ impl<'a> Runner<'a> {
             let sinks: Vec<(String, u64)> = sinks.into_iter().filter_map(join).collect();
             (sources, sinks)
         });
+        for l in &status.report().loops {
+            tracing::info!(
+                "loop of {}: {} time(s) around at most, {} message(s) sent around, {} dropped at max_iterations",
+                l.nodes.join(", "),
+                l.iteration,
+                l.fed_back,
+                l.exceeded
+            );
+        }
         // Every vertex has stopped: what is still open is answered, then the servers go.
         exchange.close();
         drop(http);

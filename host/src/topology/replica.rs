@@ -20,6 +20,7 @@ use super::swap::{NodeVersions, Version};
 use super::timers::NodeTimers;
 use crate::clock::now_millis;
 use crate::engine::{CallError, NodeInstance};
+use crate::flow::feedback::LoopGate;
 use crate::flow::watermark::{Mark, Marked, Time, Watermarks};
 use crate::flow::{Ack, Envelope, InFlight, Mailbox, Received, Router, Sender};
 use crate::io::http::{self, Answer, Answers};
@@ -91,6 +92,8 @@ pub(super) struct Replica {
     pub event_time: Option<Time>,
     /// Its timers.
     pub timers: NodeTimers,
+    /// The loop whose feedback edges it sends on, until that loop has ended.
+    pub loop_gate: Option<Arc<LoopGate>>,
 }
 
 impl Replica {
@@ -109,6 +112,14 @@ impl Replica {
                 Received::Batch(env) => env,
                 Received::Idle => {
                     self.status.beat();
+                    // Its loop has ended: letting go of the feedback edges closes the
+                    // loop's channels, front to back.
+                    if let Some(gate) = &self.loop_gate
+                        && gate.ended(&self.in_flight)
+                    {
+                        self.router.drop_feedback();
+                        self.loop_gate = None;
+                    }
                     // Time moves without input (idleness, the wall clock): not while a
                     // checkpoint waits for a still graph.
                     if !stopped && !self.shutdown.is_aborting() && self.in_flight.start_own() {
@@ -194,7 +205,12 @@ impl Replica {
     /// input's idleness is due sooner.
     fn wait(&self, beat: Duration) -> Duration {
         let now = Instant::now();
-        let mut wait = beat;
+        // In a loop, soon: its end is seen when idle.
+        let mut wait = if self.loop_gate.is_some() {
+            beat.min(Duration::from_millis(5))
+        } else {
+            beat
+        };
         if let Some(at) = self.watermarks.next_idle(now) {
             wait = wait.min(at.saturating_duration_since(now));
         }

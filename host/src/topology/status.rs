@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::flow::feedback::LoopGate;
 use crate::io::http::{Exchange, HttpStats};
 use serde::{Deserialize, Serialize};
 
@@ -194,9 +195,18 @@ pub struct Status {
     link: std::sync::OnceLock<Arc<dyn LinkHealth>>,
     /// Per source, its HTTP counters (an `http` source here) and the process's exchange.
     http: Vec<std::sync::OnceLock<(Arc<HttpStats>, Arc<Exchange>)>>,
+    /// The graph's loops: their nodes and gates.
+    loops: std::sync::OnceLock<Vec<(Vec<usize>, Arc<LoopGate>)>>,
 }
 
 impl Status {
+    /// Reports the graph's loops (nodes by index) and their gates.
+    pub fn set_loops(&self, loops: &[Vec<usize>], gates: &[Arc<LoopGate>]) {
+        let _ = self
+            .loops
+            .set(loops.iter().cloned().zip(gates.iter().cloned()).collect());
+    }
+
     /// Reports `http` source `i`'s counters.
     pub fn set_http(&self, i: usize, stats: Arc<HttpStats>, exchange: Arc<Exchange>) {
         let _ = self.http[i].set((stats, exchange));
@@ -273,6 +283,7 @@ impl Status {
             stores,
             link: std::sync::OnceLock::new(),
             http: graph.sources.iter().map(|_| std::sync::OnceLock::new()).collect(),
+            loops: std::sync::OnceLock::new(),
         }
     }
 
@@ -431,6 +442,23 @@ impl Status {
                     keys: s.len() as u64,
                     bytes: s.bytes(),
                     durable: s.is_durable(),
+                })
+                .collect(),
+            loops: self
+                .loops
+                .get()
+                .into_iter()
+                .flatten()
+                .map(|(nodes, gate)| LoopReport {
+                    nodes: nodes.iter().map(|&i| self.nodes[i].id.clone()).collect(),
+                    iteration: gate.reached(),
+                    fed_back: gate.fed_back(),
+                    exceeded: gate.exceeded(),
+                    queued: nodes
+                        .iter()
+                        .flat_map(|&i| &self.nodes[i].replicas)
+                        .map(|r| r.queue.load(Ordering::Relaxed))
+                        .sum(),
                 })
                 .collect(),
             kafka,
@@ -766,6 +794,9 @@ pub struct StatusReport {
     pub sinks: Vec<SinkReport>,
     /// Stores.
     pub stores: Vec<StoreReport>,
+    /// Loops (feedback edges).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loops: Vec<LoopReport>,
     /// The link to the Kafka brokers (Kafka transport).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaReport>,
@@ -801,6 +832,21 @@ pub struct SourceReport {
     /// An `http` source's requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpReport>,
+}
+
+/// A loop in [`StatusReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoopReport {
+    /// The nodes inside it.
+    pub nodes: Vec<String>,
+    /// The most times a message has gone around.
+    pub iteration: u32,
+    /// Messages sent around (over its feedback edges).
+    pub fed_back: u64,
+    /// Messages dropped at `max_iterations`.
+    pub exceeded: u64,
+    /// Batches waiting in its nodes' channels now.
+    pub queued: usize,
 }
 
 /// An `http` source's requests in [`SourceReport`].

@@ -166,11 +166,22 @@ pub trait Transport: Send + Sync {
 pub struct Local {
     /// Per node, per replica.
     pub nodes: Vec<Vec<Sender>>,
+    /// Per node, per replica: the senders of feedback edges into it (that never wait;
+    /// empty for a node no feedback edge enters).
+    pub feedback: Vec<Vec<Sender>>,
     /// Per sink (`None`: not here).
     pub sinks: Vec<Option<Sender>>,
 }
 
 impl Local {
+    /// The senders of edge `e`'s consumer: a feedback edge's never wait.
+    pub fn of_edge(&self, e: &crate::manifest::Edge) -> Vec<Sender> {
+        match (e.feedback, e.to) {
+            (Some(_), Vertex::Node(i)) => self.feedback[i].clone(),
+            _ => self.of(e.to),
+        }
+    }
+
     /// The senders into consumer `v`'s replicas (empty if it is not here).
     pub fn of(&self, v: Vertex) -> Vec<Sender> {
         match v {

@@ -10,5 +10,6 @@ mod durability;
 mod event_time;
 mod fuzz_regressions;
 mod kafka;
+mod loops;
 mod reliability;
 mod swap;

@@ -133,7 +133,7 @@ impl Transport for Memory<'_> {
             .iter()
             .enumerate()
             .filter(|(_, e)| e.from == from)
-            .map(|(i, e)| (i, local.of(e.to)))
+            .map(|(i, e)| (i, local.of_edge(e)))
             .collect();
         let dead_letter = match from {
             Vertex::Node(i) => match graph.nodes[i].on_error {
