@@ -10,6 +10,7 @@
 //! | aggregation | JSON sales → aggregate (wasm, 2 replicas, host store); the same in 1 s event-time windows | the same aggregation (and windows) in plain Rust; durable store vs memory |
 //! | poison | text → faulty (dead-letter) → null, 1% invalid input or 1% panics | the same graph with 0% poison |
 //! | api | HTTP requests through `graphs/api.toml` (validate → enrich → price, wasm), 64 clients | the same work in a plain axum handler |
+//! | loops | connected components of a 100k-vertex graph: `propagate` around a feedback edge | union-find in plain Rust |
 //! | start-up | `flowhost run` of a 10-node graph to its first output, cold and warm cache | — |
 //! | memory | peak RSS of a 10-node graph whose sink has stalled, over time | — |
 //! | swap | output gaps of a running graph while its node is hot-swapped | gaps while no swap runs |
@@ -19,6 +20,7 @@ mod aggregate;
 mod api;
 mod boundary;
 mod kafka;
+mod loops;
 mod pipeline;
 mod poison;
 mod process;
@@ -57,7 +59,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "functions")]
     pub functions: PathBuf,
     /// Run only these workloads (comma-separated: boundary, passthrough, state, wordcount,
-    /// aggregation, poison, api, start-up, memory, swap, kafka).
+    /// aggregation, poison, api, loops, start-up, memory, swap, kafka).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Kafka brokers for the kafka workload (e.g. from `scripts/kafka start`); without
@@ -247,6 +249,7 @@ pub(crate) struct Fixtures {
     stamp: LoadedModule,
     stamp_v2: LoadedModule,
     quoting: LoadedModule,
+    propagate: LoadedModule,
 }
 
 impl Fixtures {
@@ -267,6 +270,7 @@ impl Fixtures {
             stamp: load("stamp")?,
             stamp_v2: load("stamp-v2")?,
             quoting: load("quoting")?,
+            propagate: load("propagate")?,
             engine: engine.clone(),
         })
     }
@@ -303,6 +307,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     step("api", &|| {
         api::run(&fx, if args.quick { 2_000 } else { 20_000 }, rounds)
     })?;
+    step("loops", &|| loops::run(&fx, if args.quick { 10_000 } else { 100_000 }, rounds))?;
     step("start-up", &|| process::startup(&fx))?;
     step("memory", &|| process::memory(&fx, if args.quick { 1 } else { 3 }))?;
     step("swap", &|| swap::run(&fx, if args.quick { 4 } else { 20 }))?;
