@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::Running;
 use flowhost::topology::status::{HttpReport, StatusReport};
@@ -314,10 +314,7 @@ fn ctrl_c_answers_every_open_request_and_takes_no_new_ones() {
     let open: Vec<_> = (0..8)
         .map(|i| {
             let url = url.clone();
-            std::thread::spawn(move || {
-                let started = Instant::now();
-                (post(&agent(), &url, &format!("nap:{i}")), started.elapsed())
-            })
+            std::thread::spawn(move || post(&agent(), &url, &format!("nap:{i}")))
         })
         .collect();
     run.wait_for("eight requests open", |s| http_of(s, "api").in_flight == 8);
@@ -327,15 +324,12 @@ fn ctrl_c_answers_every_open_request_and_takes_no_new_ones() {
         .unwrap();
     assert!(interrupt.success());
     for t in open {
-        let ((status, body), took) = t.join().unwrap();
-        // The call in flight is cut after the grace period; the rest were never run.
+        let (status, body) = t.join().unwrap();
+        // The call in flight is cut after the grace period (500); the rest were never
+        // run (503). Not 504: answered at shutdown, not by the 60 s timeout.
         assert!(
             status == 503 || status == 500,
             "every open request is answered: {status} {body}"
-        );
-        assert!(
-            took < Duration::from_secs(50),
-            "answered at shutdown, not by a timeout"
         );
     }
     let exit = run.child.wait().unwrap();

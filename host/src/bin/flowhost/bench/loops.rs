@@ -33,10 +33,18 @@ pub(super) fn run(fx: &Fixtures, vertices: u32, rounds: usize) -> anyhow::Result
         let r = interleaved(
             rounds,
             || {
-                let report = flowhost::run(&plan, &fx.engine, &RunOptions::default(), &Arc::new(Shutdown::default()))?;
+                let report = flowhost::run(
+                    &plan,
+                    &fx.engine,
+                    &RunOptions::default(),
+                    &Arc::new(Shutdown::default()),
+                )?;
                 anyhow::ensure!(report.failure.is_none(), "{:?}", report.failure);
                 let wrote = report.sinks[0].1;
-                anyhow::ensure!(wrote == labelled, "flowhost labelled {wrote} vertices, union-find {labelled}");
+                anyhow::ensure!(
+                    wrote == labelled,
+                    "flowhost labelled {wrote} vertices, union-find {labelled}"
+                );
                 Ok(report.elapsed.as_secs_f64() * 1000.0)
             },
             || {

@@ -307,7 +307,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     step("api", &|| {
         api::run(&fx, if args.quick { 2_000 } else { 20_000 }, rounds)
     })?;
-    step("loops", &|| loops::run(&fx, if args.quick { 10_000 } else { 100_000 }, rounds))?;
+    step("loops", &|| {
+        loops::run(&fx, if args.quick { 10_000 } else { 100_000 }, rounds)
+    })?;
     step("start-up", &|| process::startup(&fx))?;
     step("memory", &|| process::memory(&fx, if args.quick { 1 } else { 3 }))?;
     step("swap", &|| swap::run(&fx, if args.quick { 4 } else { 20 }))?;
