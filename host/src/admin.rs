@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+use crate::io::http::Served;
 use crate::manifest::AutoRollback;
 use crate::topology::Status;
 use crate::topology::status::StatusReport;
@@ -29,26 +30,13 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
 
 /// A running admin endpoint; dropping it stops the server.
 pub struct AdminServer {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    served: Served,
 }
 
 impl AdminServer {
     /// The address it listens on (the real port when asked for port 0).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.served.addr()
     }
 }
 
@@ -79,21 +67,8 @@ pub fn serve(addr: SocketAddr, status: Arc<Status>) -> Result<AdminServer, Admin
     if !addr.ip().is_loopback() {
         return Err(AdminError::NotLoopback(addr));
     }
-    let failed = |what: String| move |error| AdminError::Io { what, error };
-    let listener = std::net::TcpListener::bind(addr).map_err(failed(format!("listen on {addr}")))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(failed(format!("listen on {addr}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(failed(format!("listen on {addr}")))?;
-    // Timers too: a swapped-in module's `init` may sleep (through WASI), on this runtime.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(failed("start its runtime".into()))?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let failed = |(what, error)| AdminError::Io { what, error };
+    let (listener, addr) = crate::io::http::listen(addr).map_err(failed)?;
     // One upload at a time: what uploads can hold in memory is MAX_MODULE_BYTES in all.
     let uploads = Arc::new(tokio::sync::Semaphore::new(1));
     let one_upload = axum::middleware::from_fn(move |request, next: axum::middleware::Next| {
@@ -123,28 +98,12 @@ pub fn serve(addr: SocketAddr, status: Arc<Status>) -> Result<AdminServer, Admin
         )
         .route("/nodes/{id}/rollback", post(rollback))
         .with_state(status);
-    let thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
-        let served = runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        if let Err(e) = served {
-            tracing::error!("admin endpoint failed: {e}");
-        }
-    });
-    let thread = thread.map_err(failed("start its thread".into()))?;
+    // (Timers too: a swapped-in module's `init` may sleep through WASI, on this runtime.)
+    let served = Served::start(listener, "admin", app).map_err(failed)?;
     tracing::info!(
         "admin endpoint on http://{addr} (/status, /metrics, /sinks/<id>/tail, POST /nodes/<id>/swap)"
     );
-    Ok(AdminServer {
-        addr,
-        stop: Some(stop),
-        thread: Some(thread),
-    })
+    Ok(AdminServer { served })
 }
 
 async fn index() -> &'static str {

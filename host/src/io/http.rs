@@ -335,33 +335,18 @@ pub struct HttpServer {
     shared: Arc<Shared>,
     /// (Taken by the source thread only; a lock, so the server can be shared.)
     queue: Mutex<mpsc::Receiver<Msg>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    served: Option<Served>,
 }
 
 impl HttpServer {
     /// Listens for source `id` as `spec` says, answering through `exchange`.
     pub fn bind(id: &str, spec: &HttpSpec, exchange: Arc<Exchange>) -> Result<HttpServer, IoError> {
-        let failed = |what: String| {
-            move |error| IoError::Listen {
-                vertex: format!("source `{id}`"),
-                what,
-                error,
-            }
+        let failed = |(what, error)| IoError::Listen {
+            vertex: format!("source `{id}`"),
+            what,
+            error,
         };
-        let listen = spec.listen;
-        let listener = std::net::TcpListener::bind(listen).map_err(failed(format!("listen on {listen}")))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(failed(format!("listen on {listen}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(failed(format!("listen on {listen}")))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(failed("start its runtime".into()))?;
+        let (listener, addr) = listen(spec.listen).map_err(failed)?;
         let (tx, queue) = mpsc::channel();
         let shared = Arc::new(Shared {
             spec: spec.clone(),
@@ -376,31 +361,13 @@ impl HttpServer {
                 failure(StatusCode::NOT_FOUND, &format!("no route for {}", uri.path()))
             })
             .with_state(shared.clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let source = id.to_owned();
-        let thread = std::thread::Builder::new()
-            .name(format!("http {id}"))
-            .spawn(move || {
-                let served = runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)?;
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stopped.await;
-                        })
-                        .await
-                });
-                if let Err(e) = served {
-                    tracing::error!("source `{source}`: the HTTP server failed: {e}");
-                }
-            })
-            .map_err(failed("start its thread".into()))?;
+        let served = Served::start(listener, &format!("http {id}"), app).map_err(failed)?;
         tracing::info!("source `{id}` serves http://{addr}{}", spec.path);
         Ok(HttpServer {
             id: id.to_owned(),
             shared,
             queue: Mutex::new(queue),
-            stop: Some(stop),
-            thread: Some(thread),
+            served: Some(served),
         })
     }
 
@@ -457,6 +424,80 @@ impl HttpServer {
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.shared.accepting.store(false, Ordering::SeqCst);
+        drop(self.served.take());
+    }
+}
+
+/// A failed step of starting a server: what was being done, and the error.
+pub type ServeError = (String, std::io::Error);
+
+/// Binds `addr` for [`Served::start`]: the listener and the address it really has (the
+/// port it took, when asked for port 0).
+pub fn listen(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), ServeError> {
+    let failed = |error| (format!("listen on {addr}"), error);
+    let listener = std::net::TcpListener::bind(addr).map_err(failed)?;
+    listener.set_nonblocking(true).map_err(failed)?;
+    let addr = listener.local_addr().map_err(failed)?;
+    Ok((listener, addr))
+}
+
+/// An axum app served on a thread of its own (a current-thread runtime with I/O and
+/// timers) until dropped; dropping it shuts the server down gracefully, waiting for the
+/// requests it is answering.
+pub struct Served {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    /// Serves `app` on `listener` (from [`listen`]) on a thread named `name`.
+    pub fn start(
+        listener: std::net::TcpListener,
+        name: &str,
+        app: axum::Router,
+    ) -> Result<Served, ServeError> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ("read its address".to_owned(), e))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| ("start its runtime".to_owned(), e))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let what = name.to_owned();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let served = runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = stopped.await;
+                        })
+                        .await
+                });
+                if let Err(e) = served {
+                    tracing::error!("{what}: the server failed: {e}");
+                }
+            })
+            .map_err(|e| ("start its thread".to_owned(), e))?;
+        Ok(Served {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
