@@ -2,7 +2,8 @@
 //! `panic`, `trap`, `loop` (never returns), `grow` (allocates without bound),
 //! `bad` (invalid input), `retry` (retryable error), `print` (writes to stdout/stderr),
 //! `sleep` (sleeps an hour inside WASI, where epoch interruption cannot reach it),
-//! `nap` (sleeps 50 ms at a time, forever).
+//! `nap` (sleeps 50 ms at a time, forever), `pause` (sleeps 2 s, then passes through:
+//! a slow node).
 //! `<command>:<anything>` acts like `<command>` (so poison messages can be told apart).
 //! Anything else passes through. With `count_in = "<store>"` in its config it first
 //! counts each payload in that store, so tests can see which writes of a failed call stay;
@@ -84,6 +85,10 @@ fn misbehave(text: &str) -> Result<(), NodeError> {
         "retry" => Err(NodeError::retryable("asked to retry")),
         "sleep" => {
             sleep_an_hour();
+            Ok(())
+        }
+        "pause" => {
+            std::thread::sleep(std::time::Duration::from_secs(2));
             Ok(())
         }
         "nap" => loop {

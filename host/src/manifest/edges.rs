@@ -7,8 +7,7 @@ use toml::Spanned;
 use super::raw::RawGraph;
 use super::validate::Report;
 use super::{
-    BROADCAST_IN_PROCESS_ONLY, Connection, Edge, ErrorPolicy, FEEDBACK_IN_PROCESS_ONLY, Feedback, NodeSpec,
-    Transport, Vertex,
+    BROADCAST_IN_PROCESS_ONLY, Connection, Edge, ErrorPolicy, Feedback, NodeSpec, Transport, Vertex,
 };
 use crate::DEFAULT_INPUT;
 use flowhost_sdk::DEFAULT_OUTPUT;
@@ -59,9 +58,6 @@ pub(super) fn edges(
                     f.span(),
                     format!("{label}: a feedback edge runs from a node to a node"),
                 );
-            }
-            if raw.transport.as_ref().map(|t| *t.get_ref()) == Some(Transport::Kafka) {
-                r.at(f.span(), format!("{label}: {FEEDBACK_IN_PROCESS_ONLY}"));
             }
             Some(Feedback {
                 max_iterations: e.max_iterations.as_ref().map(|m| *m.get_ref()),

@@ -129,18 +129,13 @@ impl Graph {
     /// (`validate` says the same with the line, for a manifest that asks for Kafka).
     pub fn kafka_refusal(&self) -> Option<String> {
         self.edges.iter().find_map(|e| {
-            let why = if e.connection == Connection::Broadcast {
-                BROADCAST_IN_PROCESS_ONLY
-            } else if e.feedback.is_some() {
-                FEEDBACK_IN_PROCESS_ONLY
-            } else {
-                return None;
-            };
-            Some(format!(
-                "edge from `{}` to `{}`: {why}",
-                self.id(e.from),
-                self.id(e.to)
-            ))
+            (e.connection == Connection::Broadcast).then(|| {
+                format!(
+                    "edge from `{}` to `{}`: {BROADCAST_IN_PROCESS_ONLY}",
+                    self.id(e.from),
+                    self.id(e.to)
+                )
+            })
         })
     }
 
@@ -504,9 +499,6 @@ pub struct Feedback {
 }
 
 /// Why a feedback edge is refused over Kafka.
-pub(crate) const FEEDBACK_IN_PROCESS_ONLY: &str = "feedback edges (iterations) work in-process only for now: \
-     a loop's end over Kafka needs termination counted across processes, which flowhost does not do yet";
-
 /// A vertex of the graph, by kind and index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Vertex {

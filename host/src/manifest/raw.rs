@@ -370,7 +370,7 @@ pub struct RawEdge {
     #[schemars(with = "Option<String>")]
     pub topic: Option<Spanned<String>>,
     /// The edge closes a loop: messages go around again (iterations) until nothing is
-    /// left inside it. Every cycle of a graph needs one (in-process only).
+    /// left inside it. Every cycle of a graph needs one.
     #[schemars(with = "Option<bool>")]
     pub feedback: Option<Spanned<bool>>,
     /// A feedback edge: how many times a message may go around; past that it is dropped

@@ -23,6 +23,8 @@ pub struct Input {
     pub transactional: bool,
     /// Who writes it.
     pub from: Vertex,
+    /// A feedback edge's (it carries no watermarks).
+    pub feedback: bool,
 }
 
 /// The Kafka names of one graph.
@@ -97,6 +99,7 @@ impl KafkaNames {
                     connection: e.connection,
                     transactional: eos && matches!(e.from, Vertex::Node(_)),
                     from: e.from,
+                    feedback: e.feedback.is_some(),
                 })
                 .collect();
             if let Vertex::Sink(k) = v {
@@ -110,6 +113,7 @@ impl KafkaNames {
                             connection: Connection::RoundRobin,
                             transactional: eos,
                             from: Vertex::Node(i),
+                            feedback: false,
                         });
                     }
                 }

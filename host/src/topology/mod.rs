@@ -677,8 +677,10 @@ impl<'a> Runner<'a> {
                 .edges
                 .iter()
                 .any(|e| e.feedback.is_some() && e.from == Vertex::Node(i));
+            // In-process it sees its loop end (see `flow::feedback`); over Kafka the
+            // transport does, and the replica ends as its feed does.
             let loop_gate = loop_of(Vertex::Node(i))
-                .filter(|_| feeds)
+                .filter(|_| feeds && transport.has_finish_phase())
                 .map(|l| gates[l].clone());
             replicas.push((
                 i,

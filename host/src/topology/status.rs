@@ -459,6 +459,14 @@ impl Status {
                         .flat_map(|&i| &self.nodes[i].replicas)
                         .map(|r| r.queue.load(Ordering::Relaxed))
                         .sum(),
+                    lag: nodes
+                        .iter()
+                        .map(|&i| format!("node `{}`", self.nodes[i].id))
+                        .flat_map(|vertex| {
+                            let groups = kafka.iter().flat_map(|k| &k.inputs);
+                            groups.filter(move |g| g.vertex == vertex).map(|g| g.lag)
+                        })
+                        .sum(),
                 })
                 .collect(),
             kafka,
@@ -847,6 +855,10 @@ pub struct LoopReport {
     pub exceeded: u64,
     /// Batches waiting in its nodes' channels now.
     pub queued: usize,
+    /// Over Kafka: records waiting in the loop's input partitions this process holds
+    /// (not yet committed by its nodes' groups).
+    #[serde(default)]
+    pub lag: i64,
 }
 
 /// An `http` source's requests in [`SourceReport`].

@@ -196,6 +196,22 @@ pub fn table(r: &StatusReport) -> String {
         let durable = if s.durable { "durable" } else { "memory" };
         let _ = writeln!(out, "  store  {:<16} {} keys ({durable})", s.name, s.keys);
     }
+    for l in &r.loops {
+        let lag = if r.kafka.is_some() {
+            format!(", lag {}", l.lag)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  loop   {:<16} iteration {}, {} sent around, {} dropped, {} batch(es) queued{lag}",
+            l.nodes.join(","),
+            l.iteration,
+            l.fed_back,
+            l.exceeded,
+            l.queued
+        );
+    }
     if let Some(k) = &r.kafka {
         let link = if k.connected { "connected" } else { "NOT CONNECTED" };
         let _ = writeln!(

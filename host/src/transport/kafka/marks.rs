@@ -191,16 +191,21 @@ impl Partition {
 pub struct ReaderMarks {
     /// Per input topic (by index): the Kafka source's watermark settings, if it is one.
     sources: Vec<Option<WatermarkSpec>>,
+    /// Per input topic: a feedback edge's, which carries no marks (its records come
+    /// around from marked ones).
+    unmarked: Vec<bool>,
     partitions: HashMap<(usize, i32), Partition>,
     /// The mark told to the vertex last.
     told: Option<Mark>,
 }
 
 impl ReaderMarks {
-    /// Marks for a reader of these topics; a Kafka source's topic has its settings.
-    pub fn new(sources: Vec<Option<WatermarkSpec>>) -> Self {
+    /// Marks for a reader of these topics; a Kafka source's topic has its settings, and
+    /// the `unmarked` ones (feedback edges') do not count.
+    pub fn new(sources: Vec<Option<WatermarkSpec>>, unmarked: Vec<bool>) -> Self {
         ReaderMarks {
             sources,
+            unmarked,
             ..ReaderMarks::default()
         }
     }
@@ -267,7 +272,8 @@ impl ReaderMarks {
         }
         let now = Instant::now();
         let mut least: Option<Time> = None;
-        for p in assigned {
+        let marked = |p: &&(usize, i32)| !self.unmarked.get(p.0).copied().unwrap_or(false);
+        for p in assigned.iter().filter(marked) {
             match self.partitions.get(p)?.mark(now)? {
                 Mark::At(t) => least = Some(least.map_or(t, |l| l.min(t))),
                 Mark::Idle => {}
@@ -304,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_reader_says_the_least_over_its_partitions_and_their_producers() {
-        let mut r = ReaderMarks::new(vec![None]);
+        let mut r = ReaderMarks::new(vec![None], vec![false]);
         let assigned = [(0, 0), (0, 1)];
         r.marker(0, 0, marker("a/0", 100));
         assert_eq!(r.changed(&assigned, 7), None, "partition 1 has no marker yet");
@@ -321,17 +327,28 @@ mod tests {
     }
 
     #[test]
+    fn a_feedback_topic_does_not_hold_the_watermark_back() {
+        // Topic 0 comes from outside the loop, topic 1 around it (no markers ever).
+        let mut r = ReaderMarks::new(vec![None, None], vec![false, true]);
+        let assigned = [(0, 0), (1, 0), (1, 1)];
+        r.marker(0, 0, marker("a/0", 100));
+        assert_eq!(r.changed(&assigned, 7).map(|m| m.mark), Some(Mark::At(100)));
+        // Only feedback partitions held: idle, holding nobody back.
+        assert_eq!(r.changed(&[(1, 0)], 7).map(|m| m.mark), Some(Mark::Idle));
+    }
+
+    #[test]
     fn a_kafka_source_partition_follows_its_timestamps_and_goes_idle() {
         let spec = WatermarkSpec {
             out_of_orderness: Duration::from_millis(10),
             idle: Some(Duration::ZERO),
         };
-        let mut r = ReaderMarks::new(vec![Some(spec)]);
+        let mut r = ReaderMarks::new(vec![Some(spec)], vec![false]);
         r.record(0, 0, Some(500));
         // Idle at once (a zero timeout): it holds nobody back.
         assert_eq!(r.changed(&[(0, 0)], 1).map(|m| m.mark), Some(Mark::Idle));
         let busy = WatermarkSpec { idle: None, ..spec };
-        let mut r = ReaderMarks::new(vec![Some(busy)]);
+        let mut r = ReaderMarks::new(vec![Some(busy)], vec![false]);
         r.record(0, 0, Some(500));
         r.record(0, 0, Some(450));
         assert_eq!(r.changed(&[(0, 0)], 1).map(|m| m.mark), Some(Mark::At(490)));

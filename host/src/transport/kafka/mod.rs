@@ -19,6 +19,7 @@ mod changelog;
 pub mod client;
 mod ingress;
 mod instance;
+mod loops;
 mod marks;
 pub mod progress;
 mod replies;
@@ -380,17 +381,20 @@ impl Transport for KafkaTransport<'_> {
         let mut edges = Vec::new();
         for (e, edge) in graph.edges.iter().enumerate().filter(|(_, e)| e.from == from) {
             let topic = names.edge(e);
-            // Watermarks go where a node reads: not to sinks, not to Kafka sinks' topics.
+            // Watermarks go where a node reads: not to sinks, not to Kafka sinks' topics,
+            // not around a loop.
             let marks = match (&self.instance, edge.to) {
-                (Some(place), Vertex::Node(_)) if graph.has_event_time() => Some(marks::MarkOut {
-                    process: place.name.clone(),
-                    partitions: self
-                        .kafka
-                        .partitions(topic)
-                        .map_err(|e| TransportError::setup(format!("topic `{topic}`"), e))?
-                        .unwrap_or(graph.kafka.partitions),
-                    written: Default::default(),
-                }),
+                (Some(place), Vertex::Node(_)) if graph.has_event_time() && edge.feedback.is_none() => {
+                    Some(marks::MarkOut {
+                        process: place.name.clone(),
+                        partitions: self
+                            .kafka
+                            .partitions(topic)
+                            .map_err(|e| TransportError::setup(format!("topic `{topic}`"), e))?
+                            .unwrap_or(graph.kafka.partitions),
+                        written: Default::default(),
+                    })
+                }
                 _ => None,
             };
             edges.push((e, vec![to_topic(topic, marks)]));
@@ -466,6 +470,7 @@ impl Transport for KafkaTransport<'_> {
                             _ => None,
                         })
                         .collect(),
+                    topics.iter().map(|i| i.feedback).collect(),
                 )
             }),
             assigned: Vec::new(),
@@ -495,9 +500,11 @@ impl Transport for KafkaTransport<'_> {
     }
 
     /// Lets each node and sink drain once everything upstream of it has ended, until all
-    /// have (or the run stops).
+    /// have (or the run stops). A loop's nodes drain together, once everything entering
+    /// the loop has ended and the loop is seen to have ended ([`loops::LoopEnd`]).
     fn drain(&self, shutdown: &Shutdown) {
         let graph = &self.plan.graph;
+        let names = &self.plan.kafka;
         let vertices: Vec<Vertex> = (0..graph.nodes.len())
             .map(Vertex::Node)
             .chain((0..graph.sinks.len()).map(Vertex::Sink))
@@ -508,10 +515,60 @@ impl Transport for KafkaTransport<'_> {
             v if !self.runs(v) => true,
             v => self.done[self.slot(v)].load(Ordering::Acquire),
         };
+        let loops = graph.loops();
+        let loop_of = |v: Vertex| match v {
+            Vertex::Node(i) => loops.iter().position(|l| l.contains(&i)),
+            _ => None,
+        };
+        // What must have ended before a vertex drains: its producers outside its loop.
+        let upstream_ended = |v: Vertex| {
+            names
+                .inputs(v)
+                .iter()
+                .all(|i| ended(i.from) || (loop_of(v).is_some() && loop_of(i.from) == loop_of(v)))
+        };
+        let mut ends = Vec::new();
+        for l in &loops {
+            let ids: Vec<&str> = l.iter().map(|&i| graph.nodes[i].id.as_str()).collect();
+            let inputs: Vec<(String, String)> = l
+                .iter()
+                .flat_map(|&i| {
+                    let group = names.group(&graph.nodes[i].id);
+                    names
+                        .inputs(Vertex::Node(i))
+                        .iter()
+                        .map(move |input| (input.topic.clone(), group.clone()))
+                })
+                .collect();
+            match loops::LoopEnd::new(&self.kafka, format!("loop of {}", ids.join(", ")), &inputs) {
+                Ok(end) => ends.push((end, false)),
+                Err(e) => return shutdown.fail(format!("{e:#}")),
+            }
+        }
+        const LOOK_EVERY: Duration = Duration::from_millis(250);
+        let mut looked = std::time::Instant::now();
         while !vertices.iter().all(|&v| ended(v)) && !shutdown.is_stopping() {
             for &v in &vertices {
-                if self.plan.kafka.inputs(v).iter().all(|i| ended(i.from)) {
+                let open = loop_of(v).is_some_and(|l| !ends[l].1);
+                if upstream_ended(v) && !open {
                     self.drains[self.slot(v)].store(true, Ordering::Release);
+                }
+            }
+            if looked.elapsed() >= LOOK_EVERY {
+                looked = std::time::Instant::now();
+                for (l, (end, done)) in ends.iter_mut().enumerate() {
+                    let entered = loops[l].iter().all(|&i| upstream_ended(Vertex::Node(i)));
+                    if *done || !entered {
+                        continue;
+                    }
+                    match end.ended() {
+                        Ok(true) => {
+                            tracing::info!("{}: ended (seen quiet twice in {} looks)", end.name, end.waves);
+                            *done = true;
+                        }
+                        Ok(false) => {}
+                        Err(e) => return shutdown.fail(format!("{}: {e:#}", end.name)),
+                    }
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
