@@ -504,29 +504,41 @@ impl Ingress {
     /// process's own producers wrote there. A transactional topic ends in a commit
     /// marker, which is never read.
     fn caught_up(&self) -> Result<bool, ClientError> {
+        // One request of each kind for every partition: a broker that answers a
+        // connection's requests in turn (tansu) has each wait behind the consumer's
+        // long-polling fetch.
         let positions = self.consumer.position()?;
-        for (t, topic) in self.topics.iter().enumerate() {
-            let meta = self.consumer.fetch_metadata(Some(topic), CALL_TIMEOUT)?;
-            let partitions = meta.topics().first().map_or(0, |m| m.partitions().len() as i32);
-            let mut tpl = TopicPartitionList::new();
+        let meta = self.consumer.fetch_metadata(None, CALL_TIMEOUT)?;
+        let mut all = TopicPartitionList::new();
+        let mut latest = TopicPartitionList::new();
+        for topic in self.topics.iter() {
+            let partitions = meta
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map_or(0, |t| t.partitions().len() as i32);
             for p in 0..partitions {
-                tpl.add_partition(topic, p);
+                all.add_partition(topic, p);
+                latest.add_partition_offset(topic, p, Offset::End)?;
             }
-            let committed = self.consumer.committed_offsets(tpl, CALL_TIMEOUT)?;
-            for p in 0..partitions {
-                let (_, listed) = self.consumer.fetch_watermarks(topic, p, CALL_TIMEOUT)?;
-                let high = listed.max(fetched_end(&self.consumer, topic, p));
-                let offset = |l: &TopicPartitionList| match l.find_partition(topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => o,
-                    _ => 0,
-                };
-                let at = offset(&committed).max(offset(&positions));
-                let marker = self.transactional[t] as i64;
-                let end = (high - marker).max(self.consumer.context().link.health.produced(topic, p));
-                if at < end {
-                    tracing::trace!("{}: {topic}/{p} at {at} of {high}", self.name);
-                    return Ok(false);
-                }
+        }
+        let committed = self.consumer.committed_offsets(all.clone(), CALL_TIMEOUT)?;
+        // (Timestamp -1 asks for the latest offset.)
+        let listed = self.consumer.offsets_for_times(latest, CALL_TIMEOUT)?;
+        for e in all.elements() {
+            let (topic, p) = (e.topic(), e.partition());
+            let offset = |l: &TopicPartitionList| match l.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            let high = offset(&listed).max(fetched_end(&self.consumer, topic, p));
+            let at = offset(&committed).max(offset(&positions));
+            let t = self.topics.iter().position(|t| t == topic).unwrap_or(0);
+            let marker = self.transactional[t] as i64;
+            let end = (high - marker).max(self.consumer.context().link.health.produced(topic, p));
+            if at < end {
+                tracing::trace!("{}: {topic}/{p} at {at} of {high}", self.name);
+                return Ok(false);
             }
         }
         Ok(true)

@@ -10,7 +10,7 @@
 //! | aggregation | JSON sales → aggregate (wasm, 2 replicas, host store); the same in 1 s event-time windows | the same aggregation (and windows) in plain Rust; durable store vs memory |
 //! | poison | text → faulty (dead-letter) → null, 1% invalid input or 1% panics | the same graph with 0% poison |
 //! | api | HTTP requests through `graphs/api.toml` (validate → enrich → price, wasm), 64 clients | the same work in a plain axum handler |
-//! | loops | connected components of a 100k-vertex graph: `propagate` around a feedback edge | union-find in plain Rust |
+//! | loops | connected components of a 100k-vertex graph: `propagate` around a feedback edge (in-process; over Kafka too with `--brokers`) | union-find in plain Rust |
 //! | start-up | `flowhost run` of a 10-node graph to its first output, cold and warm cache | — |
 //! | memory | peak RSS of a 10-node graph whose sink has stalled, over time | — |
 //! | swap | output gaps of a running graph while its node is hot-swapped | gaps while no swap runs |
@@ -308,7 +308,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         api::run(&fx, if args.quick { 2_000 } else { 20_000 }, rounds)
     })?;
     step("loops", &|| {
-        loops::run(&fx, if args.quick { 10_000 } else { 100_000 }, rounds)
+        let vertices = if args.quick { 10_000 } else { 100_000 };
+        loops::run(&fx, vertices, rounds, args.brokers.as_deref())
     })?;
     step("start-up", &|| process::startup(&fx))?;
     step("memory", &|| process::memory(&fx, if args.quick { 1 } else { 3 }))?;
