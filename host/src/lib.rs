@@ -20,11 +20,13 @@
 //!   Kafka.
 //! - [`topology`]: the runner — node replicas on their own threads, error policies,
 //!   status, hot swap ([`topology::swap`]) — over any transport.
-//! - [`admin`], [`watch`], [`progress`]: observers of a running graph, started by the
-//!   caller; [`replay`]: dead letters back through a node.
+//! - [`admin`], [`watch`], [`progress`], [`beacon`] (heartbeats on a Kafka graph's
+//!   status topic): observers of a running graph, started by the caller; [`replay`]:
+//!   dead letters back through a node.
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod beacon;
 pub mod clock;
 pub mod engine;
 #[doc(hidden)]

@@ -203,6 +203,11 @@ impl KafkaNames {
             .map(|(_, t)| t.as_str())
     }
 
+    /// The topic every process of the graph publishes its heartbeats on.
+    pub fn status(&self) -> String {
+        format!("{}.status", self.graph)
+    }
+
     /// Every changelog topic.
     pub fn changelogs(&self) -> impl Iterator<Item = &str> {
         self.changelogs.iter().map(|(_, t)| t.as_str())

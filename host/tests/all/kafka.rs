@@ -665,3 +665,112 @@ to = "out"
     assert!(slow.uncommitted_ms.unwrap() >= 30_000, "{slow:?}");
     a.wait_log("node `slow`: nothing committed for");
 }
+
+/// `flowhost status graph.toml --json`: the processes alive now, from the status topic.
+fn processes(dir: &Path) -> Vec<flowhost::beacon::Heartbeat> {
+    let out = bin()
+        .args(["status", "graph.toml", "--json"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Polls `flowhost status graph.toml` until `ok` holds (at most a minute).
+fn processes_until(
+    dir: &Path,
+    what: &str,
+    ok: impl Fn(&[flowhost::beacon::Heartbeat]) -> bool,
+) -> Vec<flowhost::beacon::Heartbeat> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = processes(dir);
+        if ok(&now) {
+            return now;
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw {what}: {now:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Which input partitions of node `pass` each process holds, by pid.
+fn pass_partitions(processes: &[flowhost::beacon::Heartbeat]) -> BTreeMap<u32, Vec<i32>> {
+    processes
+        .iter()
+        .map(|p| {
+            let held = p
+                .report
+                .kafka
+                .iter()
+                .flat_map(|k| &k.inputs)
+                .filter(|g| g.vertex == "node `pass`")
+                .flat_map(|g| &g.partitions)
+                .map(|x| x.partition)
+                .collect();
+            (p.pid, held)
+        })
+        .collect()
+}
+
+#[test]
+fn status_of_a_kafka_graph_lists_every_process_with_its_partitions_and_drops_a_killed_one() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    pass_graph(dir.path(), &broker, "");
+    let b = Running::start(dir.path(), &["--nodes", "pass"]);
+    b.wait_log("node `pass`: 4 partition(s) assigned");
+    let mut c = Running::start(dir.path(), &["--nodes", "pass"]);
+    c.wait_log("partition(s) assigned");
+    let mut a = Running::start(dir.path(), &[]);
+    a.wait_log("sink `out`: 4 partition(s) assigned");
+    let mut stdin = a.stdin.take().unwrap();
+    feed(&mut stdin, 0, 3_000);
+    a.wait_for("every message written", |s| s.sinks[0].written == 3_000);
+
+    // The three, each holding its own share of `pass`'s 4 input partitions.
+    let pids = [a.child.id(), b.child.id(), c.child.id()];
+    let three = processes_until(dir.path(), "the three processes sharing the partitions", |p| {
+        let held = pass_partitions(p);
+        let mut all: Vec<i32> = held.values().flatten().copied().collect();
+        all.sort();
+        held.len() == 3 && held.values().all(|h| !h.is_empty()) && all == [0, 1, 2, 3]
+    });
+    let listed: Vec<u32> = three.iter().map(|p| p.pid).collect();
+    for pid in pids {
+        assert!(listed.contains(&pid), "{pid} in {listed:?}");
+    }
+    let a_report = &three.iter().find(|p| p.pid == pids[0]).unwrap().report;
+    assert_eq!(a_report.sinks[0].written, 3_000, "each process's own counters");
+    assert!(
+        three
+            .iter()
+            .all(|p| p.report.kafka.as_ref().is_some_and(|k| k.lag == 0)),
+        "nothing left to read"
+    );
+    let table = bin()
+        .args(["status", "graph.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let table = text(&table);
+    assert!(table.contains("graph `share`: 3 process(es)"), "{table}");
+    for pid in pids {
+        assert!(table.contains(&format!("pid {pid})")), "{table}");
+    }
+
+    // Killed: gone from the view once its heartbeat is older than the timeout.
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    let two = processes_until(dir.path(), "the killed process gone", |p| p.len() == 2);
+    assert!(two.iter().all(|p| p.pid != pids[2]));
+    // Stopped: gone at once (its last heartbeat says so).
+    drop(stdin);
+    assert!(a.finish().success());
+    let one = processes(dir.path());
+    assert_eq!(
+        one.iter().map(|p| p.pid).collect::<Vec<_>>(),
+        [pids[1]],
+        "only the helper still runs"
+    );
+}

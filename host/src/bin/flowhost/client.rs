@@ -236,3 +236,31 @@ pub fn table(r: &StatusReport) -> String {
     }
     out
 }
+
+/// Every process of Kafka graph `graph` (from its status topic): each one's status table,
+/// under a line naming it and how old its heartbeat is.
+pub fn processes_table(graph: &str, processes: &[flowhost::beacon::Heartbeat]) -> String {
+    use std::fmt::Write;
+    let now = flowhost::clock::now_millis();
+    let mut out = format!("graph `{graph}`: {} process(es)\n", processes.len());
+    for p in processes {
+        let partitions: usize = p
+            .report
+            .kafka
+            .iter()
+            .flat_map(|k| &k.inputs)
+            .map(|g| g.partitions.len())
+            .sum();
+        let lag = p.report.kafka.as_ref().map_or(0, |k| k.lag);
+        let _ = writeln!(
+            out,
+            "\nprocess {} (host {}, pid {}): heartbeat {:.1}s ago, {partitions} partition(s), lag {lag}",
+            p.process,
+            p.host,
+            p.pid,
+            (now - p.at_ms).max(0) as f64 / 1000.0
+        );
+        out.push_str(&table(&p.report));
+    }
+    out
+}

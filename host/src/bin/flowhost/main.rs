@@ -91,8 +91,14 @@ enum Command {
     },
     /// Print the JSON Schema of graph.toml (shipped as graphs/graph.schema.json).
     Schema,
-    /// Show the status of a running graph (from its admin endpoint).
+    /// Show the status of a running graph: from its admin endpoint, or, given a Kafka
+    /// graph's manifest, of every process running it (from the graph's status topic).
     Status {
+        /// A Kafka graph's manifest: show every process that runs it.
+        manifest: Option<PathBuf>,
+        /// Kafka bootstrap brokers (overrides `[kafka] brokers`), with a manifest.
+        #[arg(long)]
+        brokers: Option<String>,
         /// The admin endpoint of `flowhost run --admin`.
         #[arg(long, default_value = admin::DEFAULT_ADDR)]
         admin: String,
@@ -250,7 +256,44 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("  echo hello | flowhost run graph.toml");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { admin, json, watch } => loop {
+        Command::Status {
+            manifest: Some(manifest),
+            brokers,
+            json,
+            watch,
+            ..
+        } => {
+            let mut graph = Graph::load(&manifest)?;
+            if brokers.is_some() {
+                graph.kafka.brokers = brokers;
+            }
+            anyhow::ensure!(
+                graph.transport == flowhost::manifest::Transport::Kafka,
+                "{}: graph `{}` runs in-process: ask its admin endpoint (flowhost status --admin ADDR)",
+                manifest.display(),
+                graph.name
+            );
+            loop {
+                let processes = flowhost::beacon::read(&graph)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&processes)?);
+                } else {
+                    let table = client::processes_table(&graph.name, &processes);
+                    if watch {
+                        print!("\x1b[2J\x1b[H{table}");
+                    } else {
+                        print!("{table}");
+                    }
+                }
+                if !watch {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+        Command::Status {
+            admin, json, watch, ..
+        } => loop {
             let report = client::fetch_status(&admin);
             match (&report, watch) {
                 (Ok(r), _) if json => println!("{}", serde_json::to_string_pretty(r)?),
@@ -385,6 +428,10 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 .then(|| {
                     flowhost::watch::start(&manifest, &plan.graph, status.clone(), runner.stores().clone())
                 })
+                .transpose()?;
+            // Over Kafka, heartbeats on the graph's status topic: every process in one view.
+            let _beacon = (plan.graph.transport == flowhost::manifest::Transport::Kafka)
+                .then(|| flowhost::beacon::Beacon::start(&plan.graph, status.clone()))
                 .transpose()?;
             let progress = !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
             let _progress = progress.then(|| flowhost::progress::Progress::start(status.clone()));

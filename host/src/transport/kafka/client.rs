@@ -256,7 +256,7 @@ impl Kafka {
     }
 
     /// flowhost's settings for a client, then the manifest's properties over them.
-    fn config(&self, own: &[(&str, &str)]) -> ClientConfig {
+    pub(crate) fn config(&self, own: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         // Health, offsets and lag for status (see `progress`).
