@@ -14,6 +14,8 @@
 //! each node and sink drains in graph order — when everything upstream has ended and its
 //! group has committed every input partition to its end, it runs `finish` and stops.
 //! Other processes run until stopped (Ctrl-C), settling and committing what they hold.
+//! A loop's nodes drain together, once nothing enters the loop any more and `loops` has
+//! seen it end (distributed termination detection over the groups' committed offsets).
 
 mod changelog;
 pub mod client;
@@ -541,7 +543,7 @@ impl Transport for KafkaTransport<'_> {
                 })
                 .collect();
             match loops::LoopEnd::new(&self.kafka, format!("loop of {}", ids.join(", ")), &inputs) {
-                Ok(end) => ends.push((end, false)),
+                Ok(end) => ends.push((end, false, false)),
                 Err(e) => return shutdown.fail(format!("{e:#}")),
             }
         }
@@ -556,7 +558,7 @@ impl Transport for KafkaTransport<'_> {
             }
             if looked.elapsed() >= LOOK_EVERY {
                 looked = std::time::Instant::now();
-                for (l, (end, done)) in ends.iter_mut().enumerate() {
+                for (l, (end, done, warned)) in ends.iter_mut().enumerate() {
                     let entered = loops[l].iter().all(|&i| upstream_ended(Vertex::Node(i)));
                     if *done || !entered {
                         continue;
@@ -567,7 +569,13 @@ impl Transport for KafkaTransport<'_> {
                             *done = true;
                         }
                         Ok(false) => {}
-                        Err(e) => return shutdown.fail(format!("{}: {e:#}", end.name)),
+                        // The brokers away for a while: look again (said once; the
+                        // link's health in status says the rest).
+                        Err(e) if !*warned => {
+                            tracing::warn!("{}: cannot look now, trying again: {e:#}", end.name);
+                            *warned = true;
+                        }
+                        Err(e) => tracing::debug!("{}: cannot look now: {e:#}", end.name),
                     }
                 }
             }
