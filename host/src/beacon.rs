@@ -27,13 +27,28 @@ use crate::plan::KafkaNames;
 use crate::topology::Status;
 use crate::topology::status::StatusReport;
 use crate::transport::TransportError;
-use crate::transport::kafka::client::{ClientError, Doing, Kafka};
+use crate::transport::kafka::client::{ClientError, Doing, Kafka, Quiet};
 
 /// How often a process publishes its heartbeat.
 pub const EVERY: Duration = Duration::from_secs(1);
 
 /// A process whose latest heartbeat is older than this is gone (three missed beats).
 pub const GONE_AFTER: Duration = Duration::from_secs(4);
+
+/// This process among all that run the graph: `<host>-<pid>-<start ms>`, in its
+/// heartbeats and its answers to commands.
+pub fn process() -> &'static str {
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PROCESS.get_or_init(|| format!("{}-{}-{}", host(), std::process::id(), now_millis()))
+}
+
+/// This machine's name.
+fn host() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
 
 /// One heartbeat of one process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,8 +69,41 @@ pub struct Heartbeat {
 
 /// The publisher of this process's heartbeats, until dropped (which sends the last).
 pub struct Beacon {
+    _worker: Worker,
+}
+
+/// A thread of its own that runs until told to stop: on drop, told and joined.
+pub(crate) struct Worker {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Runs `work` on thread `name`; `work` returns once its flag is set.
+    pub(crate) fn spawn(
+        name: &str,
+        work: impl FnOnce(&AtomicBool) + Send + 'static,
+    ) -> Result<Worker, TransportError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || work(&stopping))
+            .map_err(|e| TransportError::setup(format!("starting thread `{name}`"), e))?;
+        Ok(Worker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Beacon {
@@ -66,65 +114,45 @@ impl Beacon {
         let kafka = Kafka::new(&graph.kafka).map_err(setup)?;
         let topic = KafkaNames::new(graph).status();
         kafka.create_topics(&[(topic.clone(), false)]).map_err(setup)?;
-        let producer: BaseProducer = kafka
+        let producer: BaseProducer<Quiet> = kafka
             .config(&[("linger.ms", "0"), ("statistics.interval.ms", "0")])
-            .create()
+            .create_with_context(Quiet)
             .doing(|| "creating the heartbeat producer".into())
             .map_err(setup)?;
-        let host = std::fs::read_to_string("/etc/hostname")
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let process = kafka.process.clone();
-        let thread = std::thread::Builder::new()
-            .name("heartbeat".into())
-            .spawn(move || {
-                let beat = |stopped: bool| {
-                    let heartbeat = Heartbeat {
-                        process: process.clone(),
-                        host: host.clone(),
-                        pid: std::process::id(),
-                        at_ms: now_millis(),
-                        stopped,
-                        report: status.report(),
-                    };
-                    let Ok(payload) = serde_json::to_vec(&heartbeat) else {
-                        return;
-                    };
-                    let record = BaseRecord::to(&topic)
-                        .key(process.as_bytes())
-                        .payload(&payload)
-                        .timestamp(heartbeat.at_ms);
-                    if let Err((e, _)) = producer.send(record) {
-                        tracing::debug!("heartbeat not sent: {e}");
-                    }
+        let host = host();
+        let process = process().to_owned();
+        let worker = Worker::spawn("heartbeat", move |stopping| {
+            let beat = |stopped: bool| {
+                let heartbeat = Heartbeat {
+                    process: process.clone(),
+                    host: host.clone(),
+                    pid: std::process::id(),
+                    at_ms: now_millis(),
+                    stopped,
+                    report: status.report(),
                 };
-                while !stopping.load(Ordering::Acquire) {
-                    beat(false);
-                    let next = Instant::now() + EVERY;
-                    while Instant::now() < next && !stopping.load(Ordering::Acquire) {
-                        producer.poll(Duration::from_millis(100));
-                    }
+                let Ok(payload) = serde_json::to_vec(&heartbeat) else {
+                    return;
+                };
+                let record = BaseRecord::to(&topic)
+                    .key(process.as_bytes())
+                    .payload(&payload)
+                    .timestamp(heartbeat.at_ms);
+                if let Err((e, _)) = producer.send(record) {
+                    tracing::debug!("heartbeat not sent: {e}");
                 }
-                beat(true);
-                let _ = producer.flush(Duration::from_secs(2));
-            })
-            .map_err(|e| TransportError::setup("starting the heartbeat thread", e))?;
-        Ok(Beacon {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Beacon {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+            };
+            while !stopping.load(Ordering::Acquire) {
+                beat(false);
+                let next = Instant::now() + EVERY;
+                while Instant::now() < next && !stopping.load(Ordering::Acquire) {
+                    producer.poll(Duration::from_millis(100));
+                }
+            }
+            beat(true);
+            let _ = producer.flush(Duration::from_secs(2));
+        })?;
+        Ok(Beacon { _worker: worker })
     }
 }
 
@@ -145,11 +173,11 @@ pub fn read(graph: &Graph) -> Result<Vec<Heartbeat>, TransportError> {
             graph.name, kafka.brokers
         )));
     };
-    let consumer: BaseConsumer = kafka
+    let consumer: BaseConsumer<Quiet> = kafka
         .consumer_config(&format!("{}.status-reader", graph.name))
         .set("enable.partition.eof", "true")
         .set("statistics.interval.ms", "0")
-        .create()
+        .create_with_context(Quiet)
         .doing(|| "creating the status reader".into())
         .map_err(setup)?;
     let since = now_millis() - GONE_AFTER.as_millis() as i64;

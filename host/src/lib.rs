@@ -21,13 +21,14 @@
 //! - [`topology`]: the runner — node replicas on their own threads, error policies,
 //!   status, hot swap ([`topology::swap`]) — over any transport.
 //! - [`admin`], [`watch`], [`progress`], [`beacon`] (heartbeats on a Kafka graph's
-//!   status topic): observers of a running graph, started by the caller; [`replay`]:
+//!   status topic), [`control`] (commands to every process of a Kafka graph): observers of a running graph, started by the caller; [`replay`]:
 //!   dead letters back through a node.
 #![deny(missing_docs)]
 
 pub mod admin;
 pub mod beacon;
 pub mod clock;
+pub mod control;
 pub mod engine;
 #[doc(hidden)]
 pub mod flow;

@@ -208,6 +208,16 @@ impl KafkaNames {
         format!("{}.status", self.graph)
     }
 
+    /// The topic commands to every process of the graph go to (`flowhost swap --graph`).
+    pub fn control(&self) -> String {
+        format!("{}.control", self.graph)
+    }
+
+    /// The topic the processes answer commands on.
+    pub fn acks(&self) -> String {
+        format!("{}.control.acks", self.graph)
+    }
+
     /// Every changelog topic.
     pub fn changelogs(&self) -> impl Iterator<Item = &str> {
         self.changelogs.iter().map(|(_, t)| t.as_str())

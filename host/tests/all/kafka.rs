@@ -774,3 +774,71 @@ fn status_of_a_kafka_graph_lists_every_process_with_its_partitions_and_drops_a_k
         "only the helper still runs"
     );
 }
+
+/// `flowhost swap <args> --graph graph.toml` in `dir`.
+fn swap_all(dir: &Path, args: &[&str]) -> Output {
+    bin()
+        .arg("swap")
+        .args(args)
+        .args(["--graph", "graph.toml"])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn one_swap_through_the_control_topic_reaches_every_process_and_a_late_one_runs_it_too() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    pass_graph(dir.path(), &broker, "");
+    let b = Running::start(dir.path(), &["--nodes", "pass"]);
+    b.wait_log("node `pass`: 4 partition(s) assigned");
+    let c = Running::start(dir.path(), &["--nodes", "pass"]);
+    c.wait_log("partition(s) assigned");
+    let mut a = Running::start(dir.path(), &[]);
+    a.wait_log("sink `out`: 4 partition(s) assigned");
+    processes_until(dir.path(), "the three heartbeats", |p| p.len() == 3);
+
+    let v2 = module("stamp-v2");
+    let out = swap_all(dir.path(), &["pass", v2.to_str().unwrap()]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        said.matches("node `pass`: swap v1").count(),
+        3,
+        "three answers: {said}"
+    );
+    let version = |run: &Running| {
+        let s = run.status();
+        let n = s.nodes.iter().find(|n| n.id == "pass").unwrap();
+        (n.version, n.module_hash.clone())
+    };
+    let hash = version(&a).1;
+    for run in [&a, &b, &c] {
+        assert_eq!(version(run), (2, hash.clone()), "every process runs version 2");
+    }
+    // Every process's replicas run it: every output from now on is v2's.
+    let mut stdin = a.stdin.take().unwrap();
+    feed(&mut stdin, 0, 2_000);
+    a.wait_for("every message written", |s| s.sinks[0].written == 2_000);
+    let out = lines(&dir.path().join("out.txt"));
+    assert!(out.iter().all(|l| l.starts_with("v2 r")), "{:?}", &out[..5]);
+
+    // A module that cannot load is refused by every process; version 2 keeps running.
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"not wasm").unwrap();
+    let out = swap_all(dir.path(), &["pass", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert_eq!(text(&out).matches("refused").count(), 3, "{}", text(&out));
+    assert_eq!(version(&b).0, 2);
+
+    // A process that joins later reads the control topic from its start: it runs v2.
+    let d = Running::start(dir.path(), &["--nodes", "pass"]);
+    d.wait_for("the swap applied on joining", |s| {
+        s.nodes
+            .iter()
+            .any(|n| n.id == "pass" && n.version == 2 && n.module_hash == hash)
+    });
+    drop(stdin);
+    assert!(a.finish().success());
+}

@@ -131,6 +131,13 @@ enum Command {
         /// The admin endpoint of `flowhost run --admin`.
         #[arg(long, default_value = admin::DEFAULT_ADDR)]
         admin: String,
+        /// A Kafka graph's manifest: swap the node in every process that runs it,
+        /// through the graph's control topic (each process answers).
+        #[arg(long, conflicts_with = "auto_rollback")]
+        graph: Option<PathBuf>,
+        /// Kafka bootstrap brokers (overrides `[kafka] brokers`), with `--graph`.
+        #[arg(long, requires = "graph")]
+        brokers: Option<String>,
         /// The swap's record as JSON.
         #[arg(long)]
         json: bool,
@@ -263,16 +270,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             watch,
             ..
         } => {
-            let mut graph = Graph::load(&manifest)?;
-            if brokers.is_some() {
-                graph.kafka.brokers = brokers;
-            }
-            anyhow::ensure!(
-                graph.transport == flowhost::manifest::Transport::Kafka,
-                "{}: graph `{}` runs in-process: ask its admin endpoint (flowhost status --admin ADDR)",
-                manifest.display(),
-                graph.name
-            );
+            let graph = kafka_graph(&manifest, brokers)?;
             loop {
                 let processes = flowhost::beacon::read(&graph)?;
                 if json {
@@ -328,10 +326,62 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             node,
             module,
             rollback,
+            graph: Some(manifest),
+            brokers,
+            json,
+            ..
+        } => {
+            let graph = kafka_graph(&manifest, brokers)?;
+            anyhow::ensure!(
+                graph.nodes.iter().any(|n| n.id == node),
+                "{}: graph `{}` has no node `{node}`",
+                manifest.display(),
+                graph.name
+            );
+            let (bytes, name) = match &module {
+                Some(path) if !rollback => (
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                    path.display().to_string(),
+                ),
+                _ => (Vec::new(), String::new()),
+            };
+            let command = flowhost::control::Command {
+                id: format!("{}-{}", std::process::id(), flowhost::clock::now_millis()),
+                node,
+                rollback,
+                name,
+            };
+            let wait = std::time::Duration::from_secs(60);
+            let (answers, missing) = flowhost::control::send(&graph, &command, &bytes, wait)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answers)?);
+            }
+            for a in &answers {
+                match (&a.record, json) {
+                    (_, true) => {}
+                    (Some(r), _) if a.applied() => println!("{}: {r}", a.process),
+                    (Some(r), _) => eprintln!("error: {}: {r}", a.process),
+                    (None, _) => eprintln!("error: {}: its graph has no such node", a.process),
+                }
+            }
+            for p in &missing {
+                eprintln!("error: {p}: no answer within {}s", wait.as_secs());
+            }
+            Ok(if missing.is_empty() && answers.iter().all(|a| a.applied()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Swap {
+            node,
+            module,
+            rollback,
             auto_rollback,
             within,
             admin,
             json,
+            ..
         } => {
             let trial = auto_rollback.map(|error_rate| flowhost::manifest::AutoRollback {
                 error_rate,
@@ -429,9 +479,14 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     flowhost::watch::start(&manifest, &plan.graph, status.clone(), runner.stores().clone())
                 })
                 .transpose()?;
-            // Over Kafka, heartbeats on the graph's status topic: every process in one view.
-            let _beacon = (plan.graph.transport == flowhost::manifest::Transport::Kafka)
+            // Over Kafka, heartbeats on the graph's status topic (every process in one
+            // view), and the commands of the control topic.
+            let kafka = plan.graph.transport == flowhost::manifest::Transport::Kafka;
+            let _beacon = kafka
                 .then(|| flowhost::beacon::Beacon::start(&plan.graph, status.clone()))
+                .transpose()?;
+            let _control = kafka
+                .then(|| flowhost::control::Control::start(&plan.graph, status.clone()))
                 .transpose()?;
             let progress = !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
             let _progress = progress.then(|| flowhost::progress::Progress::start(status.clone()));
@@ -481,6 +536,22 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => bench::run(&args).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// The Kafka graph of `manifest` (its brokers overridden by `brokers`), for a command
+/// that reaches every process of it.
+fn kafka_graph(manifest: &std::path::Path, brokers: Option<String>) -> anyhow::Result<Graph> {
+    let mut graph = Graph::load(manifest)?;
+    if brokers.is_some() {
+        graph.kafka.brokers = brokers;
+    }
+    anyhow::ensure!(
+        graph.transport == flowhost::manifest::Transport::Kafka,
+        "{}: graph `{}` runs in-process: it has one process, reached through its admin endpoint (--admin ADDR)",
+        manifest.display(),
+        graph.name
+    );
+    Ok(graph)
 }
 
 /// `--transport`.

@@ -201,6 +201,14 @@ impl ClientContext for Link {
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        Link::log_at(level, fac, log_message);
+    }
+}
+
+impl Link {
+    /// librdkafka's log into tracing (its errors and warnings at debug: the failures
+    /// that matter come back as errors).
+    fn log_at(level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
                 tracing::error!("librdkafka {fac}: {log_message}")
@@ -214,6 +222,29 @@ impl ClientContext for Link {
 }
 
 impl rdkafka::consumer::ConsumerContext for Link {}
+
+/// The context of a side reader (loop ends, heartbeats, commands): its errors are its
+/// caller's to judge, not the link's health (and the end of a partition, which it asks
+/// to be told, is no error).
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!("kafka (side reader): {error}: {reason}");
+    }
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        Link::log_at(level, fac, log_message);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+impl ProducerContext for Quiet {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
 
 /// The brokers and how to talk to them.
 #[derive(Clone)]

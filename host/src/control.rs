@@ -1,0 +1,269 @@
+//! One control plane for every process of a Kafka graph: `flowhost swap --graph
+//! graph.toml` publishes the command on the graph's control topic (`<graph>.control`,
+//! [`crate::plan::KafkaNames::control`]); every process reads it ([`Control`]), applies it
+//! to the node through the same [`NodeVersions`] the admin endpoint uses, and answers on
+//! `<graph>.control.acks` with its swap record, which the command waits for from every
+//! process alive ([`crate::beacon::read`]). Every process keeps every node's versions
+//! (status shows them), so each applies it, whether or not it runs the node's replicas.
+//!
+//! A process reads the control topic from its beginning when it starts, so one that
+//! joins later, or a restarted one, runs the versions the graph was swapped to, in the
+//! order they were asked for (it answers old commands too; nobody waits for those).
+//! A command travels as one record: the module's bytes are its payload, so a module
+//! must fit the brokers' largest message (`message.max.bytes`, 1 MB by default on
+//! Apache Kafka; the command's producer allows 64 MB).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::beacon;
+use crate::manifest::Graph;
+use crate::plan::KafkaNames;
+use crate::topology::Status;
+use crate::topology::swap::{NodeVersions, Outcome, SwapRecord};
+use crate::transport::TransportError;
+use crate::transport::kafka::client::{ClientError, Doing, Kafka, Quiet};
+
+/// The header that carries a command (JSON); a swap's module is the payload.
+const COMMAND: &str = "flowhost-command";
+
+/// What a command asks of a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Command {
+    /// Tells its answers apart.
+    pub id: String,
+    /// The node.
+    pub node: String,
+    /// Swap in the payload's module (`name` for logs and status), or roll back.
+    pub rollback: bool,
+    /// The module's file name.
+    pub name: String,
+}
+
+/// One process's answer to a command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Answer {
+    /// The command's id.
+    pub command: String,
+    /// The process ([`beacon::process`]).
+    pub process: String,
+    /// That process's graph has no such node.
+    pub not_here: bool,
+    /// How it went there.
+    pub record: Option<SwapRecord>,
+}
+
+impl Answer {
+    /// Whether the process did what was asked.
+    pub fn applied(&self) -> bool {
+        self.record.as_ref().is_some_and(|r| r.outcome == Outcome::Done)
+    }
+}
+
+/// This process's reader of the control topic, until dropped.
+pub struct Control {
+    _worker: beacon::Worker,
+}
+
+fn setup(graph: &Graph) -> impl Fn(ClientError) -> TransportError + '_ {
+    move |e| TransportError::setup(format!("the control topic of graph `{}`", graph.name), e)
+}
+
+/// Creates the graph's control and answer topics (one partition: one order).
+fn topics(kafka: &Kafka, graph: &Graph) -> Result<(String, String), TransportError> {
+    let names = KafkaNames::new(graph);
+    let (control, acks) = (names.control(), names.acks());
+    let one = Kafka {
+        spec: crate::manifest::KafkaSpec {
+            partitions: 1,
+            ..kafka.spec.clone()
+        },
+        ..kafka.clone()
+    };
+    one.create_topics(&[(control.clone(), false), (acks.clone(), false)])
+        .map_err(setup(graph))?;
+    Ok((control, acks))
+}
+
+impl Control {
+    /// Starts applying the commands of Kafka graph `graph` to the nodes of `status`.
+    pub fn start(graph: &Graph, status: Arc<Status>) -> Result<Control, TransportError> {
+        let kafka = Kafka::new(&graph.kafka).map_err(setup(graph))?;
+        let (control, acks) = topics(&kafka, graph)?;
+        let consumer: BaseConsumer<Quiet> = kafka
+            .consumer_config(&format!("{}.control-reader", graph.name))
+            .set("statistics.interval.ms", "0")
+            .create_with_context(Quiet)
+            .doing(|| "creating the control reader".into())
+            .map_err(setup(graph))?;
+        let mut from = TopicPartitionList::new();
+        from.add_partition_offset(&control, 0, Offset::Beginning)
+            .doing(|| "reading the control topic".into())
+            .map_err(setup(graph))?;
+        consumer
+            .assign(&from)
+            .doing(|| format!("reading `{control}`"))
+            .map_err(setup(graph))?;
+        let producer: BaseProducer<Quiet> = kafka
+            .config(&[("linger.ms", "0"), ("statistics.interval.ms", "0")])
+            .create_with_context(Quiet)
+            .doing(|| "creating the control answers' producer".into())
+            .map_err(setup(graph))?;
+        let worker = beacon::Worker::spawn("control", move |stopping| {
+            while !stopping.load(Ordering::Acquire) {
+                producer.poll(Duration::ZERO);
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let command = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == COMMAND).and_then(|h| h.value))
+                    .and_then(|v| serde_json::from_slice::<Command>(v).ok());
+                let Some(command) = command else {
+                    continue;
+                };
+                let answer = apply(&status, &command, m.payload().unwrap_or_default());
+                if let Ok(json) = serde_json::to_vec(&answer) {
+                    let record = BaseRecord::to(&acks).key(&command.id).payload(&json);
+                    if let Err((e, _)) = producer.send(record) {
+                        tracing::warn!("control: the answer to `{}` not sent: {e}", command.id);
+                    }
+                }
+            }
+            let _ = producer.flush(Duration::from_secs(2));
+        })?;
+        Ok(Control { _worker: worker })
+    }
+}
+
+/// Applies `command` here.
+fn apply(status: &Status, command: &Command, module: &[u8]) -> Answer {
+    let process = beacon::process().to_owned();
+    let Some(versions) = status.versions(&command.node) else {
+        return Answer {
+            command: command.id.clone(),
+            process,
+            not_here: true,
+            record: None,
+        };
+    };
+    let record = run(&versions, command, module);
+    tracing::info!("control: {record}");
+    Answer {
+        command: command.id.clone(),
+        process,
+        not_here: false,
+        record: Some(record),
+    }
+}
+
+fn run(versions: &NodeVersions, command: &Command, module: &[u8]) -> SwapRecord {
+    if command.rollback {
+        versions.rollback(None)
+    } else {
+        let name = std::path::Path::new(&command.name);
+        versions.swap(|engine| Ok(engine.load_bytes(module, name)?), None)
+    }
+}
+
+/// Publishes `command` (with `module` for a swap) to every process of Kafka graph
+/// `graph` and waits at most `wait` for the answer of each process alive that runs the
+/// node; the answers, and the processes that did not answer.
+pub fn send(
+    graph: &Graph,
+    command: &Command,
+    module: &[u8],
+    wait: Duration,
+) -> Result<(Vec<Answer>, Vec<String>), TransportError> {
+    let kafka = Kafka::new(&graph.kafka).map_err(|e| TransportError::Refused(format!("{e:#}")))?;
+    kafka
+        .connect()
+        .map_err(|e| TransportError::Refused(format!("{e:#}")))?;
+    let (control, acks) = topics(&kafka, graph)?;
+    let expected: Vec<String> = beacon::read(graph)?
+        .into_iter()
+        .filter(|b| b.report.nodes.iter().any(|n| n.id == command.node))
+        .map(|b| b.process)
+        .collect();
+    if expected.is_empty() {
+        return Err(TransportError::Refused(format!(
+            "no process of graph `{}` runs node `{}` now (none in `{}`)",
+            graph.name,
+            command.node,
+            KafkaNames::new(graph).status()
+        )));
+    }
+    // Answers from now on: the end of the answers before sending.
+    let consumer: BaseConsumer<Quiet> = kafka
+        .consumer_config(&format!("{}.control-sender", graph.name))
+        .set("statistics.interval.ms", "0")
+        .create_with_context(Quiet)
+        .doing(|| "creating the answers' reader".into())
+        .map_err(setup(graph))?;
+    // The end, asked for now (an end left to the consumer to find out could be found
+    // after a fast answer). A broker listing less than it holds only makes it read some
+    // old answers, which are not this command's.
+    let (_, end) = consumer
+        .fetch_watermarks(&acks, 0, Duration::from_secs(10))
+        .doing(|| format!("reading the end of `{acks}`"))
+        .map_err(setup(graph))?;
+    let mut from = TopicPartitionList::new();
+    from.add_partition_offset(&acks, 0, Offset::Offset(end))
+        .doing(|| "reading the answers".into())
+        .map_err(setup(graph))?;
+    consumer
+        .assign(&from)
+        .doing(|| format!("reading `{acks}`"))
+        .map_err(setup(graph))?;
+    let producer: BaseProducer<Quiet> = kafka
+        .config(&[
+            ("linger.ms", "0"),
+            ("statistics.interval.ms", "0"),
+            ("message.max.bytes", "67108864"),
+        ])
+        .create_with_context(Quiet)
+        .doing(|| "creating the command's producer".into())
+        .map_err(setup(graph))?;
+    let header = serde_json::to_vec(command).map_err(|e| TransportError::setup("encoding the command", e))?;
+    let record = BaseRecord::to(&control)
+        .key(&command.node)
+        .payload(module)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: COMMAND,
+            value: Some(&header),
+        }));
+    producer.send(record).map_err(|(e, _)| setup(graph)(e.into()))?;
+    producer
+        .flush(Duration::from_secs(30))
+        .doing(|| format!("sending the command to `{control}`"))
+        .map_err(setup(graph))?;
+    let mut answers: Vec<Answer> = Vec::new();
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline && !expected.iter().all(|p| answers.iter().any(|a| &a.process == p)) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if let Some(a) = m.payload().and_then(|p| serde_json::from_slice::<Answer>(p).ok())
+                    && a.command == command.id
+                    && !answers.iter().any(|b| b.process == a.process)
+                {
+                    answers.push(a);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => tracing::debug!("reading the answers: {e}"),
+        }
+    }
+    let missing = expected
+        .into_iter()
+        .filter(|p| !answers.iter().any(|a| &a.process == p))
+        .collect();
+    Ok((answers, missing))
+}
