@@ -223,15 +223,16 @@ impl Link {
 
 impl rdkafka::consumer::ConsumerContext for Link {}
 
-/// The context of a side reader (loop ends, heartbeats, commands): its errors are its
-/// caller's to judge, not the link's health (and the end of a partition, which it asks
-/// to be told, is no error).
+/// The context of a side client (heartbeats, commands): its errors are its caller's to
+/// judge, not the link's health, and its statistics are not logged.
 pub struct Quiet;
 
 impl ClientContext for Quiet {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!("kafka (side reader): {error}: {reason}");
     }
+
+    fn stats(&self, _: rdkafka::Statistics) {}
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         Link::log_at(level, fac, log_message);

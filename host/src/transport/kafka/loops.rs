@@ -26,7 +26,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::client::{ClientError, Doing, Kafka, Quiet};
+use super::client::{ClientError, Doing, Kafka, Link};
 
 /// How long a wave waits for the end of a partition before calling the loop busy.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,7 +39,7 @@ struct Probe {
     topic: String,
     /// Not a member of the group (it never subscribes): it reads the group's committed
     /// offsets and assigns itself the partitions from there.
-    consumer: BaseConsumer<Quiet>,
+    consumer: BaseConsumer<Link>,
 }
 
 /// The termination detector of one loop.
@@ -63,7 +63,7 @@ impl LoopEnd {
                 let consumer = kafka
                     .consumer_config(group)
                     .set("enable.partition.eof", "true")
-                    .create_with_context(Quiet)
+                    .create_with_context(kafka.link.clone())
                     .doing(|| format!("{name}: a reader of `{topic}` for group `{group}`"))?;
                 Ok(Probe {
                     topic: topic.clone(),
