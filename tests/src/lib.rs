@@ -194,8 +194,18 @@ impl Broker {
             .port();
         let addr = format!("127.0.0.1:{port}");
         Broker {
-            child: Broker::spawn(&addr),
+            child: Broker::spawn(None, &addr),
             addr,
+        }
+    }
+
+    /// Starts one inside network namespace `netns` (`ip netns exec`), listening on and
+    /// advertising `addr` (an address of that namespace), and waits until it accepts
+    /// connections there.
+    pub fn start_in(netns: &str, addr: &str) -> Broker {
+        Broker {
+            child: Broker::spawn(Some(netns), addr),
+            addr: addr.to_owned(),
         }
     }
 
@@ -208,10 +218,10 @@ impl Broker {
     /// Starts it again on the same address, empty.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Broker::spawn(&self.addr);
+        self.child = Broker::spawn(None, &self.addr);
     }
 
-    fn spawn(addr: &str) -> Child {
+    fn spawn(netns: Option<&str>, addr: &str) -> Child {
         let tansu = std::env::var_os("TANSU")
             .map(std::path::PathBuf::from)
             .or_else(|| {
@@ -222,7 +232,15 @@ impl Broker {
             })
             .unwrap_or_else(|| "tansu".into());
         let url = format!("tcp://{addr}");
-        let child = Command::new(&tansu)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&tansu);
+                c
+            }
+            None => Command::new(&tansu),
+        };
+        let child = command
             .args([
                 "broker",
                 "--listener-url",
@@ -241,7 +259,20 @@ impl Broker {
                 )
             });
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
+        let listening = || match netns {
+            // The test runs outside the namespace: ask from inside it.
+            Some(ns) => {
+                let (host, port) = addr.rsplit_once(':').expect("host:port");
+                Command::new("ip")
+                    .args(["netns", "exec", ns, "bash", "-c"])
+                    .arg(format!("exec 3<>/dev/tcp/{host}/{port}"))
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            }
+            None => std::net::TcpStream::connect(addr).is_ok(),
+        };
+        while !listening() {
             assert!(Instant::now() < deadline, "tansu never listened on {addr}");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -557,6 +557,7 @@ impl<'a> Runner<'a> {
             .chain((0..graph.sinks.len()).map(Vertex::Sink))
             .filter(|&v| transport.runs(v))
             .collect();
+        status.set_runs(graph, &placed);
         let here = |v: Vertex| placed.contains(&v);
 
         // Every consumer's input channels here: per replica of a node, one per sink.

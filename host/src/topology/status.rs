@@ -197,6 +197,8 @@ pub struct Status {
     http: Vec<std::sync::OnceLock<(Arc<HttpStats>, Arc<Exchange>)>>,
     /// The graph's loops: their nodes and gates.
     loops: std::sync::OnceLock<Vec<(Vec<usize>, Arc<LoopGate>)>>,
+    /// The vertices this process runs, as `<kind>:<id>`.
+    runs: std::sync::OnceLock<Vec<String>>,
 }
 
 impl Status {
@@ -205,6 +207,20 @@ impl Status {
         let _ = self
             .loops
             .set(loops.iter().cloned().zip(gates.iter().cloned()).collect());
+    }
+
+    /// Reports the vertices this process runs (over Kafka, maybe a part of the graph).
+    pub fn set_runs(&self, graph: &Graph, here: &[crate::manifest::Vertex]) {
+        use crate::manifest::Vertex;
+        let names = here.iter().map(|&v| {
+            let kind = match v {
+                Vertex::Source(_) => "source",
+                Vertex::Node(_) => "node",
+                Vertex::Sink(_) => "sink",
+            };
+            format!("{kind}:{}", graph.id(v))
+        });
+        let _ = self.runs.set(names.collect());
     }
 
     /// Reports `http` source `i`'s counters.
@@ -284,6 +300,7 @@ impl Status {
             link: std::sync::OnceLock::new(),
             http: graph.sources.iter().map(|_| std::sync::OnceLock::new()).collect(),
             loops: std::sync::OnceLock::new(),
+            runs: std::sync::OnceLock::new(),
         }
     }
 
@@ -444,6 +461,7 @@ impl Status {
                     durable: s.is_durable(),
                 })
                 .collect(),
+            runs: self.runs.get().cloned().unwrap_or_default(),
             loops: self
                 .loops
                 .get()
@@ -802,6 +820,10 @@ pub struct StatusReport {
     pub sinks: Vec<SinkReport>,
     /// Stores.
     pub stores: Vec<StoreReport>,
+    /// The vertices this process runs (`source:in`, `node:count`, `sink:out`); the
+    /// report's other vertices run elsewhere (over Kafka) and show zeros here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<String>,
     /// Loops (feedback edges).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loops: Vec<LoopReport>,

@@ -14,7 +14,7 @@ use flowhost::topology::status::Phase;
 
 /// `flowhost run` of stdin → faulty (skip on error, 2 s timeout) → stdout, with the admin
 /// endpoint on a free port and a 50 ms heartbeat.
-fn start(dir: &Path) -> Running {
+pub(crate) fn start(dir: &Path) -> Running {
     let faulty = Path::new(env!("CARGO_MANIFEST_DIR")).join("../functions/faulty");
     let manifest = format!(
         "name = \"watched\"\n[sources.in]\nkind = \"stdin\"\n[nodes.faulty]\ncrate = \"{}\"\n\

@@ -379,7 +379,7 @@ fn graph_pictures_of_the_example_graphs_match_their_snapshots() {
             continue;
         }
         let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
-        for (format, ext) in [("dot", "dot"), ("mermaid", "mmd")] {
+        for (format, ext) in [("dot", "dot"), ("mermaid", "mmd"), ("svg", "svg")] {
             let manifest = format!("graphs/{name}.toml");
             let out = flowhost(&["graph", &manifest, "--format", format]);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -394,7 +394,7 @@ fn graph_pictures_of_the_example_graphs_match_their_snapshots() {
             checked += 1;
         }
     }
-    assert!(checked >= 12, "{checked} pictures");
+    assert!(checked >= 18, "{checked} pictures");
 }
 
 #[test]

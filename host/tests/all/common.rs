@@ -16,6 +16,15 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flowhost"))
 }
 
+/// The `flowhost` binary run inside network namespace `netns`.
+pub fn in_netns(netns: &str) -> Command {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", netns])
+        .arg(env!("CARGO_BIN_EXE_flowhost"));
+    command
+}
+
 /// What a finished command printed, stdout then stderr.
 pub fn text(out: &Output) -> String {
     format!(
@@ -31,6 +40,8 @@ pub struct Running {
     pub stdin: Option<ChildStdin>,
     /// Its admin endpoint.
     pub addr: String,
+    /// The network namespace it runs in, if not this one's.
+    netns: Option<String>,
     /// Its log lines (stderr).
     log: Receiver<String>,
     /// Every line so far, for a failure's report.
@@ -46,7 +57,24 @@ impl Running {
 
     /// [`Running::start`] with environment variables `env` set.
     pub fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut child = bin()
+        Running::spawn(bin(), None, dir, args, env)
+    }
+
+    /// [`Running::start`] inside network namespace `netns` (`ip netns exec`, which
+    /// execs the binary: the child is the graph's process). Its admin endpoint is on
+    /// that namespace's loopback, so its status is asked for from inside.
+    pub fn start_in(netns: &str, dir: &Path, args: &[&str]) -> Running {
+        Running::spawn(in_netns(netns), Some(netns), dir, args, &[])
+    }
+
+    fn spawn(
+        mut command: Command,
+        netns: Option<&str>,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Running {
+        let mut child = command
             .args(["run", "graph.toml", "--admin", "127.0.0.1:0"])
             .args(args)
             .current_dir(dir)
@@ -81,6 +109,7 @@ impl Running {
             child,
             stdin,
             addr,
+            netns: netns.map(str::to_owned),
             log,
             all,
         }
@@ -89,10 +118,21 @@ impl Running {
     /// The graph's status now.
     pub fn status(&self) -> StatusReport {
         let url = format!("http://{}/status", self.addr);
-        let get = || {
-            ureq::get(&url)
+        let get = || match &self.netns {
+            None => ureq::get(&url)
                 .call()
                 .and_then(|mut r| r.body_mut().read_to_string())
+                .map_err(|e| e.to_string()),
+            Some(ns) => {
+                let out = in_netns(ns)
+                    .args(["status", "--json", "--admin", &self.addr])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                match out.status.success() {
+                    true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+                    false => Err(text(&out)),
+                }
+            }
         };
         // A connection can fail once on a loaded machine; a process that is gone fails
         // every time, and its last words are in its log.

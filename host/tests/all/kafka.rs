@@ -12,7 +12,7 @@ use std::process::Output;
 
 use common::{Broker, Running, bin, text};
 
-fn module(name: &str) -> PathBuf {
+pub(crate) fn module(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../functions")
         .join(name);
@@ -148,7 +148,7 @@ to = "counts"
 }
 
 /// stdin → pass (2 replicas) → out.txt over Kafka, with 4 partitions on the edge.
-fn pass_graph(dir: &Path, broker: &Broker, extra: &str) {
+pub(crate) fn pass_graph(dir: &Path, broker: &Broker, extra: &str) {
     let manifest = format!(
         r#"name = "share"
 {kafka}{extra}
@@ -178,7 +178,7 @@ to = "out"
 }
 
 /// Feeds lines `m<from>`..`m<to>` into a running graph's stdin.
-fn feed(stdin: &mut std::process::ChildStdin, from: usize, to: usize) {
+pub(crate) fn feed(stdin: &mut std::process::ChildStdin, from: usize, to: usize) {
     let chunk: String = (from..to).map(|i| format!("m{i:06}\n")).collect();
     stdin.write_all(chunk.as_bytes()).unwrap();
     stdin.flush().unwrap();
@@ -212,19 +212,8 @@ fn kill_a_member_mid_stream(dir: &Path, total: usize) -> Replaced {
     a.wait_log("sink `out`: 4 partition(s) assigned");
     b.wait_log("partition(s) assigned");
     let mut stdin = a.stdin.take().unwrap();
-    let mut sent = 0;
-    // Feed at a steady pace until B has processed part of the stream, then kill it
-    // mid-stream (inside a transaction, with exactly-once).
-    while b.status().nodes[0].counts.received < 5_000 {
-        assert!(sent < total / 2, "process B never got a share of the partitions");
-        feed(&mut stdin, sent, sent + 500);
-        sent += 500;
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let b_received = b.status().nodes[0].counts.received;
-    let mut b = b;
-    b.child.kill().unwrap();
-    b.child.wait().unwrap();
+    // Killed mid-stream (inside a transaction, with exactly-once).
+    let (sent, b_received) = kill_once_it_has_a_share(&mut stdin, b, 0, total);
     // A replacement process joins and takes a share. (tansu 0.6 evicts a dead member
     // when a new one joins, not when the survivors rejoin after its session timed out:
     // Apache Kafka hands the partitions to A on its own.)
@@ -233,6 +222,27 @@ fn kill_a_member_mid_stream(dir: &Path, total: usize) -> Replaced {
     feed(&mut stdin, sent, total);
     drop(stdin);
     Replaced { a, c, b_received }
+}
+
+/// Feeds lines from `sent` at a steady pace until `member` (running node `pass` only)
+/// has received 5,000 of them, then kills it (`kill -9`); the next line to feed, and
+/// what it had received.
+pub(crate) fn kill_once_it_has_a_share(
+    stdin: &mut std::process::ChildStdin,
+    mut member: Running,
+    mut sent: usize,
+    total: usize,
+) -> (usize, u64) {
+    while member.status().nodes[0].counts.received < 5_000 {
+        assert!(sent < total / 2, "the member never got a share of the partitions");
+        feed(stdin, sent, sent + 500);
+        sent += 500;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let received = member.status().nodes[0].counts.received;
+    member.child.kill().unwrap();
+    member.child.wait().unwrap();
+    (sent, received)
 }
 
 /// The lines of `out.txt`, and those lines once each, sorted.
@@ -668,7 +678,16 @@ to = "out"
 
 /// `flowhost status graph.toml --json`: the processes alive now, from the status topic.
 fn processes(dir: &Path) -> Vec<flowhost::beacon::Heartbeat> {
-    let out = bin()
+    processes_asking(&bin, dir)
+}
+
+/// [`processes`] with the `flowhost` command `flowhost` makes (e.g. in another network
+/// namespace).
+pub(crate) fn processes_asking(
+    flowhost: &dyn Fn() -> std::process::Command,
+    dir: &Path,
+) -> Vec<flowhost::beacon::Heartbeat> {
+    let out = flowhost()
         .args(["status", "graph.toml", "--json"])
         .current_dir(dir)
         .output()
@@ -683,9 +702,19 @@ fn processes_until(
     what: &str,
     ok: impl Fn(&[flowhost::beacon::Heartbeat]) -> bool,
 ) -> Vec<flowhost::beacon::Heartbeat> {
+    processes_until_asking(&bin, dir, what, ok)
+}
+
+/// [`processes_until`] with the `flowhost` command `flowhost` makes.
+pub(crate) fn processes_until_asking(
+    flowhost: &dyn Fn() -> std::process::Command,
+    dir: &Path,
+    what: &str,
+    ok: impl Fn(&[flowhost::beacon::Heartbeat]) -> bool,
+) -> Vec<flowhost::beacon::Heartbeat> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let now = processes(dir);
+        let now = processes_asking(flowhost, dir);
         if ok(&now) {
             return now;
         }

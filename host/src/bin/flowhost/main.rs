@@ -472,7 +472,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             // The observers: started from the running graph's status, stopped when dropped.
             let status = runner.status();
             let _admin = admin
-                .map(|addr| flowhost::admin::serve(addr, status.clone()))
+                .map(|addr| flowhost::admin::serve(addr, status.clone(), &plan.graph))
                 .transpose()?;
             let _watch = watch
                 .then(|| {

@@ -1,8 +1,14 @@
-//! `flowhost graph`: a validated graph as Graphviz DOT or a Mermaid flowchart — sources,
-//! nodes (replicas, error policy), sinks, stores and grants; each edge labelled with its
-//! ports (when not the default ones) and how it spreads messages over replicas.
+//! `flowhost graph`: a validated graph as Graphviz DOT, a Mermaid flowchart or an SVG
+//! drawing of its own — sources, nodes (replicas, error policy), sinks, stores and
+//! grants; each edge labelled with its ports (when not the default ones) and how it
+//! spreads messages over replicas. The admin endpoint's page draws the same SVG, with
+//! room in each box for live numbers.
 
 use std::fmt::Write;
+
+mod svg;
+
+pub use svg::svg;
 
 use super::{Access, Connection, ErrorPolicy, Graph, SinkKind, SourceKind, Vertex};
 
@@ -13,11 +19,16 @@ pub enum Format {
     Dot,
     /// Mermaid (GitHub renders it in Markdown).
     Mermaid,
+    /// SVG, laid out by flowhost (no Graphviz needed).
+    Svg,
 }
 
 /// One box of the picture.
 struct Item {
     id: String,
+    /// `<kind>:<id>` (`source:in`, `node:pass`, `sink:out`, `store:counts`): how the
+    /// admin page finds a box's live numbers in the status.
+    vertex: String,
     label: String,
     shape: Shape,
 }
@@ -36,6 +47,8 @@ struct Arrow {
     to: String,
     label: String,
     style: Style,
+    /// A feedback edge: it closes a loop, so it is drawn going back.
+    feedback: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -63,8 +76,10 @@ fn layout(graph: &Graph) -> (Vec<Item>, Vec<Arrow>) {
     let ident = |s: &str| s.replace('-', "_");
     let mut boxes = Vec::new();
     let mut push = |id: String, label: String, shape| {
+        let (kind, name) = id.split_once('_').expect("<kind>_<id>");
         boxes.push(Item {
             id: ident(&id),
+            vertex: format!("{kind}:{name}"),
             label,
             shape,
         })
@@ -159,6 +174,7 @@ fn layout(graph: &Graph) -> (Vec<Item>, Vec<Arrow>) {
             to: ident(&vid(e.to)),
             label,
             style: Style::Data,
+            feedback: e.feedback.is_some(),
         });
     }
     for (i, n) in graph.nodes.iter().enumerate() {
@@ -168,6 +184,7 @@ fn layout(graph: &Graph) -> (Vec<Item>, Vec<Arrow>) {
                 to: ident(&vid(Vertex::Sink(k))),
                 label: "dead letters".into(),
                 style: Style::DeadLetter,
+                feedback: false,
             });
         }
         for (store, access) in &n.state {
@@ -180,6 +197,7 @@ fn layout(graph: &Graph) -> (Vec<Item>, Vec<Arrow>) {
                 to: ident(&format!("store_{store}")),
                 label: access.into(),
                 style: Style::Grant,
+                feedback: false,
             });
         }
     }
@@ -195,6 +213,7 @@ pub fn render(graph: &Graph, format: Format) -> String {
     let (boxes, arrows) = layout(graph);
     let mut out = String::new();
     match format {
+        Format::Svg => out = svg::draw(&graph.name, &boxes, &arrows, false),
         Format::Dot => {
             let _ = writeln!(out, "digraph \"{}\" {{\n  rankdir=LR;", quoted(&graph.name));
             for b in &boxes {

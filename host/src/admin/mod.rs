@@ -1,8 +1,11 @@
 //! The admin endpoint of a running graph (loopback only: it has no authentication):
-//! `/status` (JSON), `/metrics` (Prometheus text), `/sinks/{id}/tail?after=N` (the latest
-//! messages a sink wrote), and hot swap: `POST /nodes/{id}/swap` (the module in the body)
-//! and `POST /nodes/{id}/rollback`. Served by axum on a thread of its own, off the data
-//! path; a swap is prepared on a blocking thread of that runtime.
+//! a page at `/` (the graph drawn, with live numbers in every box), `/status` (JSON),
+//! `/metrics` (Prometheus text), `/graph.svg`, `/processes` (over Kafka: every process of
+//! the graph, from its status topic), `/sinks/{id}/tail?after=N` (the latest messages a
+//! sink wrote), and hot swap: `POST /nodes/{id}/swap` (the module in the body) and
+//! `POST /nodes/{id}/rollback`. Served by axum on a thread of its own, off the data
+//! path; a swap is prepared, and the status topic read, on blocking threads of that
+//! runtime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,8 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+use crate::beacon::Heartbeat;
 use crate::io::http::Served;
-use crate::manifest::AutoRollback;
+use crate::manifest::{AutoRollback, Graph, Transport};
 use crate::topology::Status;
 use crate::topology::status::StatusReport;
 use crate::topology::swap::{NodeVersions, Outcome, SwapRecord};
@@ -62,8 +66,30 @@ pub enum AdminError {
     },
 }
 
-/// Starts serving `status` on `addr`, which must be a loopback address.
-pub fn serve(addr: SocketAddr, status: Arc<Status>) -> Result<AdminServer, AdminError> {
+/// What the page shows besides the status: the graph's picture, and over Kafka the
+/// heartbeats of its processes (read at most once a second, whoever asks).
+struct Page {
+    svg: String,
+    kafka: Option<Graph>,
+    processes: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<Heartbeat>>)>>,
+}
+
+/// The state every handler shares.
+#[derive(Clone)]
+struct Admin {
+    status: Arc<Status>,
+    page: Arc<Page>,
+}
+
+impl axum::extract::FromRef<Admin> for Arc<Status> {
+    fn from_ref(admin: &Admin) -> Arc<Status> {
+        admin.status.clone()
+    }
+}
+
+/// Starts serving `status` of `graph` (the whole graph, also where this process runs a
+/// part of it) on `addr`, which must be a loopback address.
+pub fn serve(addr: SocketAddr, status: Arc<Status>, graph: &Graph) -> Result<AdminServer, AdminError> {
     if !addr.ip().is_loopback() {
         return Err(AdminError::NotLoopback(addr));
     }
@@ -85,8 +111,15 @@ pub fn serve(addr: SocketAddr, status: Arc<Status>) -> Result<AdminServer, Admin
             }
         }
     });
+    let page = Arc::new(Page {
+        svg: crate::manifest::picture::svg(graph, true),
+        kafka: (graph.transport == Transport::Kafka).then(|| graph.clone()),
+        processes: tokio::sync::Mutex::new(None),
+    });
     let app = axum::Router::new()
         .route("/", get(index))
+        .route("/graph.svg", get(picture))
+        .route("/processes", get(processes))
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
         .route("/sinks/{id}/tail", get(tail))
@@ -97,19 +130,54 @@ pub fn serve(addr: SocketAddr, status: Arc<Status>) -> Result<AdminServer, Admin
                 .layer(one_upload),
         )
         .route("/nodes/{id}/rollback", post(rollback))
-        .with_state(status);
+        .with_state(Admin { status, page });
     // (Timers too: a swapped-in module's `init` may sleep through WASI, on this runtime.)
     let served = Served::start(listener, "admin", app).map_err(failed)?;
     tracing::info!(
-        "admin endpoint on http://{addr} (/status, /metrics, /sinks/<id>/tail, POST /nodes/<id>/swap)"
+        "admin endpoint on http://{addr} (the page at /, /status, /metrics, /sinks/<id>/tail, POST /nodes/<id>/swap)"
     );
     Ok(AdminServer { served })
 }
 
-async fn index() -> &'static str {
-    "flowhost admin endpoint: /status (JSON), /metrics (Prometheus), /sinks/<id>/tail?after=N, \
-     POST /nodes/<id>/swap?name=<file>&auto_rollback=<rate>&within=<messages> (module in the body), \
-     POST /nodes/<id>/rollback\n"
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("page.html"),
+    )
+}
+
+async fn picture(State(page): State<Arc<Page>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "image/svg+xml")], page.svg.clone())
+}
+
+/// Over Kafka, the processes alive now (`flowhost status graph.toml --json`).
+async fn processes(State(page): State<Arc<Page>>) -> Response {
+    let Some(graph) = page.kafka.clone() else {
+        let why = "this graph runs in one process (in-process transport): its status is /status\n";
+        return (StatusCode::NOT_FOUND, why).into_response();
+    };
+    // One reader at a time; what it read serves everyone for a second.
+    let mut cached = page.processes.lock().await;
+    if let Some((at, seen)) = &*cached
+        && at.elapsed() < std::time::Duration::from_secs(1)
+    {
+        return Json(seen.as_ref().clone()).into_response();
+    }
+    match tokio::task::spawn_blocking(move || crate::beacon::read(&graph)).await {
+        Ok(Ok(seen)) => {
+            let seen = Arc::new(seen);
+            *cached = Some((std::time::Instant::now(), seen.clone()));
+            Json(seen.as_ref().clone()).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+impl axum::extract::FromRef<Admin> for Arc<Page> {
+    fn from_ref(admin: &Admin) -> Arc<Page> {
+        admin.page.clone()
+    }
 }
 
 #[derive(Deserialize)]
