@@ -8,7 +8,7 @@
 //! `CHROMEDRIVER` may name others).
 
 use crate::common;
-use crate::kafka::{feed, module};
+use crate::kafka::feed;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -248,7 +248,6 @@ fn the_page_of_a_kafka_graph_shows_every_process_from_the_status_topic() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     crate::kafka::pass_graph(dir.path(), &broker, "");
-    let _ = module("passthrough");
     let helper = Running::start(dir.path(), &["--nodes", "pass"]);
     helper.wait_log("node `pass`: 4 partition(s) assigned");
     let mut a = Running::start(dir.path(), &[]);
