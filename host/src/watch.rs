@@ -308,7 +308,7 @@ fn restart_needed(old: &Graph, new: &Graph) -> Vec<String> {
 }
 
 /// Whether `new` makes other instances than `old` (besides their module).
-fn setup_changed(old: &NodeSpec, new: &NodeSpec) -> bool {
+pub(crate) fn setup_changed(old: &NodeSpec, new: &NodeSpec) -> bool {
     old.config_json != new.config_json
         || old.timeout != new.timeout
         || old.memory_mb != new.memory_mb

@@ -3,7 +3,7 @@
 //! `/metrics` (Prometheus text), `/graph.svg`, `/processes` (over Kafka: every process of
 //! the graph, from its status topic), `/sinks/{id}/tail?after=N` (the latest messages a
 //! sink wrote), and hot swap: `POST /nodes/{id}/swap` (the module in the body) and
-//! `POST /nodes/{id}/rollback`. Served by axum on a thread of its own, off the data
+//! `POST /nodes/{id}/rollback`, and live graph changes: `POST /apply`. Served by axum on a thread of its own, off the data
 //! path; a swap is prepared, and the status topic read, on blocking threads of that
 //! runtime.
 
@@ -69,7 +69,6 @@ pub enum AdminError {
 /// What the page shows besides the status: the graph's picture, and over Kafka the
 /// heartbeats of its processes (read at most once a second, whoever asks).
 struct Page {
-    svg: String,
     kafka: Option<Graph>,
     processes: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<Heartbeat>>)>>,
 }
@@ -112,7 +111,6 @@ pub fn serve(addr: SocketAddr, status: Arc<Status>, graph: &Graph) -> Result<Adm
         }
     });
     let page = Arc::new(Page {
-        svg: crate::manifest::picture::svg(graph, true),
         kafka: (graph.transport == Transport::Kafka).then(|| graph.clone()),
         processes: tokio::sync::Mutex::new(None),
     });
@@ -130,11 +128,12 @@ pub fn serve(addr: SocketAddr, status: Arc<Status>, graph: &Graph) -> Result<Adm
                 .layer(one_upload),
         )
         .route("/nodes/{id}/rollback", post(rollback))
+        .route("/apply", post(apply))
         .with_state(Admin { status, page });
     // (Timers too: a swapped-in module's `init` may sleep through WASI, on this runtime.)
     let served = Served::start(listener, "admin", app).map_err(failed)?;
     tracing::info!(
-        "admin endpoint on http://{addr} (the page at /, /status, /metrics, /sinks/<id>/tail, POST /nodes/<id>/swap)"
+        "admin endpoint on http://{addr} (the page at /, /status, /metrics, /sinks/<id>/tail, POST /nodes/<id>/swap, POST /apply)"
     );
     Ok(AdminServer { served })
 }
@@ -146,8 +145,38 @@ async fn index() -> impl IntoResponse {
     )
 }
 
-async fn picture(State(page): State<Arc<Page>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "image/svg+xml")], page.svg.clone())
+/// The graph as it runs now (a change applied redraws it).
+async fn picture(State(status): State<Arc<Status>>) -> impl IntoResponse {
+    let svg = crate::manifest::picture::svg(&status.graph(), true);
+    ([(header::CONTENT_TYPE, "image/svg+xml")], svg)
+}
+
+/// `POST /apply`, the changed manifest's path in the body (`flowhost apply`): the graph
+/// becomes the manifest's while it runs (see `topology::apply`); the record as JSON, 422
+/// if refused (an invalid manifest too, with where it is wrong).
+async fn apply(State(status): State<Arc<Status>>, manifest: String) -> Response {
+    let asked = crate::clock::now_millis();
+    let applied = tokio::task::spawn_blocking(move || {
+        let running = status.graph();
+        let plan = Graph::load(std::path::Path::new(manifest.trim()))
+            .map_err(|e| e.to_string())
+            .and_then(|mut graph| {
+                // What `flowhost run` was told besides the manifest holds for its changes.
+                graph.transport = running.transport;
+                graph.kafka.brokers = running.kafka.brokers.clone();
+                crate::plan::Plan::resolve(graph, None).map_err(|e| e.to_string())
+            });
+        match plan {
+            Ok(plan) => status.applied.apply(plan),
+            Err(why) => status.applied.refusal(asked, Vec::new(), why),
+        }
+    })
+    .await;
+    match applied {
+        Ok(record) if record.outcome == Outcome::Done => Json(record).into_response(),
+        Ok(record) => (StatusCode::UNPROCESSABLE_ENTITY, Json(record)).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 /// Over Kafka, the processes alive now (`flowhost status graph.toml --json`).

@@ -1,9 +1,12 @@
 //! Sources: text lines, JSON lines, stdin, and a generator. Each reads in batches and
-//! hands them to `send`, checking for a stop request between batches.
+//! hands them to `send`, checking `stop` between batches.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -11,17 +14,16 @@ use super::IoError;
 use crate::clock::now_millis;
 use crate::manifest::{SourceKind, SourceSpec};
 use crate::message::{Msg, batch_from, sequence_payload};
-use crate::shutdown::Shutdown;
 use crate::state::durable::Position;
 
-/// Reads `spec` from `start` to its end (or until a stop is requested, or `send` returns
+/// Reads `spec` from `start` to its end (or until `stop` says so, or `send` returns
 /// false), handing each batch to `send` with the position after it; returns the position
 /// reached. An error names the source and, for files, the line.
 pub fn run(
     spec: &SourceSpec,
     batch_size: usize,
     start: Position,
-    shutdown: &Shutdown,
+    stop: &dyn Fn() -> bool,
     mut send: impl FnMut(Vec<Msg>, Position) -> bool,
 ) -> Result<Position, IoError> {
     let vertex = || format!("source `{}`", spec.id);
@@ -60,7 +62,8 @@ pub fn run(
         }
     };
     let mut read = |path: &Path, make: &mut dyn FnMut(Option<i64>, Bytes) -> Result<Msg, String>| {
-        lines(open(path)?, batch_size, start, shutdown, false, &mut send, make).map_err(named(path))
+        let mut file = open(path)?;
+        lines(&mut file, batch_size, start, stop, false, &mut send, make).map_err(named(path))
     };
     match &spec.kind {
         SourceKind::File { path } => read(path, &mut text_line),
@@ -68,12 +71,10 @@ pub fn run(
             crate::io::sink::from_json(&line).map_err(|e| e.to_string())
         }),
         SourceKind::Stdin => {
-            if start != Position::default() {
-                tracing::warn!("standard input cannot be resumed: what was read before the restart is gone");
-            }
-            let stdin = BufReader::new(Stdin::start(shutdown));
-            let from = Position::default();
-            lines(stdin, batch_size, from, shutdown, true, &mut send, &mut text_line)
+            // (Counted on from `start`: what was read before a restart is gone, and the
+            // runner says so; a changed graph reads on where the one before stopped.)
+            let mut stdin = Stdin::take(stop);
+            lines(&mut stdin, batch_size, start, stop, true, &mut send, &mut text_line)
                 .map_err(named(Path::new("<stdin>")))
         }
         SourceKind::Jsonl {
@@ -106,7 +107,7 @@ pub fn run(
                 *keys,
                 batch_size,
                 start.records,
-                shutdown,
+                stop,
                 &mut send,
             );
             Ok(Position {
@@ -118,16 +119,22 @@ pub fn run(
 }
 
 /// Standard input, read on a thread of its own so that a stop is not held up by a read
-/// that waits for input which never comes: once the graph stops, reading ends (what the
-/// thread read and the graph did not take is dropped, as it would be left in the pipe).
-struct Stdin<'s> {
-    chunks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    chunk: std::io::Cursor<Vec<u8>>,
-    shutdown: &'s Shutdown,
+/// that waits for input which never comes. One per process, kept between the runs of
+/// one graph (a changed graph reads on where the graph before it stopped, see
+/// `topology::apply`): what a run did not take stays for the next one, a line cut in
+/// two by a stop included.
+struct StdinLines {
+    chunks: Receiver<std::io::Result<Vec<u8>>>,
+    /// Read and not taken yet, from `at`.
+    pending: Vec<u8>,
+    at: usize,
+    ended: bool,
 }
 
-impl<'s> Stdin<'s> {
-    fn start(shutdown: &'s Shutdown) -> Self {
+static STDIN: Mutex<Option<StdinLines>> = Mutex::new(None);
+
+impl StdinLines {
+    fn start() -> Self {
         let (tx, chunks) = std::sync::mpsc::sync_channel(16);
         // Not joined: while it waits on an idle input, the process may end.
         std::thread::spawn(move || {
@@ -150,28 +157,99 @@ impl<'s> Stdin<'s> {
                 }
             }
         });
-        Stdin {
+        StdinLines {
             chunks,
-            chunk: std::io::Cursor::new(Vec::new()),
-            shutdown,
+            pending: Vec::new(),
+            at: 0,
+            ended: false,
+        }
+    }
+
+    /// The next line (with its `\n`; the last one maybe without) appended to `buf`, or 0
+    /// bytes at the end of the input or once `stop` says so.
+    fn line(&mut self, buf: &mut Vec<u8>, stop: &dyn Fn() -> bool) -> std::io::Result<usize> {
+        loop {
+            let rest = &self.pending[self.at..];
+            let take = match rest.iter().position(|&b| b == b'\n') {
+                Some(nl) => nl + 1,
+                None if self.ended => rest.len(),
+                None => 0,
+            };
+            if take > 0 || self.ended {
+                buf.extend_from_slice(&rest[..take]);
+                self.at += take;
+                return Ok(take);
+            }
+            match self.chunks.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(chunk)) if !chunk.is_empty() => {
+                    self.pending.drain(..self.at);
+                    self.at = 0;
+                    self.pending.extend_from_slice(&chunk);
+                }
+                Ok(Err(e)) => {
+                    self.ended = true;
+                    return Err(e);
+                }
+                Ok(Ok(_)) | Err(RecvTimeoutError::Disconnected) => self.ended = true,
+                Err(RecvTimeoutError::Timeout) if stop() => return Ok(0),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    fn has_line(&self) -> bool {
+        self.pending[self.at..].contains(&b'\n')
+    }
+}
+
+/// The process's standard input, taken by one source until dropped.
+struct Stdin<'s> {
+    lines: Option<StdinLines>,
+    stop: &'s dyn Fn() -> bool,
+}
+
+impl<'s> Stdin<'s> {
+    fn take(stop: &'s dyn Fn() -> bool) -> Self {
+        let kept = STDIN.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Stdin {
+            lines: Some(kept.unwrap_or_else(StdinLines::start)),
+            stop,
         }
     }
 }
 
-impl Read for Stdin<'_> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let n = self.chunk.read(out)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            match self.chunks.recv_timeout(std::time::Duration::from_millis(50)) {
-                Ok(chunk) => self.chunk = std::io::Cursor::new(chunk?),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !self.shutdown.is_stopping() => {}
-                // Stopped, or the input ended.
-                Err(_) => return Ok(0),
-            }
-        }
+impl Drop for Stdin<'_> {
+    fn drop(&mut self) {
+        *STDIN.lock().unwrap_or_else(|e| e.into_inner()) = self.lines.take();
+    }
+}
+
+/// Where [`lines`] reads lines from.
+trait LineReader {
+    /// The next line (with its line end) appended to `buf`; 0 at the end.
+    fn line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize>;
+    /// Whether a whole line is ready without waiting.
+    fn has_line(&self) -> bool;
+}
+
+impl<R: Read> LineReader for BufReader<R> {
+    fn line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        self.read_until(b'\n', buf)
+    }
+
+    fn has_line(&self) -> bool {
+        !self.buffer().is_empty()
+    }
+}
+
+impl LineReader for Stdin<'_> {
+    fn line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        let lines = self.lines.as_mut().expect("taken until dropped");
+        lines.line(buf, self.stop)
+    }
+
+    fn has_line(&self) -> bool {
+        self.lines.as_ref().is_some_and(StdinLines::has_line)
     }
 }
 
@@ -189,11 +267,11 @@ fn text_line(_read_at: Option<i64>, line: Bytes) -> Result<Msg, String> {
 /// Reads lines (without `\n` or `\r\n`) in batches. With `eager`, a batch is also sent
 /// whenever the reader has nothing more buffered, so interactive input is not held back.
 #[allow(clippy::too_many_arguments)]
-fn lines<R: Read>(
-    mut reader: BufReader<R>,
+fn lines(
+    reader: &mut dyn LineReader,
     batch_size: usize,
     start: Position,
-    shutdown: &Shutdown,
+    stop: &dyn Fn() -> bool,
     eager: bool,
     send: &mut dyn FnMut(Vec<Msg>, Position) -> bool,
     make: &mut dyn FnMut(Option<i64>, Bytes) -> Result<Msg, String>,
@@ -202,12 +280,12 @@ fn lines<R: Read>(
     let mut batch = Vec::with_capacity(batch_size);
     let mut buf = Vec::new();
     loop {
-        if shutdown.is_stopping() {
+        if stop() {
             break;
         }
         buf.clear();
         let n = reader
-            .read_until(b'\n', &mut buf)
+            .line(&mut buf)
             .map_err(|e| LineFault::Read(at.records + 1, e))?;
         if n > 0 {
             at.offset += n as u64;
@@ -219,7 +297,7 @@ fn lines<R: Read>(
                 .map_err(|why| LineFault::Bad(at.records, why))?;
             batch.push(msg);
         }
-        let flush = batch.len() >= batch_size || n == 0 || (eager && reader.buffer().is_empty());
+        let flush = batch.len() >= batch_size || n == 0 || (eager && !reader.has_line());
         if flush
             && !batch.is_empty()
             && !send(std::mem::replace(&mut batch, Vec::with_capacity(batch_size)), at)
@@ -268,11 +346,11 @@ fn generate(
     keys: Option<u64>,
     batch_size: usize,
     first: u64,
-    shutdown: &Shutdown,
+    stop: &dyn Fn() -> bool,
     send: &mut dyn FnMut(Vec<Msg>, Position) -> bool,
 ) -> u64 {
     let mut next = first;
-    while count.is_none_or(|c| next < c) && !shutdown.is_stopping() {
+    while count.is_none_or(|c| next < c) && !stop() {
         let n = count.map_or(batch_size as u64, |c| (c - next).min(batch_size as u64)) as usize;
         let first = next;
         let mut batch = batch_from(n, Some(now_millis()), |i, buf| {

@@ -575,6 +575,16 @@ impl Stores {
         Self::from_specs(&specs)
     }
 
+    /// These stores, and an empty one for each store of `graph` they lack (a graph changed
+    /// while it runs keeps the stores it had).
+    pub fn with(&self, graph: &Graph) -> Stores {
+        let mut by_name = self.by_name.clone();
+        for (name, store) in Stores::for_graph(graph).by_name {
+            by_name.entry(name).or_insert(store);
+        }
+        Stores { by_name }
+    }
+
     /// The timer store.
     pub fn timers(&self) -> Arc<Store> {
         self.by_name

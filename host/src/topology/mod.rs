@@ -9,6 +9,7 @@
 //! the caller can start its observers (admin endpoint, watcher, progress line) from
 //! [`Runner::status`]; [`Runner::run`] then runs the graph to its end.
 
+pub mod apply;
 pub mod finish;
 mod replica;
 pub mod status;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 pub use crate::message::headers;
 pub use status::Status;
 
-use crate::engine::{Engine, EngineError, NodeInstance, NodeSetup, NodeTemplate};
+use crate::engine::{Engine, EngineError, NodeSetup, NodeTemplate};
 use crate::flow::feedback::{LoopGate, looped_channel};
 use crate::flow::watermark::{Generator, Mark, Marked, Time, Watermarks};
 use crate::flow::{Ack, InFlight, Mailbox, Route, Router, Sender, channel};
@@ -38,7 +39,7 @@ use crate::state::Stores;
 use crate::state::durable::Position;
 use crate::transport::{Feed, Local, Senders, Transport, TransportError};
 use finish::{FinishGate, FinishRecord};
-use replica::Replica;
+use replica::{Pause, Replica, Running};
 use status::{Phase, SinkStatus};
 use swap::NodeVersions;
 use timers::NodeTimers;
@@ -281,12 +282,16 @@ type Counts = Vec<(String, u64)>;
 
 /// What a run keeps per node, whatever the transport.
 struct Nodes {
-    pub templates: Vec<Arc<NodeTemplate>>,
     pub stats: Vec<Arc<NodeStats>>,
     pub versions: Vec<Arc<NodeVersions>>,
     pub status: Arc<Status>,
     /// Where every replica's timers are kept.
     pub timers: Arc<crate::state::Store>,
+    /// Per node, the instances its replicas start with if not fresh ones (a changed graph
+    /// goes on with those its replicas handed on).
+    pub given: Vec<Option<Vec<Running>>>,
+    /// Per node, how its replicas end if the graph changes.
+    pub pauses: Vec<Arc<Pause>>,
 }
 
 impl Nodes {
@@ -312,19 +317,51 @@ impl Nodes {
             opts.tails,
         ));
         Ok(Nodes {
-            templates,
             stats,
             versions,
             status,
             timers: stores.timers(),
+            given: graph.nodes.iter().map(|_| None).collect(),
+            pauses: graph.nodes.iter().map(|_| Arc::default()).collect(),
         })
     }
 
-    /// One instance per replica of node `i`.
-    pub fn instances(&self, graph: &Graph, i: usize) -> Result<Vec<NodeInstance>, RunError> {
-        (0..graph.nodes[i].replicas)
-            .map(|r| self.templates[i].instantiate_replica(r))
-            .collect::<Result<_, _>>()
+    /// The nodes of a changed graph (see [`apply`]): `status` takes its shape.
+    pub fn resumed(graph: &Graph, next: Vec<apply::NextNode>, status: Arc<Status>, stores: &Stores) -> Nodes {
+        let (mut stats, mut versions, mut given) = (Vec::new(), Vec::new(), Vec::new());
+        for n in next {
+            stats.push(n.stats);
+            versions.push(n.versions);
+            given.push(n.instances);
+        }
+        status.reshape(graph, (&versions, &stats), stores.clone());
+        Nodes {
+            stats,
+            versions,
+            status,
+            timers: stores.timers(),
+            given,
+            pauses: graph.nodes.iter().map(|_| Arc::default()).collect(),
+        }
+    }
+
+    /// One instance per replica of node `i`: those it was given, or fresh ones of its
+    /// current version.
+    pub fn instances(&mut self, graph: &Graph, i: usize) -> Result<Vec<Running>, RunError> {
+        let replicas = graph.nodes[i].replicas as usize;
+        if let Some(given) = self.given[i].take().filter(|g| g.len() == replicas) {
+            return Ok(given);
+        }
+        let version = self.versions[i].current();
+        (0..replicas as u32)
+            .map(|r| {
+                Ok(Running {
+                    instance: version.instantiate_replica(r)?,
+                    version: version.clone(),
+                    generation: self.versions[i].published(),
+                })
+            })
+            .collect::<Result<_, EngineError>>()
             .map_err(|e| RunError::node(&graph.nodes[i].id, e))
     }
 
@@ -334,7 +371,7 @@ impl Nodes {
         &self,
         graph: &Graph,
         i: usize,
-        instances: Vec<NodeInstance>,
+        instances: Vec<Running>,
         mut router: impl FnMut() -> Router,
         (dead_letter, answers, loop_gate): Outlets,
         inputs: Vec<Mailbox>,
@@ -347,10 +384,10 @@ impl Nodes {
             .into_iter()
             .zip(inputs)
             .enumerate()
-            .map(|(r, (instance, rx))| {
+            .map(|(r, (running, rx))| {
                 let replica = Replica {
                     id: spec.id.as_str().into(),
-                    instance,
+                    instance: running.instance,
                     outputs: spec.outputs.clone().into(),
                     max_output: spec.max_output,
                     inputs: spec.inputs.clone().into(),
@@ -370,8 +407,8 @@ impl Nodes {
                     heartbeat: opts.heartbeat,
                     index: r,
                     versions: self.versions[i].clone(),
-                    version: self.versions[i].current(),
-                    generation: 0,
+                    version: running.version,
+                    generation: running.generation,
                     failures: 0,
                     warned_drop: false,
                     held: None,
@@ -381,6 +418,7 @@ impl Nodes {
                     event_time: None,
                     timers: NodeTimers::load(self.timers.clone(), &spec.id, r),
                     loop_gate: loop_gate.clone(),
+                    pause: self.pauses[i].clone(),
                 };
                 (ReplicaThread(replica), rx)
             })
@@ -486,10 +524,11 @@ type Outlets = (Option<Sender>, Option<Arc<dyn Answers>>, Option<Arc<LoopGate>>)
 struct ReplicaThread(Replica);
 
 impl ReplicaThread {
-    /// Processes `input` until it closes, then finishes.
-    pub fn run(self, input: Mailbox) {
+    /// Processes `input` until it closes, then finishes (or hands its instance on to a
+    /// changed graph).
+    pub fn run(self, input: Mailbox) -> Option<Running> {
         let span = tracing::info_span!("node", node = %self.0.id);
-        span.in_scope(|| self.0.run(input));
+        span.in_scope(|| self.0.run(input))
     }
 }
 
@@ -516,6 +555,17 @@ pub struct Runner<'a> {
     /// This process's open HTTP requests, and its listening `http` sources by index.
     exchange: Arc<Exchange>,
     http: Vec<Option<HttpServer>>,
+    /// What the graphs before this one read and wrote, by source and sink (a changed graph).
+    before: (Counts, Counts),
+}
+
+/// How a graph's run in this process ended.
+pub(crate) enum Ended {
+    /// It ran to its end (or stopped, or failed).
+    Done(RunReport),
+    /// It stopped to go on as the changed graph `next` prepared (see [`apply`]); what it
+    /// hands on, and per node of it the instances its replicas handed on.
+    Changed(Box<(apply::Carry, apply::Next, Vec<Vec<Option<Running>>>)>),
 }
 
 impl<'a> Runner<'a> {
@@ -526,19 +576,41 @@ impl<'a> Runner<'a> {
         engine: &Engine,
         opts: &'a RunOptions,
         shutdown: &Arc<Shutdown>,
-        mut transport: Box<dyn Transport + 'a>,
+        transport: Box<dyn Transport + 'a>,
     ) -> Result<Self, RunError> {
-        let started = Instant::now();
+        Self::start_with(plan, engine, opts, shutdown, transport, None)
+    }
+
+    /// Like [`Runner::start`], for the changed graph of a running one: with the stores,
+    /// status and counts `carry` hands on, and the nodes prepared for it.
+    pub(crate) fn start_with(
+        plan: &'a Plan,
+        engine: &Engine,
+        opts: &'a RunOptions,
+        shutdown: &Arc<Shutdown>,
+        mut transport: Box<dyn Transport + 'a>,
+        resumed: Option<(apply::Carry, Vec<apply::NextNode>)>,
+    ) -> Result<Self, RunError> {
         let graph = &plan.graph;
         // An interrupted run drains for at most its longest call deadline; then calls
         // still running are cut short.
         let grace = graph.nodes.iter().map(|n| n.timeout).max().unwrap_or_default();
         shutdown.set_grace(grace.max(Duration::from_secs(1)));
         shutdown.raise_on_abort(engine.cut_flag());
-        let stores = Stores::for_graph(graph);
         let in_flight = InFlight::default();
-        let starts = transport.prepare(&stores, &in_flight, shutdown)?;
-        let nodes = Nodes::load(plan, engine, opts, &stores)?;
+        let (started, stores, mut nodes, starts, before) = match resumed {
+            None => {
+                let stores = Stores::for_graph(graph);
+                let starts = transport.prepare(&stores, &in_flight, shutdown)?;
+                let nodes = Nodes::load(plan, engine, opts, &stores)?;
+                (Instant::now(), stores, nodes, starts, Default::default())
+            }
+            Some((carry, next)) => {
+                let starts = transport.prepare(&carry.stores, &in_flight, shutdown)?;
+                let nodes = Nodes::resumed(graph, next, carry.status, &carry.stores);
+                (carry.started, carry.stores, nodes, starts, carry.counts)
+            }
+        };
         let status = nodes.status.clone();
         let exchange = Exchange::new(transport.instance());
         let serves = graph
@@ -726,6 +798,7 @@ impl<'a> Runner<'a> {
             feeds,
             exchange,
             http,
+            before,
         })
     }
 
@@ -742,6 +815,19 @@ impl<'a> Runner<'a> {
     /// Runs the graph until its sources end and everything drained (or a stop is
     /// requested, or a vertex fails); then the transport's last step.
     pub fn run(self) -> Result<RunReport, RunError> {
+        match self.run_until_changed(None)? {
+            Ended::Done(report) => Ok(report),
+            // (No door, no change.)
+            Ended::Changed(_) => Err(RunError::Transport(TransportError::Refused(
+                "the graph changed while it ran without taking changes".into(),
+            ))),
+        }
+    }
+
+    /// Like [`Runner::run`], also taking the changes asked at `door` (see [`apply`]): one
+    /// that is prepared stops this graph at its sources' next batch boundary, lets
+    /// everything in flight drain through it, and ends it to go on as the changed graph.
+    pub(crate) fn run_until_changed(self, door: Option<&apply::Door>) -> Result<Ended, RunError> {
         let Runner {
             plan,
             opts,
@@ -759,9 +845,15 @@ impl<'a> Runner<'a> {
             feeds,
             exchange,
             http,
+            before,
         } = self;
         let graph = &plan.graph;
         let shutdown = &shutdown;
+        // Set once a change is prepared: the sources stop at their next batch boundary.
+        let changing = std::sync::atomic::AtomicBool::new(false);
+        let changing = &changing;
+        let stop = || shutdown.is_stopping() || changing.load(Ordering::SeqCst);
+        let stop = &stop;
         let status = nodes.status.clone();
         status.phase.set(Phase::Running);
         // Per consumer: a channel its threads hold while alive, so its feed can wait
@@ -777,7 +869,7 @@ impl<'a> Runner<'a> {
         let transport_ref = &*transport;
         let gate = &*finish_gate;
         let timers = &*nodes.timers;
-        let (sources, sinks) = std::thread::scope(|s| {
+        let (sources, sinks, next, handed) = std::thread::scope(|s| {
             let sinks: Vec<_> = sinks
                 .into_iter()
                 .map(|(k, writer, rx)| {
@@ -790,13 +882,16 @@ impl<'a> Runner<'a> {
                     })
                 })
                 .collect();
+            let mut handing = Vec::new();
             for (i, replicas) in replicas {
-                for (replica, rx) in replicas {
+                for (r, (replica, rx)) in replicas.into_iter().enumerate() {
                     let alive = alive[slot(Vertex::Node(i))].clone();
-                    s.spawn(move || {
-                        replica.run(rx);
+                    let handle = s.spawn(move || {
+                        let running = replica.run(rx);
                         drop(alive);
+                        running
                     });
+                    handing.push((i, r, handle));
                 }
             }
             drop(alive);
@@ -858,9 +953,9 @@ impl<'a> Runner<'a> {
                         };
                         let reached = match server {
                             Some(server) => Ok(server.run(opts.batch_size, shutdown, send)),
-                            None => source::run(spec, opts.batch_size, start, shutdown, send),
+                            None => source::run(spec, opts.batch_size, start, stop, send),
                         };
-                        let ended = reached.is_ok() && !shutdown.is_stopping();
+                        let ended = reached.is_ok() && !stop();
                         let end = reached.unwrap_or_else(|e| {
                             shutdown.fail(e.to_string());
                             start
@@ -878,6 +973,22 @@ impl<'a> Runner<'a> {
                     })
                 })
                 .collect();
+            // Until the sources end: the changes asked meanwhile, each prepared while the
+            // graph runs, then either refused (the graph runs on untouched) or taken.
+            let mut next = None;
+            while let Some(door) = door.filter(|_| !sources.iter().all(|h| h.is_finished())) {
+                let Some(request) = door.next(Duration::from_millis(20)) else {
+                    continue;
+                };
+                if let Some(prepared) = apply::prepare(request, plan, &nodes, &stores, opts, (shutdown, door)) {
+                    for (i, pause) in nodes.pauses.iter().enumerate() {
+                        pause.set(prepared.keeps(i));
+                    }
+                    changing.store(true, Ordering::SeqCst);
+                    next = Some(prepared);
+                    break;
+                }
+            }
             let join = |h: std::thread::ScopedJoinHandle<'_, (String, u64)>| h.join().ok();
             let sources: Vec<(String, u64)> = sources.into_iter().filter_map(join).collect();
             if transport_ref.ends_run() {
@@ -885,8 +996,39 @@ impl<'a> Runner<'a> {
                 transport_ref.drain(shutdown);
             }
             let sinks: Vec<(String, u64)> = sinks.into_iter().filter_map(join).collect();
-            (sources, sinks)
+            let mut handed: Vec<Vec<Option<Running>>> = graph.nodes.iter().map(|_| Vec::new()).collect();
+            for (i, r, handle) in handing {
+                let running = handle.join().ok().flatten();
+                handed[i].resize_with(r + 1, || None);
+                handed[i][r] = running;
+            }
+            (sources, sinks, next, handed)
         });
+        let totals = |before: &Counts, now: Counts| -> Counts {
+            let mut all = now;
+            for (id, n) in &mut all {
+                *n += before.iter().find(|(b, _)| b == id).map_or(0, |(_, n)| *n);
+            }
+            all
+        };
+        let (sources, sinks) = (totals(&before.0, sources), totals(&before.1, sinks));
+        if let Some(next) = next {
+            match shutdown.failure() {
+                Some(failure) => {
+                    next.refuse(&nodes.status.applied, format!("the graph failed while changing: {failure}"))
+                }
+                None => {
+                    let carry = apply::Carry {
+                        started,
+                        stores,
+                        status: nodes.status.clone(),
+                        counts: (sources, sinks),
+                        handover: transport.hand_over()?,
+                    };
+                    return Ok(Ended::Changed(Box::new((carry, next, handed))));
+                }
+            }
+        }
         for l in &status.report().loops {
             tracing::info!(
                 "loop of {}: {} time(s) around at most, {} message(s) sent around, {} dropped at max_iterations",
@@ -904,7 +1046,7 @@ impl<'a> Runner<'a> {
         let mut report = nodes.ended(graph, shutdown, (sources, sinks), stores);
         report.elapsed = started.elapsed();
         report.checkpoints = checkpoints;
-        Ok(report)
+        Ok(Ended::Done(report))
     }
 }
 

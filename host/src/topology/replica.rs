@@ -94,11 +94,46 @@ pub(super) struct Replica {
     pub timers: NodeTimers,
     /// The loop whose feedback edges it sends on, until that loop has ended.
     pub loop_gate: Option<Arc<LoopGate>>,
+    /// How it ends if its input closes because the graph is being changed.
+    pub pause: Arc<Pause>,
+}
+
+/// Why a replica's input closes: the graph ends (it finishes), or a change is being
+/// applied (see `topology::apply`): then a node the changed graph keeps as it is ends
+/// without `finish`, handing its instance on, and a node it removes or rebuilds finishes.
+#[derive(Debug, Default)]
+pub(super) struct Pause(std::sync::atomic::AtomicU8);
+
+impl Pause {
+    const RUNNING: u8 = 0;
+    const KEEP: u8 = 1;
+    const END: u8 = 2;
+
+    /// The graph is changing: the node goes on in the next graph (`keep`) or not.
+    pub fn set(&self, keep: bool) {
+        let to = if keep { Self::KEEP } else { Self::END };
+        self.0.store(to, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A replica's instance as it goes on into the next graph.
+pub(crate) struct Running {
+    pub instance: NodeInstance,
+    /// The version it is of, and the swap generation it came with.
+    pub version: Arc<Version>,
+    pub generation: u64,
 }
 
 impl Replica {
-    pub fn run(mut self, input: Mailbox) {
+    /// Processes `input` until it closes, then finishes; if it closed because the graph
+    /// is changing and the node goes on, returns its instance instead.
+    pub fn run(mut self, input: Mailbox) -> Option<Running> {
         let mut stopped = false;
+        self.versions.resumed(self.index);
         self.status.phase.set(Phase::Running);
         let beat = self.heartbeat;
         // Waiting at most a heartbeat interval, so an idle replica still beats.
@@ -162,6 +197,15 @@ impl Replica {
             }
             self.in_flight.done();
         }
+        let changing = self.pause.get();
+        if changing == Pause::KEEP && !stopped && !self.shutdown.is_aborting() {
+            self.versions.ended(self.index);
+            return Some(Running {
+                instance: self.instance,
+                version: self.version,
+                generation: self.generation,
+            });
+        }
         // The end of event time: every event-time timer fires before `finish` (a tick at
         // a time, so a node that keeps setting due ones is cut off, not waited on).
         let mut ticks = 0;
@@ -180,7 +224,10 @@ impl Replica {
         self.status.phase.set(Phase::Draining);
         self.status.beat();
         self.finish_barrier.wait();
-        self.finish_gate.wait(&self.shutdown);
+        // (A node the changed graph drops finishes once its own inputs have ended.)
+        if changing == Pause::RUNNING {
+            self.finish_gate.wait(&self.shutdown);
+        }
         if !stopped && !self.shutdown.is_aborting() {
             let finished = self.instance.finish().map_err(|e| format!("finish failed: {e}"));
             let output = finished.and_then(|out| self.decode_output(out, 0));
@@ -199,6 +246,7 @@ impl Replica {
         self.status
             .phase
             .set(if stopped { Phase::Failed } else { Phase::Stopped });
+        None
     }
 
     /// How long to wait for input: a heartbeat interval, or less if a timer or an

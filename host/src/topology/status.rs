@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -186,13 +186,22 @@ pub struct Status {
     heartbeat: Duration,
     /// The graph's phase.
     pub phase: SharedPhase,
+    /// What is graph-shaped: replaced whole when a change is applied (`flowhost apply`).
+    shape: RwLock<Arc<Shape>>,
+    link: std::sync::OnceLock<Arc<dyn LinkHealth>>,
+    /// The changes applied to the graph while it runs, and the door to apply one.
+    pub applied: super::apply::Applied,
+}
+
+/// The graph as it runs now, and the status of each of its vertices.
+struct Shape {
+    graph: Graph,
     nodes: Vec<NodeEntry>,
     sources: Vec<(String, Arc<AtomicU64>)>,
     sinks: Vec<(String, Arc<SinkStatus>)>,
     /// The topic of each Kafka source and sink (by index), whose counts the link keeps.
     topics: (Vec<Option<String>>, Vec<Option<String>>),
     stores: Stores,
-    link: std::sync::OnceLock<Arc<dyn LinkHealth>>,
     /// Per source, its HTTP counters (an `http` source here) and the process's exchange.
     http: Vec<std::sync::OnceLock<(Arc<HttpStats>, Arc<Exchange>)>>,
     /// The graph's loops: their nodes and gates.
@@ -201,59 +210,30 @@ pub struct Status {
     runs: std::sync::OnceLock<Vec<String>>,
 }
 
-impl Status {
-    /// Reports the graph's loops (nodes by index) and their gates.
-    pub fn set_loops(&self, loops: &[Vec<usize>], gates: &[Arc<LoopGate>]) {
-        let _ = self
-            .loops
-            .set(loops.iter().cloned().zip(gates.iter().cloned()).collect());
-    }
-
-    /// Reports the vertices this process runs (over Kafka, maybe a part of the graph).
-    pub fn set_runs(&self, graph: &Graph, here: &[crate::manifest::Vertex]) {
-        use crate::manifest::Vertex;
-        let names = here.iter().map(|&v| {
-            let kind = match v {
-                Vertex::Source(_) => "source",
-                Vertex::Node(_) => "node",
-                Vertex::Sink(_) => "sink",
-            };
-            format!("{kind}:{}", graph.id(v))
-        });
-        let _ = self.runs.set(names.collect());
-    }
-
-    /// Reports `http` source `i`'s counters.
-    pub fn set_http(&self, i: usize, stats: Arc<HttpStats>, exchange: Arc<Exchange>) {
-        let _ = self.http[i].set((stats, exchange));
-    }
-
-    /// Reports the transport's link to its services (the Kafka brokers).
-    pub fn set_link(&self, link: Arc<dyn LinkHealth>) {
-        let _ = self.link.set(link);
-    }
-
-    /// Status for `graph`: each node's versions and counters, the stores; with `tails`,
-    /// sinks keep their latest messages for [`Status::tail`].
-    pub fn new(
+impl Shape {
+    /// `before`: the shape the graph had, whose vertices' status carries over by id.
+    fn new(
         graph: &Graph,
         (versions, stats): (&[Arc<NodeVersions>], &[Arc<NodeStats>]),
         stores: Stores,
-        heartbeat: Duration,
         tails: bool,
+        before: Option<&Shape>,
     ) -> Self {
-        Status {
-            graph: graph.name.clone(),
-            started: Instant::now(),
-            heartbeat,
-            phase: SharedPhase::new(Phase::Starting),
+        let kept = |id: &str, replicas: u32| {
+            let entry = before?.nodes.iter().find(|n| n.id == id)?;
+            (entry.replicas.len() == replicas as usize).then(|| entry.replicas.clone())
+        };
+        Shape {
+            graph: graph.clone(),
             nodes: graph
                 .nodes
                 .iter()
                 .zip(versions)
                 .zip(stats)
                 .map(|((n, versions), s)| {
-                    let replicas = (0..n.replicas).map(|_| Arc::new(ReplicaStatus::new())).collect();
+                    let replicas = kept(&n.id, n.replicas).unwrap_or_else(|| {
+                        (0..n.replicas).map(|_| Arc::new(ReplicaStatus::new())).collect()
+                    });
                     NodeEntry {
                         id: n.id.clone(),
                         versions: versions.clone(),
@@ -265,17 +245,23 @@ impl Status {
             sources: graph
                 .sources
                 .iter()
-                .map(|s| (s.id.clone(), Arc::default()))
+                .map(|s| {
+                    let read = before.and_then(|b| b.sources.iter().find(|(id, _)| *id == s.id));
+                    (s.id.clone(), read.map(|(_, n)| n.clone()).unwrap_or_default())
+                })
                 .collect(),
             sinks: graph
                 .sinks
                 .iter()
                 .map(|s| {
-                    let sink = SinkStatus {
-                        keep_recent: tails,
-                        ..SinkStatus::default()
-                    };
-                    (s.id.clone(), Arc::new(sink))
+                    let sink = before.and_then(|b| b.sinks.iter().find(|(id, _)| *id == s.id));
+                    let sink = sink.map(|(_, k)| k.clone()).unwrap_or_else(|| {
+                        Arc::new(SinkStatus {
+                            keep_recent: tails,
+                            ..SinkStatus::default()
+                        })
+                    });
+                    (s.id.clone(), sink)
                 })
                 .collect(),
             topics: (
@@ -297,11 +283,83 @@ impl Status {
                     .collect(),
             ),
             stores,
-            link: std::sync::OnceLock::new(),
             http: graph.sources.iter().map(|_| std::sync::OnceLock::new()).collect(),
             loops: std::sync::OnceLock::new(),
             runs: std::sync::OnceLock::new(),
         }
+    }
+}
+
+impl Status {
+    /// Reports the graph's loops (nodes by index) and their gates.
+    pub fn set_loops(&self, loops: &[Vec<usize>], gates: &[Arc<LoopGate>]) {
+        let shape = self.shape();
+        let _ = shape
+            .loops
+            .set(loops.iter().cloned().zip(gates.iter().cloned()).collect());
+    }
+
+    /// Reports the vertices this process runs (over Kafka, maybe a part of the graph).
+    pub fn set_runs(&self, graph: &Graph, here: &[crate::manifest::Vertex]) {
+        let shape = self.shape();
+        use crate::manifest::Vertex;
+        let names = here.iter().map(|&v| {
+            let kind = match v {
+                Vertex::Source(_) => "source",
+                Vertex::Node(_) => "node",
+                Vertex::Sink(_) => "sink",
+            };
+            format!("{kind}:{}", graph.id(v))
+        });
+        let _ = shape.runs.set(names.collect());
+    }
+
+    /// Reports `http` source `i`'s counters.
+    pub fn set_http(&self, i: usize, stats: Arc<HttpStats>, exchange: Arc<Exchange>) {
+        let shape = self.shape();
+        let _ = shape.http[i].set((stats, exchange));
+    }
+
+    /// Reports the transport's link to its services (the Kafka brokers).
+    pub fn set_link(&self, link: Arc<dyn LinkHealth>) {
+        let _ = self.link.set(link);
+    }
+
+    /// Status for `graph`: each node's versions and counters, the stores; with `tails`,
+    /// sinks keep their latest messages for [`Status::tail`].
+    pub fn new(
+        graph: &Graph,
+        nodes: (&[Arc<NodeVersions>], &[Arc<NodeStats>]),
+        stores: Stores,
+        heartbeat: Duration,
+        tails: bool,
+    ) -> Self {
+        Status {
+            graph: graph.name.clone(),
+            started: Instant::now(),
+            heartbeat,
+            phase: SharedPhase::new(Phase::Starting),
+            shape: RwLock::new(Arc::new(Shape::new(graph, nodes, stores, tails, None))),
+            link: std::sync::OnceLock::new(),
+            applied: Default::default(),
+        }
+    }
+
+    /// The graph runs as `graph` from now on: the vertices it keeps keep their status
+    /// (by id), its new ones start at zero.
+    pub fn reshape(&self, graph: &Graph, nodes: (&[Arc<NodeVersions>], &[Arc<NodeStats>]), stores: Stores) {
+        let mut shape = self.shape.write().unwrap_or_else(|e| e.into_inner());
+        let tails = shape.sinks.first().is_some_and(|(_, s)| s.keep_recent);
+        *shape = Arc::new(Shape::new(graph, nodes, stores, tails, Some(&shape)));
+    }
+
+    fn shape(&self) -> Arc<Shape> {
+        self.shape.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The graph as it runs now.
+    pub fn graph(&self) -> Graph {
+        self.shape().graph.clone()
     }
 
     /// How often replicas beat.
@@ -311,26 +369,31 @@ impl Status {
 
     /// Replica `r` of node `i`.
     pub fn replica(&self, i: usize, r: usize) -> Arc<ReplicaStatus> {
-        self.nodes[i].replicas[r].clone()
+        let shape = self.shape();
+        shape.nodes[i].replicas[r].clone()
     }
 
     /// The counter of messages read by source `i`.
     pub fn source(&self, i: usize) -> Arc<AtomicU64> {
-        self.sources[i].1.clone()
+        let shape = self.shape();
+        shape.sources[i].1.clone()
     }
 
     /// Sink `k`.
     pub fn sink(&self, k: usize) -> Arc<SinkStatus> {
-        self.sinks[k].1.clone()
+        let shape = self.shape();
+        shape.sinks[k].1.clone()
     }
 
     /// The versions of node `id`, to swap it.
     pub fn versions(&self, id: &str) -> Option<Arc<NodeVersions>> {
-        self.nodes.iter().find(|n| n.id == id).map(|n| n.versions.clone())
+        let shape = self.shape();
+        shape.nodes.iter().find(|n| n.id == id).map(|n| n.versions.clone())
     }
 
     /// A snapshot, as `/status` serves it.
     pub fn report(&self) -> StatusReport {
+        let shape = self.shape();
         let now = now_millis();
         let stale_after = 3 * self.heartbeat.as_millis() as i64;
         let link = self.link.get();
@@ -355,17 +418,19 @@ impl Status {
                 .copied()
                 .unwrap_or(0)
         };
-        let (source_topics, sink_topics) = &self.topics;
+        let (source_topics, sink_topics) = &shape.topics;
         StatusReport {
             graph: self.graph.clone(),
             state: self.phase.get(),
+            graph_version: self.applied.version(),
+            applied: self.applied.history(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             heartbeat_ms: self.heartbeat.as_millis() as u64,
-            sources: self
+            sources: shape
                 .sources
                 .iter()
                 .zip(source_topics)
-                .zip(&self.http)
+                .zip(&shape.http)
                 .map(|(((id, n), topic), http)| SourceReport {
                     id: id.clone(),
                     read: match topic {
@@ -390,7 +455,7 @@ impl Status {
                     }),
                 })
                 .collect(),
-            nodes: self
+            nodes: shape
                 .nodes
                 .iter()
                 .map(
@@ -437,7 +502,7 @@ impl Status {
                     },
                 )
                 .collect(),
-            sinks: self
+            sinks: shape
                 .sinks
                 .iter()
                 .zip(sink_topics)
@@ -450,7 +515,7 @@ impl Status {
                     queue_depth: s.queue.load(Ordering::Relaxed),
                 })
                 .collect(),
-            stores: self
+            stores: shape
                 .stores
                 .iter()
                 .filter(|s| s.name() != crate::state::TIMERS)
@@ -461,25 +526,25 @@ impl Status {
                     durable: s.is_durable(),
                 })
                 .collect(),
-            runs: self.runs.get().cloned().unwrap_or_default(),
-            loops: self
+            runs: shape.runs.get().cloned().unwrap_or_default(),
+            loops: shape
                 .loops
                 .get()
                 .into_iter()
                 .flatten()
                 .map(|(nodes, gate)| LoopReport {
-                    nodes: nodes.iter().map(|&i| self.nodes[i].id.clone()).collect(),
+                    nodes: nodes.iter().map(|&i| shape.nodes[i].id.clone()).collect(),
                     iteration: gate.reached(),
                     fed_back: gate.fed_back(),
                     exceeded: gate.exceeded(),
                     queued: nodes
                         .iter()
-                        .flat_map(|&i| &self.nodes[i].replicas)
+                        .flat_map(|&i| &shape.nodes[i].replicas)
                         .map(|r| r.queue.load(Ordering::Relaxed))
                         .sum(),
                     lag: nodes
                         .iter()
-                        .map(|&i| format!("node `{}`", self.nodes[i].id))
+                        .map(|&i| format!("node `{}`", shape.nodes[i].id))
                         .flat_map(|vertex| {
                             let groups = kafka.iter().flat_map(|k| &k.inputs);
                             groups.filter(move |g| g.vertex == vertex).map(|g| g.lag)
@@ -494,7 +559,8 @@ impl Status {
     /// The latest messages of sink `id` after number `after` (1-based over the run), as
     /// `(number, message as JSON)`; `None` if there is no such sink.
     pub fn tail(&self, id: &str, after: u64) -> Option<Vec<(u64, serde_json::Value)>> {
-        let (_, sink) = self.sinks.iter().find(|(s, _)| s == id)?;
+        let shape = self.shape();
+        let (_, sink) = shape.sinks.iter().find(|(s, _)| s == id)?;
         let recent = sink.recent.lock().unwrap_or_else(|e| e.into_inner());
         let last = sink.written.load(Ordering::Relaxed);
         let first = last + 1 - recent.len() as u64;
@@ -801,6 +867,10 @@ impl Status {
     }
 }
 
+fn first_version() -> u32 {
+    1
+}
+
 /// `/status`: the graph and every node replica.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -808,6 +878,12 @@ pub struct StatusReport {
     pub graph: String,
     /// The graph's phase.
     pub state: Phase,
+    /// Its version: 1 as it started, one more for each change applied (`flowhost apply`).
+    #[serde(default = "first_version")]
+    pub graph_version: u32,
+    /// The changes asked while it runs, applied or refused (the latest 64).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied: Vec<super::apply::ApplyRecord>,
     /// Since the run started.
     pub uptime_ms: u64,
     /// How often replicas beat; a replica is stale after three missed beats.

@@ -71,6 +71,16 @@ impl Version {
         &self.template.module().hash
     }
 
+    /// The module it runs.
+    pub(super) fn module(&self) -> &LoadedModule {
+        self.template.module()
+    }
+
+    /// A fresh instance of it for replica `replica`.
+    pub(super) fn instantiate_replica(&self, replica: u32) -> Result<NodeInstance, EngineError> {
+        self.template.instantiate_replica(replica)
+    }
+
     fn named(&self) -> VersionRef {
         VersionRef {
             number: self.number,
@@ -333,6 +343,46 @@ impl NodeVersions {
         let slot = &self.slots[r];
         slot.version.store(number, Ordering::Relaxed);
         slot.generation.store(generation, Ordering::Release);
+    }
+
+    /// Replica `r` takes batches (again, in a changed graph).
+    pub(super) fn resumed(&self, r: usize) {
+        self.slots[r].live.store(true, Ordering::Release);
+    }
+
+    /// The node as a changed graph makes it (`flowhost apply`: new ports, replicas, config
+    /// or module): a version from `template` with `setup`, numbered after the versions so
+    /// far and recorded with them. The versions before cannot be rolled back to: they
+    /// were made for the node as it was.
+    pub fn rebuilt(
+        &self,
+        template: Arc<NodeTemplate>,
+        setup: NodeSetup,
+        heartbeat: Duration,
+        started: Instant,
+    ) -> Arc<NodeVersions> {
+        let control = lock(&self.control);
+        let from = self.current();
+        let version = Version::new(control.numbers + 1, template, setup.clone(), None);
+        let mut record = Self::record(
+            &self.node,
+            Action::Reconfigure,
+            &from,
+            Some(version.named()),
+            Some("the graph changed".into()),
+        );
+        record.outcome = Outcome::Done;
+        record.prepare_ms = ms(started.elapsed());
+        tracing::info!("{record}");
+        let versions = NodeVersions::new(&self.engine, version.template.clone(), setup, self.trial, heartbeat);
+        *lock(&versions.current) = version.clone();
+        lock(&versions.control).numbers = version.number;
+        for slot in &versions.slots {
+            slot.version.store(version.number, Ordering::Relaxed);
+        }
+        *lock(&versions.history) = self.history();
+        versions.remember(&record);
+        versions
     }
 
     /// Replica `r` takes no more batches.

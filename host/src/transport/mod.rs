@@ -158,6 +158,28 @@ pub trait Transport: Send + Sync {
     /// Every vertex has stopped: the last step (a final checkpoint). Returns the
     /// checkpoints taken during the run.
     fn finish(&mut self, shutdown: &Shutdown) -> Result<u64, TransportError>;
+
+    /// Every vertex has stopped because the graph changes while it runs (see
+    /// `topology::apply`): instead of [`Transport::finish`], what the transport of the
+    /// changed graph goes on from.
+    fn hand_over(&mut self) -> Result<Handover, TransportError> {
+        Err(TransportError::Refused(
+            "this transport cannot change a graph while it runs".into(),
+        ))
+    }
+}
+
+/// What a transport hands on to the transport of the changed graph of a running one.
+#[derive(Default)]
+pub struct Handover {
+    /// The durable stores' log, if the graph has one, and the checkpoints taken so far.
+    pub(crate) log: Option<crate::state::durable::StateLog>,
+    pub(crate) checkpoints: u64,
+    /// Where each source stopped, by id, with what it read (as `Debug` shows its kind:
+    /// a source reading something else starts afresh).
+    pub(crate) positions: Vec<(String, String, Position)>,
+    /// Each sink's writer, by id, with where it writes (the same way).
+    pub(crate) sinks: Vec<(String, String, Arc<Mutex<SinkWriter>>)>,
 }
 
 /// The inputs of the consumers in this process, by vertex: a sender per replica of

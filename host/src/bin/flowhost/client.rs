@@ -264,3 +264,75 @@ pub fn processes_table(graph: &str, processes: &[flowhost::beacon::Heartbeat]) -
     }
     out
 }
+
+/// `flowhost apply`: asks the graph at `addr` to become what `manifest` says (checked
+/// here first, so a bad manifest is reported where it is wrong); prints the outcome;
+/// whether it was applied.
+pub fn apply(addr: &str, manifest: &std::path::Path, json: bool) -> anyhow::Result<bool> {
+    if let Err(e) = flowhost::manifest::Graph::load(manifest) {
+        eprintln!("error: the change is not applied, the graph runs on untouched:\n{e}");
+        return Ok(false);
+    }
+    let path = manifest
+        .canonicalize()
+        .with_context(|| format!("resolving {}", manifest.display()))?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(660)))
+        .build()
+        .into();
+    let mut response = agent
+        .post(format!("http://{addr}/apply"))
+        .send(path.display().to_string())
+        .with_context(|| {
+            format!("no flowhost admin endpoint at {addr} (start the graph with `flowhost run --admin`)")
+        })?;
+    let code = response.status().as_u16();
+    let body = response.body_mut().read_to_string()?;
+    if ![StatusCode::OK, StatusCode::UNPROCESSABLE_ENTITY]
+        .map(|c| c.as_u16())
+        .contains(&code)
+    {
+        anyhow::bail!("{}", body.trim_end());
+    }
+    let record: flowhost::topology::apply::ApplyRecord =
+        serde_json::from_str(&body).with_context(|| format!("{addr} did not answer with an apply record"))?;
+    let done = record.outcome == flowhost::topology::swap::Outcome::Done;
+    match (json, done) {
+        (true, _) => println!("{}", serde_json::to_string(&record)?),
+        (false, true) => println!("{record}"),
+        (false, false) => eprintln!("error: {record}"),
+    }
+    Ok(done)
+}
+
+/// Calls `changed` whenever `file` changes (once the writes of an editor settle), until
+/// the process is stopped.
+pub fn on_change(file: &std::path::Path, mut changed: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    use notify::Watcher as _;
+    let file = file.canonicalize()?;
+    let dir = file.parent().unwrap_or(std::path::Path::new("/")).to_owned();
+    let (tx, events) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(tx)?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    eprintln!("watching {} (Ctrl-C to stop)", file.display());
+    let settle = std::time::Duration::from_millis(200);
+    let mut due = None;
+    loop {
+        match events.recv_timeout(settle) {
+            Ok(Ok(event)) => {
+                let ours = event.paths.iter().any(|p| p.file_name() == file.file_name());
+                if ours && !matches!(event.kind, notify::EventKind::Access(_)) {
+                    due = Some(std::time::Instant::now() + settle);
+                }
+            }
+            Ok(Err(e)) => eprintln!("file watcher: {e}"),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        if due.is_some_and(|at| std::time::Instant::now() >= at) {
+            due = None;
+            changed()?;
+        }
+    }
+}

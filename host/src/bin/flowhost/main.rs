@@ -17,7 +17,7 @@ use flowhost::manifest::{Graph, picture};
 use flowhost::plan::Plan;
 use flowhost::shutdown::Shutdown;
 use flowhost::topology::status::Phase;
-use flowhost::topology::{RunOptions, Runner};
+use flowhost::topology::RunOptions;
 use state::Saved;
 
 #[derive(Parser)]
@@ -139,6 +139,23 @@ enum Command {
         #[arg(long, requires = "graph")]
         brokers: Option<String>,
         /// The swap's record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a running graph to what its changed manifest says, without a restart (nodes,
+    /// sources, sinks and edges added or removed, replicas, ports, config, modules, error
+    /// policies): nothing in flight is lost or repeated. Exits 1 if the change is refused
+    /// (the graph runs on untouched). In-process graphs; a Kafka graph's change is refused.
+    Apply {
+        /// The changed manifest.
+        manifest: PathBuf,
+        /// The admin endpoint of `flowhost run --admin`.
+        #[arg(long, default_value = admin::DEFAULT_ADDR)]
+        admin: String,
+        /// Keep watching the manifest: apply it again whenever it changes.
+        #[arg(long)]
+        watch: bool,
+        /// The change's record as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -404,6 +421,21 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Apply {
+            manifest,
+            admin,
+            watch,
+            json,
+        } => {
+            let mut applied = client::apply(&admin, &manifest, json)?;
+            if watch {
+                client::on_change(&manifest, || {
+                    applied = client::apply(&admin, &manifest, json)?;
+                    Ok(())
+                })?;
+            }
+            Ok(if applied { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&flowhost::manifest::schema())?);
             Ok(ExitCode::SUCCESS)
@@ -467,30 +499,29 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let plan = Plan::resolve(graph, nodes.as_deref())?;
             let _graph = tracing::info_span!("graph", graph = %plan.graph.name).entered();
-            let transport = flowhost::transport::for_plan(&plan, opts.batch_size, opts.append, opts.fresh)?;
-            let runner = Runner::start(&plan, &engine, &opts, &shutdown, transport)?;
-            // The observers: started from the running graph's status, stopped when dropped.
-            let status = runner.status();
-            let _admin = admin
-                .map(|addr| flowhost::admin::serve(addr, status.clone(), &plan.graph))
-                .transpose()?;
-            let _watch = watch
-                .then(|| {
-                    flowhost::watch::start(&manifest, &plan.graph, status.clone(), runner.stores().clone())
-                })
-                .transpose()?;
-            // Over Kafka, heartbeats on the graph's status topic (every process in one
-            // view), and the commands of the control topic.
+            // The observers: started from the running graph's status, stopped when it ends.
             let kafka = plan.graph.transport == flowhost::manifest::Transport::Kafka;
-            let _beacon = kafka
-                .then(|| flowhost::beacon::Beacon::start(&plan.graph, status.clone()))
-                .transpose()?;
-            let _control = kafka
-                .then(|| flowhost::control::Control::start(&plan.graph, status.clone()))
-                .transpose()?;
-            let progress = !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let _progress = progress.then(|| flowhost::progress::Progress::start(status.clone()));
-            let report = runner.run()?;
+            let graph = plan.graph.clone();
+            let observe = |status: &Arc<flowhost::topology::Status>, stores: &flowhost::state::Stores| {
+                let admin = admin
+                    .map(|addr| flowhost::admin::serve(addr, status.clone(), &graph))
+                    .transpose()?;
+                let watch = watch
+                    .then(|| flowhost::watch::start(&manifest, &graph, status.clone(), stores.clone()))
+                    .transpose()?;
+                // Over Kafka, heartbeats on the graph's status topic (every process in one
+                // view), and the commands of the control topic.
+                let beacon = kafka
+                    .then(|| flowhost::beacon::Beacon::start(&graph, status.clone()))
+                    .transpose()?;
+                let control = kafka
+                    .then(|| flowhost::control::Control::start(&graph, status.clone()))
+                    .transpose()?;
+                let progress = !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+                let progress = progress.then(|| flowhost::progress::Progress::start(status.clone()));
+                anyhow::Ok((admin, watch, beacon, control, progress))
+            };
+            let (report, _observers) = flowhost::topology::apply::run_live(plan, &engine, &opts, &shutdown, observe)?;
             if !cli.quiet {
                 eprint!("{report}");
             }

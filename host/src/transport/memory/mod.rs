@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use checkpoint::{Checkpointer, Gate};
 
-use super::{Feed, Local, Senders, Transport, TransportError};
+use super::{Feed, Handover, Local, Senders, Transport, TransportError};
 use crate::flow::{InFlight, Sender};
 use crate::io::sink::SinkWriter;
 use crate::manifest::{ErrorPolicy, SourceKind, Vertex};
@@ -33,6 +33,10 @@ pub struct Memory<'p> {
     resume: Option<Checkpoint>,
     gate: Option<Gate>,
     checkpointer: Mutex<Checkpointer<'p>>,
+    /// The graph before, for a graph changed while it runs: what it hands on.
+    before: Option<Handover>,
+    /// The sinks opened, by index.
+    opened: Vec<(usize, Arc<Mutex<SinkWriter>>)>,
 }
 
 impl<'p> Memory<'p> {
@@ -52,7 +56,19 @@ impl<'p> Memory<'p> {
                 taken: 0,
                 longest_pause: std::time::Duration::ZERO,
             }),
+            before: None,
+            opened: Vec::new(),
         }
+    }
+
+    /// The transport of `plan`, the changed graph of a running one, going on from what the
+    /// transport of the graph before handed on: its state log, its sources' positions and
+    /// its sinks' writers (by id, where they read and write the same).
+    pub fn after(plan: &'p Plan, append: bool, before: Handover) -> Self {
+        let mut memory = Memory::new(plan, append, false);
+        memory.checkpointer().taken = before.checkpoints;
+        memory.before = Some(before);
+        memory
     }
 
     fn checkpointer(&self) -> std::sync::MutexGuard<'_, Checkpointer<'p>> {
@@ -72,14 +88,20 @@ impl Transport for Memory<'_> {
         _: &Arc<Shutdown>,
     ) -> Result<Vec<Position>, TransportError> {
         let graph = &self.plan.graph;
-        let (log, resume) = open_state(self.plan, stores, self.fresh)?;
+        let (log, resume) = match self.before.as_mut() {
+            Some(before) => (before.log.take(), None),
+            None => open_state(self.plan, stores, self.fresh)?,
+        };
         let starts: Vec<Position> = graph
             .sources
             .iter()
             .map(|s| {
-                resume
-                    .as_ref()
-                    .and_then(|cp| cp.sources.get(&s.id).copied())
+                let before = self.before.iter().flat_map(|b| &b.positions);
+                let kept = before
+                    .clone()
+                    .find(|(id, kind, _)| *id == s.id && *kind == format!("{:?}", s.kind))
+                    .map(|(_, _, at)| *at);
+                kept.or_else(|| resume.as_ref()?.sources.get(&s.id).copied())
                     .unwrap_or_default()
             })
             .collect();
@@ -114,6 +136,15 @@ impl Transport for Memory<'_> {
 
     fn open_sink(&mut self, k: usize) -> Result<Arc<Mutex<SinkWriter>>, TransportError> {
         let spec = &self.plan.graph.sinks[k];
+        let kept = self.before.iter().flat_map(|b| &b.sinks).find(|(id, kind, _)| {
+            *id == spec.id && *kind == format!("{:?}", spec.kind)
+        });
+        if let Some((_, _, writer)) = kept {
+            let writer = writer.clone();
+            self.checkpointer().sinks.push(writer.clone());
+            self.opened.push((k, writer.clone()));
+            return Ok(writer);
+        }
         let checkpointed = self
             .resume
             .as_ref()
@@ -123,6 +154,7 @@ impl Transport for Memory<'_> {
             .map(|w| Arc::new(Mutex::new(w)))
             .map_err(|e| TransportError::setup(format!("sink `{}`", spec.id), e))?;
         self.checkpointer().sinks.push(writer.clone());
+        self.opened.push((k, writer.clone()));
         Ok(writer)
     }
 
@@ -196,6 +228,28 @@ impl Transport for Memory<'_> {
             );
         }
         Ok(checkpointer.taken)
+    }
+
+    fn hand_over(&mut self) -> Result<Handover, TransportError> {
+        let graph = &self.plan.graph;
+        let positions = graph.sources.iter().zip(self.gate().positions());
+        let mut checkpointer = self.checkpointer();
+        let handover = Handover {
+            log: checkpointer.log.take(),
+            checkpoints: checkpointer.taken,
+            positions: positions
+                .map(|(s, at)| (s.id.clone(), format!("{:?}", s.kind), at))
+                .collect(),
+            sinks: self
+                .opened
+                .iter()
+                .map(|(k, w)| {
+                    let spec = &graph.sinks[*k];
+                    (spec.id.clone(), format!("{:?}", spec.kind), w.clone())
+                })
+                .collect(),
+        };
+        Ok(handover)
     }
 }
 
