@@ -62,8 +62,15 @@ pub fn run(
         }
     };
     let mut read = |path: &Path, make: &mut dyn FnMut(Option<i64>, Bytes) -> Result<Msg, String>| {
-        let mut file = open(path)?;
-        lines(&mut file, batch_size, start, stop, false, &mut send, make).map_err(named(path))
+        let mut file = match Parked::take(&spec.id, path) {
+            Some(file) => file,
+            None => open(path)?,
+        };
+        let reached = lines(&mut file, batch_size, start, stop, false, &mut send, make);
+        if stop() {
+            Parked::keep(&spec.id, path, file);
+        }
+        reached.map_err(named(path))
     };
     match &spec.kind {
         SourceKind::File { path } => read(path, &mut text_line),
@@ -74,8 +81,16 @@ pub fn run(
             // (Counted on from `start`: what was read before a restart is gone, and the
             // runner says so; a changed graph reads on where the one before stopped.)
             let mut stdin = Stdin::take(stop);
-            lines(&mut stdin, batch_size, start, stop, true, &mut send, &mut text_line)
-                .map_err(named(Path::new("<stdin>")))
+            lines(
+                &mut stdin,
+                batch_size,
+                start,
+                stop,
+                true,
+                &mut send,
+                &mut text_line,
+            )
+            .map_err(named(Path::new("<stdin>")))
         }
         SourceKind::Jsonl {
             path,
@@ -115,6 +130,29 @@ pub fn run(
                 records: end,
             })
         }
+    }
+}
+
+/// Files sources stopped reading before their end, kept open for the changed graph of a
+/// running one (see `topology::apply`), which reads on from them: a named pipe cannot be
+/// opened again where it was, and what was read ahead stays read.
+struct Parked;
+
+static PARKED: Mutex<Vec<(String, std::path::PathBuf, BufReader<File>)>> = Mutex::new(Vec::new());
+
+impl Parked {
+    fn take(source: &str, path: &Path) -> Option<BufReader<File>> {
+        let path = &std::path::absolute(path).ok()?;
+        let mut parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
+        let at = parked.iter().position(|(s, p, _)| s == source && p == path)?;
+        Some(parked.swap_remove(at).2)
+    }
+
+    fn keep(source: &str, path: &Path, file: BufReader<File>) {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let mut parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
+        parked.retain(|(s, _, _)| s != source);
+        parked.push((source.to_owned(), path, file));
     }
 }
 
@@ -180,7 +218,7 @@ impl StdinLines {
                 self.at += take;
                 return Ok(take);
             }
-            match self.chunks.recv_timeout(Duration::from_millis(50)) {
+            match self.chunks.recv_timeout(Duration::from_millis(10)) {
                 Ok(Ok(chunk)) if !chunk.is_empty() => {
                     self.pending.drain(..self.at);
                     self.at = 0;
@@ -281,6 +319,10 @@ fn lines(
     let mut buf = Vec::new();
     loop {
         if stop() {
+            // What was read goes on: its position is counted as read.
+            if !batch.is_empty() {
+                send(std::mem::take(&mut batch), at);
+            }
             break;
         }
         buf.clear();

@@ -251,6 +251,40 @@ pub struct CheckpointSpec {
     pub interval: Duration,
 }
 
+/// `path` made absolute (against the working directory) without touching the file.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+impl SourceKind {
+    /// Whether `other` reads the same as this one (its files compared as absolute paths:
+    /// manifests read from other folders say the same files differently).
+    pub fn same_as(&self, other: &SourceKind) -> bool {
+        let placed = |k: &SourceKind| {
+            let mut k = k.clone();
+            if let SourceKind::File { path }
+            | SourceKind::Jsonl { path, .. }
+            | SourceKind::Messages { path } = &mut k
+            {
+                *path = absolute(path);
+            }
+            format!("{k:?}")
+        };
+        placed(self) == placed(other)
+    }
+}
+
+impl SinkKind {
+    /// Whether `other` writes where this one does (files compared as absolute paths).
+    pub fn same_as(&self, other: &SinkKind) -> bool {
+        let placed = |k: &SinkKind| match k {
+            SinkKind::File(path) => format!("{:?}", SinkKind::File(absolute(path))),
+            k => format!("{k:?}"),
+        };
+        placed(self) == placed(other)
+    }
+}
+
 /// A source of messages.
 #[derive(Debug, Clone)]
 pub struct SourceSpec {

@@ -28,6 +28,7 @@
 //! graph would have to stop at one cut together, see ARCHITECTURE.md).
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,7 +107,7 @@ pub struct Request {
 /// takes changes).
 #[derive(Default)]
 pub struct Applied {
-    door: Mutex<Option<Sender<Request>>>,
+    door: Mutex<Option<Sender<Box<Request>>>>,
     history: Mutex<Vec<ApplyRecord>>,
 }
 
@@ -118,11 +119,11 @@ impl Applied {
     /// Asks the running graph to become `plan`'s; waits until it has (or refused).
     pub fn apply(&self, plan: Plan) -> ApplyRecord {
         let (reply, answer) = channel();
-        let request = Request {
+        let request = Box::new(Request {
             plan,
             at_ms: now_millis(),
             reply,
-        };
+        });
         let sent = lock(&self.door).as_ref().map(|door| door.send(request));
         let why = match sent {
             None => "this run does not take changes (it is not `flowhost run`, or it has ended)",
@@ -189,13 +190,13 @@ impl Applied {
 
 /// Where a running graph takes the changes asked of it.
 pub(crate) struct Door {
-    requests: Receiver<Request>,
+    requests: Receiver<Box<Request>>,
     engine: Engine,
 }
 
 impl Door {
     /// The next change asked, if one comes within `wait`.
-    pub(super) fn next(&self, wait: Duration) -> Option<Request> {
+    pub(super) fn next(&self, wait: Duration) -> Option<Box<Request>> {
         self.requests.recv_timeout(wait).ok()
     }
 }
@@ -235,6 +236,14 @@ impl Next {
     }
 }
 
+/// A graph stopped to go on as a changed one: what it hands on, the change prepared, and
+/// per node the instances its replicas handed on.
+pub(crate) struct Changed {
+    pub carry: Carry,
+    pub next: Next,
+    pub handed: Vec<Vec<Option<Running>>>,
+}
+
 /// What a graph hands on to its changed graph besides the nodes.
 pub(crate) struct Carry {
     pub started: Instant,
@@ -248,7 +257,7 @@ pub(crate) struct Carry {
 /// Diffs the change `request` asks for against the running `plan` and prepares it; `None`
 /// if it is refused (the reason sent to whoever asked).
 pub(super) fn prepare(
-    request: Request,
+    request: Box<Request>,
     plan: &Plan,
     nodes: &Nodes,
     stores: &Stores,
@@ -258,7 +267,11 @@ pub(super) fn prepare(
     let applied = &nodes.status.applied;
     let started = Instant::now();
     let (old, new) = (&plan.graph, &request.plan.graph);
-    let changes = changes(old, new);
+    let module_of = |p: &Plan, id: &str| {
+        let i = p.graph.nodes.iter().position(|n| n.id == id)?;
+        Some(p.modules[i].hash.clone())
+    };
+    let changes = changes(old, new, |id| module_of(plan, id) == module_of(&request.plan, id));
     let refuse = |why: String| {
         let record = applied.refusal(request.at_ms, changes.clone(), why);
         let _ = request.reply.send(record);
@@ -303,7 +316,13 @@ pub(super) fn prepare(
                 .map_err(|e| format!("node `{}`: {e}", spec.id))?;
             Ok(match versions {
                 Some(v) => v.rebuilt(template, setup.clone(), opts.heartbeat, started),
-                None => NodeVersions::new(engine, template, setup.clone(), spec.auto_rollback, opts.heartbeat),
+                None => NodeVersions::new(
+                    engine,
+                    template,
+                    setup.clone(),
+                    spec.auto_rollback,
+                    opts.heartbeat,
+                ),
             })
         };
         let prepared = match before {
@@ -325,7 +344,10 @@ pub(super) fn prepare(
         let node = prepared.and_then(|(versions, stats)| {
             let instances = match hands_on {
                 true => None,
-                false => Some(fresh_instances(&versions, spec.replicas).map_err(|e| format!("node `{}`: {e}", spec.id))?),
+                false => Some(
+                    fresh_instances(&versions, spec.replicas)
+                        .map_err(|e| format!("node `{}`: {e}", spec.id))?,
+                ),
             };
             Ok(NextNode {
                 versions,
@@ -347,7 +369,11 @@ pub(super) fn prepare(
         prepare_ms: started.elapsed().as_secs_f64() * 1000.0,
         pause_ms: 0.0,
     };
-    tracing::info!("applying graph version {}: {}", record.version, record.changes.join("; "));
+    tracing::info!(
+        "applying graph version {}: {}",
+        record.version,
+        record.changes.join("; ")
+    );
     Some(Next {
         plan: request.plan,
         nodes: next_nodes,
@@ -359,7 +385,10 @@ pub(super) fn prepare(
     })
 }
 
-fn fresh_instances(versions: &NodeVersions, replicas: u32) -> Result<Vec<Running>, crate::engine::EngineError> {
+fn fresh_instances(
+    versions: &NodeVersions,
+    replicas: u32,
+) -> Result<Vec<Running>, crate::engine::EngineError> {
     let version = versions.current();
     (0..replicas)
         .map(|r| {
@@ -385,16 +414,25 @@ fn cannot_change(old: &Graph, new: &Graph, shutdown: &Shutdown) -> Option<String
         );
     }
     if old.name != new.name {
-        return Some(format!("the graph's name changed (`{}` to `{}`): restart it", old.name, new.name));
+        return Some(format!(
+            "the graph's name changed (`{}` to `{}`): restart it",
+            old.name, new.name
+        ));
     }
-    let http = |g: &Graph| g.sources.iter().find(|s| matches!(s.kind, SourceKind::Http(_))).map(|s| s.id.clone());
+    let http = |g: &Graph| {
+        g.sources
+            .iter()
+            .find(|s| matches!(s.kind, SourceKind::Http(_)))
+            .map(|s| s.id.clone())
+    };
     if let Some(id) = http(old).or_else(|| http(new)) {
         return Some(format!(
             "source `{id}` serves HTTP: a graph with an `http` source is not changed while it runs (its open requests would be cut): restart it"
         ));
     }
-    if old.is_durable() != new.is_durable() || format!("{:?}", old.checkpoint) != format!("{:?}", new.checkpoint) {
-        return Some("the graph's durable state or checkpoints changed: restart it".into());
+    let checkpoints = |g: &Graph| g.is_durable().then(|| format!("{:?}", g.checkpoint));
+    if checkpoints(old) != checkpoints(new) {
+        return Some("the graph's durable state or its checkpoints changed: restart it".into());
     }
     for store in &new.stores {
         match old.stores.iter().find(|s| s.name == store.name) {
@@ -402,7 +440,10 @@ fn cannot_change(old: &Graph, new: &Graph, shutdown: &Shutdown) -> Option<String
                 return Some(format!("store `{}` changed: restart the graph", store.name));
             }
             None if store.durability == crate::manifest::Durability::Durable => {
-                return Some(format!("store `{}` is a new durable store: restart the graph", store.name));
+                return Some(format!(
+                    "store `{}` is a new durable store: restart the graph",
+                    store.name
+                ));
             }
             _ => {}
         }
@@ -413,30 +454,59 @@ fn cannot_change(old: &Graph, new: &Graph, shutdown: &Shutdown) -> Option<String
 /// Why a file the changed graph `new` reads or writes anew cannot be opened, if one
 /// cannot (checked before the graph stops, so a typo in a path refuses the change).
 fn cannot_open(old: &Graph, new: &Graph) -> Option<String> {
-    let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
     for sink in &new.sinks {
-        let kept = old.sinks.iter().any(|o| o.id == sink.id && same(&o.kind, &sink.kind));
-        if let (false, Some(path)) = (kept, sink.file_path())
-            && let Err(e) = std::fs::OpenOptions::new().create(true).append(true).open(path)
-        {
-            return Some(format!("sink `{}`: cannot write {}: {e}", sink.id, path.display()));
+        let kept = old
+            .sinks
+            .iter()
+            .any(|o| o.id == sink.id && o.kind.same_as(&sink.kind));
+        let Some(path) = sink.file_path().filter(|_| !kept) else {
+            continue;
+        };
+        // (Without making the file: the change may yet be refused.)
+        let writable = match path.exists() {
+            true => std::fs::OpenOptions::new().append(true).open(path).map(drop),
+            false => std::fs::metadata(
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            )
+            .and_then(|m| match m.is_dir() {
+                true => Ok(()),
+                false => Err(std::io::Error::other("not in a folder")),
+            }),
+        };
+        if let Err(e) = writable {
+            return Some(format!(
+                "sink `{}`: cannot write {}: {e}",
+                sink.id,
+                path.display()
+            ));
         }
     }
     for source in &new.sources {
-        let kept = old.sources.iter().any(|o| o.id == source.id && same(&o.kind, &source.kind));
+        let kept = old
+            .sources
+            .iter()
+            .any(|o| o.id == source.id && o.kind.same_as(&source.kind));
         let path = match &source.kind {
-            SourceKind::File { path } | SourceKind::Messages { path } | SourceKind::Jsonl { path, .. } => path,
+            SourceKind::File { path } | SourceKind::Messages { path } | SourceKind::Jsonl { path, .. } => {
+                path
+            }
             _ => continue,
         };
         if let (false, Err(e)) = (kept, std::fs::File::open(path)) {
-            return Some(format!("source `{}`: cannot read {}: {e}", source.id, path.display()));
+            return Some(format!(
+                "source `{}`: cannot read {}: {e}",
+                source.id,
+                path.display()
+            ));
         }
     }
     None
 }
 
 /// What changes from `old` to `new`, one line each (none: nothing).
-fn changes(old: &Graph, new: &Graph) -> Vec<String> {
+fn changes(old: &Graph, new: &Graph, same_module: impl Fn(&str) -> bool) -> Vec<String> {
     let mut lines = Vec::new();
     let vertices = |g: &Graph| -> BTreeSet<String> {
         let nodes = g.nodes.iter().map(|n| format!("node `{}`", n.id));
@@ -455,7 +525,7 @@ fn changes(old: &Graph, new: &Graph) -> Vec<String> {
         if o.replicas != n.replicas {
             what.push(format!("replicas {} -> {}", o.replicas, n.replicas));
         }
-        if o.module != n.module || o.sha256 != n.sha256 {
+        if !same_module(&n.id) {
             what.push("module".into());
         }
         if crate::watch::setup_changed(o, n) {
@@ -474,18 +544,26 @@ fn changes(old: &Graph, new: &Graph) -> Vec<String> {
     let kinds = |a: &Graph, b: &Graph| {
         let sources = b.sources.iter().filter_map(|s| {
             let o = a.sources.iter().find(|o| o.id == s.id)?;
-            (format!("{:?}", o.kind) != format!("{:?}", s.kind)).then(|| format!("source `{}` reads elsewhere", s.id))
+            (!o.kind.same_as(&s.kind)).then(|| format!("source `{}` reads elsewhere", s.id))
         });
         let sinks = b.sinks.iter().filter_map(|s| {
             let o = a.sinks.iter().find(|o| o.id == s.id)?;
-            (format!("{:?}", o.kind) != format!("{:?}", s.kind)).then(|| format!("sink `{}` writes elsewhere", s.id))
+            (!o.kind.same_as(&s.kind)).then(|| format!("sink `{}` writes elsewhere", s.id))
         });
         sources.chain(sinks).collect::<Vec<_>>()
     };
     lines.extend(kinds(old, new));
     let (edges_before, edges_after) = (edges(old), edges(new));
-    lines.extend(edges_after.difference(&edges_before).map(|e| format!("edge {e} added")));
-    lines.extend(edges_before.difference(&edges_after).map(|e| format!("edge {e} removed")));
+    lines.extend(
+        edges_after
+            .difference(&edges_before)
+            .map(|e| format!("edge {e} added")),
+    );
+    lines.extend(
+        edges_before
+            .difference(&edges_after)
+            .map(|e| format!("edge {e} removed")),
+    );
     lines
 }
 
@@ -539,7 +617,11 @@ pub fn run_live<O, E: From<RunError>>(
             }
             Ok(Ended::Changed(changed)) => changed,
         };
-        let (mut carry, next, mut handed) = *changed;
+        let Changed {
+            mut carry,
+            next,
+            mut handed,
+        } = *changed;
         let Next {
             plan: next_plan,
             mut nodes,
@@ -558,11 +640,20 @@ pub fn run_live<O, E: From<RunError>>(
         carry.stores = stores;
         let handover = std::mem::take(&mut carry.handover);
         plan = next_plan;
-        let transport = Box::new(crate::transport::memory::Memory::after(&plan, opts.append, handover));
-        let runner = match Runner::start_with(&plan, engine, opts, shutdown, transport, Some((carry, nodes))) {
+        let transport = Box::new(crate::transport::memory::Memory::after(
+            &plan,
+            opts.append,
+            handover,
+        ));
+        let runner = match Runner::start_with(&plan, engine, opts, shutdown, transport, Some((carry, nodes)))
+        {
             Ok(runner) => runner,
             Err(e) => {
-                let _ = reply.send(status.applied.refusal(record.at_ms, record.changes, e.to_string()));
+                let _ = reply.send(
+                    status
+                        .applied
+                        .refusal(record.at_ms, record.changes, e.to_string()),
+                );
                 status.applied.close();
                 return Err(e.into());
             }

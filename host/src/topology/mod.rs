@@ -565,7 +565,7 @@ pub(crate) enum Ended {
     Done(RunReport),
     /// It stopped to go on as the changed graph `next` prepared (see [`apply`]); what it
     /// hands on, and per node of it the instances its replicas handed on.
-    Changed(Box<(apply::Carry, apply::Next, Vec<Vec<Option<Running>>>)>),
+    Changed(Box<apply::Changed>),
 }
 
 impl<'a> Runner<'a> {
@@ -980,7 +980,8 @@ impl<'a> Runner<'a> {
                 let Some(request) = door.next(Duration::from_millis(20)) else {
                     continue;
                 };
-                if let Some(prepared) = apply::prepare(request, plan, &nodes, &stores, opts, (shutdown, door)) {
+                if let Some(prepared) = apply::prepare(request, plan, &nodes, &stores, opts, (shutdown, door))
+                {
                     for (i, pause) in nodes.pauses.iter().enumerate() {
                         pause.set(prepared.keeps(i));
                     }
@@ -1014,9 +1015,10 @@ impl<'a> Runner<'a> {
         let (sources, sinks) = (totals(&before.0, sources), totals(&before.1, sinks));
         if let Some(next) = next {
             match shutdown.failure() {
-                Some(failure) => {
-                    next.refuse(&nodes.status.applied, format!("the graph failed while changing: {failure}"))
-                }
+                Some(failure) => next.refuse(
+                    &nodes.status.applied,
+                    format!("the graph failed while changing: {failure}"),
+                ),
                 None => {
                     let carry = apply::Carry {
                         started,
@@ -1025,7 +1027,7 @@ impl<'a> Runner<'a> {
                         counts: (sources, sinks),
                         handover: transport.hand_over()?,
                     };
-                    return Ok(Ended::Changed(Box::new((carry, next, handed))));
+                    return Ok(Ended::Changed(Box::new(apply::Changed { carry, next, handed })));
                 }
             }
         }

@@ -231,9 +231,8 @@ impl Shape {
                 .zip(versions)
                 .zip(stats)
                 .map(|((n, versions), s)| {
-                    let replicas = kept(&n.id, n.replicas).unwrap_or_else(|| {
-                        (0..n.replicas).map(|_| Arc::new(ReplicaStatus::new())).collect()
-                    });
+                    let replicas = kept(&n.id, n.replicas)
+                        .unwrap_or_else(|| (0..n.replicas).map(|_| Arc::new(ReplicaStatus::new())).collect());
                     NodeEntry {
                         id: n.id.clone(),
                         versions: versions.clone(),
@@ -388,7 +387,11 @@ impl Status {
     /// The versions of node `id`, to swap it.
     pub fn versions(&self, id: &str) -> Option<Arc<NodeVersions>> {
         let shape = self.shape();
-        shape.nodes.iter().find(|n| n.id == id).map(|n| n.versions.clone())
+        shape
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.versions.clone())
     }
 
     /// A snapshot, as `/status` serves it.

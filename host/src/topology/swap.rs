@@ -374,7 +374,13 @@ impl NodeVersions {
         record.outcome = Outcome::Done;
         record.prepare_ms = ms(started.elapsed());
         tracing::info!("{record}");
-        let versions = NodeVersions::new(&self.engine, version.template.clone(), setup, self.trial, heartbeat);
+        let versions = NodeVersions::new(
+            &self.engine,
+            version.template.clone(),
+            setup,
+            self.trial,
+            heartbeat,
+        );
         *lock(&versions.current) = version.clone();
         lock(&versions.control).numbers = version.number;
         for slot in &versions.slots {

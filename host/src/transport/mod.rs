@@ -175,11 +175,12 @@ pub struct Handover {
     /// The durable stores' log, if the graph has one, and the checkpoints taken so far.
     pub(crate) log: Option<crate::state::durable::StateLog>,
     pub(crate) checkpoints: u64,
-    /// Where each source stopped, by id, with what it read (as `Debug` shows its kind:
-    /// a source reading something else starts afresh).
-    pub(crate) positions: Vec<(String, String, Position)>,
-    /// Each sink's writer, by id, with where it writes (the same way).
-    pub(crate) sinks: Vec<(String, String, Arc<Mutex<SinkWriter>>)>,
+    /// Where each source stopped (a source of the changed graph with its id that reads
+    /// the same goes on from there).
+    pub(crate) positions: Vec<(crate::manifest::SourceSpec, Position)>,
+    /// Each sink's writer (a sink of the changed graph with its id that writes the same
+    /// goes on writing with it).
+    pub(crate) sinks: Vec<(crate::manifest::SinkSpec, Arc<Mutex<SinkWriter>>)>,
 }
 
 /// The inputs of the consumers in this process, by vertex: a sender per replica of

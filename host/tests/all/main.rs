@@ -4,6 +4,7 @@
 
 mod admin;
 mod api;
+mod apply;
 mod cli;
 mod common;
 mod durability;

@@ -308,7 +308,10 @@ pub fn apply(addr: &str, manifest: &std::path::Path, json: bool) -> anyhow::Resu
 
 /// Calls `changed` whenever `file` changes (once the writes of an editor settle), until
 /// the process is stopped.
-pub fn on_change(file: &std::path::Path, mut changed: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
+pub fn on_change(
+    file: &std::path::Path,
+    mut changed: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     use notify::Watcher as _;
     let file = file.canonicalize()?;
     let dir = file.parent().unwrap_or(std::path::Path::new("/")).to_owned();

@@ -16,8 +16,8 @@ use flowhost::engine::{Engine, EngineConfig};
 use flowhost::manifest::{Graph, picture};
 use flowhost::plan::Plan;
 use flowhost::shutdown::Shutdown;
-use flowhost::topology::status::Phase;
 use flowhost::topology::RunOptions;
+use flowhost::topology::status::Phase;
 use state::Saved;
 
 #[derive(Parser)]
@@ -434,7 +434,11 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(())
                 })?;
             }
-            Ok(if applied { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if applied {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&flowhost::manifest::schema())?);
@@ -521,7 +525,8 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 let progress = progress.then(|| flowhost::progress::Progress::start(status.clone()));
                 anyhow::Ok((admin, watch, beacon, control, progress))
             };
-            let (report, _observers) = flowhost::topology::apply::run_live(plan, &engine, &opts, &shutdown, observe)?;
+            let (report, _observers) =
+                flowhost::topology::apply::run_live(plan, &engine, &opts, &shutdown, observe)?;
             if !cli.quiet {
                 eprint!("{report}");
             }

@@ -99,8 +99,8 @@ impl Transport for Memory<'_> {
                 let before = self.before.iter().flat_map(|b| &b.positions);
                 let kept = before
                     .clone()
-                    .find(|(id, kind, _)| *id == s.id && *kind == format!("{:?}", s.kind))
-                    .map(|(_, _, at)| *at);
+                    .find(|(b, _)| b.id == s.id && b.kind.same_as(&s.kind))
+                    .map(|(_, at)| *at);
                 kept.or_else(|| resume.as_ref()?.sources.get(&s.id).copied())
                     .unwrap_or_default()
             })
@@ -136,10 +136,9 @@ impl Transport for Memory<'_> {
 
     fn open_sink(&mut self, k: usize) -> Result<Arc<Mutex<SinkWriter>>, TransportError> {
         let spec = &self.plan.graph.sinks[k];
-        let kept = self.before.iter().flat_map(|b| &b.sinks).find(|(id, kind, _)| {
-            *id == spec.id && *kind == format!("{:?}", spec.kind)
-        });
-        if let Some((_, _, writer)) = kept {
+        let mut before = self.before.iter().flat_map(|b| &b.sinks);
+        let kept = before.find(|(b, _)| b.id == spec.id && b.kind.same_as(&spec.kind));
+        if let Some((_, writer)) = kept {
             let writer = writer.clone();
             self.checkpointer().sinks.push(writer.clone());
             self.opened.push((k, writer.clone()));
@@ -237,16 +236,11 @@ impl Transport for Memory<'_> {
         let handover = Handover {
             log: checkpointer.log.take(),
             checkpoints: checkpointer.taken,
-            positions: positions
-                .map(|(s, at)| (s.id.clone(), format!("{:?}", s.kind), at))
-                .collect(),
+            positions: positions.map(|(s, at)| (s.clone(), at)).collect(),
             sinks: self
                 .opened
                 .iter()
-                .map(|(k, w)| {
-                    let spec = &graph.sinks[*k];
-                    (spec.id.clone(), format!("{:?}", spec.kind), w.clone())
-                })
+                .map(|(k, w)| (graph.sinks[*k].clone(), w.clone()))
                 .collect(),
         };
         Ok(handover)

@@ -1,0 +1,428 @@
+//! Live graph changes through the binary: `flowhost apply` against a running graph under
+//! a stream — a branch added and removed, replicas 1 → 3 → 2 on a key-hash edge, changes
+//! refused with the graph untouched, and `apply --watch`.
+//!
+//! The `stamp` fixture writes `<version> r<replica> b<batch> c<count> <payload>`: the
+//! batch number counts its instance's `process` calls, so an instance handed on to the
+//! changed graph goes on counting, and a new one starts at 1.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Running, bin, text};
+use flowhost::topology::swap::Outcome;
+
+fn module(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../functions")
+        .join(name);
+    flowhost::plan::build_crate(&dir).unwrap()
+}
+
+fn apply(run: &Running, dir: &Path, manifest: &str) -> Output {
+    bin()
+        .arg("apply")
+        .arg(dir.join(manifest))
+        .args(["--admin", &run.addr])
+        .output()
+        .unwrap()
+}
+
+/// Streams `m<n>` lines (or what `line` makes of `n`) into `out` at a steady pace, up to
+/// what `allowed` allows, `total` in all; then closes it.
+fn stream(
+    mut out: impl Write + Send + 'static,
+    total: usize,
+    allowed: Arc<AtomicUsize>,
+    line: fn(usize) -> String,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut next = 0;
+        while next < total {
+            let until = allowed.load(Ordering::Acquire).min(next + 100).min(total);
+            if until == next {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            let chunk: String = (next..until).map(line).collect();
+            out.write_all(chunk.as_bytes()).unwrap();
+            out.flush().unwrap();
+            next = until;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+}
+
+/// One line the `stamp` fixture wrote: replica, batch, payload.
+fn stamped(line: &str) -> (u32, u64, String) {
+    let mut parts = line.splitn(5, ' ');
+    let mut field = |prefix: &str| {
+        let part = parts.next().unwrap_or_else(|| panic!("short line {line:?}"));
+        part.strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("{line:?}"))
+            .to_owned()
+    };
+    let (_, replica, batch, _) = (field("v"), field("r"), field("b"), field("c"));
+    let payload = parts.next().unwrap().to_owned();
+    (replica.parse().unwrap(), batch.parse().unwrap(), payload)
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// stdin → stamp (1 replica) → out.txt; with `tap`, also stdin → tap (passthrough) →
+/// tapped.txt.
+fn branch_graph(dir: &Path, name: &str, tap: bool) {
+    let (stamp, pass) = (module("stamp"), module("passthrough"));
+    let mut manifest = format!(
+        r#"name = "live"
+[sources.in]
+kind = "stdin"
+[nodes.stamp]
+module = "{}"
+[sinks.out]
+kind = "file"
+path = "out.txt"
+[[edges]]
+from = "in"
+to = "stamp"
+[[edges]]
+from = "stamp"
+to = "out"
+"#,
+        stamp.display()
+    );
+    if tap {
+        manifest += &format!(
+            r#"[nodes.tap]
+module = "{}"
+[sinks.tapped]
+kind = "file"
+path = "tapped.txt"
+[[edges]]
+from = "in"
+to = "tap"
+[[edges]]
+from = "tap"
+to = "tapped"
+"#,
+            pass.display()
+        );
+    }
+    std::fs::write(dir.join(name), manifest).unwrap();
+}
+
+#[test]
+fn a_branch_added_mid_stream_starts_its_output_and_removed_drains_while_the_rest_goes_on_exactly_once() {
+    const MESSAGES: usize = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    branch_graph(dir.path(), "graph.toml", false);
+    branch_graph(dir.path(), "tapped.toml", true);
+    let mut run = Running::start(dir.path(), &["--batch-size", "64"]);
+    let third = MESSAGES / 3;
+    let allowed = Arc::new(AtomicUsize::new(third + third / 2));
+    let writer = stream(run.stdin.take().unwrap(), MESSAGES, allowed.clone(), |n| {
+        format!("m{n:06}\n")
+    });
+
+    // Mid-stream (half a third still to be written): the branch is added…
+    run.wait_for("a third written", |s| s.sinks[0].written as usize >= third);
+    let added = apply(&run, dir.path(), "tapped.toml");
+    assert!(added.status.success(), "{}", text(&added));
+    let said = text(&added);
+    assert!(said.contains("graph version 2 applied"), "{said}");
+    for change in ["node `tap` added", "sink `tapped` added", "edge in -> tap.in"] {
+        assert!(said.contains(change), "{change}: {said}");
+    }
+    allowed.store(2 * third + third / 2, Ordering::Release);
+    // …and removed again, with the stream still flowing.
+    run.wait_for("two thirds written", |s| s.sinks[0].written as usize >= 2 * third);
+    let removed = apply(&run, dir.path(), "graph.toml");
+    assert!(removed.status.success(), "{}", text(&removed));
+    assert!(
+        text(&removed).contains("node `tap` removed"),
+        "{}",
+        text(&removed)
+    );
+    allowed.store(MESSAGES, Ordering::Release);
+    writer.join().unwrap();
+
+    let status = run.wait_for("everything through", |s| s.sinks[0].written as usize == MESSAGES);
+    assert_eq!(status.graph_version, 3);
+    let versions: Vec<(u32, Outcome)> = status.applied.iter().map(|r| (r.version, r.outcome)).collect();
+    assert_eq!(versions, [(2, Outcome::Done), (3, Outcome::Done)]);
+    // The counters of the node kept went on across both changes.
+    assert_eq!(status.nodes.len(), 1);
+    assert_eq!(status.nodes[0].counts.received as usize, MESSAGES);
+    assert!(run.finish().success());
+
+    // The graph kept: every input once, in order, by one instance that went on through
+    // both changes (its batches numbered 1, 2, 3, … with none starting again).
+    let out = lines(&dir.path().join("out.txt"));
+    assert_eq!(out.len(), MESSAGES, "{:?}", &out[..3]);
+    let mut batch = 0;
+    for (n, line) in out.iter().enumerate() {
+        let (replica, b, payload) = stamped(line);
+        assert_eq!((replica, payload.as_str()), (0, format!("m{n:06}").as_str()));
+        assert!(b == batch || b == batch + 1, "line {n}: batch {b} after {batch}");
+        batch = b;
+    }
+    // The branch: what the source read while it was there, every message once, in order,
+    // from the first batch after it was added to the last before it was removed.
+    let tapped = lines(&dir.path().join("tapped.txt"));
+    let first: usize = tapped.first().expect("the branch wrote")[1..].parse().unwrap();
+    assert!(first >= third, "the branch started mid-stream, at {first}");
+    for (k, line) in tapped.iter().enumerate() {
+        assert_eq!(line, &format!("m{:06}", first + k), "tapped.txt line {k}");
+    }
+    let last = first + tapped.len();
+    assert!(last >= 2 * third && last < MESSAGES, "the branch ended at {last}");
+}
+
+/// A FIFO the graph reads JSON lines from: `{"k":"k<n % 13>","n":<n>}`, keyed by `k`.
+fn keyed_graph(dir: &Path, name: &str, replicas: u32) {
+    let stamp = module("stamp");
+    let manifest = format!(
+        r#"name = "keyed"
+[sources.in]
+kind = "jsonl"
+path = "in.fifo"
+key_field = "k"
+[nodes.stamp]
+module = "{}"
+replicas = {replicas}
+[sinks.out]
+kind = "file"
+path = "out.txt"
+[[edges]]
+from = "in"
+to = "stamp"
+connection = "key-hash"
+[[edges]]
+from = "stamp"
+to = "out"
+"#,
+        stamp.display()
+    );
+    std::fs::write(dir.join(name), manifest).unwrap();
+}
+
+#[test]
+fn replicas_go_from_1_to_3_to_2_on_a_key_hash_edge_and_each_key_keeps_its_order() {
+    const MESSAGES: usize = 45_000;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("in.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for (name, replicas) in [("graph.toml", 1), ("three.toml", 3), ("two.toml", 2)] {
+        keyed_graph(dir.path(), name, replicas);
+    }
+    let run = Running::start(dir.path(), &["--batch-size", "64"]);
+    let third = MESSAGES / 3;
+    let allowed = Arc::new(AtomicUsize::new(third + third / 2));
+    let pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let writer = stream(pipe, MESSAGES, allowed.clone(), |n| {
+        format!("{{\"k\":\"k{}\",\"n\":{n}}}\n", n % 13)
+    });
+    for (k, manifest) in ["three.toml", "two.toml"].iter().enumerate() {
+        let reached = (k + 1) * third;
+        run.wait_for("the third written", |s| s.sinks[0].written as usize >= reached);
+        let out = apply(&run, dir.path(), manifest);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("node `stamp`: replicas"), "{}", text(&out));
+        allowed.store((reached + third + third / 2).min(MESSAGES), Ordering::Release);
+    }
+    allowed.store(MESSAGES, Ordering::Release);
+    writer.join().unwrap();
+    let status = run.wait_for("everything through", |s| s.sinks[0].written as usize == MESSAGES);
+    assert_eq!(status.graph_version, 3);
+    assert_eq!(status.nodes[0].replicas.len(), 2);
+    assert!(run.finish().success());
+
+    // Every message once.
+    let out: Vec<(u32, u64, serde_json::Value)> = lines(&dir.path().join("out.txt"))
+        .iter()
+        .map(|l| {
+            let (r, b, payload) = stamped(l);
+            (r, b, serde_json::from_str(&payload).unwrap())
+        })
+        .collect();
+    let mut seen: Vec<u64> = out.iter().map(|(_, _, m)| m["n"].as_u64().unwrap()).collect();
+    seen.sort_unstable();
+    assert!(seen.iter().copied().eq(0..MESSAGES as u64), "every message once");
+    // The three graphs one after the other in the output: one replica, then three, then
+    // two. A graph's first line is the first whose replica has a lower batch number than
+    // it had (a new instance counts from 1 again), or the first of another replica than
+    // the one the first graph ran.
+    let generation: Vec<usize> = {
+        let mut g = 0;
+        let mut last: BTreeMap<u32, u64> = BTreeMap::new();
+        out.iter()
+            .map(|(r, b, _)| {
+                if last.get(r).is_some_and(|before| b < before) || (g == 0 && *r != 0) {
+                    g += 1;
+                    last.clear();
+                }
+                last.insert(*r, *b);
+                g
+            })
+            .collect()
+    };
+    let replicas_of = |g: usize| -> std::collections::BTreeSet<u32> {
+        out.iter()
+            .zip(&generation)
+            .filter(|(_, x)| **x == g)
+            .map(|((r, _, _), _)| *r)
+            .collect()
+    };
+    assert_eq!(generation.last(), Some(&2), "three graphs");
+    assert_eq!(replicas_of(0), [0].into());
+    assert_eq!(replicas_of(1), [0, 1, 2].into());
+    assert_eq!(replicas_of(2), [0, 1].into());
+    // Per key: in order, and in each graph at one replica only.
+    let mut per_key: BTreeMap<String, Vec<(usize, u32, u64)>> = BTreeMap::new();
+    for ((r, _, m), g) in out.iter().zip(&generation) {
+        let key = m["k"].as_str().unwrap().to_owned();
+        per_key
+            .entry(key)
+            .or_default()
+            .push((*g, *r, m["n"].as_u64().unwrap()));
+    }
+    assert_eq!(per_key.len(), 13);
+    for (key, seen) in &per_key {
+        assert!(seen.windows(2).all(|w| w[0].2 < w[1].2), "key {key} reordered");
+        assert!(
+            seen.windows(2).all(|w| w[0].0 <= w[1].0),
+            "key {key} went back a graph"
+        );
+        for g in 0..3 {
+            let at: std::collections::BTreeSet<u32> = seen.iter().filter(|s| s.0 == g).map(|s| s.1).collect();
+            assert!(at.len() <= 1, "key {key} at replicas {at:?} in graph {g}");
+        }
+    }
+}
+
+#[test]
+fn a_refused_change_leaves_the_graph_running_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    branch_graph(d, "graph.toml", false);
+    let mut run = Running::start(d, &["--batch-size", "64"]);
+    let stdin = run.stdin.as_mut().unwrap();
+    stdin.write_all(b"a\nb\n").unwrap();
+    stdin.flush().unwrap();
+    run.wait_for("two through", |s| s.sinks[0].written == 2);
+
+    // Invalid: named where it is wrong, and nothing asked of the graph.
+    std::fs::write(
+        d.join("broken.toml"),
+        "name = \"live\"\n[nodes.x]\nreplicas = \"two\"\n",
+    )
+    .unwrap();
+    let out = apply(&run, d, "broken.toml");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("broken.toml:3:"), "{}", text(&out));
+    // A module that is no module: refused before anything stops, naming the node.
+    branch_graph(d, "bad-module.toml", true);
+    std::fs::write(d.join("junk.wasm"), b"not wasm").unwrap();
+    let manifest = std::fs::read_to_string(d.join("bad-module.toml")).unwrap();
+    let pass = module("passthrough").display().to_string();
+    let junk = d.join("junk.wasm").display().to_string();
+    std::fs::write(d.join("bad-module.toml"), manifest.replace(&pass, &junk)).unwrap();
+    let out = apply(&run, d, "bad-module.toml");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("change refused, version 1 keeps running: node `tap`"),
+        "{}",
+        text(&out)
+    );
+    // A sink that cannot be written: refused, not found out once the graph has stopped.
+    branch_graph(d, "bad-sink.toml", true);
+    let manifest = std::fs::read_to_string(d.join("bad-sink.toml")).unwrap();
+    std::fs::write(
+        d.join("bad-sink.toml"),
+        manifest.replace("tapped.txt", "no/such/dir/t.txt"),
+    )
+    .unwrap();
+    let out = apply(&run, d, "bad-sink.toml");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("sink `tapped`: cannot write"),
+        "{}",
+        text(&out)
+    );
+    // What cannot change live: said why.
+    let manifest = std::fs::read_to_string(d.join("graph.toml")).unwrap();
+    std::fs::write(
+        d.join("renamed.toml"),
+        manifest.replace("name = \"live\"", "name = \"other\""),
+    )
+    .unwrap();
+    let out = apply(&run, d, "renamed.toml");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("the graph's name changed"), "{}", text(&out));
+
+    // The graph as it was: version 1, the refusals listed, the same instance going on.
+    let status = run.status();
+    assert_eq!(status.graph_version, 1);
+    let refused: Vec<Outcome> = status.applied.iter().map(|r| r.outcome).collect();
+    // (The invalid manifest was refused by `flowhost apply` itself: never asked.)
+    assert_eq!(refused, [Outcome::Refused; 3]);
+    assert!(
+        status.applied[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("node `tap`")
+    );
+    let stdin = run.stdin.as_mut().unwrap();
+    stdin.write_all(b"c\n").unwrap();
+    stdin.flush().unwrap();
+    run.wait_for("the third through", |s| s.sinks[0].written == 3);
+    drop(run.stdin.take());
+    assert!(run.finish().success());
+    let out: Vec<(u32, u64, String)> = lines(&d.join("out.txt")).iter().map(|l| stamped(l)).collect();
+    let payloads: Vec<&str> = out.iter().map(|(_, _, p)| p.as_str()).collect();
+    assert_eq!(payloads, ["a", "b", "c"]);
+    assert!(out[2].1 >= 2, "the instance went on: {out:?}");
+    assert!(!d.join("tapped.txt").exists());
+}
+
+#[test]
+fn apply_watch_applies_the_manifest_whenever_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    branch_graph(d, "graph.toml", false);
+    let mut run = Running::start(d, &[]);
+    let mut watcher = bin()
+        .args(["apply", "graph.toml", "--watch", "--admin", &run.addr])
+        .current_dir(d)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first apply finds nothing to change; then the file changes under it.
+    std::thread::sleep(Duration::from_secs(1));
+    branch_graph(d, "graph.toml", true);
+    let status = run.wait_for("the change applied", |s| s.graph_version == 2);
+    assert_eq!(status.nodes.len(), 2);
+    let stdin = run.stdin.as_mut().unwrap();
+    stdin.write_all(b"x\n").unwrap();
+    drop(run.stdin.take());
+    assert!(run.finish().success());
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert_eq!(lines(&d.join("tapped.txt")), ["x"]);
+}
