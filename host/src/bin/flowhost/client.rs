@@ -273,6 +273,21 @@ pub fn apply(addr: &str, manifest: &std::path::Path, json: bool) -> anyhow::Resu
         eprintln!("error: the change is not applied, the graph runs on untouched:\n{e}");
         return Ok(false);
     }
+    let record = request_apply(addr, manifest)?;
+    let done = record.outcome == flowhost::topology::swap::Outcome::Done;
+    match (json, done) {
+        (true, _) => println!("{}", serde_json::to_string(&record)?),
+        (false, true) => println!("{record}"),
+        (false, false) => eprintln!("error: {record}"),
+    }
+    Ok(done)
+}
+
+/// Asks the graph at `addr` to become what `manifest` says (`POST /apply`); its record.
+pub fn request_apply(
+    addr: &str,
+    manifest: &std::path::Path,
+) -> anyhow::Result<flowhost::topology::apply::ApplyRecord> {
     let path = manifest
         .canonicalize()
         .with_context(|| format!("resolving {}", manifest.display()))?;
@@ -295,15 +310,7 @@ pub fn apply(addr: &str, manifest: &std::path::Path, json: bool) -> anyhow::Resu
     {
         anyhow::bail!("{}", body.trim_end());
     }
-    let record: flowhost::topology::apply::ApplyRecord =
-        serde_json::from_str(&body).with_context(|| format!("{addr} did not answer with an apply record"))?;
-    let done = record.outcome == flowhost::topology::swap::Outcome::Done;
-    match (json, done) {
-        (true, _) => println!("{}", serde_json::to_string(&record)?),
-        (false, true) => println!("{record}"),
-        (false, false) => eprintln!("error: {record}"),
-    }
-    Ok(done)
+    serde_json::from_str(&body).with_context(|| format!("{addr} did not answer with an apply record"))
 }
 
 /// Calls `changed` whenever `file` changes (once the writes of an editor settle), until

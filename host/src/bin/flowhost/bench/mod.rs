@@ -14,6 +14,7 @@
 //! | start-up | `flowhost run` of a 10-node graph to its first output, cold and warm cache | — |
 //! | memory | peak RSS of a 10-node graph whose sink has stalled, over time | — |
 //! | swap | output gaps of a running graph while its node is hot-swapped | gaps while no swap runs |
+//! | apply | output gaps of a running graph while a branch is added to it or removed (`flowhost apply`) | gaps while no change runs |
 //! | kafka | topic → wasm passthrough → topic over the Kafka transport (`--brokers`) | a raw rdkafka consume → produce loop, same broker |
 
 mod aggregate;
@@ -59,7 +60,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "functions")]
     pub functions: PathBuf,
     /// Run only these workloads (comma-separated: boundary, passthrough, state, wordcount,
-    /// aggregation, poison, api, loops, start-up, memory, swap, kafka).
+    /// aggregation, poison, api, loops, start-up, memory, swap, apply, kafka).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Kafka brokers for the kafka workload (e.g. from `scripts/kafka start`); without
@@ -314,6 +315,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     step("start-up", &|| process::startup(&fx))?;
     step("memory", &|| process::memory(&fx, if args.quick { 1 } else { 3 }))?;
     step("swap", &|| swap::run(&fx, if args.quick { 4 } else { 20 }))?;
+    step("apply", &|| swap::apply(&fx, if args.quick { 4 } else { 20 }))?;
     step("kafka", &|| match &args.brokers {
         Some(brokers) => kafka::run(&fx, brokers, if args.quick { 20_000 } else { 300_000 }),
         None => {
