@@ -430,7 +430,10 @@ fn cannot_change(old: &Graph, new: &Graph, shutdown: &Shutdown) -> Option<String
             "source `{id}` serves HTTP: a graph with an `http` source is not changed while it runs (its open requests would be cut): restart it"
         ));
     }
-    let checkpoints = |g: &Graph| g.is_durable().then(|| format!("{:?}", g.checkpoint));
+    let checkpoints = |g: &Graph| {
+        let dir = std::path::absolute(&g.checkpoint.dir).unwrap_or_else(|_| g.checkpoint.dir.clone());
+        g.is_durable().then_some((dir, g.checkpoint.interval))
+    };
     if checkpoints(old) != checkpoints(new) {
         return Some("the graph's durable state or its checkpoints changed: restart it".into());
     }
@@ -663,5 +666,95 @@ pub fn run_live<O, E: From<RunError>>(
         status.applied.remember(&record);
         let _ = reply.send(record);
         ended = runner.run_until_changed(Some(&door));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// in → a → out, and what `more` adds, in a folder with a module file.
+    fn graph(dir: &Path, more: &str) -> Graph {
+        std::fs::write(dir.join("m.wasm"), b"").unwrap();
+        let text = format!(
+            r#"name = "g"
+[sources.in]
+kind = "stdin"
+[nodes.a]
+module = "m.wasm"
+[sinks.out]
+kind = "stdout"
+[[edges]]
+from = "in"
+to = "a"
+[[edges]]
+from = "a"
+to = "out"
+{more}"#
+        );
+        Graph::parse(&dir.join("graph.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn changes_name_what_was_added_removed_and_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = graph(dir.path(), "");
+        let new = graph(
+            dir.path(),
+            "[nodes.b]\nmodule = \"m.wasm\"\n[[edges]]\nfrom = \"in\"\nto = \"b\"\n[[edges]]\nfrom = \"b\"\nto = \"out\"\n",
+        );
+        let same = |_: &str| true;
+        assert_eq!(
+            changes(&old, &new, same),
+            [
+                "node `b` added",
+                "edge b.out -> out (RoundRobin) added",
+                "edge in -> b.in (RoundRobin) added"
+            ]
+        );
+        assert_eq!(changes(&new, &old, same)[0], "node `b` removed");
+        assert!(changes(&old, &old, same).is_empty());
+        let replicated = changed(&old, |g| g.nodes[0].replicas = 3);
+        assert_eq!(changes(&old, &replicated, same), ["node `a`: replicas 1 -> 3"]);
+        assert_eq!(changes(&old, &old, |_| false), ["node `a`: module"]);
+    }
+
+    #[test]
+    fn what_cannot_change_live_is_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = graph(dir.path(), "");
+        let running = Shutdown::default();
+        assert_eq!(cannot_change(&old, &old, &running), None);
+        let kafka = changed(&old, |g| g.transport = Transport::Kafka);
+        assert!(
+            cannot_change(&old, &kafka, &running)
+                .unwrap()
+                .contains("Kafka graph")
+        );
+        let renamed = changed(&old, |g| g.name = "h".into());
+        assert!(
+            cannot_change(&old, &renamed, &running)
+                .unwrap()
+                .contains("name changed")
+        );
+        let durable = graph(dir.path(), "[stores.s]\ndurability = \"durable\"\n");
+        assert!(
+            cannot_change(&old, &durable, &running)
+                .unwrap()
+                .contains("durable")
+        );
+        let stopping = Shutdown::default();
+        stopping.request_stop();
+        assert_eq!(
+            cannot_change(&old, &old, &stopping).as_deref(),
+            Some("the graph is stopping")
+        );
+    }
+
+    /// `g` changed by `change`.
+    fn changed(g: &Graph, change: impl FnOnce(&mut Graph)) -> Graph {
+        let mut g = g.clone();
+        change(&mut g);
+        g
     }
 }

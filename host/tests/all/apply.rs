@@ -426,3 +426,130 @@ fn apply_watch_applies_the_manifest_whenever_it_changes() {
     let _ = watcher.wait();
     assert_eq!(lines(&d.join("tapped.txt")), ["x"]);
 }
+
+/// words.jsonl (`{"k":"w<n % 10>","n":<n>}` per line, keyed by `k`) → tally (durable
+/// `counts`, per key) → null, checkpointed every 20 ms; with `tap`, also → tap → tapped.txt.
+fn durable_graph(dir: &Path, name: &str, tap: bool) {
+    let (tally, pass) = (module("tally"), module("passthrough"));
+    let mut manifest = format!(
+        r#"name = "durable-live"
+[checkpoint]
+interval_ms = 20
+[stores.counts]
+durability = "durable"
+[sources.words]
+kind = "jsonl"
+path = "words.jsonl"
+key_field = "k"
+[nodes.tally]
+module = "{}"
+state = {{ counts = "rw" }}
+[sinks.none]
+kind = "null"
+[[edges]]
+from = "words"
+to = "tally"
+[[edges]]
+from = "tally"
+to = "none"
+"#,
+        tally.display()
+    );
+    if tap {
+        manifest += &format!(
+            "[nodes.tap]\nmodule = \"{}\"\n[sinks.tapped]\nkind = \"file\"\npath = \"tapped.txt\"\n\
+             [[edges]]\nfrom = \"words\"\nto = \"tap\"\n[[edges]]\nfrom = \"tap\"\nto = \"tapped\"\n",
+            pass.display()
+        );
+    }
+    std::fs::write(dir.join(name), manifest).unwrap();
+}
+
+#[test]
+fn a_durable_graph_changed_mid_run_then_killed_resumes_from_a_checkpoint_of_the_changed_graph() {
+    const LINES: usize = 1_500_000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input: String = (0..LINES)
+        .map(|n| format!("{{\"k\":\"w{}\",\"n\":{n}}}\n", n % 10))
+        .collect();
+    std::fs::write(d.join("words.jsonl"), input).unwrap();
+    durable_graph(d, "graph.toml", false);
+    durable_graph(d, "tapped.toml", true);
+    let state_dir = d.join(".flowhost/durable-live");
+
+    // Small batches, so the run lasts while it is changed and killed.
+    let mut run = Running::start(d, &["--batch-size", "4"]);
+    run.wait_for("a tenth read", |s| s.sources[0].read as usize >= LINES / 10);
+    let out = apply(&run, d, "tapped.toml");
+    assert!(out.status.success(), "{}", text(&out));
+    // A checkpoint of the changed graph (it has the new file sink's length), then kill -9.
+    let started = std::time::Instant::now();
+    loop {
+        let log = flowhost::state::durable::read(&state_dir).unwrap();
+        if log
+            .resumable()
+            .is_some_and(|cp| cp.sinks.get("tapped").is_some_and(|&n| n > 0))
+        {
+            break;
+        }
+        assert!(
+            run.child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint of the changed graph"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    run.child.kill().unwrap();
+    run.child.wait().unwrap();
+    let at = flowhost::state::durable::read(&state_dir)
+        .unwrap()
+        .resumable()
+        .unwrap()
+        .sources["words"];
+    assert!(
+        at.records > 0 && (at.records as usize) < LINES,
+        "killed mid-run at {at:?}"
+    );
+
+    // Restarted with the changed manifest: on from the changed graph's checkpoint.
+    let rerun = bin()
+        .args(["run", "tapped.toml"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(rerun.status.success(), "{}", text(&rerun));
+    assert!(
+        text(&rerun).contains("resuming from the last checkpoint"),
+        "{}",
+        text(&rerun)
+    );
+    // Every line counted once, across the change, the crash and the restart.
+    let state = bin()
+        .args(["state", "tapped.toml", "dump", "counts"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let counts: Vec<String> = String::from_utf8(state.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<String> = (0..10).map(|k| format!("w{k}\t{}", LINES / 10)).collect();
+    assert_eq!(counts, want);
+    // The branch: every line from where it was added to the end, once, in order.
+    let tapped = lines(&d.join("tapped.txt"));
+    let first = LINES - tapped.len();
+    assert!(first >= LINES / 10, "the branch started mid-run, at {first}");
+    for (k, line) in tapped.iter().enumerate() {
+        let n = first + k;
+        assert_eq!(
+            line,
+            &format!("{{\"k\":\"w{}\",\"n\":{n}}}", n % 10),
+            "tapped.txt line {k}"
+        );
+    }
+}

@@ -240,9 +240,9 @@ pub(super) fn apply(fx: &Fixtures, applies: usize) -> anyhow::Result<Vec<Row>> {
         );
         Ok((false, record.pause_ms))
     })?;
-    let mut rows = seen.gap_rows("apply", 50.0)?;
+    let mut rows = seen.gap_rows("apply", 10.0)?;
     rows.push(Row::new(
-        "apply: sources paused (stop, drain, rewire)",
+        "apply: sources paused (drain, rewire)",
         seen.figure(),
         None,
         "ms",
