@@ -250,7 +250,7 @@ impl Watched {
             let module_changed = old.module != new.module
                 || old.sha256 != new.sha256
                 || changed.contains(&Touched::Node(new.id.clone()));
-            if !module_changed && !setup_changed(old, new) {
+            if !module_changed && !old.makes_other_instances(new) {
                 continue;
             }
             let setup = NodeSetup::from_spec(new, &self.stores);
@@ -305,16 +305,6 @@ fn restart_needed(old: &Graph, new: &Graph) -> Vec<String> {
         }
     }
     notes
-}
-
-/// Whether `new` makes other instances than `old` (besides their module).
-pub(crate) fn setup_changed(old: &NodeSpec, new: &NodeSpec) -> bool {
-    old.config_json != new.config_json
-        || old.timeout != new.timeout
-        || old.memory_mb != new.memory_mb
-        || old.fuel != new.fuel
-        || old.sandbox != new.sandbox
-        || old.state != new.state
 }
 
 fn parent(path: &Path) -> PathBuf {

@@ -408,6 +408,19 @@ pub struct NodeSpec {
     pub auto_rollback: Option<AutoRollback>,
 }
 
+impl NodeSpec {
+    /// Whether `other` makes other instances than this (besides their module and ports):
+    /// another config, deadline, memory, fuel, sandbox or grants.
+    pub fn makes_other_instances(&self, other: &NodeSpec) -> bool {
+        self.config_json != other.config_json
+            || self.timeout != other.timeout
+            || self.memory_mb != other.memory_mb
+            || self.fuel != other.fuel
+            || self.sandbox != other.sandbox
+            || self.state != other.state
+    }
+}
+
 /// Roll a hot swap back when the new module's first `messages` messages fail at more than
 /// `error_rate`.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -330,7 +330,7 @@ pub(super) fn prepare(
             Some(i) => {
                 let o = &old.nodes[i];
                 let same = module.hash == plan.modules[i].hash
-                    && !crate::watch::setup_changed(o, spec)
+                    && !o.makes_other_instances(spec)
                     && (o.inputs == spec.inputs && o.outputs == spec.outputs && o.replicas == spec.replicas);
                 goes_on[i] = Some((j, same));
                 if same {
@@ -531,7 +531,7 @@ fn changes(old: &Graph, new: &Graph, same_module: impl Fn(&str) -> bool) -> Vec<
         if !same_module(&n.id) {
             what.push("module".into());
         }
-        if crate::watch::setup_changed(o, n) {
+        if o.makes_other_instances(n) {
             what.push("config or limits".into());
         }
         if o.inputs != n.inputs || o.outputs != n.outputs {
