@@ -55,6 +55,16 @@ pub fn request_swap(addr: &str, node: &str, req: SwapRequest<'_>) -> anyhow::Res
             .post(format!("http://{addr}/nodes/{node}/rollback"))
             .send_empty(),
     };
+    record(response, addr, "a swap record")
+}
+
+/// The record a change asked of the admin endpoint at `addr` answered with (done: 200,
+/// refused: 422); anything else is an error, with what the endpoint said.
+fn record<T: serde::de::DeserializeOwned>(
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    addr: &str,
+    what: &str,
+) -> anyhow::Result<T> {
     let mut response = response.with_context(|| {
         format!("no flowhost admin endpoint at {addr} (start the graph with `flowhost run --admin`)")
     })?;
@@ -66,7 +76,7 @@ pub fn request_swap(addr: &str, node: &str, req: SwapRequest<'_>) -> anyhow::Res
     {
         anyhow::bail!("{}", body.trim_end());
     }
-    serde_json::from_str(&body).with_context(|| format!("{addr} did not answer with a swap record"))
+    serde_json::from_str(&body).with_context(|| format!("{addr} did not answer with {what}"))
 }
 
 /// Reads the messages sink `sink` wrote after number `after`; `Ok(None)` once the graph
@@ -296,21 +306,10 @@ pub fn request_apply(
         .timeout_global(Some(std::time::Duration::from_secs(660)))
         .build()
         .into();
-    let mut response = agent
+    let response = agent
         .post(format!("http://{addr}/apply"))
-        .send(path.display().to_string())
-        .with_context(|| {
-            format!("no flowhost admin endpoint at {addr} (start the graph with `flowhost run --admin`)")
-        })?;
-    let code = response.status().as_u16();
-    let body = response.body_mut().read_to_string()?;
-    if ![StatusCode::OK, StatusCode::UNPROCESSABLE_ENTITY]
-        .map(|c| c.as_u16())
-        .contains(&code)
-    {
-        anyhow::bail!("{}", body.trim_end());
-    }
-    serde_json::from_str(&body).with_context(|| format!("{addr} did not answer with an apply record"))
+        .send(path.display().to_string());
+    record(response, addr, "an apply record")
 }
 
 /// Calls `changed` whenever `file` changes (once the writes of an editor settle), until
