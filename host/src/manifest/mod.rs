@@ -641,6 +641,13 @@ impl Graph {
             .collect()
     }
 
+    /// Every vertex: the sources, the nodes, the sinks.
+    pub fn vertices(&self) -> impl Iterator<Item = Vertex> + '_ {
+        let sources = (0..self.sources.len()).map(Vertex::Source);
+        let nodes = (0..self.nodes.len()).map(Vertex::Node);
+        sources.chain(nodes).chain((0..self.sinks.len()).map(Vertex::Sink))
+    }
+
     /// The id of a vertex.
     pub fn id(&self, v: Vertex) -> &str {
         match v {

@@ -220,6 +220,20 @@ impl Placement {
         }
     }
 
+    /// The ids of the vertices that run here; `None` if every one does.
+    pub fn names(&self, graph: &Graph) -> Option<Vec<String>> {
+        if self.whole() {
+            return None;
+        }
+        Some(
+            graph
+                .vertices()
+                .filter(|&v| self.runs(v))
+                .map(|v| graph.id(v).to_owned())
+                .collect(),
+        )
+    }
+
     /// Whether every vertex runs here.
     pub fn whole(&self) -> bool {
         [&self.sources, &self.nodes, &self.sinks]

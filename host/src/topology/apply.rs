@@ -40,7 +40,7 @@ use super::swap::{NodeVersions, Outcome};
 use super::{Counts, Ended, NodeStats, Nodes, RunError, RunOptions, RunReport, Runner, Status};
 use crate::clock::now_millis;
 use crate::engine::{Engine, NodeSetup, NodeTemplate};
-use crate::manifest::{Graph, SourceKind, Transport};
+use crate::manifest::{Graph, SourceKind, Transport, Vertex};
 use crate::plan::Plan;
 use crate::shutdown::Shutdown;
 use crate::state::Stores;
@@ -229,6 +229,30 @@ impl Next {
         self.goes_on[i].is_some()
     }
 
+    /// Whether consumer `v` of the running graph `old` reads its inputs to their end
+    /// before the graph stops (over Kafka, where what is in flight waits in topics): it
+    /// is removed, or an input topic of it is (what is left there would not be read).
+    pub(super) fn drains(&self, old: &Plan, v: Vertex) -> bool {
+        let new = &self.plan.graph;
+        let after = match v {
+            Vertex::Node(i) => self.goes_on[i].map(|(j, _)| Vertex::Node(j)),
+            Vertex::Sink(k) => {
+                let spec = &old.graph.sinks[k];
+                let kept = new.sinks.iter().position(|s| s.id == spec.id && s.kind.same_as(&spec.kind));
+                kept.map(Vertex::Sink)
+            }
+            Vertex::Source(_) => return false,
+        };
+        let Some(after) = after else {
+            return true;
+        };
+        let reads = self.plan.kafka.inputs(after);
+        old.kafka
+            .inputs(v)
+            .iter()
+            .any(|i| !reads.iter().any(|r| r.topic == i.topic))
+    }
+
     /// The change cannot be applied after all: `why`.
     pub(super) fn refuse(self, applied: &Applied, why: String) {
         let record = applied.refusal(self.record.at_ms, self.record.changes, why);
@@ -257,7 +281,7 @@ pub(crate) struct Carry {
 /// Diffs the change `request` asks for against the running `plan` and prepares it; `None`
 /// if it is refused (the reason sent to whoever asked).
 pub(super) fn prepare(
-    request: Box<Request>,
+    mut request: Box<Request>,
     plan: &Plan,
     nodes: &Nodes,
     stores: &Stores,
@@ -295,6 +319,18 @@ pub(super) fn prepare(
     if let Some(why) = cannot_open(old, new) {
         return refuse(why);
     }
+    // This process runs what it ran of the graph before (all of it, or what `--nodes`
+    // named that is still there).
+    let placed = plan.placement.names(old);
+    let placed: Option<Vec<String>> = placed.map(|names| {
+        let there = |n: &String| new.vertices().any(|v| new.id(v) == n);
+        names.into_iter().filter(there).collect()
+    });
+    match crate::plan::Placement::new(new, placed.as_deref()) {
+        Ok(placement) => request.plan.placement = placement,
+        Err(e) => return refuse(e.to_string()),
+    }
+    let new = &request.plan.graph;
     let stores = stores.with(new);
     let engine = &door.engine;
     let mut next_nodes = Vec::new();
@@ -406,12 +442,14 @@ fn cannot_change(old: &Graph, new: &Graph, shutdown: &Shutdown) -> Option<String
     if shutdown.is_stopping() {
         return Some("the graph is stopping".into());
     }
-    if old.transport == Transport::Kafka || new.transport == Transport::Kafka {
-        return Some(
-            "a Kafka graph is not changed while it runs yet: restart its processes with the changed manifest \
-             (its topics and groups keep every message)"
-                .into(),
-        );
+    if old.transport != new.transport {
+        return Some(format!(
+            "the transport changed ({:?} to {:?}): restart the graph",
+            old.transport, new.transport
+        ));
+    }
+    if old.transport == Transport::Kafka && old.kafka != new.kafka {
+        return Some("the graph's `[kafka]` settings changed: restart its processes".into());
     }
     if old.name != new.name {
         return Some(format!(
@@ -643,13 +681,10 @@ pub fn run_live<O, E: From<RunError>>(
         carry.stores = stores;
         let handover = std::mem::take(&mut carry.handover);
         plan = next_plan;
-        let transport = Box::new(crate::transport::memory::Memory::after(
-            &plan,
-            opts.append,
-            handover,
-        ));
-        let runner = match Runner::start_with(&plan, engine, opts, shutdown, transport, Some((carry, nodes)))
-        {
+        let started = crate::transport::after(&plan, opts.batch_size, opts.append, handover)
+            .map_err(RunError::Transport)
+            .and_then(|transport| Runner::start_with(&plan, engine, opts, shutdown, transport, Some((carry, nodes))));
+        let runner = match started {
             Ok(runner) => runner,
             Err(e) => {
                 let _ = reply.send(

@@ -973,10 +973,15 @@ impl<'a> Runner<'a> {
                     })
                 })
                 .collect();
-            // Until the sources end: the changes asked meanwhile, each prepared while the
-            // graph runs, then either refused (the graph runs on untouched) or taken.
+            // Until the sources end (or, where the run ends only when stopped, until then):
+            // the changes asked meanwhile, each prepared while the graph runs, then either
+            // refused (the graph runs on untouched) or taken.
             let mut next = None;
-            while let Some(door) = door.filter(|_| !sources.iter().all(|h| h.is_finished())) {
+            let taking = || match transport_ref.ends_run() {
+                true => !sources.iter().all(|h| h.is_finished()),
+                false => !shutdown.is_stopping(),
+            };
+            while let Some(door) = door.filter(|_| taking()) {
                 let Some(request) = door.next(Duration::from_millis(20)) else {
                     continue;
                 };
@@ -985,6 +990,7 @@ impl<'a> Runner<'a> {
                     for (i, pause) in nodes.pauses.iter().enumerate() {
                         pause.set(prepared.keeps(i));
                     }
+                    transport_ref.change(&|v| prepared.drains(plan, v));
                     changing.store(true, Ordering::SeqCst);
                     next = Some(prepared);
                     break;
@@ -992,7 +998,7 @@ impl<'a> Runner<'a> {
             }
             let join = |h: std::thread::ScopedJoinHandle<'_, (String, u64)>| h.join().ok();
             let sources: Vec<(String, u64)> = sources.into_iter().filter_map(join).collect();
-            if transport_ref.ends_run() {
+            if transport_ref.ends_run() || next.is_some() {
                 status.phase.set(Phase::Draining);
                 transport_ref.drain(shutdown);
             }

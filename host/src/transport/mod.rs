@@ -152,8 +152,15 @@ pub trait Transport: Send + Sync {
     }
 
     /// The sources have ended: let the vertices drain, in whatever order the transport
-    /// needs, until every one has ended (or the run stops).
+    /// needs, until every one has ended (or the run stops). Also called when the graph
+    /// stops for a change (after [`Transport::change`]).
     fn drain(&self, _shutdown: &Shutdown) {}
+
+    /// The graph stops to go on as a changed one (see `topology::apply`): the consumers
+    /// `drains` names read their inputs to the end first (a removed vertex, one an input
+    /// of is removed); every other one stops at its next batch boundary, committing.
+    /// The sources stop on their own.
+    fn change(&self, _drains: &dyn Fn(Vertex) -> bool) {}
 
     /// Every vertex has stopped: the last step (a final checkpoint). Returns the
     /// checkpoints taken during the run.
@@ -181,6 +188,26 @@ pub struct Handover {
     /// Each sink's writer (a sink of the changed graph with its id that writes the same
     /// goes on writing with it).
     pub(crate) sinks: Vec<(crate::manifest::SinkSpec, Arc<Mutex<SinkWriter>>)>,
+}
+
+impl Handover {
+    /// Where the source of the changed graph like `spec` (its id, reading the same) goes
+    /// on from, if the graph before had it.
+    pub(crate) fn position(&self, spec: &crate::manifest::SourceSpec) -> Option<Position> {
+        let mut before = self.positions.iter();
+        before
+            .find(|(b, _)| b.id == spec.id && b.kind.same_as(&spec.kind))
+            .map(|(_, at)| *at)
+    }
+
+    /// The writer the sink of the changed graph like `spec` (its id, writing the same)
+    /// goes on with, if the graph before had it.
+    pub(crate) fn writer(&self, spec: &crate::manifest::SinkSpec) -> Option<Arc<Mutex<SinkWriter>>> {
+        let mut before = self.sinks.iter();
+        before
+            .find(|(b, _)| b.id == spec.id && b.kind.same_as(&spec.kind))
+            .map(|(_, w)| w.clone())
+    }
 }
 
 /// The inputs of the consumers in this process, by vertex: a sender per replica of
@@ -273,5 +300,19 @@ pub fn for_plan<'p>(
             Box::new(memory::Memory::new(plan, append, fresh))
         }
         Kind::Kafka => Box::new(kafka::KafkaTransport::new(plan, batch_size)?),
+    })
+}
+
+/// The transport of `plan`, the changed graph of a running one, going on from what the
+/// transport before handed on.
+pub fn after<'p>(
+    plan: &'p Plan,
+    batch_size: usize,
+    append: bool,
+    before: Handover,
+) -> Result<Box<dyn Transport + 'p>, TransportError> {
+    Ok(match plan.graph.transport {
+        Kind::InProcess => Box::new(memory::Memory::after(plan, append, before)),
+        Kind::Kafka => Box::new(kafka::KafkaTransport::new(plan, batch_size)?.after(before)),
     })
 }

@@ -85,9 +85,15 @@ fn lines(path: &Path) -> Vec<String> {
 /// stdin → stamp (1 replica) → out.txt; with `tap`, also stdin → tap (passthrough) →
 /// tapped.txt.
 fn branch_graph(dir: &Path, name: &str, tap: bool) {
+    branch_graph_over(dir, name, tap, "");
+}
+
+/// [`branch_graph`] with `transport` (a `transport = …` line and its table) after the name.
+fn branch_graph_over(dir: &Path, name: &str, tap: bool, transport: &str) {
     let (stamp, pass) = (module("stamp"), module("passthrough"));
     let mut manifest = format!(
         r#"name = "live"
+{transport}
 [sources.in]
 kind = "stdin"
 [nodes.stamp]
@@ -126,14 +132,31 @@ to = "tapped"
 
 #[test]
 fn a_branch_added_mid_stream_starts_its_output_and_removed_drains_while_the_rest_goes_on_exactly_once() {
-    const MESSAGES: usize = 60_000;
+    branch_added_and_removed(60_000, "");
+}
+
+/// The branch test over Kafka, one process running the whole graph: the kept node stops
+/// at a batch and goes on with its instance from its group's committed offsets, the
+/// branch's groups start on new topics and, removed, read them to their end first. (One
+/// partition per topic: the output's order is the input's.)
+#[test]
+fn over_kafka_a_branch_added_mid_stream_starts_and_removed_drains_while_the_rest_goes_on_exactly_once() {
+    let broker = common::Broker::start();
+    let kafka = format!(
+        "transport = \"kafka\"\n[kafka]\nbrokers = \"{}\"\npartitions = 1\n",
+        broker.addr
+    );
+    branch_added_and_removed(6_000, &kafka);
+}
+
+fn branch_added_and_removed(messages: usize, transport: &str) {
     let dir = tempfile::tempdir().unwrap();
-    branch_graph(dir.path(), "graph.toml", false);
-    branch_graph(dir.path(), "tapped.toml", true);
+    branch_graph_over(dir.path(), "graph.toml", false, transport);
+    branch_graph_over(dir.path(), "tapped.toml", true, transport);
     let mut run = Running::start(dir.path(), &["--batch-size", "64"]);
-    let third = MESSAGES / 3;
+    let third = messages / 3;
     let allowed = Arc::new(AtomicUsize::new(third + third / 2));
-    let writer = stream(run.stdin.take().unwrap(), MESSAGES, allowed.clone(), |n| {
+    let writer = stream(run.stdin.take().unwrap(), messages, allowed.clone(), |n| {
         format!("m{n:06}\n")
     });
 
@@ -156,22 +179,22 @@ fn a_branch_added_mid_stream_starts_its_output_and_removed_drains_while_the_rest
         "{}",
         text(&removed)
     );
-    allowed.store(MESSAGES, Ordering::Release);
+    allowed.store(messages, Ordering::Release);
     writer.join().unwrap();
 
-    let status = run.wait_for("everything through", |s| s.sinks[0].written as usize == MESSAGES);
+    let status = run.wait_for("everything through", |s| s.sinks[0].written as usize == messages);
     assert_eq!(status.graph_version, 3);
     let versions: Vec<(u32, Outcome)> = status.applied.iter().map(|r| (r.version, r.outcome)).collect();
     assert_eq!(versions, [(2, Outcome::Done), (3, Outcome::Done)]);
     // The counters of the node kept went on across both changes.
     assert_eq!(status.nodes.len(), 1);
-    assert_eq!(status.nodes[0].counts.received as usize, MESSAGES);
+    assert_eq!(status.nodes[0].counts.received as usize, messages);
     assert!(run.finish().success());
 
     // The graph kept: every input once, in order, by one instance that went on through
     // both changes (its batches numbered 1, 2, 3, … with none starting again).
     let out = lines(&dir.path().join("out.txt"));
-    assert_eq!(out.len(), MESSAGES, "{:?}", &out[..3]);
+    assert_eq!(out.len(), messages, "{:?}", &out[..3]);
     let mut batch = 0;
     for (n, line) in out.iter().enumerate() {
         let (replica, b, payload) = stamped(line);
@@ -188,7 +211,7 @@ fn a_branch_added_mid_stream_starts_its_output_and_removed_drains_while_the_rest
         assert_eq!(line, &format!("m{:06}", first + k), "tapped.txt line {k}");
     }
     let last = first + tapped.len();
-    assert!(last >= 2 * third && last < MESSAGES, "the branch ended at {last}");
+    assert!(last >= 2 * third && last < messages, "the branch ended at {last}");
 }
 
 /// A FIFO the graph reads JSON lines from: `{"k":"k<n % 13>","n":<n>}`, keyed by `k`.

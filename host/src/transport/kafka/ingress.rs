@@ -332,6 +332,8 @@ pub struct Ingress {
     pub shutdown: Arc<Shutdown>,
     /// Set once everything upstream has ended: end when caught up with every input.
     pub drain: Arc<AtomicBool>,
+    /// Set when the graph changes: stop at the next batch, committing what was read.
+    pub stop: Arc<AtomicBool>,
     /// In an event-time graph: the watermarks of the partitions read (see `marks`).
     pub marks: Option<ReaderMarks>,
     /// The partitions assigned when last looked (for watermarks).
@@ -376,7 +378,7 @@ impl Ingress {
         // Caught up twice in a row, far enough apart for a fresh fetch response between
         // (fetch.wait.max.ms is 500 by default): the ends it knows are current.
         let (mut checked, mut caught_up) = (Instant::now(), false);
-        while !self.shutdown.is_stopping() {
+        while !self.shutdown.is_stopping() && !self.stop.load(Ordering::Acquire) {
             let polled = self.poll()?;
             self.consumer.context().committer().tick(&self.consumer)?;
             if polled > 0 {

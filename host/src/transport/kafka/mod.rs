@@ -83,9 +83,16 @@ pub struct KafkaTransport<'p> {
     changelog: Option<Arc<Changelog>>,
     /// Per source, then per node: its producer, once wired.
     producers: Vec<Option<Arc<Producer>>>,
-    /// Per node, then per sink: whether it has ended, and whether it may drain.
+    /// Per node, then per sink: whether it has ended, whether it may drain, and whether
+    /// it stops at its next batch (the graph changes, see [`Transport::change`]).
     done: Vec<Arc<AtomicBool>>,
     drains: Vec<Arc<AtomicBool>>,
+    stops: Vec<Arc<AtomicBool>>,
+    /// What the graph before handed on, if this is a changed graph's.
+    before: Option<super::Handover>,
+    /// Where each source ended, and the sinks' writers opened (for a change).
+    ended_at: Mutex<Vec<Position>>,
+    opened: Vec<(usize, Arc<Mutex<SinkWriter>>)>,
     /// Set once every vertex here has ended.
     ended: AtomicBool,
     /// The reader of this process's reply topic (an `http` source here).
@@ -135,9 +142,20 @@ impl<'p> KafkaTransport<'p> {
             producers: vec![None; graph.sources.len() + graph.nodes.len()],
             done: flags(),
             drains: flags(),
+            stops: flags(),
+            before: None,
+            ended_at: Mutex::new(vec![Position::default(); graph.sources.len()]),
+            opened: Vec::new(),
             ended: AtomicBool::new(false),
             replies: None,
         })
+    }
+
+    /// This transport going on from what the one of the graph before handed on (its
+    /// sources' positions, its sinks' writers): a changed graph's.
+    pub fn after(mut self, before: super::Handover) -> Self {
+        self.before = Some(before);
+        self
     }
 
     /// Index of a node or sink among the flags.
@@ -293,8 +311,14 @@ impl Transport for KafkaTransport<'_> {
             graph.name,
             if self.ends_run() { "" } else { " until stopped" }
         );
-        // A file source reads from its beginning every run (no source checkpoint here).
-        Ok(vec![Position::default(); graph.sources.len()])
+        // A file source reads from its beginning every run (no source checkpoint here),
+        // or, in a changed graph, from where the graph before stopped.
+        let before = self.before.as_ref();
+        Ok(graph
+            .sources
+            .iter()
+            .map(|s| before.and_then(|b| b.position(s)).unwrap_or_default())
+            .collect())
     }
 
     fn instance(&self) -> &str {
@@ -345,9 +369,14 @@ impl Transport for KafkaTransport<'_> {
     fn open_sink(&mut self, k: usize) -> Result<Arc<Mutex<SinkWriter>>, TransportError> {
         // The group's committed offsets say where it goes on: the file grows.
         let spec = &self.plan.graph.sinks[k];
-        SinkWriter::open(spec, spec.file_len())
-            .map(|w| Arc::new(Mutex::new(w)))
-            .map_err(|e| TransportError::setup(format!("sink `{}`", spec.id), e))
+        let writer = match self.before.as_ref().and_then(|b| b.writer(spec)) {
+            Some(writer) => writer,
+            None => SinkWriter::open(spec, spec.file_len())
+                .map(|w| Arc::new(Mutex::new(w)))
+                .map_err(|e| TransportError::setup(format!("sink `{}`", spec.id), e))?,
+        };
+        self.opened.push((k, writer.clone()));
+        Ok(writer)
     }
 
     fn senders(
@@ -460,6 +489,7 @@ impl Transport for KafkaTransport<'_> {
             batch_size: self.batch_size,
             shutdown: shutdown.clone(),
             drain: self.drains[self.slot(v)].clone(),
+            stop: self.stops[self.slot(v)].clone(),
             // Only nodes use watermarks.
             marks: (graph.has_event_time() && matches!(v, Vertex::Node(_))).then(|| {
                 marks::ReaderMarks::new(
@@ -483,7 +513,8 @@ impl Transport for KafkaTransport<'_> {
         })))
     }
 
-    fn source_ended(&self, i: usize, _at: Position, shutdown: &Shutdown) -> Result<(), TransportError> {
+    fn source_ended(&self, i: usize, at: Position, shutdown: &Shutdown) -> Result<(), TransportError> {
+        self.ended_at.lock().unwrap_or_else(|e| e.into_inner())[i] = at;
         match &self.producers[self.producer_slot(Vertex::Source(i))] {
             Some(producer) => flush(producer, shutdown)
                 .map_err(|e| TransportError::setup(format!("source `{}`", self.plan.graph.sources[i].id), e)),
@@ -588,9 +619,39 @@ impl Transport for KafkaTransport<'_> {
         Some(Box::new(move || self.watch_topics(shutdown)))
     }
 
+    /// Stops every consumer here but those `drains` names at its next batch, committing;
+    /// those drain as at the end of a run, once what feeds them has ended.
+    fn change(&self, drains: &dyn Fn(Vertex) -> bool) {
+        let graph = &self.plan.graph;
+        let consumers = (0..graph.nodes.len())
+            .map(Vertex::Node)
+            .chain((0..graph.sinks.len()).map(Vertex::Sink));
+        for v in consumers.filter(|&v| !drains(v)) {
+            self.stops[self.slot(v)].store(true, Ordering::Release);
+        }
+    }
+
     fn finish(&mut self, _: &Shutdown) -> Result<u64, TransportError> {
         self.replies = None;
         Ok(0)
+    }
+
+    /// Every group here has committed what it processed: the changed graph's groups go
+    /// on from there; its sources from where these stopped, its sinks with their writers.
+    fn hand_over(&mut self) -> Result<super::Handover, TransportError> {
+        self.replies = None;
+        let graph = &self.plan.graph;
+        let ended_at = self.ended_at.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(super::Handover {
+            log: None,
+            checkpoints: 0,
+            positions: graph.sources.iter().cloned().zip(ended_at.iter().copied()).collect(),
+            sinks: self
+                .opened
+                .iter()
+                .map(|(k, w)| (graph.sinks[*k].clone(), w.clone()))
+                .collect(),
+        })
     }
 }
 

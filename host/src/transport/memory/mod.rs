@@ -96,11 +96,7 @@ impl Transport for Memory<'_> {
             .sources
             .iter()
             .map(|s| {
-                let before = self.before.iter().flat_map(|b| &b.positions);
-                let kept = before
-                    .clone()
-                    .find(|(b, _)| b.id == s.id && b.kind.same_as(&s.kind))
-                    .map(|(_, at)| *at);
+                let kept = self.before.as_ref().and_then(|b| b.position(s));
                 kept.or_else(|| resume.as_ref()?.sources.get(&s.id).copied())
                     .unwrap_or_default()
             })
@@ -136,10 +132,7 @@ impl Transport for Memory<'_> {
 
     fn open_sink(&mut self, k: usize) -> Result<Arc<Mutex<SinkWriter>>, TransportError> {
         let spec = &self.plan.graph.sinks[k];
-        let mut before = self.before.iter().flat_map(|b| &b.sinks);
-        let kept = before.find(|(b, _)| b.id == spec.id && b.kind.same_as(&spec.kind));
-        if let Some((_, writer)) = kept {
-            let writer = writer.clone();
+        if let Some(writer) = self.before.as_ref().and_then(|b| b.writer(spec)) {
             self.checkpointer().sinks.push(writer.clone());
             self.opened.push((k, writer.clone()));
             return Ok(writer);
