@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::beacon;
 use crate::manifest::Graph;
-use crate::plan::KafkaNames;
+use crate::plan::{KafkaNames, ModuleSource};
 use crate::topology::Status;
+use crate::topology::apply::ApplyRecord;
 use crate::topology::swap::{NodeVersions, Outcome, SwapRecord};
 use crate::transport::TransportError;
 use crate::transport::kafka::client::{ClientError, Doing, Kafka, Quiet};
@@ -46,6 +47,57 @@ pub struct Command {
     pub rollback: bool,
     /// The module's file name.
     pub name: String,
+    /// A change of the whole graph (`flowhost apply`): the changed manifest's text
+    /// (`node` is empty).
+    #[serde(default)]
+    pub manifest: Option<String>,
+    /// The changed graph's modules, which the payload holds one after the other.
+    #[serde(default)]
+    pub modules: Vec<CarriedModule>,
+}
+
+/// A module a change carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CarriedModule {
+    /// The nodes that run it.
+    pub nodes: Vec<String>,
+    /// Its file's name.
+    pub name: String,
+    /// Its length in the payload.
+    pub len: u64,
+}
+
+impl Command {
+    /// `flowhost apply` of `plan` (the changed graph, resolved where the command is
+    /// sent, from `manifest`'s text): the command, and its payload (the modules).
+    pub fn change(id: String, manifest: String, plan: &crate::plan::Plan) -> (Command, Vec<u8>) {
+        let mut modules: Vec<CarriedModule> = Vec::new();
+        let mut payload = Vec::new();
+        let mut carried: Vec<&str> = Vec::new();
+        for (node, module) in plan.graph.nodes.iter().zip(&plan.modules) {
+            match carried.iter().position(|h| *h == module.hash) {
+                Some(k) => modules[k].nodes.push(node.id.clone()),
+                None => {
+                    carried.push(&module.hash);
+                    payload.extend_from_slice(&module.bytes);
+                    modules.push(CarriedModule {
+                        nodes: vec![node.id.clone()],
+                        name: module.path.display().to_string(),
+                        len: module.bytes.len() as u64,
+                    });
+                }
+            }
+        }
+        let command = Command {
+            id,
+            node: String::new(),
+            rollback: false,
+            name: String::new(),
+            manifest: Some(manifest),
+            modules,
+        };
+        (command, payload)
+    }
 }
 
 /// One process's answer to a command.
@@ -59,12 +111,16 @@ pub struct Answer {
     pub not_here: bool,
     /// How it went there.
     pub record: Option<SwapRecord>,
+    /// How a change of the graph went there.
+    #[serde(default)]
+    pub change: Option<ApplyRecord>,
 }
 
 impl Answer {
     /// Whether the process did what was asked.
     pub fn applied(&self) -> bool {
-        self.record.as_ref().is_some_and(|r| r.outcome == Outcome::Done)
+        let swapped = self.record.as_ref().is_some_and(|r| r.outcome == Outcome::Done);
+        swapped || self.change.as_ref().is_some_and(|r| r.outcome == Outcome::Done)
     }
 }
 
@@ -95,7 +151,12 @@ fn topics(kafka: &Kafka, graph: &Graph) -> Result<(String, String), TransportErr
 
 impl Control {
     /// Starts applying the commands of Kafka graph `graph` to the nodes of `status`.
+    ///
+    /// Changes of the whole graph (`flowhost apply`) are applied as they come, not
+    /// replayed: a process started later runs the manifest it is started with.
     pub fn start(graph: &Graph, status: Arc<Status>) -> Result<Control, TransportError> {
+        let since = crate::clock::now_millis();
+        let manifest = graph.path.clone();
         let kafka = Kafka::new(&graph.kafka).map_err(setup(graph))?;
         let (control, acks) = topics(&kafka, graph)?;
         let consumer: BaseConsumer<Quiet> = kafka
@@ -130,7 +191,12 @@ impl Control {
                 let Some(command) = command else {
                     continue;
                 };
-                let answer = apply(&status, &command, m.payload().unwrap_or_default());
+                let payload = m.payload().unwrap_or_default();
+                let answer = match &command.manifest {
+                    None => apply(&status, &command, payload),
+                    Some(_) if m.timestamp().to_millis().is_some_and(|t| t < since) => continue,
+                    Some(text) => change(&status, &manifest, (&command, text), payload),
+                };
                 if let Ok(json) = serde_json::to_vec(&answer) {
                     let record = BaseRecord::to(&acks).key(&command.id).payload(&json);
                     if let Err((e, _)) = producer.send(record) {
@@ -153,6 +219,7 @@ fn apply(status: &Status, command: &Command, module: &[u8]) -> Answer {
             process,
             not_here: true,
             record: None,
+            change: None,
         };
     };
     let record = run(&versions, command, module);
@@ -162,7 +229,69 @@ fn apply(status: &Status, command: &Command, module: &[u8]) -> Answer {
         process,
         not_here: false,
         record: Some(record),
+        change: None,
     }
+}
+
+/// Applies the change `command` carries here: its manifest read as if it were where this
+/// process's manifest is (relative paths from there), with the modules it carries.
+fn change(
+    status: &Status,
+    manifest: &std::path::Path,
+    (command, text): (&Command, &str),
+    payload: &[u8],
+) -> Answer {
+    let asked = crate::clock::now_millis();
+    let plan = Graph::parse(manifest, text)
+        .map_err(|e| e.to_string())
+        .and_then(|graph| {
+            let modules = carried(&graph, &command.modules, payload)?;
+            crate::topology::apply::plan_change(status, graph, Some(modules))
+        });
+    let record = match plan {
+        Ok(plan) => status.applied.apply(plan),
+        Err(why) => status.applied.refusal(asked, Vec::new(), why),
+    };
+    tracing::info!("control: {record}");
+    Answer {
+        command: command.id.clone(),
+        process: beacon::process().to_owned(),
+        not_here: false,
+        record: None,
+        change: Some(record),
+    }
+}
+
+/// Per node of `graph`, its module from `payload` as `modules` lays it out (a pinned
+/// node's checked against its pin).
+fn carried(graph: &Graph, modules: &[CarriedModule], payload: &[u8]) -> Result<Vec<ModuleSource>, String> {
+    let mut read = Vec::new();
+    let mut at = 0usize;
+    for m in modules {
+        let end = at.saturating_add(m.len as usize);
+        let bytes = payload
+            .get(at..end)
+            .ok_or_else(|| format!("the change's payload ends before module {}", m.name))?;
+        read.push((m, ModuleSource::from_bytes(bytes, std::path::Path::new(&m.name))));
+        at = end;
+    }
+    graph
+        .nodes
+        .iter()
+        .map(|n| {
+            let (_, module) = read
+                .iter()
+                .find(|(m, _)| m.nodes.contains(&n.id))
+                .ok_or_else(|| format!("node `{}`: the change carries no module for it", n.id))?;
+            match &n.sha256 {
+                Some(pin) if !pin.eq_ignore_ascii_case(&module.hash) => Err(format!(
+                    "node `{}`: the module carried does not match its pinned sha256 ({pin})",
+                    n.id
+                )),
+                _ => Ok(module.clone()),
+            }
+        })
+        .collect()
 }
 
 fn run(versions: &NodeVersions, command: &Command, module: &[u8]) -> SwapRecord {
@@ -188,16 +317,21 @@ pub fn send(
         .connect()
         .map_err(|e| TransportError::Refused(format!("{e:#}")))?;
     let (control, acks) = topics(&kafka, graph)?;
+    // A change of the graph is for every process; a swap for those with the node.
+    let change = command.manifest.is_some();
     let expected: Vec<String> = beacon::read(graph)?
         .into_iter()
-        .filter(|b| b.report.nodes.iter().any(|n| n.id == command.node))
+        .filter(|b| change || b.report.nodes.iter().any(|n| n.id == command.node))
         .map(|b| b.process)
         .collect();
     if expected.is_empty() {
+        let what = match change {
+            true => String::new(),
+            false => format!(" with node `{}`", command.node),
+        };
         return Err(TransportError::Refused(format!(
-            "no process of graph `{}` runs node `{}` now (none in `{}`)",
+            "no process of graph `{}` runs{what} now (none in `{}`)",
             graph.name,
-            command.node,
             KafkaNames::new(graph).status()
         )));
     }
@@ -234,7 +368,7 @@ pub fn send(
         .map_err(setup(graph))?;
     let header = serde_json::to_vec(command).map_err(|e| TransportError::setup("encoding the command", e))?;
     let record = BaseRecord::to(&control)
-        .key(&command.node)
+        .key(if change { "graph" } else { command.node.as_str() })
         .payload(module)
         .headers(OwnedHeaders::new().insert(Header {
             key: COMMAND,

@@ -157,15 +157,9 @@ async fn picture(State(status): State<Arc<Status>>) -> impl IntoResponse {
 async fn apply(State(status): State<Arc<Status>>, manifest: String) -> Response {
     let asked = crate::clock::now_millis();
     let applied = tokio::task::spawn_blocking(move || {
-        let running = status.graph();
         let plan = Graph::load(std::path::Path::new(manifest.trim()))
             .map_err(|e| e.to_string())
-            .and_then(|mut graph| {
-                // What `flowhost run` was told besides the manifest holds for its changes.
-                graph.transport = running.transport;
-                graph.kafka.brokers = running.kafka.brokers.clone();
-                crate::plan::Plan::resolve(graph, None).map_err(|e| e.to_string())
-            });
+            .and_then(|graph| crate::topology::apply::plan_change(&status, graph, None));
         match plan {
             Ok(plan) => status.applied.apply(plan),
             Err(why) => status.applied.refusal(asked, Vec::new(), why),

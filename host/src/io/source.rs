@@ -37,12 +37,20 @@ pub fn run(
             }
         };
         let mut file = File::open(path).map_err(failed("open".into()))?;
-        // (From the start, no seek: a named pipe cannot seek.)
+        // A named pipe is read on a thread of its own (a stop is not held up by a read
+        // that waits for a writer); it cannot seek.
+        let pipe = file.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt as _;
+            m.file_type().is_fifo()
+        });
+        if pipe {
+            return Ok(Opened::Pipe(ChunkedLines::start(file)));
+        }
         if start.offset > 0 {
             file.seek(SeekFrom::Start(start.offset))
                 .map_err(failed(format!("resume at byte {}", start.offset)))?;
         }
-        Ok::<_, IoError>(BufReader::new(file))
+        Ok::<_, IoError>(Opened::File(BufReader::new(file)))
     };
     let named = |path: &Path| {
         let path = path.to_owned();
@@ -62,13 +70,23 @@ pub fn run(
         }
     };
     let mut read = |path: &Path, make: &mut dyn FnMut(Option<i64>, Bytes) -> Result<Msg, String>| {
-        let mut file = match Parked::take(&spec.id, path) {
-            Some(file) => file,
+        let opened = match Parked::take(&spec.id, path) {
+            Some(opened) => opened,
             None => open(path)?,
         };
-        let reached = lines(&mut file, batch_size, start, stop, false, &mut send, make);
+        let (reached, opened) = match opened {
+            Opened::File(mut file) => {
+                let reached = lines(&mut file, batch_size, start, stop, false, &mut send, make);
+                (reached, Opened::File(file))
+            }
+            Opened::Pipe(pipe) => {
+                let mut pipe = Piped { lines: pipe, stop };
+                let reached = lines(&mut pipe, batch_size, start, stop, true, &mut send, make);
+                (reached, Opened::Pipe(pipe.lines))
+            }
+        };
         if stop() {
-            Parked::keep(&spec.id, path, file);
+            Parked::keep(&spec.id, path, opened);
         }
         reached.map_err(named(path))
     };
@@ -80,8 +98,13 @@ pub fn run(
         SourceKind::Stdin => {
             // (Counted on from `start`: what was read before a restart is gone, and the
             // runner says so; a changed graph reads on where the one before stopped.)
-            let mut stdin = Stdin::take(stop);
-            lines(
+            let kept = STDIN.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let lines_in = kept.unwrap_or_else(|| ChunkedLines::start(std::io::stdin()));
+            let mut stdin = Piped {
+                lines: lines_in,
+                stop,
+            };
+            let reached = lines(
                 &mut stdin,
                 batch_size,
                 start,
@@ -89,8 +112,10 @@ pub fn run(
                 true,
                 &mut send,
                 &mut text_line,
-            )
-            .map_err(named(Path::new("<stdin>")))
+            );
+            // What this run did not take stays for the next one.
+            *STDIN.lock().unwrap_or_else(|e| e.into_inner()) = Some(stdin.lines);
+            reached.map_err(named(Path::new("<stdin>")))
         }
         SourceKind::Jsonl {
             path,
@@ -133,22 +158,28 @@ pub fn run(
     }
 }
 
+/// A file source's open file: a file, or a named pipe read on a thread of its own.
+enum Opened {
+    File(BufReader<File>),
+    Pipe(ChunkedLines),
+}
+
 /// Files sources stopped reading before their end, kept open for the changed graph of a
 /// running one (see `topology::apply`), which reads on from them: a named pipe cannot be
 /// opened again where it was, and what was read ahead stays read.
 struct Parked;
 
-static PARKED: Mutex<Vec<(String, std::path::PathBuf, BufReader<File>)>> = Mutex::new(Vec::new());
+static PARKED: Mutex<Vec<(String, std::path::PathBuf, Opened)>> = Mutex::new(Vec::new());
 
 impl Parked {
-    fn take(source: &str, path: &Path) -> Option<BufReader<File>> {
+    fn take(source: &str, path: &Path) -> Option<Opened> {
         let path = &std::path::absolute(path).ok()?;
         let mut parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
         let at = parked.iter().position(|(s, p, _)| s == source && p == path)?;
         Some(parked.swap_remove(at).2)
     }
 
-    fn keep(source: &str, path: &Path, file: BufReader<File>) {
+    fn keep(source: &str, path: &Path, file: Opened) {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let mut parked = PARKED.lock().unwrap_or_else(|e| e.into_inner());
         parked.retain(|(s, _, _)| s != source);
@@ -156,12 +187,13 @@ impl Parked {
     }
 }
 
-/// Standard input, read on a thread of its own so that a stop is not held up by a read
-/// that waits for input which never comes. One per process, kept between the runs of
-/// one graph (a changed graph reads on where the graph before it stopped, see
-/// `topology::apply`): what a run did not take stays for the next one, a line cut in
-/// two by a stop included.
-struct StdinLines {
+/// An input that may wait for its writer (standard input, a named pipe), read on a
+/// thread of its own so that a stop is not held up by a read that waits for input which
+/// never comes. Kept between the runs of one graph (a changed graph reads on where the
+/// graph before it stopped, see `topology::apply`): what a run did not take stays for
+/// the next one, a line cut in two by a stop included. Standard input has one per
+/// process.
+struct ChunkedLines {
     chunks: Receiver<std::io::Result<Vec<u8>>>,
     /// Read and not taken yet, from `at`.
     pending: Vec<u8>,
@@ -169,18 +201,17 @@ struct StdinLines {
     ended: bool,
 }
 
-static STDIN: Mutex<Option<StdinLines>> = Mutex::new(None);
+static STDIN: Mutex<Option<ChunkedLines>> = Mutex::new(None);
 
-impl StdinLines {
-    fn start() -> Self {
+impl ChunkedLines {
+    fn start(mut input: impl Read + Send + 'static) -> Self {
         let (tx, chunks) = std::sync::mpsc::sync_channel(16);
         // Not joined: while it waits on an idle input, the process may end.
         std::thread::spawn(move || {
-            let mut stdin = std::io::stdin().lock();
             loop {
                 let mut buf = vec![0; 64 << 10];
                 let read = loop {
-                    match stdin.read(&mut buf) {
+                    match input.read(&mut buf) {
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         read => break read,
                     }
@@ -195,7 +226,7 @@ impl StdinLines {
                 }
             }
         });
-        StdinLines {
+        ChunkedLines {
             chunks,
             pending: Vec::new(),
             at: 0,
@@ -240,26 +271,10 @@ impl StdinLines {
     }
 }
 
-/// The process's standard input, taken by one source until dropped.
-struct Stdin<'s> {
-    lines: Option<StdinLines>,
+/// A [`ChunkedLines`] read by one source until its `stop`.
+struct Piped<'s> {
+    lines: ChunkedLines,
     stop: &'s dyn Fn() -> bool,
-}
-
-impl<'s> Stdin<'s> {
-    fn take(stop: &'s dyn Fn() -> bool) -> Self {
-        let kept = STDIN.lock().unwrap_or_else(|e| e.into_inner()).take();
-        Stdin {
-            lines: Some(kept.unwrap_or_else(StdinLines::start)),
-            stop,
-        }
-    }
-}
-
-impl Drop for Stdin<'_> {
-    fn drop(&mut self) {
-        *STDIN.lock().unwrap_or_else(|e| e.into_inner()) = self.lines.take();
-    }
 }
 
 /// Where [`lines`] reads lines from.
@@ -280,14 +295,13 @@ impl<R: Read> LineReader for BufReader<R> {
     }
 }
 
-impl LineReader for Stdin<'_> {
+impl LineReader for Piped<'_> {
     fn line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-        let lines = self.lines.as_mut().expect("taken until dropped");
-        lines.line(buf, self.stop)
+        self.lines.line(buf, self.stop)
     }
 
     fn has_line(&self) -> bool {
-        self.lines.as_ref().is_some_and(StdinLines::has_line)
+        self.lines.has_line()
     }
 }
 

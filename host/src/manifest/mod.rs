@@ -645,7 +645,9 @@ impl Graph {
     pub fn vertices(&self) -> impl Iterator<Item = Vertex> + '_ {
         let sources = (0..self.sources.len()).map(Vertex::Source);
         let nodes = (0..self.nodes.len()).map(Vertex::Node);
-        sources.chain(nodes).chain((0..self.sinks.len()).map(Vertex::Sink))
+        sources
+            .chain(nodes)
+            .chain((0..self.sinks.len()).map(Vertex::Sink))
     }
 
     /// The id of a vertex.

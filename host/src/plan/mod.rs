@@ -276,12 +276,18 @@ impl Plan {
             };
             modules.push(module);
         }
+        Ok(Plan::with_modules(graph, modules, placement))
+    }
+
+    /// `graph` with its nodes' modules as given (in `graph.nodes` order), run as
+    /// `placement` says.
+    pub fn with_modules(graph: Graph, modules: Vec<ModuleSource>, placement: Placement) -> Plan {
         let kafka = KafkaNames::new(&graph);
-        Ok(Plan {
+        Plan {
             graph,
             modules,
             placement,
             kafka,
-        })
+        }
     }
 }

@@ -41,7 +41,7 @@ use super::{Counts, Ended, NodeStats, Nodes, RunError, RunOptions, RunReport, Ru
 use crate::clock::now_millis;
 use crate::engine::{Engine, NodeSetup, NodeTemplate};
 use crate::manifest::{Graph, SourceKind, Transport, Vertex};
-use crate::plan::Plan;
+use crate::plan::{ModuleSource, Placement, Plan};
 use crate::shutdown::Shutdown;
 use crate::state::Stores;
 use crate::transport::Handover;
@@ -188,6 +188,27 @@ impl Applied {
     }
 }
 
+/// The plan of `graph`, a changed manifest of the running graph of `status`, run as
+/// `flowhost run` was told besides the manifest (the transport, the brokers; which
+/// vertices this process runs is kept when the change is applied); its nodes' modules
+/// as given (a change sent over the control topic carries them), else built and read.
+pub fn plan_change(
+    status: &Status,
+    mut graph: Graph,
+    modules: Option<Vec<ModuleSource>>,
+) -> Result<Plan, String> {
+    let running = status.graph();
+    graph.transport = running.transport;
+    graph.kafka.brokers = running.kafka.brokers.clone();
+    match modules {
+        None => Plan::resolve(graph, None).map_err(|e| e.to_string()),
+        Some(modules) => {
+            let placement = Placement::new(&graph, None).map_err(|e| e.to_string())?;
+            Ok(Plan::with_modules(graph, modules, placement))
+        }
+    }
+}
+
 /// Where a running graph takes the changes asked of it.
 pub(crate) struct Door {
     requests: Receiver<Box<Request>>,
@@ -238,7 +259,10 @@ impl Next {
             Vertex::Node(i) => self.goes_on[i].map(|(j, _)| Vertex::Node(j)),
             Vertex::Sink(k) => {
                 let spec = &old.graph.sinks[k];
-                let kept = new.sinks.iter().position(|s| s.id == spec.id && s.kind.same_as(&spec.kind));
+                let kept = new
+                    .sinks
+                    .iter()
+                    .position(|s| s.id == spec.id && s.kind.same_as(&spec.kind));
                 kept.map(Vertex::Sink)
             }
             Vertex::Source(_) => return false,
@@ -326,7 +350,7 @@ pub(super) fn prepare(
         let there = |n: &String| new.vertices().any(|v| new.id(v) == n);
         names.into_iter().filter(there).collect()
     });
-    match crate::plan::Placement::new(new, placed.as_deref()) {
+    match Placement::new(new, placed.as_deref()) {
         Ok(placement) => request.plan.placement = placement,
         Err(e) => return refuse(e.to_string()),
     }
@@ -535,7 +559,19 @@ fn cannot_open(old: &Graph, new: &Graph) -> Option<String> {
             }
             _ => continue,
         };
-        if let (false, Err(e)) = (kept, std::fs::File::open(path)) {
+        if kept {
+            continue;
+        }
+        // (A named pipe is not opened here: that waits for a writer.)
+        let fifo = |m: &std::fs::Metadata| {
+            use std::os::unix::fs::FileTypeExt as _;
+            m.file_type().is_fifo()
+        };
+        let readable = match std::fs::metadata(path) {
+            Ok(m) if fifo(&m) => Ok(()),
+            _ => std::fs::File::open(path).map(drop),
+        };
+        if let Err(e) = readable {
             return Some(format!(
                 "source `{}`: cannot read {}: {e}",
                 source.id,
@@ -683,7 +719,9 @@ pub fn run_live<O, E: From<RunError>>(
         plan = next_plan;
         let started = crate::transport::after(&plan, opts.batch_size, opts.append, handover)
             .map_err(RunError::Transport)
-            .and_then(|transport| Runner::start_with(&plan, engine, opts, shutdown, transport, Some((carry, nodes))));
+            .and_then(|transport| {
+                Runner::start_with(&plan, engine, opts, shutdown, transport, Some((carry, nodes)))
+            });
         let runner = match started {
             Ok(runner) => runner,
             Err(e) => {
@@ -764,8 +802,15 @@ to = "out"
         assert!(
             cannot_change(&old, &kafka, &running)
                 .unwrap()
-                .contains("Kafka graph")
+                .contains("the transport changed")
         );
+        let both = changed(&kafka, |g| g.kafka.partitions = 12);
+        assert!(
+            cannot_change(&kafka, &both, &running)
+                .unwrap()
+                .contains("`[kafka]` settings changed")
+        );
+        assert_eq!(cannot_change(&kafka, &kafka, &running), None);
         let renamed = changed(&old, |g| g.name = "h".into());
         assert!(
             cannot_change(&old, &renamed, &running)

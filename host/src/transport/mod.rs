@@ -188,9 +188,20 @@ pub struct Handover {
     /// Each sink's writer (a sink of the changed graph with its id that writes the same
     /// goes on writing with it).
     pub(crate) sinks: Vec<(crate::manifest::SinkSpec, Arc<Mutex<SinkWriter>>)>,
+    /// Over Kafka: the link and the group members that go on.
+    pub(crate) kafka: Option<kafka::Carried>,
 }
 
 impl Handover {
+    /// The sinks' writers opened (by sink index), with their sinks.
+    pub(crate) fn sinks(
+        graph: &crate::manifest::Graph,
+        opened: &[(usize, Arc<Mutex<SinkWriter>>)],
+    ) -> Vec<(crate::manifest::SinkSpec, Arc<Mutex<SinkWriter>>)> {
+        let sinks = opened.iter().map(|(k, w)| (graph.sinks[*k].clone(), w.clone()));
+        sinks.collect()
+    }
+
     /// Where the source of the changed graph like `spec` (its id, reading the same) goes
     /// on from, if the graph before had it.
     pub(crate) fn position(&self, spec: &crate::manifest::SourceSpec) -> Option<Position> {

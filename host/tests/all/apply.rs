@@ -216,9 +216,15 @@ fn branch_added_and_removed(messages: usize, transport: &str) {
 
 /// A FIFO the graph reads JSON lines from: `{"k":"k<n % 13>","n":<n>}`, keyed by `k`.
 fn keyed_graph(dir: &Path, name: &str, replicas: u32) {
+    keyed_graph_over(dir, name, replicas, "");
+}
+
+/// [`keyed_graph`] with `transport` after the name.
+fn keyed_graph_over(dir: &Path, name: &str, replicas: u32, transport: &str) {
     let stamp = module("stamp");
     let manifest = format!(
         r#"name = "keyed"
+{transport}
 [sources.in]
 kind = "jsonl"
 path = "in.fifo"
@@ -574,5 +580,120 @@ fn a_durable_graph_changed_mid_run_then_killed_resumes_from_a_checkpoint_of_the_
             &format!("{{\"k\":\"w{}\",\"n\":{n}}}", n % 10),
             "tapped.txt line {k}"
         );
+    }
+}
+
+/// `flowhost apply` through the control topic of a Kafka graph (no `--admin`).
+fn apply_to_all(dir: &Path, manifest: &str) -> Output {
+    bin()
+        .arg("apply")
+        .arg(manifest)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// Over Kafka, three processes — one reading a named pipe and writing the sink, two
+/// running `stamp` — changed by one `flowhost apply` each time through the graph's control
+/// topic: replicas 1 → 3 → 2 per process on a key-hash edge (Kafka partitions by key).
+/// Every process answers; every message comes out once, each key in order; a change
+/// refused (a module that is none) is refused by every process and nothing changes.
+#[test]
+fn over_kafka_one_apply_reaches_every_process_and_replicas_go_1_3_2_with_each_key_in_order() {
+    const MESSAGES: usize = 9_000;
+    let broker = common::Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let kafka = format!(
+        "transport = \"kafka\"\n[kafka]\nbrokers = \"{}\"\npartitions = 8\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 500\n",
+        broker.addr
+    );
+    let fifo = d.join("in.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    for (name, replicas) in [("graph.toml", 1), ("three.toml", 3), ("two.toml", 2)] {
+        keyed_graph_over(d, name, replicas, &kafka);
+    }
+    let workers: Vec<Running> = (0..2)
+        .map(|_| {
+            let run = Running::start(d, &["--batch-size", "64", "--nodes", "stamp"]);
+            run.wait_log("partition(s) assigned");
+            run
+        })
+        .collect();
+    let edge = Running::start(d, &["--batch-size", "64", "--nodes", "in,out"]);
+    let third = MESSAGES / 3;
+    let allowed = Arc::new(AtomicUsize::new(third + third / 2));
+    let pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let writer = stream(pipe, MESSAGES, allowed.clone(), |n| {
+        format!("{{\"k\":\"k{}\",\"n\":{n}}}\n", n % 13)
+    });
+    for (k, (manifest, replicas)) in [("three.toml", 3), ("two.toml", 2)].into_iter().enumerate() {
+        let reached = (k + 1) * third;
+        edge.wait_for("the third written", |s| s.sinks[0].written as usize >= reached);
+        let out = apply_to_all(d, manifest);
+        let said = text(&out);
+        assert!(out.status.success(), "{said}");
+        let version = format!("graph version {} applied", k + 2);
+        assert_eq!(said.matches(&version).count(), 3, "three answers: {said}");
+        assert!(said.contains("node `stamp`: replicas"), "{said}");
+        for run in &workers {
+            let status = run.status();
+            assert_eq!(status.graph_version as usize, k + 2);
+            assert_eq!(status.nodes[0].replicas.len(), replicas);
+        }
+        allowed.store((reached + third + third / 2).min(MESSAGES), Ordering::Release);
+    }
+    allowed.store(MESSAGES, Ordering::Release);
+    writer.join().unwrap();
+    edge.wait_for("everything through", |s| s.sinks[0].written as usize == MESSAGES);
+
+    // Refused everywhere: a module that is none. Version 3 runs on in every process.
+    let manifest = std::fs::read_to_string(d.join("two.toml")).unwrap();
+    std::fs::write(d.join("junk.wasm"), b"\0asm\x01\0\0\0junk").unwrap();
+    let stamp = module("stamp").display().to_string();
+    let junk = d.join("junk.wasm").display().to_string();
+    std::fs::write(d.join("junk.toml"), manifest.replace(&stamp, &junk)).unwrap();
+    let out = apply_to_all(d, "junk.toml");
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out)
+            .matches("change refused, version 3 keeps running")
+            .count(),
+        3,
+        "{}",
+        text(&out)
+    );
+    for run in workers.iter().chain([&edge]) {
+        assert_eq!(run.status().graph_version, 3);
+    }
+
+    // Every message once; per key in order.
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &edge.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert_eq!(edge.finish().code(), Some(130), "stopped by SIGTERM");
+    let out: Vec<(u32, serde_json::Value)> = lines(&d.join("out.txt"))
+        .iter()
+        .map(|l| {
+            let (r, _, payload) = stamped(l);
+            (r, serde_json::from_str(&payload).unwrap())
+        })
+        .collect();
+    let mut seen: Vec<u64> = out.iter().map(|(_, m)| m["n"].as_u64().unwrap()).collect();
+    seen.sort_unstable();
+    assert!(seen.iter().copied().eq(0..MESSAGES as u64), "every message once");
+    let replicas: std::collections::BTreeSet<u32> = out.iter().map(|(r, _)| *r).collect();
+    assert_eq!(replicas, [0, 1, 2].into(), "three replicas per process at most");
+    let mut per_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (_, m) in &out {
+        let key = m["k"].as_str().unwrap().to_owned();
+        per_key.entry(key).or_default().push(m["n"].as_u64().unwrap());
+    }
+    assert_eq!(per_key.len(), 13);
+    for (key, seen) in &per_key {
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "key {key} reordered");
     }
 }

@@ -145,13 +145,18 @@ enum Command {
     /// Change a running graph to what its changed manifest says, without a restart (nodes,
     /// sources, sinks and edges added or removed, replicas, ports, config, modules, error
     /// policies): nothing in flight is lost or repeated. Exits 1 if the change is refused
-    /// (the graph runs on untouched). In-process graphs; a Kafka graph's change is refused.
+    /// (the graph runs on untouched). A Kafka graph's change goes to every process of it
+    /// through its control topic, each answering.
     Apply {
         /// The changed manifest.
         manifest: PathBuf,
-        /// The admin endpoint of `flowhost run --admin`.
-        #[arg(long, default_value = admin::DEFAULT_ADDR)]
-        admin: String,
+        /// The admin endpoint of `flowhost run --admin` (an in-process graph's; the
+        /// default for one).
+        #[arg(long, conflicts_with = "brokers")]
+        admin: Option<String>,
+        /// Kafka bootstrap brokers (overrides `[kafka] brokers`) of a Kafka graph.
+        #[arg(long)]
+        brokers: Option<String>,
         /// Keep watching the manifest: apply it again whenever it changes.
         #[arg(long)]
         watch: bool,
@@ -363,28 +368,15 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => (Vec::new(), String::new()),
             };
             let command = flowhost::control::Command {
-                id: format!("{}-{}", std::process::id(), flowhost::clock::now_millis()),
+                id: command_id(),
                 node,
                 rollback,
                 name,
+                manifest: None,
+                modules: Vec::new(),
             };
-            let wait = std::time::Duration::from_secs(60);
-            let (answers, missing) = flowhost::control::send(&graph, &command, &bytes, wait)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&answers)?);
-            }
-            for a in &answers {
-                match (&a.record, json) {
-                    (_, true) => {}
-                    (Some(r), _) if a.applied() => println!("{}: {r}", a.process),
-                    (Some(r), _) => eprintln!("error: {}: {r}", a.process),
-                    (None, _) => eprintln!("error: {}: its graph has no such node", a.process),
-                }
-            }
-            for p in &missing {
-                eprintln!("error: {p}: no answer within {}s", wait.as_secs());
-            }
-            Ok(if missing.is_empty() && answers.iter().all(|a| a.applied()) {
+            let done = send_to_all(&graph, &command, &bytes, json)?;
+            Ok(if done {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -424,13 +416,24 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply {
             manifest,
             admin,
+            brokers,
             watch,
             json,
         } => {
-            let mut applied = client::apply(&admin, &manifest, json)?;
+            // A Kafka graph's change goes to all its processes, unless one is named.
+            let kafka = admin.is_none()
+                && (brokers.is_some()
+                    || Graph::load(&manifest)
+                        .is_ok_and(|g| g.transport == flowhost::manifest::Transport::Kafka));
+            let admin = admin.unwrap_or_else(|| admin::DEFAULT_ADDR.to_owned());
+            let apply = || match kafka {
+                true => apply_to_all(&manifest, brokers.clone(), json),
+                false => client::apply(&admin, &manifest, json),
+            };
+            let mut applied = apply()?;
             if watch {
                 client::on_change(&manifest, || {
-                    applied = client::apply(&admin, &manifest, json)?;
+                    applied = apply()?;
                     Ok(())
                 })?;
             }
@@ -576,6 +579,53 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The Kafka graph of `manifest` (its brokers overridden by `brokers`), for a command
 /// that reaches every process of it.
+/// A control command's id: this process and now.
+fn command_id() -> String {
+    format!("{}-{}", std::process::id(), flowhost::clock::now_millis())
+}
+
+/// Sends `command` (and `payload`) to every process of Kafka graph `graph` and says how
+/// it went in each; whether every one did it.
+fn send_to_all(
+    graph: &Graph,
+    command: &flowhost::control::Command,
+    payload: &[u8],
+    json: bool,
+) -> anyhow::Result<bool> {
+    // A change may wait for its graph to drain what it removes.
+    let wait = std::time::Duration::from_secs(if command.manifest.is_some() { 180 } else { 60 });
+    let (answers, missing) = flowhost::control::send(graph, command, payload, wait)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answers)?);
+    }
+    for a in answers.iter().filter(|_| !json) {
+        let said = match (&a.record, &a.change) {
+            (Some(r), _) => r.to_string(),
+            (_, Some(c)) => c.to_string(),
+            (None, None) => "its graph has no such node".into(),
+        };
+        match a.applied() {
+            true => println!("{}: {said}", a.process),
+            false => eprintln!("error: {}: {said}", a.process),
+        }
+    }
+    for p in &missing {
+        eprintln!("error: {p}: no answer within {}s", wait.as_secs());
+    }
+    Ok(missing.is_empty() && answers.iter().all(|a| a.applied()))
+}
+
+/// `flowhost apply` of a Kafka graph: validated and its modules built and read here, the
+/// change goes to every process through the control topic.
+fn apply_to_all(manifest: &std::path::Path, brokers: Option<String>, json: bool) -> anyhow::Result<bool> {
+    let graph = kafka_graph(manifest, brokers)?;
+    let text =
+        std::fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let plan = flowhost::plan::Plan::resolve(graph.clone(), None)?;
+    let (command, payload) = flowhost::control::Command::change(command_id(), text, &plan);
+    send_to_all(&graph, &command, &payload, json)
+}
+
 fn kafka_graph(manifest: &std::path::Path, brokers: Option<String>) -> anyhow::Result<Graph> {
     let mut graph = Graph::load(manifest)?;
     if brokers.is_some() {

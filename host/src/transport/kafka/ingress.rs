@@ -372,9 +372,20 @@ impl Ingress {
     /// consumer, whose committer still has to [`Committer::close`] once the vertex ended.
     pub fn run(mut self) -> Result<BaseConsumer<Rebalancing>, ClientError> {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        self.consumer
-            .subscribe(&topics)
-            .doing(|| format!("{}: subscribing to {}", self.name, topics.join(", ")))?;
+        // (A member the graph before handed on may be subscribed already: subscribing
+        // again would rebalance its group.)
+        let subscribed = self.consumer.subscription().ok().map(|tpl| {
+            let mut now: Vec<String> = tpl.elements().iter().map(|e| e.topic().to_owned()).collect();
+            now.sort();
+            now
+        });
+        let mut wanted: Vec<String> = self.topics.to_vec();
+        wanted.sort();
+        if subscribed.as_ref() != Some(&wanted) {
+            self.consumer
+                .subscribe(&topics)
+                .doing(|| format!("{}: subscribing to {}", self.name, topics.join(", ")))?;
+        }
         // Caught up twice in a row, far enough apart for a fresh fetch response between
         // (fetch.wait.max.ms is 500 by default): the ends it knows are current.
         let (mut checked, mut caught_up) = (Instant::now(), false);

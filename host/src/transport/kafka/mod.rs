@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::Consumer as _;
 
 pub use client::{CONNECT_TIMEOUT, Health};
 
@@ -73,6 +73,20 @@ pub fn read_state(graph: &Graph) -> Result<(BTreeMap<String, Entries>, String), 
     Ok((entries, kafka.brokers))
 }
 
+/// What the Kafka transport of a graph changed while it runs goes on with: the clients'
+/// link (its health and progress), and the members of the groups of the consumers kept
+/// as they were (they stay in their groups: no rebalance, no pause for one).
+pub(crate) struct Carried {
+    kafka: Kafka,
+    consumers: Vec<(String, Member)>,
+}
+
+/// A vertex's member of its group.
+type Member = rdkafka::consumer::BaseConsumer<Rebalancing>;
+
+/// Group members kept for the changed graph, by vertex id.
+type Parked = Arc<Mutex<Vec<(String, Member)>>>;
+
 /// The Kafka transport of one run in this process.
 pub struct KafkaTransport<'p> {
     plan: &'p Plan,
@@ -93,6 +107,10 @@ pub struct KafkaTransport<'p> {
     /// Where each source ended, and the sinks' writers opened (for a change).
     ended_at: Mutex<Vec<Position>>,
     opened: Vec<(usize, Arc<Mutex<SinkWriter>>)>,
+    /// The group members of the consumers stopped for a change, by vertex id (for the
+    /// changed graph's), and those the graph before handed on.
+    parked: Parked,
+    kept: Vec<(String, Member)>,
     /// Set once every vertex here has ended.
     ended: AtomicBool,
     /// The reader of this process's reply topic (an `http` source here).
@@ -146,6 +164,8 @@ impl<'p> KafkaTransport<'p> {
             before: None,
             ended_at: Mutex::new(vec![Position::default(); graph.sources.len()]),
             opened: Vec::new(),
+            parked: Arc::default(),
+            kept: Vec::new(),
             ended: AtomicBool::new(false),
             replies: None,
         })
@@ -153,7 +173,11 @@ impl<'p> KafkaTransport<'p> {
 
     /// This transport going on from what the one of the graph before handed on (its
     /// sources' positions, its sinks' writers): a changed graph's.
-    pub fn after(mut self, before: super::Handover) -> Self {
+    pub fn after(mut self, mut before: super::Handover) -> Self {
+        if let Some(carried) = before.kafka.take() {
+            self.kafka = carried.kafka;
+            self.kept = carried.consumers;
+        }
         self.before = Some(before);
         self
     }
@@ -239,12 +263,12 @@ impl<'p> KafkaTransport<'p> {
 
     /// The member of `v`'s group, committing as `commits` says.
     fn consumer(
-        &self,
+        &mut self,
         v: Vertex,
         commits: Commits,
         stores: Vec<usize>,
         shutdown: &Arc<Shutdown>,
-    ) -> Result<rdkafka::consumer::BaseConsumer<Rebalancing>, ClientError> {
+    ) -> Result<Member, ClientError> {
         let graph = &self.plan.graph;
         let id = graph.id(v);
         let topics: Arc<[String]> = self
@@ -265,6 +289,12 @@ impl<'p> KafkaTransport<'p> {
                 .map(|c| (c, stores)),
             (self.kafka.link.health.clone(), shutdown.clone()),
         )?;
+        // The graph before's member goes on, committing as this graph's vertex does.
+        if let Some(at) = self.kept.iter().position(|(kept, _)| kept == id) {
+            let (_, consumer) = self.kept.swap_remove(at);
+            *consumer.context().committer() = committer;
+            return Ok(consumer);
+        }
         let context = Rebalancing {
             vertex: format!("{v} `{id}`"),
             link: self.kafka.link.clone(),
@@ -507,9 +537,11 @@ impl Transport for KafkaTransport<'_> {
             }),
             assigned: Vec::new(),
         };
+        let stopped = self.stops[self.slot(v)].clone();
         Ok(Some(Box::new(Reader {
             ingress,
             done: self.done[self.slot(v)].clone(),
+            park: (graph.id(v).to_owned(), stopped, self.parked.clone()),
         })))
     }
 
@@ -642,15 +674,21 @@ impl Transport for KafkaTransport<'_> {
         self.replies = None;
         let graph = &self.plan.graph;
         let ended_at = self.ended_at.lock().unwrap_or_else(|e| e.into_inner());
+        let consumers = std::mem::take(&mut *self.parked.lock().unwrap_or_else(|e| e.into_inner()));
         Ok(super::Handover {
+            kafka: Some(Carried {
+                kafka: self.kafka.clone(),
+                consumers,
+            }),
             log: None,
             checkpoints: 0,
-            positions: graph.sources.iter().cloned().zip(ended_at.iter().copied()).collect(),
-            sinks: self
-                .opened
+            positions: graph
+                .sources
                 .iter()
-                .map(|(k, w)| (graph.sinks[*k].clone(), w.clone()))
+                .cloned()
+                .zip(ended_at.iter().copied())
                 .collect(),
+            sinks: super::Handover::sinks(graph, &self.opened),
         })
     }
 }
@@ -660,18 +698,28 @@ struct Reader {
     ingress: Ingress,
     /// Set once the vertex has ended and committed the rest.
     done: Arc<AtomicBool>,
+    /// The vertex's id, whether it was stopped for a change (its member then goes on in
+    /// the changed graph), and where it is kept for it.
+    park: (String, Arc<AtomicBool>, Parked),
 }
 
 impl Feed for Reader {
     /// Reads until drained or stopped, then waits for the vertex to end and commits the
     /// rest.
     fn run(self: Box<Self>, ended: &mut dyn FnMut(), shutdown: &Shutdown) {
-        let Reader { ingress, done } = *self;
+        let Reader { ingress, done, park } = *self;
         let name = ingress.name.clone();
         let result = ingress.run().and_then(|consumer| {
             ended();
-            let mut committer = consumer.context().committer();
-            committer.close(&consumer)
+            consumer.context().committer().close(&consumer)?;
+            let (id, stopped, parked) = park;
+            if stopped.load(Ordering::Acquire) && !shutdown.is_stopping() {
+                parked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((id, consumer));
+            }
+            Ok(())
         });
         if let Err(e) = result {
             shutdown.fail(format!("{name}: {e:#}"));

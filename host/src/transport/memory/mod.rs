@@ -230,11 +230,8 @@ impl Transport for Memory<'_> {
             log: checkpointer.log.take(),
             checkpoints: checkpointer.taken,
             positions: positions.map(|(s, at)| (s.clone(), at)).collect(),
-            sinks: self
-                .opened
-                .iter()
-                .map(|(k, w)| (graph.sinks[*k].clone(), w.clone()))
-                .collect(),
+            sinks: Handover::sinks(graph, &self.opened),
+            kafka: None,
         };
         Ok(handover)
     }
