@@ -5,6 +5,9 @@
 //! `<graph>.control.acks` with its swap record, which the command waits for from every
 //! process alive ([`crate::beacon::read`]). Every process keeps every node's versions
 //! (status shows them), so each applies it, whether or not it runs the node's replicas.
+//! `flowhost apply` travels the same way ([`Command::change`]: the manifest's text, its
+//! modules as the payload): every process changes its graph (`topology::apply`) and
+//! answers with its record.
 //!
 //! A process reads the control topic from its beginning when it starts, so one that
 //! joins later, or a restarted one, runs the versions the graph was swapped to, in the

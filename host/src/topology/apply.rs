@@ -24,8 +24,11 @@
 //! State a node must keep across a change of its replicas, ports, config or module lives
 //! in stores, as across a swap.
 //!
-//! In-process only for now: over Kafka a change is refused (the processes of a Kafka
-//! graph would have to stop at one cut together, see ARCHITECTURE.md).
+//! Over Kafka, what is in flight waits in topics: each consumer stops at a batch and
+//! commits what it processed, and the changed graph's groups go on from the committed
+//! offsets; a consumer that is removed, or loses an input, first reads it to its end
+//! ([`Next::drains`]); kept consumers keep their group members. Each process changes on
+//! its own, as `control` brings it the change (see ARCHITECTURE.md for one cut for all).
 
 use std::collections::BTreeSet;
 use std::path::Path;
