@@ -1,7 +1,9 @@
 //! `flowhost run --watch`: a node is hot-swapped when its module file changes, or, for a
 //! node given as a crate, when its sources change (rebuilt first, like `spin watch`); a
-//! changed manifest reconfigures existing nodes (config, limits, sandbox, module). The
-//! graph never restarts. Changes it cannot apply live are logged and left for a restart.
+//! changed manifest reconfigures existing nodes (config, limits, sandbox, module), and
+//! one that changes the graph's shape (nodes, sources, sinks, edges, replicas, error
+//! policies) is applied as `flowhost apply` applies it (`topology::apply`). The graph
+//! never restarts.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -240,8 +242,27 @@ impl Watched {
             }
         };
         let mut moved = false;
-        for note in restart_needed(&self.graph, &graph) {
-            tracing::warn!("manifest change not applied until a restart: {note}");
+        let reshaped = reshaped(&self.graph, &graph);
+        if !reshaped.is_empty() {
+            tracing::info!(
+                "the manifest changes the graph ({}): applying it",
+                reshaped.join("; ")
+            );
+            let record = match crate::topology::apply::plan_change(&self.status, graph.clone(), None) {
+                Ok(plan) => self.status.applied.apply(plan),
+                Err(why) => self
+                    .status
+                    .applied
+                    .refusal(crate::clock::now_millis(), Vec::new(), why),
+            };
+            if record.outcome != Outcome::Done {
+                return (done, false);
+            }
+            // Every node is as the manifest says now; its modules are the ones watched.
+            self.specs = graph.nodes.iter().map(|n| (n.id.clone(), n.clone())).collect();
+            done.extend(self.specs.keys().cloned());
+            self.graph = graph;
+            return (done, true);
         }
         for new in &graph.nodes {
             let (Some(old), Some(versions)) = (self.specs.get(&new.id), self.status.versions(&new.id)) else {
@@ -274,8 +295,9 @@ impl Watched {
     }
 }
 
-/// The changes between `old` and `new` that only a restart applies.
-fn restart_needed(old: &Graph, new: &Graph) -> Vec<String> {
+/// The changes between `old` and `new` that change the graph's shape (applied as a
+/// change of the graph, not by reconfiguring nodes).
+fn reshaped(old: &Graph, new: &Graph) -> Vec<String> {
     let mut notes = Vec::new();
     let ids = |g: &Graph| -> BTreeSet<String> {
         let nodes = g.nodes.iter().map(|n| format!("node `{}`", n.id));

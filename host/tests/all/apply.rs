@@ -456,6 +456,29 @@ fn apply_watch_applies_the_manifest_whenever_it_changes() {
     assert_eq!(lines(&d.join("tapped.txt")), ["x"]);
 }
 
+#[test]
+fn run_watch_applies_a_manifest_that_changes_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    branch_graph(d, "graph.toml", false);
+    let mut run = Running::start(d, &["--watch"]);
+    let stdin = run.stdin.as_mut().unwrap();
+    stdin.write_all(b"a\n").unwrap();
+    stdin.flush().unwrap();
+    run.wait_for("the first through", |s| s.sinks[0].written == 1);
+    branch_graph(d, "graph.toml", true);
+    let status = run.wait_for("the change applied", |s| s.graph_version == 2);
+    assert_eq!(status.nodes.len(), 2);
+    assert!(status.applied[0].changes.iter().any(|c| c == "node `tap` added"));
+    let stdin = run.stdin.as_mut().unwrap();
+    stdin.write_all(b"b\n").unwrap();
+    drop(run.stdin.take());
+    assert!(run.finish().success());
+    assert_eq!(lines(&d.join("tapped.txt")), ["b"]);
+    let out: Vec<String> = lines(&d.join("out.txt")).iter().map(|l| stamped(l).2).collect();
+    assert_eq!(out, ["a", "b"]);
+}
+
 /// words.jsonl (`{"k":"w<n % 10>","n":<n>}` per line, keyed by `k`) → tally (durable
 /// `counts`, per key) → null, checkpointed every 20 ms; with `tap`, also → tap → tapped.txt.
 fn durable_graph(dir: &Path, name: &str, tap: bool) {

@@ -423,14 +423,16 @@ fn watch_swaps_a_changed_module_and_applies_a_changed_config() {
     run.wait_for("the swap to v2", |s| s.nodes[0].version == 2);
     feed(&mut run, &lines(10));
 
-    // A config change reconfigures the node (it stops counting); a replica count change
-    // waits for a restart.
+    // A config change with a replica count change: applied as a change of the graph (the
+    // node rebuilt, a reconfiguration in its history; it stops counting).
     let manifest = std::fs::read_to_string(dir.path().join("graph.toml")).unwrap();
     let manifest = manifest
         .replace(r#"config = { count_in = "stamps" }"#, "config = {}")
         .replace("replicas = 2", "replicas = 3");
     std::fs::write(dir.path().join("graph.toml"), manifest).unwrap();
-    let status = run.wait_for("the reconfiguration", |s| s.nodes[0].swaps.len() == 2);
+    let status = run.wait_for("the change", |s| {
+        s.graph_version == 2 && s.nodes[0].swaps.len() == 2
+    });
     assert_eq!(status.nodes[0].version, 3);
     let last = status.nodes[0].swaps.last().unwrap();
     assert_eq!(
@@ -439,9 +441,9 @@ fn watch_swaps_a_changed_module_and_applies_a_changed_config() {
         "{:#?}",
         status.nodes[0].swaps
     );
-    run.wait_log("manifest change not applied until a restart: node `stamp`: replicas 2 -> 3");
+    assert_eq!(status.graph_version, 2);
     feed(&mut run, &lines(20));
-    assert_eq!(run.status().nodes[0].replicas.len(), 2);
+    assert_eq!(run.status().nodes[0].replicas.len(), 3);
     assert!(run.finish().success());
 
     let out = output(dir.path());

@@ -58,7 +58,8 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         heartbeat_ms: u64,
         /// Hot-swap a node when its module file (or its crate's sources) change, and
-        /// reconfigure nodes when the manifest changes, without restarting the graph.
+        /// reconfigure nodes (or change the graph, as `flowhost apply` does) when the
+        /// manifest changes, without restarting the graph.
         #[arg(long)]
         watch: bool,
         /// How messages travel between vertices (overrides the manifest's `transport`).
