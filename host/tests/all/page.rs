@@ -234,8 +234,13 @@ fn the_page_draws_the_graph_and_shows_what_status_says_and_keeps_up_with_it() {
     // More input: the same page, not reloaded, follows.
     stdin.write_all(b"more\n".repeat(200).as_slice()).unwrap();
     stdin.flush().unwrap();
-    let status = run.wait_for("500 in", |s| s.nodes[0].counts.received == 500);
-    let shown = browser.until("the new counts", |p| field(p, "node:faulty", "received") == "500");
+    // (Waited for at the sink too: the node counts a batch before the sink writes it.)
+    let status = run.wait_for("500 in, 490 out", |s| {
+        s.nodes[0].counts.received == 500 && s.sinks[0].written == 490
+    });
+    let shown = browser.until("the new counts", |p| {
+        field(p, "node:faulty", "received") == "500" && field(p, "sink:out", "written") == "490"
+    });
     assert_eq!(
         field(&shown, "sink:out", "written"),
         status.sinks[0].written.to_string()
