@@ -10,21 +10,14 @@ use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Running, bin, text};
+use common::{Running, bin, module, stream, text};
 use flowhost::topology::swap::Outcome;
-
-fn module(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../functions")
-        .join(name);
-    flowhost::plan::build_crate(&dir).unwrap()
-}
 
 fn apply(run: &Running, dir: &Path, manifest: &str) -> Output {
     bin()
@@ -33,31 +26,6 @@ fn apply(run: &Running, dir: &Path, manifest: &str) -> Output {
         .args(["--admin", &run.addr])
         .output()
         .unwrap()
-}
-
-/// Streams `m<n>` lines (or what `line` makes of `n`) into `out` at a steady pace, up to
-/// what `allowed` allows, `total` in all; then closes it.
-fn stream(
-    mut out: impl Write + Send + 'static,
-    total: usize,
-    allowed: Arc<AtomicUsize>,
-    line: fn(usize) -> String,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut next = 0;
-        while next < total {
-            let until = allowed.load(Ordering::Acquire).min(next + 100).min(total);
-            if until == next {
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
-            }
-            let chunk: String = (next..until).map(line).collect();
-            out.write_all(chunk.as_bytes()).unwrap();
-            out.flush().unwrap();
-            next = until;
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    })
 }
 
 /// One line the `stamp` fixture wrote: replica, batch, payload.
@@ -180,8 +148,8 @@ fn branch_added_and_removed(messages: usize, transport: &str) {
         text(&removed)
     );
     allowed.store(messages, Ordering::Release);
-    writer.join().unwrap();
-
+    // The input held open, so the graph cannot end before its status is read.
+    let input = writer.join().unwrap();
     let status = run.wait_for("everything through", |s| s.sinks[0].written as usize == messages);
     assert_eq!(status.graph_version, 3);
     let versions: Vec<(u32, Outcome)> = status.applied.iter().map(|r| (r.version, r.outcome)).collect();
@@ -189,6 +157,7 @@ fn branch_added_and_removed(messages: usize, transport: &str) {
     // The counters of the node kept went on across both changes.
     assert_eq!(status.nodes.len(), 1);
     assert_eq!(status.nodes[0].counts.received as usize, messages);
+    drop(input);
     assert!(run.finish().success());
 
     // The graph kept: every input once, in order, by one instance that went on through
@@ -271,13 +240,15 @@ fn replicas_go_from_1_to_3_to_2_on_a_key_hash_edge_and_each_key_keeps_its_order(
         let out = apply(&run, dir.path(), manifest);
         assert!(out.status.success(), "{}", text(&out));
         assert!(text(&out).contains("node `stamp`: replicas"), "{}", text(&out));
+        // Asked while the writer still holds the pipe open: the graph cannot have ended.
+        let status = run.status();
+        assert_eq!(status.graph_version as usize, k + 2);
+        assert_eq!(status.nodes[0].replicas.len(), [3, 2][k]);
         allowed.store((reached + third + third / 2).min(MESSAGES), Ordering::Release);
     }
     allowed.store(MESSAGES, Ordering::Release);
-    writer.join().unwrap();
-    let status = run.wait_for("everything through", |s| s.sinks[0].written as usize == MESSAGES);
-    assert_eq!(status.graph_version, 3);
-    assert_eq!(status.nodes[0].replicas.len(), 2);
+    // The pipe's end ends the graph once everything is through.
+    drop(writer.join().unwrap());
     assert!(run.finish().success());
 
     // Every message once.
@@ -668,7 +639,8 @@ fn over_kafka_one_apply_reaches_every_process_and_replicas_go_1_3_2_with_each_ke
         allowed.store((reached + third + third / 2).min(MESSAGES), Ordering::Release);
     }
     allowed.store(MESSAGES, Ordering::Release);
-    writer.join().unwrap();
+    // Held open: the pipe's end is not what this test is about.
+    let _input = writer.join().unwrap();
     edge.wait_for("everything through", |s| s.sinks[0].written as usize == MESSAGES);
 
     // Refused everywhere: a module that is none. Version 3 runs on in every process.

@@ -181,9 +181,28 @@ fn sigterm_drains_flushes_and_exits_130_like_ctrl_c() {
 }
 
 fn stop_signal_drains_flushes_and_exits_130(signal: &str) {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
     let manifest = stdin_graph("stop");
-    let mut child = spawn_run(&manifest, "warn");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowhost"))
+        .args(["run", manifest.to_str().unwrap(), "--admin", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn,flowhost::admin=info")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut read_until = |needle: &str| {
+        while !seen.contains(needle) {
+            let n = stderr.read_line(&mut seen).unwrap();
+            assert!(n > 0, "flowhost ended before logging {needle:?}:\n{seen}");
+        }
+        seen.clone()
+    };
+    let logged = read_until("admin endpoint on http://");
+    let addr = logged.split("admin endpoint on http://").nth(1).unwrap();
+    let status = format!("http://{}/status", addr.split_whitespace().next().unwrap());
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"first\n").unwrap();
     stdin.flush().unwrap();
@@ -192,30 +211,51 @@ fn stop_signal_drains_flushes_and_exits_130(signal: &str) {
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "first\n");
+    // In flight when the signal comes: read by the source, 2 s inside the node's call.
+    stdin.write_all(b"pause:second\n").unwrap();
+    stdin.flush().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let body = ureq::get(&status)
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .unwrap();
+        let report: flowhost::topology::status::StatusReport = serde_json::from_str(&body).unwrap();
+        if report.sources[0].read == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never read: {report:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let kill = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    // Wait for flowhost to take the signal before ending its input, so EOF cannot win.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("stopping: draining the graph") {
-        let n = stderr.read_line(&mut seen).unwrap();
-        assert!(n > 0, "flowhost ended without taking Ctrl-C:\n{seen}");
-    }
-    // The source was waiting on this line: it is still delivered, then the graph drains.
-    stdin.write_all(b"second\n").unwrap();
-    drop(stdin);
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    read_until("stopping: draining the graph");
+    // The input stays open: the signal, not its end, stops the run, and what was in
+    // flight is written before it exits. (A bounded wait: a run that ignores the signal
+    // fails the test instead of hanging it.)
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stdout.read_to_string(&mut rest);
+        let _ = tx.send(rest);
+    });
+    let rest = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the signal did not stop the run:\n{seen}"));
     let status = child.wait().unwrap();
+    drop(stdin);
     assert_eq!(
         status.code(),
         Some(130),
         "exit status {status:?}; stderr:\n{seen}"
     );
-    assert_eq!(rest, "second\n", "in-flight messages are flushed, not dropped");
+    assert_eq!(
+        rest, "pause:second\n",
+        "in-flight messages are flushed, not dropped"
+    );
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! A `flowhost run` of a graph reading stdin, with its admin endpoint on a free port, for
 //! tests that watch and steer a running graph.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 
 pub use flowhost_tests::Broker;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,41 @@ pub fn in_netns(netns: &str) -> Command {
         .args(["netns", "exec", netns])
         .arg(env!("CARGO_BIN_EXE_flowhost"));
     command
+}
+
+/// The module of fixture crate `functions/<name>`, built if stale.
+pub fn module(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../functions")
+        .join(name);
+    flowhost::plan::build_crate(&dir).unwrap()
+}
+
+/// Streams `m<n>` lines (or what `line` makes of `n`) into `out` at a steady pace, up to
+/// what `allowed` allows, `total` in all; then hands `out` back (the caller says when
+/// the input ends: a graph reading it may end with it).
+pub fn stream<W: Write + Send + 'static>(
+    mut out: W,
+    total: usize,
+    allowed: Arc<AtomicUsize>,
+    line: fn(usize) -> String,
+) -> std::thread::JoinHandle<W> {
+    std::thread::spawn(move || {
+        let mut next = 0;
+        while next < total {
+            let until = allowed.load(Ordering::Acquire).min(next + 100).min(total);
+            if until == next {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            let chunk: String = (next..until).map(line).collect();
+            out.write_all(chunk.as_bytes()).unwrap();
+            out.flush().unwrap();
+            next = until;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        out
+    })
 }
 
 /// What a finished command printed, stdout then stderr.

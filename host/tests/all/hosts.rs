@@ -8,7 +8,8 @@
 //! says so and passes without running.
 
 use crate::common;
-use crate::kafka::{feed, module};
+use crate::common::module;
+use crate::kafka::feed;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -7,17 +7,10 @@ use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use common::{Broker, Running, bin, text};
-
-pub(crate) fn module(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../functions")
-        .join(name);
-    flowhost::plan::build_crate(&dir).unwrap()
-}
+use common::{Broker, Running, bin, module, text};
 
 /// `[kafka]` for `broker`: short sessions, so a killed member's partitions move on soon.
 fn kafka_table(broker: &Broker, partitions: u32) -> String {

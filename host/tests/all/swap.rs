@@ -9,23 +9,15 @@ use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use common::{Running, bin, text};
+use common::{Running, bin, module, stream, text};
 use flowhost::topology::swap::{Action, Outcome};
 
 const MESSAGES: usize = 210_000;
-
-fn module(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../functions")
-        .join(name);
-    flowhost::plan::build_crate(&dir).unwrap()
-}
 
 /// stdin → stamp (`module`, 2 replicas, counting in `stamps`, skipping failures) → out.txt.
 fn stamp_graph(dir: &Path, module: &str, config: &str) {
@@ -126,24 +118,9 @@ fn swaps_under_a_stream_lose_repeat_and_reorder_nothing_and_keep_state() {
     // swap starts with half a segment still to be written, so messages are flowing.
     let segment = MESSAGES / 7;
     let allowed = Arc::new(AtomicUsize::new(segment + segment / 2));
-    let mut stdin = run.stdin.take().unwrap();
-    let writer = {
-        let allowed = allowed.clone();
-        std::thread::spawn(move || {
-            let mut next = 0;
-            while next < MESSAGES {
-                let until = allowed.load(Ordering::Acquire).min(next + 200);
-                if until == next {
-                    std::thread::sleep(Duration::from_millis(1));
-                    continue;
-                }
-                let chunk: String = (next..until).map(|i| format!("m{i:06}\n")).collect();
-                stdin.write_all(chunk.as_bytes()).unwrap();
-                next = until;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        })
-    };
+    let writer = stream(run.stdin.take().unwrap(), MESSAGES, allowed.clone(), |i| {
+        format!("m{i:06}\n")
+    });
     let (v1, v2) = (v1.to_str().unwrap(), v2.to_str().unwrap());
     let steps: [&[&str]; 6] = [
         &["stamp", v2],
@@ -192,7 +169,8 @@ fn swaps_under_a_stream_lose_repeat_and_reorder_nothing_and_keep_state() {
         "{:?}",
         node.replicas
     );
-    writer.join().unwrap();
+    // The input ends only now: the graph cannot have ended before its status was read.
+    drop(writer.join().unwrap());
     assert!(run.finish().success());
 
     let out = output(dir.path());
