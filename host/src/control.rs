@@ -11,7 +11,9 @@
 //!
 //! A process reads the control topic from its beginning when it starts, so one that
 //! joins later, or a restarted one, runs the versions the graph was swapped to, in the
-//! order they were asked for (it answers old commands too; nobody waits for those).
+//! order they were asked for, and the changes `flowhost apply` made of the graph, so it
+//! runs the graph's current version (it answers old commands too; nobody waits for
+//! those).
 //! A command travels as one record: the module's bytes are its payload, so a module
 //! must fit the brokers' largest message (`message.max.bytes`, 1 MB by default on
 //! Apache Kafka; the command's producer allows 64 MB).
@@ -155,10 +157,11 @@ fn topics(kafka: &Kafka, graph: &Graph) -> Result<(String, String), TransportErr
 impl Control {
     /// Starts applying the commands of Kafka graph `graph` to the nodes of `status`.
     ///
-    /// Changes of the whole graph (`flowhost apply`) are applied as they come, not
-    /// replayed: a process started later runs the manifest it is started with.
+    /// What the topic held when it started is applied first, in the order it was asked
+    /// for, swaps and changes of the whole graph (`flowhost apply`) alike: each refused
+    /// or applied here as it was where it was asked for (the checks are the same), so
+    /// the process ends up at the graph's current version.
     pub fn start(graph: &Graph, status: Arc<Status>) -> Result<Control, TransportError> {
-        let since = crate::clock::now_millis();
         let manifest = graph.path.clone();
         let kafka = Kafka::new(&graph.kafka).map_err(setup(graph))?;
         let (control, acks) = topics(&kafka, graph)?;
@@ -197,7 +200,6 @@ impl Control {
                 let payload = m.payload().unwrap_or_default();
                 let answer = match &command.manifest {
                     None => apply(&status, &command, payload),
-                    Some(_) if m.timestamp().to_millis().is_some_and(|t| t < since) => continue,
                     Some(text) => change(&status, &manifest, (&command, text), payload),
                 };
                 if let Ok(json) = serde_json::to_vec(&answer) {

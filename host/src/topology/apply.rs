@@ -681,8 +681,10 @@ pub fn run_live<O, E: From<RunError>>(
         .map_err(|e| E::from(RunError::Transport(e)))?;
     let runner = Runner::start(&plan, engine, opts, shutdown, transport)?;
     let status = runner.status().clone();
-    let observers = observe(&status, runner.stores())?;
+    // Open before the observers start: a change they ask for at once (a Kafka process
+    // catching up with the control topic) waits for the runner instead of being refused.
     let door = status.applied.open(engine.clone());
+    let observers = observe(&status, runner.stores())?;
     let mut ended = runner.run_until_changed(Some(&door));
     let mut plan;
     loop {

@@ -591,7 +591,8 @@ fn apply_to_all(dir: &Path, manifest: &str) -> Output {
 /// running `stamp` — changed by one `flowhost apply` each time through the graph's control
 /// topic: replicas 1 → 3 → 2 per process on a key-hash edge (Kafka partitions by key).
 /// Every process answers; every message comes out once, each key in order; a change
-/// refused (a module that is none) is refused by every process and nothing changes.
+/// refused (a module that is none) is refused by every process and nothing changes; a
+/// process started after them catches up.
 #[test]
 fn over_kafka_one_apply_reaches_every_process_and_replicas_go_1_3_2_with_each_key_in_order() {
     const MESSAGES: usize = 9_000;
@@ -662,6 +663,18 @@ fn over_kafka_one_apply_reaches_every_process_and_replicas_go_1_3_2_with_each_ke
     for run in workers.iter().chain([&edge]) {
         assert_eq!(run.status().graph_version, 3);
     }
+    // A process started now, from the manifest the graph started with, catches up with
+    // the control topic: both changes applied and the third refused, as everywhere.
+    let late = Running::start(d, &["--batch-size", "64", "--nodes", "stamp"]);
+    let status = late.wait_for("the changes caught up with", |s| s.applied.len() == 3);
+    let outcomes: Vec<(u32, Outcome)> = status.applied.iter().map(|r| (r.version, r.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [(2, Outcome::Done), (3, Outcome::Done), (4, Outcome::Refused)]
+    );
+    assert_eq!(status.graph_version, 3);
+    assert_eq!(status.nodes[0].replicas.len(), 2);
+    drop(late);
 
     // Every message once; per key in order.
     let term = std::process::Command::new("kill")
