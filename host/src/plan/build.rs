@@ -9,6 +9,15 @@ use super::PlanError;
 /// The target node crates are built for.
 pub const TARGET: &str = "wasm32-wasip1";
 
+/// Whether builds keep cargo's output to themselves (`flowhost -q`): shown only when one
+/// fails, as part of its error.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Builds from now on keep cargo's output to themselves (`true`) or show it as it comes.
+pub fn quiet_builds(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Builds the crate in `dir` (release, wasm32-wasip1) and returns its `.wasm`.
 pub fn build_crate(dir: &Path) -> Result<PathBuf, PlanError> {
     let failed = |why: String| PlanError::Build {
@@ -32,14 +41,22 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, PlanError> {
         .arg(&manifest)
         .current_dir(dir)
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(match QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            true => Stdio::piped(),
+            false => Stdio::inherit(),
+        })
         .output()
         .map_err(|e| failed(format!("running cargo (is it on PATH?): {e}")))?;
     if !output.status.success() {
+        // What cargo said, if it was kept back: its last lines.
+        let said = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = said.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
         return Err(failed(format!(
-            "cargo build --target {TARGET} failed for {} ({})",
+            "cargo build --target {TARGET} failed for {} ({}){}{tail}",
             manifest.display(),
-            output.status
+            output.status,
+            if tail.is_empty() { "" } else { ":\n" }
         )));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-pub use build::{TARGET, build_crate};
+pub use build::{TARGET, build_crate, quiet_builds};
 pub use kafka::{Input, KafkaNames};
 
 use crate::manifest::{Graph, ModuleRef, Vertex};

@@ -446,15 +446,36 @@ fn graph_refuses_an_invalid_manifest_with_its_errors() {
 }
 
 /// `flowhost new` makes a crate whose own tests pass natively, and which `flowhost run`
-/// builds for wasm32-wasip1 and runs from its generated graph.
+/// builds for wasm32-wasip1 and runs from its generated graph: with the binary alone,
+/// copied out of this source tree (it carries the SDK), and `-q` silent.
 #[test]
 fn new_makes_a_node_crate_that_tests_builds_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let dir_arg = dir.path().to_str().unwrap();
-    let out = flowhost(&["new", "shout-node", "--dir", dir_arg]);
+    let elsewhere = dir.path().join("bin/flowhost");
+    std::fs::create_dir_all(elsewhere.parent().unwrap()).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_flowhost"), &elsewhere).unwrap();
+    let sdk_home = dir.path().join("data");
+    let flowhost = |args: &[&str]| {
+        Command::new(&elsewhere)
+            .args(args)
+            .current_dir(dir.path())
+            .env("FLOWHOST_SDK_DIR", &sdk_home)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let out = flowhost(&["new", "shout-node"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let root = dir.path().join("shout-node");
+    // It depends on the SDK the binary wrote, not on this tree.
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let sdk_home = sdk_home.canonicalize().unwrap();
+    assert!(manifest.contains(&*sdk_home.to_string_lossy()), "{manifest}");
+    assert!(
+        !manifest.contains(&*repo.canonicalize().unwrap().to_string_lossy()),
+        "{manifest}"
+    );
     // Share compiled dependencies with the example nodes.
     let target = repo.join("functions/target");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -472,11 +493,11 @@ fn new_makes_a_node_crate_that_tests_builds_and_runs() {
     );
     assert!(stdout.contains("2 passed"), "{stdout}");
 
-    let mut run = Command::new(env!("CARGO_BIN_EXE_flowhost"))
-        .args(["run", "graph.toml"])
+    let mut run = Command::new(&elsewhere)
+        .args(["-q", "run", "graph.toml"])
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target)
-        .env("RUST_LOG", "warn")
+        .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -485,13 +506,18 @@ fn new_makes_a_node_crate_that_tests_builds_and_runs() {
     use std::io::Write as _;
     run.stdin.take().unwrap().write_all(b"hello\nwasm\n").unwrap();
     let out = run.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "> HELLO\n> WASM\n");
+    assert_eq!(
+        stderr, "",
+        "-q: nothing but warnings and errors (the build's output too)"
+    );
 
-    let again = flowhost(&["new", "shout-node", "--dir", dir_arg]);
+    let again = flowhost(&["new", "shout-node"]);
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
-    let bad = flowhost(&["new", "Bad Name", "--dir", dir_arg]);
+    let bad = flowhost(&["new", "Bad Name"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid node name `Bad Name`"));
 }
 

@@ -183,9 +183,10 @@ enum Command {
         /// Where to create it.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The flowhost guest SDK to depend on.
-        #[arg(long, default_value_os_t = new::default_sdk())]
-        sdk: PathBuf,
+        /// The flowhost guest SDK to depend on (a `guest-sdk` folder); by default the one
+        /// this binary carries, written to a versioned folder of its own.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
     /// Show what a graph's durable stores hold (from its last checkpoint).
     State {
@@ -235,6 +236,7 @@ enum StateQuery {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    flowhost::plan::quiet_builds(cli.quiet);
     let default_level = if cli.quiet { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -279,7 +281,7 @@ fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::New { name, dir, sdk } => {
-            let root = new::create(&dir, &name, &sdk)?;
+            let root = new::create(&dir, &name, sdk.as_deref())?;
             println!("created node crate `{name}` in {}", root.display());
             println!("  cd {} && cargo test", root.display());
             println!("  cargo build --target wasm32-wasip1 --release");
