@@ -1,17 +1,23 @@
-//! Carries the Rust guest SDK (`flowhost-sdk` and `flowhost-macros`, their sources and
-//! WIT) inside the binary, so `flowhost new` makes a crate that builds on a machine
-//! without this source tree (see `src/bin/flowhost/new.rs`). Their `Cargo.toml`s are
+//! Carries the guest SDKs inside the binary — the Rust crates `flowhost-sdk` and
+//! `flowhost-macros` (sources and WIT) and the Python package `flowhost_node` — so
+//! `flowhost new` makes a crate that builds, and a Python node builds, on a machine
+//! without this source tree (see `src/plan/sdk.rs`). Their `Cargo.toml`s are
 //! made standalone here: the workspace's package fields written out, the macros crate
 //! a path dependency next to the SDK, the SDK's own test dependencies left out.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// The SDK crates: (folder in the repository, name of the folder written).
-const CRATES: [(&str, &str); 2] = [("guest-sdk", "flowhost-sdk"), ("macros", "flowhost-macros")];
-
-/// What of each crate is carried: its manifest, sources, framing notes and WIT.
-const CARRIED: [&str; 4] = ["Cargo.toml", "FRAMING.md", "src", "wit"];
+/// The SDKs: folder in the repository, name of the folder written, what of it is carried.
+const CARRIED: [(&str, &str, &[&str]); 3] = [
+    (
+        "guest-sdk",
+        "flowhost-sdk",
+        &["Cargo.toml", "FRAMING.md", "src", "wit"],
+    ),
+    ("macros", "flowhost-macros", &["Cargo.toml", "src"]),
+    ("guest-sdk/python", "python", &["pyproject.toml", "flowhost_node"]),
+];
 
 fn main() {
     let repo = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap()).join("..");
@@ -26,9 +32,9 @@ fn main() {
         .expect("[workspace.package] has a version");
 
     let mut files = Vec::new();
-    for (folder, name) in CRATES {
+    for (folder, name, carried) in CARRIED {
         let from = repo.join(folder);
-        for carried in CARRIED {
+        for carried in carried {
             let path = from.join(carried);
             println!("cargo:rerun-if-changed={}", path.display());
             walk(&path, &mut |file| {
@@ -71,7 +77,7 @@ fn walk(path: &Path, found: &mut dyn FnMut(&Path)) {
         for entry in std::fs::read_dir(path).unwrap() {
             walk(&entry.unwrap().path(), found);
         }
-    } else if path.is_file() {
+    } else if path.is_file() && path.extension().is_none_or(|e| e != "pyc") {
         found(path);
     }
 }

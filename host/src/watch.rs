@@ -120,6 +120,8 @@ impl Watched {
                     dirs.insert((dir.clone(), RecursiveMode::NonRecursive));
                     dirs.insert((dir.join("src"), RecursiveMode::Recursive))
                 }
+                // Its folder's `.py` files, as its build reads them.
+                ModuleRef::Python(app) => dirs.insert((parent(app), RecursiveMode::Recursive)),
             };
         }
         for (dir, mode) in dirs {
@@ -148,6 +150,9 @@ impl Watched {
                 ModuleRef::Crate(dir) => {
                     let src = real(&dir.join("src"));
                     real(path).starts_with(src) || same_file(path, &dir.join("Cargo.toml"))
+                }
+                ModuleRef::Python(app) => {
+                    path.extension().is_some_and(|e| e == "py") && real(path).starts_with(real(&parent(app)))
                 }
             };
             hit.then(|| Touched::Node(spec.id.clone()))

@@ -483,6 +483,9 @@ pub enum ModuleRef {
     File(PathBuf),
     /// A node crate, built for wasm32-wasip1 when its module is missing or stale.
     Crate(PathBuf),
+    /// A Python node's app module, built into a component (componentize-py) when it is
+    /// missing or stale.
+    Python(PathBuf),
 }
 
 /// What happens to a message a node fails on (after retries, for retryable errors).

@@ -171,6 +171,10 @@ pub struct RawNode {
     #[serde(rename = "crate")]
     #[schemars(with = "Option<String>")]
     pub krate: Option<Spanned<String>>,
+    /// A Python node's app module (`nodes/parse.py`), built into a component with
+    /// componentize-py (when missing or stale), relative to the manifest.
+    #[schemars(with = "Option<String>")]
+    pub python: Option<Spanned<String>>,
     #[serde(default)]
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub config: toml::Table,

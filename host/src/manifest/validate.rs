@@ -538,15 +538,20 @@ fn node(
     sink_index: &dyn Fn(&str) -> Option<usize>,
 ) -> NodeSpec {
     let name = id.get_ref();
-    let module = match (&n.module, &n.krate) {
-        (Some(m), None) => {
+    let given: Vec<(&str, &Spanned<String>)> =
+        [("module", &n.module), ("crate", &n.krate), ("python", &n.python)]
+            .into_iter()
+            .filter_map(|(key, v)| Some((key, v.as_ref()?)))
+            .collect();
+    let module = match given[..] {
+        [("module", m)] => {
             let path = resolve(dir, m);
             if !path.is_file() {
                 r.at(m.span(), format!("node `{name}`: module not found: {} (build it with `cargo build --target wasm32-wasip1 --release`, or give `crate = \"...\"` to have flowhost build it)", path.display()));
             }
             ModuleRef::File(path)
         }
-        (None, Some(c)) => {
+        [("crate", c)] => {
             let path = resolve(dir, c);
             if !path.join("Cargo.toml").is_file() {
                 r.at(
@@ -556,17 +561,34 @@ fn node(
             }
             ModuleRef::Crate(path)
         }
-        (Some(m), Some(_)) => {
+        [(_, p)] => {
+            let path = resolve(dir, p);
+            if !path.is_file() || path.extension().is_none_or(|e| e != "py") {
+                r.at(
+                    p.span(),
+                    format!(
+                        "node `{name}`: no Python app module (a `.py` file) at {}",
+                        path.display()
+                    ),
+                );
+            }
+            ModuleRef::Python(path)
+        }
+        [] => {
             r.at(
-                m.span(),
-                format!("node `{name}` gives both `module` and `crate`; keep one"),
+                id.span(),
+                format!("node `{name}` needs `module = \"path.wasm\"`, `crate = \"path/to/crate\"` or `python = \"app.py\"`"),
             );
             ModuleRef::File(PathBuf::new())
         }
-        (None, None) => {
+        [_, (second, v), ..] => {
+            let keys: Vec<String> = given.iter().map(|(k, _)| format!("`{k}`")).collect();
             r.at(
-                id.span(),
-                format!("node `{name}` needs `module = \"path.wasm\"` or `crate = \"path/to/crate\"`"),
+                v.span(),
+                format!(
+                    "node `{name}` gives {} (`{second}` here); keep one",
+                    keys.join(" and ")
+                ),
             );
             ModuleRef::File(PathBuf::new())
         }
@@ -726,10 +748,12 @@ fn sha256(r: &mut Report, name: &str, n: &RawNode) -> Option<String> {
             sha.span(),
             format!("node `{name}`: sha256 must be 64 hex digits (`sha256sum module.wasm`)"),
         );
-    } else if n.krate.is_some() {
+    } else if n.krate.is_some() || n.python.is_some() {
         r.at(
             sha.span(),
-            format!("node `{name}`: sha256 pins a built module; use `module = \"...\"`, not `crate`"),
+            format!(
+                "node `{name}`: sha256 pins a built module; use `module = \"...\"`, not `crate` or `python`"
+            ),
         );
     }
     Some(hex)

@@ -9,6 +9,7 @@
 
 mod build;
 mod kafka;
+pub mod sdk;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-pub use build::{TARGET, build_crate, quiet_builds};
+pub use build::{TARGET, build_crate, build_python, quiet_builds};
 pub use kafka::{Input, KafkaNames};
 
 use crate::manifest::{Graph, ModuleRef, Vertex};
@@ -106,7 +107,7 @@ pub fn check_module_files(graph: &Graph) -> Vec<PlanError> {
                 node: n.id.clone(),
                 error: Box::new(e),
             }),
-            ModuleRef::Crate(_) => None,
+            ModuleRef::Crate(_) | ModuleRef::Python(_) => None,
         })
         .collect()
 }
@@ -135,6 +136,7 @@ impl ModuleSource {
         let path = match module {
             ModuleRef::File(path) => path.clone(),
             ModuleRef::Crate(dir) => build_crate(dir)?,
+            ModuleRef::Python(app) => build_python(app)?,
         };
         let source = ModuleSource::read(&path)?;
         if let Some(expected) = pinned

@@ -14,5 +14,6 @@ mod hosts;
 mod kafka;
 mod loops;
 mod page;
+mod python;
 mod reliability;
 mod swap;

@@ -21,52 +21,6 @@ const FILES: [(&str, &str); 4] = [
     ),
 ];
 
-/// The Rust guest SDK this binary carries (`host/build.rs`): path under its folder,
-/// contents.
-const SDK_FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/sdk_files.rs"));
-
-/// The SDK this binary carries, written once to a folder of its own version and contents
-/// (`$FLOWHOST_SDK_DIR`, else `$XDG_DATA_HOME/flowhost/sdk`, else
-/// `~/.local/share/flowhost/sdk`, then `<version>-<hash>/flowhost-sdk`), so a crate that
-/// `flowhost new` makes builds without the source tree, and two binaries of different
-/// SDKs never share one.
-pub fn carried_sdk() -> anyhow::Result<PathBuf> {
-    let base = std::env::var_os("FLOWHOST_SDK_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_DATA_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
-                .map(|d| d.join("flowhost/sdk"))
-        })
-        .context("no folder for the guest SDK: set FLOWHOST_SDK_DIR or HOME")?;
-    let folder = base.join(env!("FLOWHOST_SDK_ID"));
-    if !folder.is_dir() {
-        // Written next to it, then moved in whole: a folder there is complete.
-        std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-        let written = base.join(format!(
-            ".writing-{}-{}",
-            env!("FLOWHOST_SDK_ID"),
-            std::process::id()
-        ));
-        for (path, bytes) in SDK_FILES {
-            let path = written.join(path);
-            std::fs::create_dir_all(path.parent().unwrap_or(&written))?;
-            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-        }
-        if std::fs::rename(&written, &folder).is_err() {
-            // Another `flowhost new` wrote it first.
-            let _ = std::fs::remove_dir_all(&written);
-            anyhow::ensure!(
-                folder.is_dir(),
-                "could not write the guest SDK to {}",
-                folder.display()
-            );
-        }
-    }
-    Ok(folder.join("flowhost-sdk"))
-}
-
 /// Writes a new node crate `name` in `dir/name`, depending on the SDK at `sdk` (the one
 /// this binary carries if none); returns its folder. Refuses an invalid name or an
 /// existing folder.
@@ -83,7 +37,7 @@ pub fn create(dir: &Path, name: &str, sdk: Option<&Path>) -> anyhow::Result<Path
     anyhow::ensure!(!root.exists(), "{} already exists", root.display());
     let sdk = match sdk {
         Some(sdk) => sdk.to_owned(),
-        None => carried_sdk()?,
+        None => flowhost::plan::sdk::carried()?.join("flowhost-sdk"),
     };
     let sdk =
         std::fs::canonicalize(&sdk).with_context(|| format!("the guest SDK is not at {}", sdk.display()))?;
