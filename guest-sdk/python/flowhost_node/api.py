@@ -179,7 +179,7 @@ def map(fn: Callable) -> Callable:  # noqa: A001 (as the Rust SDK names it)
 def filter(fn: Callable) -> Callable:  # noqa: A001
     """A message goes on unchanged when `fn` returns true."""
     call = _arg(fn)
-    _register(lambda _config: _Each(lambda m, out: call(m) and out.emit(m.payload)))
+    _register(lambda _config: _Each(lambda m, out: call(m) and out.emit(m.payload, headers=m.headers)))
     return fn
 
 

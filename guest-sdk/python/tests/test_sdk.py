@@ -49,6 +49,9 @@ def test_filter_and_flat_map():
         return order["total"] > 10
 
     assert Harness().run([{"total": 5}, {"total": 50}]) == [b'{"total":50}']
+    # What passes, passes whole: key, timestamp and headers too.
+    kept = frame.Record(b'{"total":11}', b"k", 7, [("trace", b"x")])
+    assert Harness().batch([kept]) == [kept]
     reset()
 
     @flat_map
