@@ -156,7 +156,8 @@ class _Each:
 def _arg(fn: Callable) -> Callable[[Message], Any]:
     """`fn` takes the message, or, annotated `dict`/`list`/`str`/`bytes`, its JSON,
     text or payload."""
-    wants = next(iter(getattr(fn, "__annotations__", {}).values()), None)
+    first = next(iter(inspect.signature(fn).parameters.values()), None)
+    wants = None if first is None or first.annotation is inspect.Parameter.empty else first.annotation
     return {
         dict: lambda m: fn(m.json()),
         list: lambda m: fn(m.json()),
@@ -197,11 +198,9 @@ def flat_map(fn: Callable) -> Callable:
 
 def node(cls: type) -> type:
     """A class node: `cls(config)` per instance (config: the manifest's table as a dict;
-    a `from_config`-less class with no parameter gets none), then `process(msg, out)`
-    per message and, if it has them, `end_batch(out)` after each batch and `finish(out)`
+    a class whose `__init__` takes no parameter gets none), then `process(msg, out)` per
+    message and, if it has them, `end_batch(out)` after each batch and `finish(out)`
     when every input has ended."""
-
-
     takes = len(inspect.signature(cls).parameters)
     _register(lambda config: cls(config) if takes else cls())
     return cls

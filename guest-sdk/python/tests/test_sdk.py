@@ -43,6 +43,14 @@ def test_map_takes_text_and_returns_json():
     assert Harness().run(["hi", "yo"]) == [b'{"said":"HI"}', b'{"said":"YO"}']
 
 
+def test_an_unannotated_argument_is_the_message_whatever_the_return_annotation():
+    @map
+    def key_of(msg) -> str:
+        return msg.key.decode()
+
+    assert Harness().run([frame.Record(b"x", b"k1")]) == [b"k1"]
+
+
 def test_filter_and_flat_map():
     @filter
     def big(order: dict) -> bool:
