@@ -8,11 +8,10 @@ the batch framing run for real.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable
 
 from . import frame
-from .api import Instance
+from .api import Instance, _payload
 
 _stores: dict[str, "MemoryStore"] = {}
 _granted: set[str] | None = None
@@ -103,7 +102,7 @@ class Harness:
         """Every item the node wrote for one batch of `messages` (bytes, str, JSON, or
         `frame.Record`s)."""
         records = [
-            m if isinstance(m, frame.Record) else frame.Record(_raw(m)) for m in messages
+            m if isinstance(m, frame.Record) else frame.Record(_payload(m)) for m in messages
         ]
         return frame.decode(self.instance.process(frame.encode(records)))
 
@@ -118,10 +117,3 @@ class Harness:
     def finish(self) -> list[bytes]:
         return [i.payload for i in frame.decode(self.instance.finish()) if isinstance(i, frame.Record)]
 
-
-def _raw(m: Any) -> bytes:
-    if isinstance(m, bytes):
-        return m
-    if isinstance(m, str):
-        return m.encode()
-    return json.dumps(m, separators=(",", ":")).encode()
